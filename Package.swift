@@ -1,0 +1,96 @@
+// swift-tools-version:6.0
+// Winnow: sequential recommenders trained on noisy implicit feedback, served over ZeroMQ.
+// Libraries live under Shared/ and know nothing of processes; every process under Services/
+// only wires libraries to sockets. See docs/ARCHITECTURE-NOTES.md for decisions.
+import PackageDescription
+
+let releaseSpeed: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+
+let package = Package(
+    name: "Winnow",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "winnow", targets: ["winnow"]),
+        .executable(name: "broker", targets: ["broker"]),
+        .executable(name: "featurestore", targets: ["featurestore"]),
+        .executable(name: "teacher", targets: ["teacher"]),
+        .executable(name: "noise", targets: ["noise"]),
+        .executable(name: "trainer", targets: ["trainer"]),
+        .executable(name: "retrieval", targets: ["retrieval"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+    ],
+    targets: [
+        // C libraries, through pkg-config (installed by scripts/bootstrap).
+        .systemLibrary(name: "CZeroMQ", path: "Shared/CZeroMQ", pkgConfig: "libzmq",
+                       providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CBLAS", path: "Shared/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CPostgres", path: "Shared/CPostgres", pkgConfig: "libpq",
+                       providers: [.apt(["libpq-dev"])]),
+
+        // Wire: sockets, contracts, RPC, broker, the service runtime.
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"], path: "Shared/ZeroMQ"),
+        .target(name: "WinnowProto",
+                dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                path: "Shared/WinnowProto"),
+        .target(name: "RPC",
+                dependencies: ["ZeroMQ", "WinnowProto",
+                               .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Shared/RPC"),
+        .target(name: "BrokerKit",
+                dependencies: ["RPC", "ZeroMQ", "WinnowProto", .product(name: "Logging", package: "swift-log")],
+                path: "Shared/BrokerKit"),
+        .target(name: "ServiceKit",
+                dependencies: ["RPC", "ZeroMQ", "WinnowProto", .product(name: "Logging", package: "swift-log")],
+                path: "Shared/ServiceKit"),
+
+        // Storage and the local stack.
+        .target(name: "Postgres", dependencies: ["CPostgres", .product(name: "Logging", package: "swift-log")],
+                path: "Shared/Postgres"),
+        .target(name: "Stack",
+                dependencies: ["RPC", "Postgres", "WinnowProto", .product(name: "Logging", package: "swift-log")],
+                path: "Shared/Stack"),
+
+        // Numerics, data, models, evaluation, training.
+        .target(name: "Numerics", dependencies: ["CBLAS"], path: "Shared/Numerics", swiftSettings: releaseSpeed),
+        .target(name: "Data", dependencies: [], path: "Shared/Data"),
+        .target(name: "Evaluation", dependencies: ["Numerics", "Data"], path: "Shared/Evaluation",
+                swiftSettings: releaseSpeed),
+        .target(name: "Models", dependencies: ["Numerics"], path: "Shared/Models", swiftSettings: releaseSpeed),
+        .target(name: "Training", dependencies: ["Numerics", "Data", "Evaluation", "Models"],
+                path: "Shared/Training", swiftSettings: releaseSpeed),
+
+        // Processes.
+        .executableTarget(name: "broker", dependencies: ["BrokerKit", "ServiceKit"], path: "Services/Broker"),
+        .executableTarget(name: "featurestore", dependencies: ["ServiceKit", "Postgres"], path: "Services/FeatureStore"),
+        .executableTarget(name: "teacher", dependencies: ["ServiceKit"], path: "Services/Teacher"),
+        .executableTarget(name: "noise", dependencies: ["ServiceKit"], path: "Services/Noise"),
+        .executableTarget(name: "trainer", dependencies: ["ServiceKit"], path: "Services/Trainer"),
+        .executableTarget(name: "retrieval", dependencies: ["ServiceKit"], path: "Services/Retrieval"),
+        .executableTarget(name: "winnow",
+                          dependencies: ["RPC", "ServiceKit", "Stack", "Training", "Data", "Evaluation",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                          path: "Services/Winnow"),
+
+        // Tests mirror the libraries; integration tests start real processes and a real Postgres.
+        .testTarget(name: "RPCTests", dependencies: ["RPC", "ZeroMQ", "WinnowProto"], path: "Tests/RPCTests"),
+        .testTarget(name: "BrokerKitTests", dependencies: ["BrokerKit", "RPC"], path: "Tests/BrokerKitTests"),
+        .testTarget(name: "ServiceKitTests", dependencies: ["ServiceKit", "RPC", "WinnowProto"],
+                    path: "Tests/ServiceKitTests"),
+        .testTarget(name: "StackTests", dependencies: ["Stack", "Postgres", "RPC"], path: "Tests/StackTests"),
+        .testTarget(name: "NumericsTests", dependencies: ["Numerics"], path: "Tests/NumericsTests"),
+        .testTarget(name: "DataTests", dependencies: ["Data"], path: "Tests/DataTests"),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Numerics", "Data"],
+                    path: "Tests/EvaluationTests"),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Numerics"], path: "Tests/ModelsTests"),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Models", "Data", "Evaluation", "Numerics"],
+                    path: "Tests/TrainingTests"),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// `winnow`: the command line of the Winnow stack. Each subcommand lives in its own file.
+@main
+struct WinnowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "winnow",
+        abstract: "Train sequential recommenders on noisy implicit feedback and serve them.",
+        subcommands: []
+    )
+}

@@ -1,0 +1,1 @@
+// BrokerKit — placeholder replaced as the library grows.

@@ -1,0 +1,1 @@
+// Evaluation — placeholder replaced as the library grows.

@@ -1,0 +1,1 @@
+// Models — placeholder replaced as the library grows.

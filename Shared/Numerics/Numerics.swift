@@ -1,0 +1,1 @@
+// Numerics — placeholder replaced as the library grows.

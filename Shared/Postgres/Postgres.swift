@@ -1,0 +1,1 @@
+// Postgres — placeholder replaced as the library grows.

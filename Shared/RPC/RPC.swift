@@ -1,0 +1,1 @@
+// RPC — placeholder replaced as the library grows.

@@ -1,0 +1,1 @@
+// ServiceKit — placeholder replaced as the library grows.

@@ -1,0 +1,1 @@
+// Stack — placeholder replaced as the library grows.

@@ -1,0 +1,1 @@
+// Training — placeholder replaced as the library grows.

@@ -1,0 +1,1 @@
+// ZeroMQ — placeholder replaced as the library grows.
