@@ -15,8 +15,9 @@ Implements the experiment protocol of the project's contracts, independently of 
   batches  item ids right-padded to L = 50 (the sequence starts at position 0, as RecBole);
            the user vector is read at position length - 1.
   ranking  full ranking over items 1..N (padding excluded), history NOT masked.
-           rank = number of items scoring strictly higher than the target (ties count in the
-           target's favour); HR@k = [rank < k], NDCG@k = 1/log2(rank + 2), MRR@k = 1/(rank + 1)
+           rank = number of items scoring higher than the target, plus those scoring the same
+           with a lower item id (a stable sort by descending score);
+           HR@k = [rank < k], NDCG@k = 1/log2(rank + 2), MRR@k = 1/(rank + 1)
            (0 when rank >= k); means over users.
   loss     full softmax cross-entropy over items 1..N. Adam lr 1e-3, betas (0.9, 0.999), no
            weight decay, batch 256, seeded shuffle every epoch, at most 200 epochs, validation
@@ -230,7 +231,9 @@ def evaluate(model, split, batch=1024):
         scores = model.user_vectors(seq[s:s + batch], lens[s:s + batch]) @ table.T  # B, N
         t = target[s:s + batch] - 1
         ts = scores.gather(1, t.unsqueeze(1))
-        rank = (scores > ts).sum(dim=1).double()
+        # Ties go to the lower item id (as a stable sort by descending score would order them).
+        before = torch.arange(scores.shape[1]).unsqueeze(0) < t.unsqueeze(1)
+        rank = ((scores > ts) | ((scores == ts) & before)).sum(dim=1).double()
         for k in KS:
             hit = (rank < k).double()
             sums[f"hr@{k}"] += hit.sum().item()
