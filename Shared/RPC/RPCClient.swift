@@ -102,6 +102,9 @@ public final class RPCClient: @unchecked Sendable {
         }
     }
 
+    /// Replies that arrived for no pending call (after their call's deadline) and were dropped.
+    public var droppedReplies: UInt64 { core.droppedReplies }
+
     /// Fails calls in flight with CANCELLED, closes the socket and stops the I/O thread.
     public func close() { core.close() }
 }
@@ -129,6 +132,7 @@ final class ClientCore: @unchecked Sendable {
     private var nextID: UInt64 = 1
     private var closed = false
     private var started = false
+    private var dropped: UInt64 = 0
     // I/O thread only:
     private var deadlines = DeadlineHeap()
 
@@ -180,6 +184,8 @@ final class ClientCore: @unchecked Sendable {
             entry?.continuation.resume(returning: .failure(RPCError(.cancelled, "call \(label) was cancelled")))
         }
     }
+
+    var droppedReplies: UInt64 { lock.withLock { dropped } }
 
     private func allocateID() -> UInt64 {
         lock.withLock {
@@ -287,6 +293,7 @@ final class ClientCore: @unchecked Sendable {
     private func finish(id: UInt64, with result: Result<Frame, RPCError>) {
         lock.lock()
         let entry = pending.removeValue(forKey: id)
+        if entry == nil { dropped += 1 }
         lock.unlock()
         entry?.continuation.resume(returning: result)
     }
