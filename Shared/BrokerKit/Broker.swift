@@ -97,6 +97,7 @@ public final class Broker: @unchecked Sendable {
                 }
             }
         }
+        try? socket.unbind(endpoint)
         socket.close()
         stopped.signal()
     }

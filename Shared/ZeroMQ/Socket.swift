@@ -73,6 +73,11 @@ public final class ZMQSocket: @unchecked Sendable {
         try zmqCall("zmq_connect(\(endpoint))") { zmq_connect(socket, endpoint) }
     }
 
+    public func unbind(_ endpoint: String) throws {
+        let socket = try live("zmq_unbind")
+        try zmqCall("zmq_unbind(\(endpoint))") { zmq_unbind(socket, endpoint) }
+    }
+
     public func disconnect(_ endpoint: String) throws {
         let socket = try live("zmq_disconnect")
         try zmqCall("zmq_disconnect(\(endpoint))") { zmq_disconnect(socket, endpoint) }
