@@ -23,7 +23,10 @@ struct Supervise: AsyncParsableCommand {
     static func supervise(_ options: StackOptions) async throws {
         signal(SIGPIPE, SIG_IGN)
         let signals = TerminationSignals()
-        let stack = LocalStack(configuration: options.configuration, probe: HealthProbes.tcpConnect,
+        let configuration = options.configuration
+        let health = RPCHealthProbe(broker: configuration.brokerEndpoint)
+        defer { health.close() }
+        let stack = LocalStack(configuration: configuration, probe: health.probe,
                                logger: Logger(label: "winnow.supervisor"))
         let starting = Task { try await stack.start() }
         let canceller = Task {
