@@ -140,6 +140,65 @@ final class StackCommandTests: XCTestCase {
         XCTAssertFalse(StackControl.isUp(layout))
     }
 
+    func upArguments(teachers: Int) throws -> [String] {
+        let brokerPort = try LoopbackPort.ephemeral()
+        var pgPort = try LoopbackPort.ephemeral()
+        while pgPort == brokerPort { pgPort = try LoopbackPort.ephemeral() }
+        return ["up", "--state-dir", state.path, "--teachers", "\(teachers)", "--broker-port", "\(brokerPort)",
+                "--pg-port", "\(pgPort)", "--heartbeat-ms", "250", "--ready-timeout", "60", "--stop-grace", "5"]
+    }
+
+    func testUpInTheForegroundSupervisesUntilSIGINTThenStopsEverything() throws {
+        let layout = StackLayout(stateDirectory: state.path)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binDirectory + "/winnow")
+        p.arguments = try upArguments(teachers: 0) + ["--foreground"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        XCTAssertTrue(eventually(timeout: 120) { StackRecord.load(layout)?.phase == .ready || !p.isRunning },
+                      "foreground stack ready")
+        let record = try XCTUnwrap(StackRecord.load(layout))
+        XCTAssertEqual(record.phase, .ready)
+        XCTAssertEqual(record.supervisorPID, p.processIdentifier, "the foreground process supervises")
+        XCTAssertEqual(record.children.map(\.name), ["broker", "featurestore", "noise", "trainer", "retrieval"])
+        let pids = record.children.compactMap(\.pid)
+        XCTAssertEqual(pids.count, 5)
+
+        kill(p.processIdentifier, SIGINT)
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, output)
+        XCTAssertTrue(output.contains("featurestore"), "the table was printed:\n\(output)")
+        XCTAssertEqual(StackRecord.load(layout)?.phase, .stopped)
+        XCTAssertFalse(StackControl.isUp(layout))
+        for pid in pids { XCTAssertFalse(StackControl.isAlive(pid), "pid \(pid) still alive") }
+        XCTAssertEqual(Connection.ping(url: record.database!.url), .noResponse)
+    }
+
+    func testDownStopsServicesAndPostgresLeftBehindByAKilledSupervisor() throws {
+        let layout = StackLayout(stateDirectory: state.path)
+        let up = try winnow(try upArguments(teachers: 1))
+        XCTAssertEqual(up.status, 0, up.output)
+        let record = try XCTUnwrap(StackRecord.load(layout))
+        let pids = record.children.compactMap(\.pid)
+        XCTAssertEqual(pids.count, 6)
+        let supervisor = try XCTUnwrap(StackControl.pidFromFile(layout))
+        XCTAssertEqual(kill(supervisor, SIGKILL), 0)
+        XCTAssertTrue(eventually(timeout: 10) { !StackControl.isUp(layout) }, "the lock went with the supervisor")
+        for pid in pids { XCTAssertTrue(StackControl.isAlive(pid), "services outlive a killed supervisor") }
+
+        let down = try winnow(["down", "--state-dir", state.path])
+        XCTAssertEqual(down.status, 0, down.output)
+        XCTAssertTrue(down.output.contains("stopped services left without a supervisor: broker, featurestore, teacher, noise, trainer, retrieval"),
+                      down.output)
+        XCTAssertTrue(down.output.contains("stopped the embedded Postgres"), down.output)
+        for pid in pids { XCTAssertFalse(StackControl.isAlive(pid), "pid \(pid) still alive") }
+        XCTAssertEqual(Connection.ping(url: record.database!.url), .noResponse)
+        XCTAssertEqual(StackRecord.load(layout)?.phase, .stopped)
+    }
+
     func testUpWithUnusableOptionsFailsWithAClearMessage() throws {
         let bad = try winnow(["up", "--state-dir", state.path, "--teachers", "65"])
         XCTAssertNotEqual(bad.status, 0)
