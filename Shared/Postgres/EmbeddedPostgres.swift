@@ -153,6 +153,10 @@ public final class EmbeddedPostgres: @unchecked Sendable {
                               owner: owner)
         guard started.status == 0 else {
             let tail = logTail()
+            // pg_ctl gives up waiting after the timeout but leaves a slow server starting: stop it.
+            if runningServerPID() != nil {
+                _ = try? run(bin, "pg_ctl", ["stop", "-D", dataDirectory, "-m", "immediate", "-w", "-s"], owner: owner)
+            }
             if tail.contains("Address already in use") { throw Failure.portInUse(port: configuration.port) }
             throw Failure.startFailed(reason: "pg_ctl start exited with \(started.status): \(started.output.trimmingTrailingWhitespace())",
                                       logTail: tail)
@@ -161,6 +165,8 @@ public final class EmbeddedPostgres: @unchecked Sendable {
             try Connection.waitUntilReady(url: url(database: "postgres"), timeout: configuration.startTimeout)
             try createDatabaseIfMissing()
         } catch {
+            // Do not leave a half-started server behind.
+            _ = try? run(bin, "pg_ctl", ["stop", "-D", dataDirectory, "-m", "immediate", "-w", "-s"], owner: owner)
             throw Failure.startFailed(reason: "\(error)", logTail: logTail())
         }
         logger.info("postgres ready", metadata: ["port": "\(configuration.port)", "data": "\(dataDirectory)",

@@ -346,6 +346,7 @@ public actor Supervisor {
         while ContinuousClock.now < deadline {
             if indices.allSatisfy({ children[$0].state == .ready }) { return }
             try Task.checkCancellation()
+            if stopping { throw CancellationError() }
             try? await Task.sleep(for: .milliseconds(50))
         }
         if indices.allSatisfy({ children[$0].state == .ready }) { return }
