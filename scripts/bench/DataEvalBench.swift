@@ -1,7 +1,9 @@
 // Timings of the data pipeline and full-ranking evaluation, built by scripts/bench-data-eval.
 //   DataEvalBench inter FILE                 read + 5-core + sequences + leave-one-out of FILE
 //   DataEvalBench synth FILE LINES           write a synthetic .inter of LINES rows (seeded)
-//   DataEvalBench rank USERS ITEMS DIM       full ranking (sgemm + rank + top-10) timing
+//   DataEvalBench rank USERS ITEMS DIM       full ranking (sgemm + rank + top-50) timing
+//   DataEvalBench dump FILE OUT              5-core sequences of FILE as text (compare with the
+//                                            reference's --dump-sequences)
 import Data
 import Evaluation
 #if canImport(Glibc)
@@ -96,6 +98,17 @@ case "rank":
         bestTop = min(bestTop, now() - t0)
     }
     print("{\"users\":\(U),\"items\":\(N),\"dim\":\(d),\"batch\":\(B),\"rank_s\":\(best),\"top50_s\":\(bestTop),\"ndcg@10\":\(checksum)}")
+case "dump":
+    guard args.count >= 4 else { fail("dump FILE OUT") }
+    let d: SequenceDataset
+    do { d = try SequenceDataset.load(args[2]) } catch { fail("\(error)") }
+    var out = ""
+    for u in 0..<d.userCount {
+        out += d.userToken(Int32(u)) + "\t" + d.sequence(u).map { "\(d.itemToken($0))=\($0)" }.joined(separator: " ") + "\n"
+    }
+    guard let f = fopen(args[3], "w") else { fail("cannot write \(args[3])") }
+    fputs(out, f)
+    fclose(f)
 default:
     fail("unknown mode \(args[1])")
 }
