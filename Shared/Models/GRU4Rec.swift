@@ -11,8 +11,9 @@ public struct GRU4RecConfig: Sendable, Equatable, Codable {
     public var hidden = 128
     public var layers = 1
     public var embeddingDropout: Float = 0.3
-    /// GRU biases (b_ih, b_hh). RecBole's GRU4Rec builds its GRU with bias=False.
-    public var gruBias = false
+    /// GRU biases (b_ih, b_hh), initialised to 0 (the protocol; PyTorch's nn.GRU default).
+    /// RecBole's own GRU4Rec builds its GRU with bias=False: set false to match it.
+    public var gruBias = true
     public var seed: UInt64 = 1
     public init(itemCount: Int) { self.itemCount = itemCount }
 }
