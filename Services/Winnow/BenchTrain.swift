@@ -117,25 +117,20 @@ struct BenchTrain: ParsableCommand {
         for i in 0..<(users * C) { U.base[i] = rng.normal() }
         for i in 0..<(N * C) { E.base[i] = rng.normal() }
         let targets = (0..<users).map { _ in Int32(1 + rng.below(N)) }
-        let scores = Slab([batch * N])
+        let evaluator = RankingEvaluator(itemCount: N, dim: C, maxBatch: batch)
         var best = Double.infinity
         for _ in 0..<3 {
             let t0 = benchNow()
-            var hits = 0
-            var s = 0
-            while s < users {
-                let n = min(batch, users - s)
-                sgemm(transB: true, M: n, N: N, K: C, A: U.base + s * C, lda: C, B: E.base, ldb: C, C: scores.base, ldc: N)
-                for b in 0..<n {
-                    let row = scores.base + b * N, t = row[Int(targets[s + b]) - 1]
-                    var rank = 0
-                    for j in 0..<N where row[j] > t { rank += 1 }
-                    if rank < 10 { hits += 1 }
+            var acc = MetricAccumulator()
+            targets.withUnsafeBufferPointer { tg in
+                var s = 0
+                while s < users {
+                    let n = min(batch, users - s)
+                    evaluator.rankTargets(users: U.base + s * C, count: n, items: E.base, targets: tg.baseAddress! + s, into: &acc)
+                    s += n
                 }
-                s += n
             }
             best = min(best, benchNow() - t0)
-            _ = hits
         }
         return best
     }
