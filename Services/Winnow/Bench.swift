@@ -2,11 +2,11 @@ import ArgumentParser
 import Foundation
 
 /// `winnow bench`: benchmarks, each beside a named reference measured in the same run.
-struct Bench: ParsableCommand {
+struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure Winnow beside a reference implementation in the same run.",
-        subcommands: [BenchItemCF.self]
+        subcommands: [BenchWire.self, BenchTrain.self, BenchItemCF.self]
     )
 }
 

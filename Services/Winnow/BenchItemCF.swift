@@ -36,6 +36,7 @@ struct BenchItemCF: ParsableCommand {
     }
 
     func run() throws {
+        setvbuf(stdout, nil, _IOLBF, 0)   // progress lines appear as they happen, also in a pipe
         #if DEBUG
         print("warning: debug build; build with -c release for timings")
         #endif

@@ -1,0 +1,50 @@
+// Backbones encode a batch of item sequences into K user vectors per sequence; an item's score is
+// the maximum over the K vectors of the inner product with its embedding (K = 1 for SASRec and
+// GRU4Rec; the DSS encoder and multi-interest models use K > 1).
+//
+// Sequences are right-padded (RecBole's layout): items (B, T) holds each sequence's items from
+// position 0, then padding id 0; lengths (B) counts the real items (1 ≤ length ≤ T).
+import Numerics
+
+public protocol Backbone: AnyObject {
+    /// Paper casing, e.g. "SASRec".
+    var name: String { get }
+    var parameters: ParameterSet { get }
+    /// Items are 1...itemCount; 0 is padding.
+    var itemCount: Int { get }
+    /// Channels of user vectors and item embeddings (C).
+    var dim: Int { get }
+    /// User vectors per sequence (K).
+    var interests: Int { get }
+    /// Positions per sequence (T).
+    var maxLength: Int { get }
+    /// The item table (itemCount + 1, C); row 0 is padding. Scores use rows 1...itemCount.
+    var itemTable: Floats { get }
+    /// The gradient view of `itemTable`; heads accumulate into it.
+    var itemTableGrad: Floats { get }
+    /// The generator dropout draws from (seeded by the model's config; reproducible).
+    var rng: RNG { get set }
+    /// Encodes B sequences into user vectors (B, K, C); the pointer stays valid until the next
+    /// forward. `training` turns dropout on and keeps what `backward` needs.
+    func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool) -> UnsafePointer<Float>
+    /// Accumulates parameter gradients for the last training forward, given dUser (B, K, C).
+    func backward(dUser: UnsafePointer<Float>)
+}
+
+extension Backbone {
+    /// Rows 1...N of the item table: the (N, C) matrix scores are taken against.
+    public var scoringTable: UnsafePointer<Float> { UnsafePointer(itemTable + dim) }
+}
+
+/// Grows-only storage for per-batch activations: allocated for the largest batch seen, reused by
+/// every later batch of that size or smaller (nothing is allocated per step).
+final class Workspace {
+    private(set) var capacity = 0
+    private(set) var slab: Slab? = nil
+    func ensure(_ B: Int, sizes: (Int) -> [Int]) -> Bool {
+        if B <= capacity, slab != nil { return false }
+        capacity = B
+        slab = Slab(sizes(B))
+        return true
+    }
+}

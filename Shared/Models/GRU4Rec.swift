@@ -1,0 +1,137 @@
+// GRU4Rec (Hidasi et al.; RecBole's sequential variant): item embeddings, embedding dropout,
+// L GRU layers, a dense layer from the hidden size back to the embedding size; the user vector
+// is dense(last layer's hidden state at the last real position).
+// Shapes: B batch, T = maxLength, E = embedding size, Hd = hidden size, N = itemCount.
+import Numerics
+
+public struct GRU4RecConfig: Sendable, Equatable, Codable {
+    public var itemCount: Int
+    public var maxLength = 50
+    public var embedding = 64
+    public var hidden = 128
+    public var layers = 1
+    public var embeddingDropout: Float = 0.3
+    /// GRU biases (b_ih, b_hh), initialised to 0 (the protocol; PyTorch's nn.GRU default).
+    /// RecBole's own GRU4Rec builds its GRU with bias=False: set false to match it.
+    public var gruBias = true
+    public var seed: UInt64 = 1
+    public init(itemCount: Int) { self.itemCount = itemCount }
+}
+
+public final class GRU4Rec: Backbone {
+    public let config: GRU4RecConfig
+    public let parameters: ParameterSet
+    public var rng: RNG
+    public var name: String { "GRU4Rec" }
+    public var itemCount: Int { config.itemCount }
+    public var dim: Int { config.embedding }
+    public var interests: Int { 1 }
+    public var maxLength: Int { config.maxLength }
+    public var itemTable: Floats { parameters.value("item_embedding") }
+    public var itemTableGrad: Floats { parameters.grad("item_embedding") }
+
+    private let work = Workspace()
+    private var emb: Floats! = nil, mask: Floats! = nil     // (B, T, E)
+    private var outs: [Floats] = [], gates: [Floats] = [], ghs: [Floats] = []   // per layer (B, T, Hd), (B, T, 3Hd) ×2
+    private var last: Floats! = nil, user: Floats! = nil     // (B, Hd), (B, E)
+    private var dLast: Floats! = nil, dOut: Floats! = nil, dIn: Floats! = nil, dEmb: Floats! = nil
+    private var dgi: Floats! = nil, dgh: Floats! = nil, dh: Floats! = nil
+    private var lastItems: UnsafePointer<Int32>? = nil, lastLengths: UnsafePointer<Int32>? = nil, lastB = 0, lastSteps = 0
+
+    public init(_ config: GRU4RecConfig) {
+        self.config = config
+        let E = config.embedding, Hd = config.hidden
+        var specs: [(name: String, shape: [Int])] = [("item_embedding", [config.itemCount + 1, E])]
+        for l in 0..<config.layers {
+            specs += [("gru.\(l).weight_ih", [3 * Hd, l == 0 ? E : Hd]), ("gru.\(l).weight_hh", [3 * Hd, Hd])]
+            if config.gruBias { specs += [("gru.\(l).bias_ih", [3 * Hd]), ("gru.\(l).bias_hh", [3 * Hd])] }
+        }
+        specs += [("dense.weight", [E, Hd]), ("dense.bias", [E])]
+        parameters = ParameterSet(specs)
+        rng = RNG(seed: config.seed)
+        resetParameters()
+    }
+
+    /// RecBole: xavier_normal for the item table, xavier_uniform for GRU and dense weights, biases 0.
+    public func resetParameters() {
+        var r = RNG(seed: config.seed).derived(0x6E0)
+        let E = config.embedding, Hd = config.hidden
+        Init.xavierNormal(itemTable, fanOut: config.itemCount + 1, fanIn: E, rng: &r)
+        for l in 0..<config.layers {
+            Init.xavierUniform(parameters.value("gru.\(l).weight_ih"), fanOut: 3 * Hd, fanIn: l == 0 ? E : Hd, rng: &r)
+            Init.xavierUniform(parameters.value("gru.\(l).weight_hh"), fanOut: 3 * Hd, fanIn: Hd, rng: &r)
+            if config.gruBias {
+                Init.constant(parameters.value("gru.\(l).bias_ih"), 3 * Hd, 0)
+                Init.constant(parameters.value("gru.\(l).bias_hh"), 3 * Hd, 0)
+            }
+        }
+        Init.xavierUniform(parameters.value("dense.weight"), fanOut: E, fanIn: Hd, rng: &r)
+        Init.constant(parameters.value("dense.bias"), E, 0)
+    }
+
+    private func allocate(_ B: Int) {
+        let T = config.maxLength, E = config.embedding, Hd = config.hidden, L = config.layers, BT = B * T
+        guard work.ensure(B, sizes: { _ in
+            [BT * E, BT * E] + Array([[Int]](repeating: [BT * Hd, BT * 3 * Hd, BT * 3 * Hd], count: L).joined())
+                + [B * Hd, B * E, B * Hd, BT * Hd, BT * Hd, BT * E, BT * 3 * Hd, B * 3 * Hd, B * Hd]
+        }) else { return }
+        let v = work.slab!.views
+        emb = v[0]; mask = v[1]
+        outs = (0..<L).map { v[2 + 3 * $0] }; gates = (0..<L).map { v[3 + 3 * $0] }; ghs = (0..<L).map { v[4 + 3 * $0] }
+        let k = 2 + 3 * L
+        last = v[k]; user = v[k + 1]; dLast = v[k + 2]; dOut = v[k + 3]; dIn = v[k + 4]; dEmb = v[k + 5]
+        dgi = v[k + 6]; dgh = v[k + 7]; dh = v[k + 8]
+    }
+
+    private func bias(_ name: String, _ view: (String) -> Floats) -> Floats? { config.gruBias ? view(name) : nil }
+
+    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool) -> UnsafePointer<Float> {
+        allocate(B)
+        let T = config.maxLength, E = config.embedding, Hd = config.hidden, BT = B * T
+        var steps = 0
+        for b in 0..<B {
+            let n = Int(lengths[b])
+            precondition(n >= 1 && n <= T, "sequence length must be in 1...maxLength")
+            steps = max(steps, n)
+        }
+        embeddingForward(out: emb, ids: items, table: itemTable, N: BT, C: E)
+        dropoutForward(out: emb, mask: mask, inp: emb, p: training ? config.embeddingDropout : 0, n: BT * E, rng: &rng)
+        var inp: Floats = emb, I = E
+        for l in 0..<config.layers {
+            let ps = parameters
+            gruForward(out: outs[l], gates: gates[l], gh: ghs[l], inp: inp, wih: ps.value("gru.\(l).weight_ih"),
+                       whh: ps.value("gru.\(l).weight_hh"), bih: bias("gru.\(l).bias_ih", ps.value), bhh: bias("gru.\(l).bias_hh", ps.value),
+                       steps: steps, B: B, T: T, I: I, H: Hd)
+            inp = outs[l]; I = Hd
+        }
+        for b in 0..<B { (last + b * Hd).update(from: inp + (b * T + Int(lengths[b]) - 1) * Hd, count: Hd) }
+        linearForward(out: user, inp: last, weight: parameters.value("dense.weight"), bias: parameters.value("dense.bias"), N: B, C: Hd, OC: E)
+        lastItems = items; lastLengths = lengths; lastB = B; lastSteps = steps
+        return UnsafePointer(user)
+    }
+
+    public func backward(dUser: UnsafePointer<Float>) {
+        guard let items = lastItems, let lengths = lastLengths else { preconditionFailure("backward before forward") }
+        let B = lastB, T = config.maxLength, E = config.embedding, Hd = config.hidden, BT = B * T
+        let ps = parameters
+        dLast.update(repeating: 0, count: B * Hd)
+        linearBackward(dinp: dLast, dweight: ps.grad("dense.weight"), dbias: ps.grad("dense.bias"), dout: dUser, inp: last,
+                       weight: ps.value("dense.weight"), N: B, C: Hd, OC: E)
+        dOut.update(repeating: 0, count: BT * Hd)
+        for b in 0..<B { (dOut + (b * T + Int(lengths[b]) - 1) * Hd).update(from: dLast + b * Hd, count: Hd) }
+        for l in stride(from: config.layers - 1, through: 0, by: -1) {
+            let inp: Floats = l == 0 ? emb : outs[l - 1], I = l == 0 ? E : Hd
+            let dinp: Floats = l == 0 ? dEmb : dIn
+            dinp.update(repeating: 0, count: BT * I)
+            gruBackward(dinp: dinp, dwih: ps.grad("gru.\(l).weight_ih"), dwhh: ps.grad("gru.\(l).weight_hh"),
+                        dbih: bias("gru.\(l).bias_ih", ps.grad), dbhh: bias("gru.\(l).bias_hh", ps.grad),
+                        dout: dOut, inp: inp, out: outs[l], gates: gates[l], gh: ghs[l],
+                        wih: ps.value("gru.\(l).weight_ih"), whh: ps.value("gru.\(l).weight_hh"),
+                        dgi: dgi, dgh: dgh, dh: dh, steps: lastSteps, B: B, T: T, I: I, H: Hd)
+            if l > 0 { swap(&dOut, &dIn) }
+        }
+        // dEmb holds d(dropped embeddings); through the dropout mask into the table
+        for i in 0..<(BT * E) { dEmb[i] *= mask[i] }
+        embeddingBackward(dtable: itemTableGrad, dout: dEmb, ids: items, N: BT, C: E)
+    }
+}

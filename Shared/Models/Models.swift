@@ -1,1 +1,0 @@
-// Models — placeholder replaced as the library grows.

@@ -1,0 +1,82 @@
+// Core numerics: flat float32 buffers, slabs carved into views, BLAS and thread settings.
+//
+// Shape legend used throughout Numerics and Models (llm.c style):
+//   B batch (sequences), T positions, C channels, H heads, hs = C / H head size,
+//   F feed-forward inner size, N items (ids 1...N; id 0 is padding), K user vectors per sequence.
+// Buffers are row-major; a comment on each gives its shape.
+import CBLAS
+import Dispatch
+
+/// A pointer to float32 storage; every layer function takes and returns these.
+public typealias Floats = UnsafeMutablePointer<Float>
+
+/// One allocation carved into views, freed when the slab goes away. Activations, workspaces and
+/// optimiser state are slabs; views never escape the object that owns the slab.
+public final class Slab {
+    public let base: Floats
+    public let count: Int
+    public private(set) var views: [Floats] = []
+
+    /// Allocates `sizes.reduce(0, +)` floats (zeroed) and carves one view per size, in order.
+    public init(_ sizes: [Int]) {
+        precondition(sizes.allSatisfy { $0 >= 0 }, "negative slab size")
+        count = sizes.reduce(0, +)
+        base = Floats.allocate(capacity: max(count, 1))
+        base.initialize(repeating: 0, count: max(count, 1))
+        var offset = 0
+        views.reserveCapacity(sizes.count)
+        for n in sizes { views.append(base + offset); offset += n }
+    }
+
+    public func zero() { base.update(repeating: 0, count: count) }
+
+    deinit { base.deallocate() }
+}
+
+/// Thread count used by OpenBLAS and by Winnow's own parallel loops. Results are reproducible
+/// for a fixed thread count (each parallel loop splits work into fixed, disjoint chunks).
+public enum Threads {
+    nonisolated(unsafe) public private(set) static var count = 1
+
+    /// Sets the OpenBLAS thread count and Winnow's own; call before building models.
+    public static func set(_ n: Int) {
+        precondition(n >= 1, "thread count must be >= 1")
+        count = n
+        openblas_set_num_threads(Int32(n))
+    }
+
+    /// Runs `body(chunk, lo, hi)` over `0..<n` split into `Threads.count` contiguous chunks.
+    @inline(__always)
+    public static func parallelFor(_ n: Int, minPerChunk: Int = 1, _ body: (Int, Int) -> Void) {
+        let chunks = min(count, max(1, n / max(minPerChunk, 1)))
+        if chunks <= 1 { body(0, n); return }
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            let lo = n * c / chunks, hi = n * (c + 1) / chunks
+            if lo < hi { body(lo, hi) }
+        }
+    }
+}
+
+/// C (M, N) = alpha · op(A) · op(B) + beta · C, row-major; op transposes when the flag is set.
+/// A is (M, K) or, transposed, (K, M) with leading dimension lda; likewise B (K, N) / (N, K).
+@inline(__always)
+public func sgemm(transA: Bool = false, transB: Bool = false, M: Int, N: Int, K: Int,
+                  alpha: Float = 1, A: UnsafePointer<Float>, lda: Int,
+                  B: UnsafePointer<Float>, ldb: Int,
+                  beta: Float = 0, C: Floats, ldc: Int) {
+    if M == 0 || N == 0 { return }
+    if K == 0 {
+        if beta == 0 { for i in 0..<M { (C + i * ldc).update(repeating: 0, count: N) } }
+        else if beta != 1 { for i in 0..<M { for j in 0..<N { C[i * ldc + j] *= beta } } }
+        return
+    }
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), beta, C, Int32(ldc))
+}
+
+/// Σ x[i]² in double precision.
+public func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
+    var s = 0.0
+    for i in 0..<n { s += Double(x[i]) * Double(x[i]) }
+    return s
+}

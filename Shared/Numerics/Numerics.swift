@@ -1,1 +1,0 @@
-// Numerics — placeholder replaced as the library grows.

@@ -1,0 +1,87 @@
+// Optimisers: one flat loop over every parameter of a ParameterSet (llm.c style).
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Learning-rate schedules, indexed by epoch (0-based).
+public enum LearningRateSchedule: Sendable, Equatable {
+    case constant(Float)
+    /// lr · gamma^(epoch / stepSize)
+    case step(initial: Float, stepSize: Int, gamma: Float)
+
+    public func rate(epoch: Int) -> Float {
+        switch self {
+        case .constant(let lr): return lr
+        case .step(let lr, let size, let gamma): return lr * powf(gamma, Float(epoch / max(size, 1)))
+        }
+    }
+}
+
+/// Adam as PyTorch's `torch.optim.Adam` (weight decay added to the gradient, L2) or, with
+/// `decoupled`, AdamW (weight decay applied to the weights).
+public final class Adam {
+    public var learningRate: Float
+    public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float, decoupled: Bool
+    public private(set) var step = 0
+    private let state: Slab    // m (count) | v (count)
+    public let parameters: ParameterSet
+
+    public init(parameters: ParameterSet, learningRate: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999,
+                eps: Float = 1e-8, weightDecay: Float = 0, decoupled: Bool = false) {
+        self.parameters = parameters
+        self.learningRate = learningRate; self.beta1 = beta1; self.beta2 = beta2
+        self.eps = eps; self.weightDecay = weightDecay; self.decoupled = decoupled
+        state = Slab([parameters.count, parameters.count])
+    }
+
+    /// One update from the gradients in `parameters.grads`.
+    public func update() {
+        step += 1
+        let lr = learningRate, b1 = beta1, b2 = beta2, eps = eps, wd = weightDecay, dec = decoupled
+        let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
+        let p = parameters.values, g = parameters.grads, m = state.views[0], v = state.views[1]
+        let stepSize = lr / c1, c2s = c2.squareRoot()
+        Threads.parallelFor(parameters.count, minPerChunk: 1 << 16) { lo, hi in
+            for i in lo..<hi {
+                var gi = g[i]
+                if wd != 0 {
+                    if dec { p[i] -= lr * wd * p[i] } else { gi += wd * p[i] }
+                }
+                let mi = b1 * m[i] + (1 - b1) * gi
+                let vi = b2 * v[i] + (1 - b2) * gi * gi
+                m[i] = mi; v[i] = vi
+                p[i] -= stepSize * mi / (vi.squareRoot() / c2s + eps)
+            }
+        }
+    }
+
+    public func reset() { step = 0; state.zero() }
+}
+
+/// Adagrad as PyTorch's `torch.optim.Adagrad` (no lr decay, accumulator starts at `initialAccumulator`).
+public final class Adagrad {
+    public var learningRate: Float
+    public let eps: Float, weightDecay: Float
+    private let state: Slab   // sum of squares (count)
+    public let parameters: ParameterSet
+
+    public init(parameters: ParameterSet, learningRate: Float = 1e-2, eps: Float = 1e-10, weightDecay: Float = 0,
+                initialAccumulator: Float = 0) {
+        self.parameters = parameters
+        self.learningRate = learningRate; self.eps = eps; self.weightDecay = weightDecay
+        state = Slab([parameters.count])
+        state.base.update(repeating: initialAccumulator, count: parameters.count)
+    }
+
+    public func update() {
+        let p = parameters.values, g = parameters.grads, s = state.views[0]
+        for i in 0..<parameters.count {
+            var gi = g[i]
+            if weightDecay != 0 { gi += weightDecay * p[i] }
+            s[i] += gi * gi
+            p[i] -= learningRate * gi / (s[i].squareRoot() + eps)
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// Training — placeholder replaced as the library grows.

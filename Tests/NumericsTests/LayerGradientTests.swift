@@ -1,0 +1,176 @@
+import XCTest
+@testable import Numerics
+
+/// Every layer's backward against central finite differences: f = Σ c ⊙ out for random c, so the
+/// analytic gradient is backward(dout = c).
+final class LayerGradientTests: XCTestCase {
+    override func setUp() { Threads.set(1) }
+
+    func testEmbeddingBackwardScattersAndSkipsPadding() {
+        var rng = RNG(seed: 1)
+        let V = 6, C = 4, N = 7
+        let ids = IntBuf([1, 3, 0, 3, 5, 0, 2])
+        let table = Buf(random: V * C, rng: &rng), out = Buf(N * C), c = Buf(random: N * C, rng: &rng), dtable = Buf(V * C)
+        embeddingForward(out: out.p, ids: ids.p, table: table.p, N: N, C: C)
+        embeddingBackward(dtable: dtable.p, dout: c.p, ids: ids.p, N: N, C: C)
+        for k in 0..<C { XCTAssertEqual(dtable[k], 0, "padding row gets no gradient") }
+        XCTAssertEqual(dtable[3 * C], c[1 * C] + c[3 * C], accuracy: 1e-6)
+        let f = { embeddingForward(out: out.p, ids: ids.p, table: table.p, N: N, C: C); return out.dot(c) }
+        // the padding row's true derivative is non-zero, so check only rows 1...
+        assertGradient(GradientCheck.check("dtable", x: table.p + C, analytic: dtable.p + C, count: (V - 1) * C, f: f))
+    }
+
+    func testLinearBackward() {
+        var rng = RNG(seed: 2)
+        let N = 5, C = 4, OC = 3
+        let inp = Buf(random: N * C, rng: &rng), w = Buf(random: OC * C, rng: &rng), b = Buf(random: OC, rng: &rng)
+        let out = Buf(N * OC), c = Buf(random: N * OC, rng: &rng)
+        let dinp = Buf(N * C), dw = Buf(OC * C), db = Buf(OC)
+        let f = { linearForward(out: out.p, inp: inp.p, weight: w.p, bias: b.p, N: N, C: C, OC: OC); return out.dot(c) }
+        _ = f()
+        linearBackward(dinp: dinp.p, dweight: dw.p, dbias: db.p, dout: c.p, inp: inp.p, weight: w.p, N: N, C: C, OC: OC)
+        assertGradient(GradientCheck.check("dinp", x: inp.p, analytic: dinp.p, count: N * C, f: f))
+        assertGradient(GradientCheck.check("dweight", x: w.p, analytic: dw.p, count: OC * C, f: f))
+        assertGradient(GradientCheck.check("dbias", x: b.p, analytic: db.p, count: OC, f: f))
+    }
+
+    func testCheckerFailsOnDeliberatelyBrokenBackward() {
+        var rng = RNG(seed: 3)
+        let N = 5, C = 4, OC = 3
+        let inp = Buf(random: N * C, rng: &rng), w = Buf(random: OC * C, rng: &rng)
+        let out = Buf(N * OC), c = Buf(random: N * OC, rng: &rng), dw = Buf(OC * C)
+        let f = { linearForward(out: out.p, inp: inp.p, weight: w.p, bias: nil, N: N, C: C, OC: OC); return out.dot(c) }
+        linearBackward(dinp: nil, dweight: dw.p, dbias: nil, dout: c.p, inp: inp.p, weight: w.p, N: N, C: C, OC: OC)
+        XCTAssertTrue(GradientCheck.check("dweight", x: w.p, analytic: dw.p, count: OC * C, f: f).passed)
+        // broken backward 1: one entry off by 5 %
+        dw[2] *= 1.05
+        XCTAssertFalse(GradientCheck.check("dweight", x: w.p, analytic: dw.p, count: OC * C, f: f).passed)
+        dw[2] /= 1.05
+        // broken backward 2: the transposed product (doutᵀ · inp computed as inpᵀ-shaped garbage)
+        dw.zero()
+        sgemm(transA: true, M: OC, N: C, K: N, A: c.p, lda: OC, B: inp.p, ldb: C, beta: 1, C: dw.p, ldc: C)
+        for i in 0..<OC * C { dw[i] *= 0.98 }   // a 2 % scale error everywhere must also fail
+        XCTAssertFalse(GradientCheck.check("dweight", x: w.p, analytic: dw.p, count: OC * C, f: f).passed)
+    }
+
+    func testLayerNormBackward() {
+        var rng = RNG(seed: 4)
+        let N = 4, C = 8
+        let inp = Buf(random: N * C, rng: &rng), w = Buf(random: C, rng: &rng), b = Buf(random: C, rng: &rng)
+        let out = Buf(N * C), mean = Buf(N), rstd = Buf(N), c = Buf(random: N * C, rng: &rng)
+        let dinp = Buf(N * C), dw = Buf(C), db = Buf(C)
+        let f = { layerNormForward(out: out.p, mean: mean.p, rstd: rstd.p, inp: inp.p, weight: w.p, bias: b.p, N: N, C: C, eps: 1e-12); return out.dot(c) }
+        _ = f()
+        layerNormBackward(dinp: dinp.p, dweight: dw.p, dbias: db.p, dout: c.p, inp: inp.p, weight: w.p, mean: mean.p, rstd: rstd.p, N: N, C: C)
+        assertGradient(GradientCheck.check("dinp", x: inp.p, analytic: dinp.p, count: N * C, eps: 1e-3, f: f))
+        assertGradient(GradientCheck.check("dweight", x: w.p, analytic: dw.p, count: C, f: f))
+        assertGradient(GradientCheck.check("dbias", x: b.p, analytic: db.p, count: C, f: f))
+    }
+
+    func testDropoutBackwardAndSeededMask() {
+        var rng = RNG(seed: 5)
+        let n = 64
+        let inp = Buf(random: n, rng: &rng), out = Buf(n), mask = Buf(n), c = Buf(random: n, rng: &rng), dinp = Buf(n)
+        let f = { () -> Double in var r = RNG(seed: 77); dropoutForward(out: out.p, mask: mask.p, inp: inp.p, p: 0.4, n: n, rng: &r); return out.dot(c) }
+        _ = f()
+        let kept = (0..<n).filter { mask[$0] != 0 }.count
+        XCTAssertTrue(kept > 20 && kept < 60, "about 60 % kept, got \(kept)")
+        for i in 0..<n where mask[i] != 0 { XCTAssertEqual(mask[i], 1 / 0.6, accuracy: 1e-6) }
+        dropoutBackward(dinp: dinp.p, dout: c.p, mask: mask.p, n: n)
+        assertGradient(GradientCheck.check("dinp", x: inp.p, analytic: dinp.p, count: n, f: f))
+    }
+
+    func testActivationBackwards() {
+        var rng = RNG(seed: 6)
+        let n = 40, C = 4
+        let inp = Buf(random: n, rng: &rng), out = Buf(n), c = Buf(random: n, rng: &rng)
+        for i in 0..<n where abs(inp[i]) < 0.05 { inp[i] = 0.3 }   // keep ReLU/PReLU away from the kink
+        let d = Buf(n)
+        let fr = { reluForward(out: out.p, inp: inp.p, n: n); return out.dot(c) }
+        reluBackward(dinp: d.p, dout: c.p, inp: inp.p, n: n)
+        assertGradient(GradientCheck.check("relu", x: inp.p, analytic: d.p, count: n, eps: 1e-3, f: fr))
+        d.zero()
+        let fg = { geluForward(out: out.p, inp: inp.p, n: n); return out.dot(c) }
+        geluBackward(dinp: d.p, dout: c.p, inp: inp.p, n: n)
+        assertGradient(GradientCheck.check("gelu", x: inp.p, analytic: d.p, count: n, f: fg))
+        d.zero()
+        let alpha = Buf(random: C, rng: &rng), dalpha = Buf(C)
+        let fp = { preluForward(out: out.p, inp: inp.p, alpha: alpha.p, N: n / C, C: C); return out.dot(c) }
+        preluBackward(dinp: d.p, dalpha: dalpha.p, dout: c.p, inp: inp.p, alpha: alpha.p, N: n / C, C: C)
+        assertGradient(GradientCheck.check("prelu dinp", x: inp.p, analytic: d.p, count: n, eps: 1e-3, f: fp))
+        assertGradient(GradientCheck.check("prelu dalpha", x: alpha.p, analytic: dalpha.p, count: C, f: fp))
+    }
+
+    func testSoftmaxBackward() {
+        var rng = RNG(seed: 7)
+        let N = 3, V = 7
+        let inp = Buf(random: N * V, rng: &rng), out = Buf(N * V), c = Buf(random: N * V, rng: &rng), d = Buf(N * V)
+        let f = { softmaxForward(out: out.p, inp: inp.p, N: N, V: V); return out.dot(c) }
+        _ = f()
+        for n in 0..<N { XCTAssertEqual((0..<V).reduce(Float(0)) { $0 + out[n * V + $1] }, 1, accuracy: 1e-5) }
+        softmaxBackward(dinp: d.p, dout: c.p, out: out.p, N: N, V: V)
+        assertGradient(GradientCheck.check("softmax", x: inp.p, analytic: d.p, count: N * V, f: f))
+    }
+
+    func testCausalAttentionBackwardWithPaddingAndDropout() {
+        var rng = RNG(seed: 8)
+        let B = 2, T = 5, C = 6, H = 2
+        let qkv = Buf(random: B * T * 3 * C, rng: &rng), out = Buf(B * T * C)
+        let att = Buf(B * H * T * T), attD = Buf(B * H * T * T), c = Buf(random: B * T * C, rng: &rng), d = Buf(B * T * 3 * C)
+        // sequence 0: right-padded, length 3; sequence 1: a padding hole at position 1, full rows
+        let ids = IntBuf([4, 2, 7, 0, 0, 3, 0, 5, 1, 2]), rows = IntBuf([3, 5])
+        for p: Float in [0, 0.3] {
+            d.zero()
+            let f = { () -> Double in
+                attentionForward(out: out.p, att: att.p, attDrop: attD.p, qkv: qkv.p, ids: ids.p, rows: rows.p, dropout: p, seed: 99, B: B, T: T, C: C, H: H)
+                return out.dot(c)
+            }
+            _ = f()
+            // causality and padding: row i of sequence 0 never weighs keys > i or padding keys
+            for h in 0..<H { for i in 0..<T { for j in 0..<T where j > i || (ids.p[T + j] == 0) {
+                XCTAssertEqual(att[((1 * H + h) * T + i) * T + j], 0)
+            } } }
+            for k in 3 * C..<T * C { XCTAssertEqual(out[k], 0, "padding query rows output 0") }
+            attentionBackward(dqkv: d.p, dout: c.p, qkv: qkv.p, att: att.p, attDrop: attD.p, ids: ids.p, rows: rows.p, dropout: p, B: B, T: T, C: C, H: H)
+            assertGradient(GradientCheck.check("dqkv p=\(p)", x: qkv.p, analytic: d.p, count: B * T * 3 * C, eps: 1e-3, tolerance: 2e-2, maxEntries: 400, f: f))
+        }
+    }
+
+    func testAttentionIsIndependentOfThreadCount() {
+        var rng = RNG(seed: 9)
+        let B = 8, T = 6, C = 8, H = 2
+        let qkv = Buf(random: B * T * 3 * C, rng: &rng)
+        let ids = IntBuf((0..<(B * T)).map { Int32(($0 % T) < 4 ? 1 : 0) })
+        func run(_ threads: Int) -> [Float] {
+            Threads.set(threads)
+            let out = Buf(B * T * C), att = Buf(B * H * T * T), attD = Buf(B * H * T * T)
+            attentionForward(out: out.p, att: att.p, attDrop: attD.p, qkv: qkv.p, ids: ids.p, rows: nil, dropout: 0.5, seed: 3, B: B, T: T, C: C, H: H)
+            return Array(UnsafeBufferPointer(start: out.p, count: out.n))
+        }
+        XCTAssertEqual(run(1), run(2))
+        Threads.set(1)
+    }
+
+    func testGRUBackward() {
+        var rng = RNG(seed: 10)
+        let B = 3, T = 4, I = 3, H = 5, steps = 4
+        let inp = Buf(random: B * T * I, rng: &rng, scale: 0.8)
+        let wih = Buf(random: 3 * H * I, rng: &rng, scale: 0.5), whh = Buf(random: 3 * H * H, rng: &rng, scale: 0.5)
+        let bih = Buf(random: 3 * H, rng: &rng, scale: 0.3), bhh = Buf(random: 3 * H, rng: &rng, scale: 0.3)
+        let out = Buf(B * T * H), gates = Buf(B * T * 3 * H), gh = Buf(B * T * 3 * H), c = Buf(random: B * T * H, rng: &rng)
+        let dinp = Buf(B * T * I), dwih = Buf(3 * H * I), dwhh = Buf(3 * H * H), dbih = Buf(3 * H), dbhh = Buf(3 * H)
+        let dgi = Buf(B * T * 3 * H), dgh = Buf(B * 3 * H), dh = Buf(B * H)
+        let f = { () -> Double in
+            gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inp.p, wih: wih.p, whh: whh.p, bih: bih.p, bhh: bhh.p, steps: steps, B: B, T: T, I: I, H: H)
+            return out.dot(c)
+        }
+        _ = f()
+        gruBackward(dinp: dinp.p, dwih: dwih.p, dwhh: dwhh.p, dbih: dbih.p, dbhh: dbhh.p, dout: c.p, inp: inp.p, out: out.p,
+                    gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p, dgi: dgi.p, dgh: dgh.p, dh: dh.p, steps: steps, B: B, T: T, I: I, H: H)
+        assertGradient(GradientCheck.check("dinp", x: inp.p, analytic: dinp.p, count: inp.n, f: f))
+        assertGradient(GradientCheck.check("dwih", x: wih.p, analytic: dwih.p, count: wih.n, f: f))
+        assertGradient(GradientCheck.check("dwhh", x: whh.p, analytic: dwhh.p, count: whh.n, f: f))
+        assertGradient(GradientCheck.check("dbih", x: bih.p, analytic: dbih.p, count: bih.n, f: f))
+        assertGradient(GradientCheck.check("dbhh", x: bhh.p, analytic: dbhh.p, count: bhh.n, f: f))
+    }
+}

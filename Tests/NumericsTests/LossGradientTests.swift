@@ -1,0 +1,109 @@
+import XCTest
+@testable import Numerics
+
+/// Loss gradients against finite differences of the returned weighted total.
+final class LossGradientTests: XCTestCase {
+    override func setUp() { Threads.set(1) }
+
+    func testSoftmaxCrossEntropyWithWeightsAndSkippedRow() {
+        var rng = RNG(seed: 11)
+        let B = 4, V = 9
+        let logits = Buf(random: B * V, rng: &rng), d = Buf(B * V), losses = Buf(B)
+        let targets = IntBuf([2, 0, -1, 8]), w = Buf(B)
+        for b in 0..<B { w[b] = 0.5 + Float(b) }
+        let f = { softmaxCrossEntropy(losses: losses.p, dlogits: nil, logits: logits.p, targets: targets.p, weights: w.p, scale: 0.25, B: B, V: V) }
+        let total = softmaxCrossEntropy(losses: losses.p, dlogits: d.p, logits: logits.p, targets: targets.p, weights: w.p, scale: 0.25, B: B, V: V)
+        XCTAssertEqual(losses[2], 0)
+        // per-example loss is −log softmax at the target
+        var m: Float = -.infinity; for j in 0..<V { m = max(m, logits[j]) }
+        var s: Float = 0; for j in 0..<V { s += expf(logits[j] - m) }
+        XCTAssertEqual(losses[0], m + logf(s) - logits[2], accuracy: 1e-5)
+        XCTAssertEqual(total, f(), accuracy: 1e-9)
+        assertGradient(GradientCheck.check("dlogits", x: logits.p, analytic: d.p, count: B * V, f: f))
+        // accumulate adds to what is there
+        let d2 = Buf(B * V, fill: 1)
+        softmaxCrossEntropy(losses: losses.p, dlogits: d2.p, logits: logits.p, targets: targets.p, weights: w.p, scale: 0.25, accumulate: true, B: B, V: V)
+        for i in 0..<B * V { XCTAssertEqual(d2[i], d[i] + 1, accuracy: 1e-6) }
+    }
+
+    func testMultiPositiveCrossEntropy() {
+        var rng = RNG(seed: 12)
+        let B = 3, V = 8
+        let logits = Buf(random: B * V, rng: &rng), d = Buf(B * V), losses = Buf(B)
+        let offsets = IntBuf([0, 2, 2, 5]), cols = IntBuf([1, 4, 0, 3, 7])
+        let f = { multiPositiveCrossEntropy(losses: losses.p, dlogits: nil, logits: logits.p, offsets: offsets.p, cols: cols.p, weights: nil, scale: 1, B: B, V: V) }
+        multiPositiveCrossEntropy(losses: losses.p, dlogits: d.p, logits: logits.p, offsets: offsets.p, cols: cols.p, weights: nil, scale: 1, B: B, V: V)
+        XCTAssertEqual(losses[1], 0)
+        assertGradient(GradientCheck.check("dlogits", x: logits.p, analytic: d.p, count: B * V, f: f))
+    }
+
+    func testKLBothDirections() {
+        var rng = RNG(seed: 13)
+        let B = 3, V = 6
+        let logits = Buf(random: B * V, rng: &rng), target = Buf(random: B * V, rng: &rng), losses = Buf(B)
+        softmaxForward(out: target.p, inp: target.p, N: B, V: V)
+        for dir in KLDirection.allCases {
+            let d = Buf(B * V)
+            let f = { softmaxKL(losses: losses.p, dlogits: nil, logits: logits.p, target: target.p, direction: dir, weights: nil, scale: 0.5, B: B, V: V) }
+            softmaxKL(losses: losses.p, dlogits: d.p, logits: logits.p, target: target.p, direction: dir, weights: nil, scale: 0.5, B: B, V: V)
+            for b in 0..<B { XCTAssertGreaterThanOrEqual(losses[b], -1e-6) }
+            assertGradient(GradientCheck.check("KL \(dir)", x: logits.p, analytic: d.p, count: B * V, eps: 3e-3, f: f))
+        }
+        // KL of a distribution to itself is 0
+        let same = Buf(B * V); same.p.update(from: target.p, count: B * V)
+        for i in 0..<B * V { same[i] = logf(same[i]) }
+        softmaxKL(losses: losses.p, dlogits: nil, logits: same.p, target: target.p, direction: .targetToModel, weights: nil, scale: 1, B: B, V: V)
+        for b in 0..<B { XCTAssertEqual(losses[b], 0, accuracy: 1e-5) }
+    }
+
+    func testBinaryCrossEntropyWithNegatives() {
+        var rng = RNG(seed: 14)
+        let B = 3, n = 4
+        let pos = Buf(random: B, rng: &rng), neg = Buf(random: B * n, rng: &rng), mask = Buf(B * n, fill: 1)
+        mask[5] = 0
+        let dpos = Buf(B), dneg = Buf(B * n), losses = Buf(B)
+        let f = { binaryCrossEntropyWithNegatives(losses: losses.p, dpos: nil, dneg: nil, pos: pos.p, neg: neg.p, negMask: mask.p, weights: nil, scale: 1, B: B, n: n) }
+        binaryCrossEntropyWithNegatives(losses: losses.p, dpos: dpos.p, dneg: dneg.p, pos: pos.p, neg: neg.p, negMask: mask.p, weights: nil, scale: 1, B: B, n: n)
+        XCTAssertEqual(dneg[5], 0)
+        assertGradient(GradientCheck.check("dpos", x: pos.p, analytic: dpos.p, count: B, f: f))
+        assertGradient(GradientCheck.check("dneg", x: neg.p, analytic: dneg.p, count: B * n, f: f))
+    }
+
+    func testSampledSoftmaxWithLogQAndAccidentalHits() {
+        var rng = RNG(seed: 15)
+        let B = 3, S = 5
+        let logits = Buf(random: B * (S + 1), rng: &rng), d = Buf(B * (S + 1)), losses = Buf(B)
+        let pos = IntBuf([3, 9, 4]), negs = IntBuf([1, 9, 2, 7, 8])
+        let lqp = Buf(random: B, rng: &rng), lqn = Buf(random: S, rng: &rng)
+        let f = { sampledSoftmaxCrossEntropy(losses: losses.p, dlogits: nil, logits: logits.p, posItems: pos.p, negItems: negs.p, logQPos: lqp.p, logQNeg: lqn.p, weights: nil, scale: 1, B: B, S: S) }
+        sampledSoftmaxCrossEntropy(losses: losses.p, dlogits: d.p, logits: logits.p, posItems: pos.p, negItems: negs.p, logQPos: lqp.p, logQNeg: lqn.p, weights: nil, scale: 1, B: B, S: S)
+        XCTAssertEqual(d[1 * (S + 1) + 2], 0, "the negative equal to row 1's positive is masked")
+        assertGradient(GradientCheck.check("dlogits", x: logits.p, analytic: d.p, count: B * (S + 1), f: f))
+    }
+
+    func testNegativeSamplerProposals() {
+        var rng = RNG(seed: 16)
+        let N = 10
+        let counts = [0] + (1...N).map { $0 == 1 ? 1000 : 1 }
+        let pop = NegativeSampler(itemCount: N, proposal: .popularity, counts: counts)
+        let items = IntBuf([Int32](repeating: 0, count: 2000))
+        pop.sample(items: items.p, logQ: nil, S: 2000, rng: &rng)
+        let ones = (0..<2000).filter { items.p[$0] == 1 }.count
+        XCTAssertGreaterThan(ones, 1800)
+        XCTAssertTrue((0..<2000).allSatisfy { items.p[$0] >= 1 && items.p[$0] <= Int32(N) })
+        let uni = NegativeSampler(itemCount: N, proposal: .uniform)
+        XCTAssertEqual(uni.logQ(3, S: 100), logf(100.0 / 10.0), accuracy: 1e-5)
+        XCTAssertEqual(pop.logQ(1, S: 1), logf(1001.0 / 1019.0), accuracy: 1e-5)
+    }
+
+    func testInBatchSoftmax() {
+        var rng = RNG(seed: 17)
+        let B = 4, C = 3
+        let a = Buf(random: B * C, rng: &rng), bm = Buf(random: B * C, rng: &rng), da = Buf(B * C), db = Buf(B * C)
+        let scores = Buf(B * B), losses = Buf(B)
+        let f = { inBatchSoftmax(losses: losses.p, da: nil, db: nil, a: a.p, bm: bm.p, scores: scores.p, temperature: 0.7, weights: nil, scale: 1, B: B, C: C) }
+        inBatchSoftmax(losses: losses.p, da: da.p, db: db.p, a: a.p, bm: bm.p, scores: scores.p, temperature: 0.7, weights: nil, scale: 1, B: B, C: C)
+        assertGradient(GradientCheck.check("da", x: a.p, analytic: da.p, count: B * C, f: f))
+        assertGradient(GradientCheck.check("db", x: bm.p, analytic: db.p, count: B * C, f: f))
+    }
+}
