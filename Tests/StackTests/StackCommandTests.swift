@@ -199,6 +199,32 @@ final class StackCommandTests: XCTestCase {
         XCTAssertEqual(StackRecord.load(layout)?.phase, .stopped)
     }
 
+    func testUpWithADatabaseURLUsesThatServerAndDownLeavesItRunning() throws {
+        let external = TemporaryStateDirectory("external-pg")
+        defer { external.remove() }
+        let pg = EmbeddedPostgres(.init(stateDirectory: external.path, port: try LoopbackPort.ephemeral()))
+        try pg.start()
+        defer { try? pg.stop() }
+        let layout = StackLayout(stateDirectory: state.path)
+
+        let up = try winnow(try upArguments(teachers: 0) + ["--database-url", pg.tcpURL()])
+        XCTAssertEqual(up.status, 0, up.output)
+        let record = try XCTUnwrap(StackRecord.load(layout))
+        XCTAssertEqual(record.database?.embedded, false)
+        XCTAssertEqual(record.database?.url, pg.tcpURL())
+        XCTAssertFalse(FileManager.default.fileExists(atPath: state.path + "/postgres/data"), "no embedded cluster")
+        let featurestore = try XCTUnwrap(record.children.first { $0.name == "featurestore" }?.pid)
+        let cmdline = try XCTUnwrap(FileManager.default.contents(atPath: "/proc/\(featurestore)/cmdline"))
+        let args = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        XCTAssertEqual(args.firstIndex(of: "--database-url").map { args[$0 + 1] }, pg.tcpURL())
+
+        let down = try winnow(["down", "--state-dir", state.path])
+        XCTAssertEqual(down.status, 0, down.output)
+        XCTAssertFalse(StackControl.isUp(layout))
+        XCTAssertTrue(pg.isRunning, "a given database is not ours to stop")
+        XCTAssertEqual(Connection.ping(url: pg.url), .ok)
+    }
+
     func testUpWithUnusableOptionsFailsWithAClearMessage() throws {
         let bad = try winnow(["up", "--state-dir", state.path, "--teachers", "65"])
         XCTAssertNotEqual(bad.status, 0)
