@@ -214,6 +214,32 @@ public final class EmbeddedPostgres: @unchecked Sendable {
         return Self.isPostgresProcess(pid) ? pid : nil
     }
 
+    // MARK: Throwaway servers for tests
+
+    /// Starts a server in a fresh temporary state directory (`$TMPDIR/winnow-<label>-XXXXXX`) on
+    /// a free port: what integration tests of the feature store need. Call ``destroy()`` after.
+    public static func temporary(label: String = "pg", logger: Logger = Logger(label: "winnow.postgres.embedded")) throws -> EmbeddedPostgres {
+        var template = Array((NSTemporaryDirectory() + "winnow-\(label)-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw Failure.unusableDirectory(path: NSTemporaryDirectory(), reason: "mkdtemp failed: \(String(cString: strerror(errno)))")
+        }
+        let dir = String(cString: made)
+        let pg = EmbeddedPostgres(.init(stateDirectory: dir, port: try LoopbackPort.ephemeral()), logger: logger)
+        do {
+            try pg.start()
+        } catch {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw error
+        }
+        return pg
+    }
+
+    /// Stops the server (immediately: nothing in it is kept) and removes its state directory.
+    public func destroy() {
+        try? stop(mode: .immediate)
+        try? FileManager.default.removeItem(atPath: configuration.stateDirectory)
+    }
+
     // MARK: Steps
 
     /// The user the server runs as: `postgres` when we are root, ourselves otherwise.

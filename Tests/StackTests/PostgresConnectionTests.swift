@@ -4,26 +4,23 @@ import XCTest
 
 /// The libpq wrapper against a real embedded server, shared by the tests of this class.
 final class PostgresConnectionTests: XCTestCase {
-    nonisolated(unsafe) static var state: TemporaryStateDirectory?
     nonisolated(unsafe) static var server: EmbeddedPostgres?
     nonisolated(unsafe) static var startError: Error?
 
     override class func setUp() {
         super.setUp()
-        let dir = TemporaryStateDirectory("pgconn")
-        state = dir
         do {
-            let pg = EmbeddedPostgres(.init(stateDirectory: dir.path, port: try LoopbackPort.ephemeral()))
-            try pg.start()
-            server = pg
+            server = try EmbeddedPostgres.temporary(label: "pgconn")
         } catch {
             startError = error
         }
     }
 
     override class func tearDown() {
-        try? server?.stop()
-        state?.remove()
+        if let dir = server?.configuration.stateDirectory {
+            server?.destroy()
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "destroy() removes the state directory")
+        }
         super.tearDown()
     }
 
