@@ -110,6 +110,10 @@ struct BenchItemCF: ParsableCommand {
             print(String(format: "  winnow: %.4f s with 1 thread", single!))
         }
 
+        var usage = rusage()
+        getrusage(RUSAGE_SELF, &usage)
+        print(String(format: "  winnow process max RSS so far: %.0f MB", Double(usage.ru_maxrss) / 1024))
+
         var reference: ReferenceRun?
         if let python {
             reference = try runReference(python: python, path: path, repeats: repeats)
