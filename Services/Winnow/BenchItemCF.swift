@@ -111,7 +111,11 @@ struct BenchItemCF: ParsableCommand {
         }
 
         var usage = rusage()
+        #if os(Linux)
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        #else
         getrusage(RUSAGE_SELF, &usage)
+        #endif
         print(String(format: "  winnow process max RSS so far: %.0f MB", Double(usage.ru_maxrss) / 1024))
 
         var reference: ReferenceRun?
