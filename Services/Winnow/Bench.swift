@@ -70,11 +70,15 @@ struct ProcessResult {
 }
 
 enum BenchProcess {
-    /// Runs `executable` with `arguments`; stdout is captured, stderr goes to ours.
-    static func run(_ executable: String, _ arguments: [String]) throws -> ProcessResult {
+    /// Runs `executable` with `arguments` (and extra `environment`); stdout is captured, stderr goes to ours.
+    static func run(_ executable: String, _ arguments: [String],
+                    environment: [String: String] = [:]) throws -> ProcessResult {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let pipe = Pipe()
         process.standardOutput = pipe
         try process.run()
