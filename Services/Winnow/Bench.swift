@@ -21,6 +21,17 @@ struct BenchRow: Codable {
     var ratio: Double?
     var goal: Double
 
+    /// Every key is always present; a missing reference is written as null.
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(unit, forKey: .unit)
+        try c.encode(winnow, forKey: .winnow)
+        if let reference { try c.encode(reference, forKey: .reference) } else { try c.encodeNil(forKey: .reference) }
+        if let ratio { try c.encode(ratio, forKey: .ratio) } else { try c.encodeNil(forKey: .ratio) }
+        try c.encode(goal, forKey: .goal)
+    }
+
     /// A time row: ratio = reference ÷ winnow.
     static func time(_ name: String, winnow: Double, reference: Double?, goal: Double, unit: String = "s") -> BenchRow {
         BenchRow(name: name, unit: unit, winnow: winnow, reference: reference,

@@ -62,6 +62,12 @@ struct BenchItemCF: ParsableCommand {
             try BenchOutput.writeJSON(rows, to: json)
             print("wrote \(json)")
         }
+        // Differing neighbours are a correctness failure, not a slow result.
+        let disagreeing = rows.filter { $0.name.hasSuffix("_neighbour_agreement") && $0.winnow < 1 }
+        if !disagreeing.isEmpty {
+            print("error: Winnow and the reference disagree: \(disagreeing.map(\.name).joined(separator: ", "))")
+            throw ExitCode.failure
+        }
     }
 
     /// Generates the synthetic set once into DATA_DIR/synth and returns its path.
