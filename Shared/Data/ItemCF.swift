@@ -12,8 +12,9 @@
 // acc[w] = Σ_{u ∋ v} W_uv·W_uw is built by walking v's users and each of their item rows
 // (classic SpGEMM with a dense accumulator of length N and a list of touched entries), then
 // divided by the norms and reduced to the K best by a small heap. The |V|×|V| matrix never
-// exists. Items are processed in parallel into disjoint output slots; every item's result
-// depends only on the input (users are visited in ascending index order), so the output is
+// exists. Items are processed in parallel (each worker appends its finished rows to its own
+// buffer, recording where each went; the rows are gathered in item order at the end); every
+// item's result depends only on the input (users are visited in ascending index order), so the output is
 // identical for any thread count. Sums are in Double; a score is rounded to Float once, and
 // ranking uses that Float (so the stored rows are exactly ordered by their stored scores).
 //
