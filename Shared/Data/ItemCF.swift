@@ -12,8 +12,9 @@
 // acc[w] = Σ_{u ∋ v} W_uv·W_uw is built by walking v's users and each of their item rows
 // (classic SpGEMM with a dense accumulator of length N and a list of touched entries), then
 // divided by the norms and reduced to the K best by a small heap. The |V|×|V| matrix never
-// exists. Items are processed in parallel into disjoint output slots; every item's result
-// depends only on the input (users are visited in ascending index order), so the output is
+// exists. Items are processed in parallel (each worker appends its finished rows to its own
+// buffer, recording where each went; the rows are gathered in item order at the end); every
+// item's result depends only on the input (users are visited in ascending index order), so the output is
 // identical for any thread count. Sums are in Double; a score is rounded to Float once, and
 // ranking uses that Float (so the stored rows are exactly ordered by their stored scores).
 //
@@ -143,7 +144,7 @@ public enum ItemCF {
         }
         let matrix = Cooccurrence(items: items, offsets: offsets, itemCount: N)
         let workers = max(1, threads ?? ProcessInfo.processInfo.activeProcessorCount)
-        return topK(matrix, k: min(k, max(N - 1, 1)), reportedK: k, threads: workers)
+        return topK(matrix, k: min(k, N), reportedK: k, threads: workers)
     }
 }
 
@@ -258,9 +259,15 @@ private struct Shared: @unchecked Sendable {
     let columnOffsets: UnsafePointer<Int>
     let columns: UnsafePointer<ColumnEntry>
     let norms: UnsafePointer<Double>
-    let outItems: UnsafeMutablePointer<Int32>   // (N + 1, k) slots by caller's item id
-    let outScores: UnsafeMutablePointer<Float>  // (N + 1, k)
-    let outCounts: UnsafeMutablePointer<Int>    // (N + 1)
+    let rowWorker: UnsafeMutablePointer<Int32>  // (N + 1) by caller's id: which worker holds the row
+    let rowStart: UnsafeMutablePointer<Int>     // (N + 1) where in that worker's output it starts
+    let rowCount: UnsafeMutablePointer<Int>     // (N + 1) its length
+}
+
+/// One worker's finished rows, appended in the order it computed them.
+private final class WorkerOutput: @unchecked Sendable {
+    var items: [Int32] = []
+    var scores: [Float] = []
 }
 
 /// Hands out chunks of internal item ids (most popular first) to workers.
@@ -282,46 +289,48 @@ private final class ChunkCounter: @unchecked Sendable {
 
 private func topK(_ m: Cooccurrence, k: Int, reportedK: Int, threads: Int) -> ItemNeighbours {
     let N = m.itemCount
-    let outItems = UnsafeMutablePointer<Int32>.allocate(capacity: (N + 1) * k)
-    let outScores = UnsafeMutablePointer<Float>.allocate(capacity: (N + 1) * k)
-    let outCounts = UnsafeMutablePointer<Int>.allocate(capacity: N + 1)
-    outCounts.initialize(repeating: 0, count: N + 1)
-    defer { outItems.deallocate(); outScores.deallocate(); outCounts.deallocate() }
+    // Rows land in per-worker buffers (memory follows the output, not N·k); where each row
+    // went is recorded by item, and the rows are gathered in item order at the end.
+    let outputs = (0 ..< threads).map { _ in WorkerOutput() }
+    var rowWorker = [Int32](repeating: 0, count: N + 1)
+    var rowStart = [Int](repeating: 0, count: N + 1)
+    var rowCount = [Int](repeating: 0, count: N + 1)
 
     m.original.withUnsafeBufferPointer { original in
     m.rows.withUnsafeBufferPointer { rows in
     m.columnOffsets.withUnsafeBufferPointer { columnOffsets in
     m.columns.withUnsafeBufferPointer { columns in
     m.norms.withUnsafeBufferPointer { norms in
+    rowWorker.withUnsafeMutableBufferPointer { rowWorker in
+    rowStart.withUnsafeMutableBufferPointer { rowStart in
+    rowCount.withUnsafeMutableBufferPointer { rowCount in
         // Empty arrays may have no base address; those pointers are then never read.
         func p<T>(_ b: UnsafeBufferPointer<T>) -> UnsafePointer<T> {
             b.baseAddress ?? UnsafePointer(bitPattern: MemoryLayout<T>.alignment)!
         }
         let shared = Shared(original: p(original), rows: p(rows), columnOffsets: p(columnOffsets),
-                            columns: p(columns), norms: p(norms),
-                            outItems: outItems, outScores: outScores, outCounts: outCounts)
+                            columns: p(columns), norms: p(norms), rowWorker: rowWorker.baseAddress!,
+                            rowStart: rowStart.baseAddress!, rowCount: rowCount.baseAddress!)
         let chunk = max(1, min(64, N / (threads * 64)))
         let counter = ChunkCounter(end: N + 1, chunk: chunk)
-        DispatchQueue.concurrentPerform(iterations: threads) { _ in
-            var worker = Worker(itemCount: N, k: k)
+        DispatchQueue.concurrentPerform(iterations: threads) { w in
+            var worker = Worker(itemCount: N, k: k, index: w, output: outputs[w])
             while let range = counter.take() {
                 for r in range { worker.run(internalItem: r, shared) }
             }
             worker.release()
         }
-    }}}}}
+    }}}}}}}}
 
     var offsets = [Int](repeating: 0, count: N + 2)
-    for v in 0 ... N { offsets[v + 1] = offsets[v] + outCounts[v] }
-    let total = offsets[N + 1]
-    var items = [Int32](repeating: 0, count: total)
-    var scores = [Float](repeating: 0, count: total)
-    for v in 1 ... N {
-        let c = outCounts[v]
-        for j in 0 ..< c {
-            items[offsets[v] + j] = outItems[v * k + j]
-            scores[offsets[v] + j] = outScores[v * k + j]
-        }
+    for v in 0 ... N { offsets[v + 1] = offsets[v] + rowCount[v] }
+    var items = [Int32](repeating: 0, count: offsets[N + 1])
+    var scores = [Float](repeating: 0, count: offsets[N + 1])
+    for v in 1 ... N where rowCount[v] > 0 {
+        let from = outputs[Int(rowWorker[v])]
+        let src = rowStart[v] ..< rowStart[v] + rowCount[v]
+        items.replaceSubrange(offsets[v] ..< offsets[v + 1], with: from.items[src])
+        scores.replaceSubrange(offsets[v] ..< offsets[v + 1], with: from.scores[src])
     }
     return ItemNeighbours(itemCount: N, k: reportedK, offsets: offsets, items: items, scores: scores)
 }
@@ -335,9 +344,14 @@ private struct Worker {
     let heapScores: UnsafeMutablePointer<Float> // (k) min-heap: root is the worst kept
     let heapItems: UnsafeMutablePointer<Int32>  // (k) caller's ids
 
-    init(itemCount N: Int, k: Int) {
+    let index: Int32
+    let output: WorkerOutput
+
+    init(itemCount N: Int, k: Int, index: Int, output: WorkerOutput) {
         self.N = N
         self.k = k
+        self.index = Int32(index)
+        self.output = output
         acc = .allocate(capacity: N + 1)
         acc.initialize(repeating: 0, count: N + 1)
         touched = .allocate(capacity: N + 2)
@@ -427,19 +441,20 @@ private struct Worker {
                 siftDown(0, count)
             }
         }
-        // Pop the worst to the back: the row comes out best first.
-        let v = Int(m.original[r])
-        let base = v * k
-        m.outCounts[v] = count
+        // Heap sort in place: the worst moves to the back each time, so the row ends best first.
         var n = count
-        while n > 0 {
-            m.outScores[base + n - 1] = heapScores[0]
-            m.outItems[base + n - 1] = heapItems[0]
+        while n > 1 {
+            let s = heapScores[0], id = heapItems[0]
+            heapScores[0] = heapScores[n - 1]; heapItems[0] = heapItems[n - 1]
+            heapScores[n - 1] = s; heapItems[n - 1] = id
             n -= 1
-            if n > 0 {
-                heapScores[0] = heapScores[n]; heapItems[0] = heapItems[n]
-                siftDown(0, n)
-            }
+            siftDown(0, n)
         }
+        let v = Int(m.original[r])
+        m.rowWorker[v] = index
+        m.rowStart[v] = output.items.count
+        m.rowCount[v] = count
+        output.items.append(contentsOf: UnsafeBufferPointer(start: heapItems, count: count))
+        output.scores.append(contentsOf: UnsafeBufferPointer(start: heapScores, count: count))
     }
 }
