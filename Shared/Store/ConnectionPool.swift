@@ -23,15 +23,27 @@ public final class ConnectionPool: @unchecked Sendable {
     }
 
     /// Runs `body` with a connection of its own; connection failures throw `StoreError.unavailable`.
+    /// A pooled connection that turns out dead (the server restarted while it sat idle) is
+    /// replaced and `body` runs once more on a fresh one; `body` must therefore be a transaction
+    /// or otherwise safe to repeat, as every store operation is.
     public func withConnection<T>(_ body: (Connection) throws -> T) throws -> T {
-        let connection = try checkout()
-        do {
-            let value = try body(connection)
-            checkin(connection)
-            return value
-        } catch {
-            checkin(connection)
-            throw StoreError.from(error)
+        var attempt = 0
+        while true {
+            let (connection, reused) = try checkout()
+            do {
+                let value = try body(connection)
+                checkin(connection)
+                return value
+            } catch {
+                let dead = !connection.isOpen
+                checkin(connection)
+                let mapped = StoreError.from(error)
+                if reused && dead && attempt == 0, case .unavailable = mapped {
+                    attempt += 1
+                    continue
+                }
+                throw mapped
+            }
         }
     }
 
@@ -47,22 +59,22 @@ public final class ConnectionPool: @unchecked Sendable {
         for c in all { c.close() }
     }
 
-    private func checkout() throws -> Connection {
+    private func checkout() throws -> (Connection, reused: Bool) {
         condition.lock()
         while true {
             if closed { condition.unlock(); throw StoreError.unavailable("the feature store is shutting down") }
             if let c = idle.popLast() {
                 condition.unlock()
-                if c.isOpen && !c.inTransaction { return c }
+                if c.isOpen && !c.inTransaction { return (c, true) }
                 c.close()
                 condition.lock(); open -= 1; condition.unlock()
-                return try fresh()
+                return (try fresh(), false)
             }
             if open < capacity {
                 open += 1
                 condition.unlock()
                 do {
-                    return try Connection(url: url, logger: logger)
+                    return (try Connection(url: url, logger: logger), false)
                 } catch {
                     condition.lock(); open -= 1; condition.broadcast(); condition.unlock()
                     throw StoreError.unavailable("cannot connect to the database at \(Connection.redacted(url)): \((error as? PQError)?.message ?? "\(error)")")

@@ -89,6 +89,14 @@ public struct IngestFormat: Sendable, Equatable {
         _ = try parse(raw: [], firstLine: 2)
     }
 
+    /// Fields on 1-based line `line` of `contents`.
+    static func fieldCount(_ contents: [UInt8], line: Int) -> Int {
+        var current = 1, fields = 1, i = 0
+        while i < contents.count && current < line { if contents[i] == 0x0A { current += 1 }; i += 1 }
+        while i < contents.count && contents[i] != 0x0A { if contents[i] == 0x09 { fields += 1 }; i += 1 }
+        return fields
+    }
+
     /// The column mapping as stored with the load.
     var columnsText: String { [user, item, timestamp, rating ?? ""].joined(separator: ",") }
 
@@ -113,6 +121,12 @@ public struct IngestFormat: Sendable, Equatable {
             var message = "\(source):\(line)"
             if let column = e.column { message += ": column \(column)" }
             var reason = e.reason
+            if e.column == nil && (e.kind == .wrongFieldCount || e.kind == .truncatedLastLine) {
+                // Name the first missing (or the first extra) column.
+                let fields = Self.fieldCount(contents, line: e.line)
+                if fields < names.count { message += ": column \(names[fields])"; reason = "missing (" + reason + ")" }
+                else if fields > names.count { message += ": column \(fields)"; reason = "extra field (" + reason + ")" }
+            }
             if e.kind == .truncatedLastLine && !reason.contains("truncated") { reason += " (truncated last line?)" }
             throw StoreError.invalidArgument(message + ": " + reason)
         }
