@@ -6,7 +6,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure Winnow beside a reference implementation in the same run.",
-        subcommands: [BenchItemCF.self]
+        subcommands: [BenchItemCF.self, BenchIngest.self]
     )
 }
 
