@@ -11,7 +11,8 @@ import XCTest
 /// and a client calling through the broker.
 final class FeatureStoreServiceTests: XCTestCase {
     var broker: Broker!
-    var server: RPCServer!
+    var runtime: ServiceRuntime!
+    var stopped: DispatchSemaphore!
     var store: FeatureStore!
     var client: RPCClient!
 
@@ -20,14 +21,16 @@ final class FeatureStoreServiceTests: XCTestCase {
         store = try FeatureStore(url: url, poolSize: 4)
         broker = try Broker(endpoint: "tcp://127.0.0.1:*", configuration: BrokerConfiguration(heartbeatMicros: 100_000, liveness: 3))
         broker.start()
-        server = try RPCServer(configuration: RPCServerConfiguration(name: "featurestore", workerThreads: 4,
-                                                                     heartbeatInterval: .milliseconds(100)))
-        FeatureStoreService(store: store).register(on: server)
-        try server.bind("tcp://127.0.0.1:*")
-        server.attach(broker: broker.endpoint)
-        server.start()
+        // The service as its process wires it: ServiceKit's runtime (Health, broker registration).
+        let options = ServiceOptions(broker: broker.endpoint, name: "featurestore", databaseURL: url, heartbeatMilliseconds: 100)
+        runtime = try ServiceRuntime(kind: "featurestore", options: options)
+        FeatureStoreService(store: store).register(on: runtime.server)
+        let done = DispatchSemaphore(value: 0)
+        stopped = done
+        let r = runtime!
+        Thread { _ = r.run(grace: .milliseconds(200)); done.signal() }.start()
         let deadline = ContinuousClock.now + .seconds(10)
-        while !server.isRegistered {
+        while !runtime.server.isRegistered {
             XCTAssertLessThan(ContinuousClock.now, deadline, "featurestore did not register")
             try await Task.sleep(for: .milliseconds(10))
         }
@@ -36,7 +39,8 @@ final class FeatureStoreServiceTests: XCTestCase {
 
     override func tearDown() async throws {
         client?.close()
-        server?.shutdown(grace: .milliseconds(200))
+        runtime?.requestShutdown()
+        stopped?.wait()
         broker?.shutdown()
         store?.close()
     }
@@ -61,6 +65,9 @@ final class FeatureStoreServiceTests: XCTestCase {
     }
 
     func testIngestHistoryAndModelRoundTripsThroughTheBroker() async throws {
+        let health = try await call("Health", Winnow_V1_HealthRequest(), Winnow_V1_HealthResponse.self)
+        XCTAssertEqual(health.status, .serving)
+        XCTAssertEqual(health.service, "featurestore")
         let remote = RemoteFeatureStore(client: client)
         var text = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
         for k in 0..<500 { text += "\(k % 20)\t\(k % 30 + 1)\t4\t\(k)\n" }
