@@ -58,6 +58,7 @@ public struct RemoteFeatureStore: FeatureStoreEndpoint {
 public struct IngestProgress: Sendable {
     public var bytesDone: Int
     public var bytesTotal: Int
+    /// Rows sent so far (batches in flight included); the committed count at the end.
     public var rows: Int
     public var seconds: Double
     public var rowsPerSecond: Double { seconds > 0 ? Double(rows) / seconds : 0 }
@@ -150,7 +151,7 @@ public struct FileIngest: Sendable {
 
         var line: UInt64 = 2
         var batchID: UInt64 = 0
-        var rows = 0
+        var rows = 0, sent = 0
         do {
             try await withThrowingTaskGroup(of: Int.self) { group in
                 var inFlight = 0
@@ -175,6 +176,7 @@ public struct FileIngest: Sendable {
                     request.raw = Foundation.Data(raw)
                     batchID += 1
                     line += UInt64(lines)
+                    sent += lines
                     done += raw.count
                     if inFlight >= parallel {
                         rows += try await group.next() ?? 0
@@ -182,7 +184,7 @@ public struct FileIngest: Sendable {
                     }
                     group.addTask { Int(try await store.callIngestBatch(request).rowsAccepted) }
                     inFlight += 1
-                    progress?(IngestProgress(bytesDone: done, bytesTotal: total, rows: rows + 0, seconds: Date().timeIntervalSince(started)))
+                    progress?(IngestProgress(bytesDone: done, bytesTotal: total, rows: sent, seconds: Date().timeIntervalSince(started)))
                 }
                 while let n = try await group.next() { rows += n }
             }
