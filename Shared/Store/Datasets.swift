@@ -324,6 +324,8 @@ extension FeatureStore {
 
     /// Byte budget of one snapshot page's sequences (well under the 64 MiB frame cap).
     public static let snapshotPageBudget = 24 << 20
+    /// The most bytes the neighbour lists may take on the first page (the frame cap is 64 MiB).
+    public static let snapshotNeighbourLimit = 56 << 20
 
     /// One page of shard `shard` of `num_shards` (users u with u % num_shards == shard, in order).
     /// The first page of shard 0 also carries popularity and neighbours.
@@ -332,6 +334,9 @@ extension FeatureStore {
         let shard = Int(request.shard)
         guard shard < shards else { throw StoreError.invalidArgument("shard \(shard) is outside 0..<\(shards)") }
         guard !request.datasetID.isEmpty else { throw StoreError.invalidArgument("dataset_id is empty") }
+        guard request.pageToken <= UInt64(Int32.max) * 64 else {
+            throw StoreError.invalidArgument("page_token \(request.pageToken) is not one this store issued")
+        }
         let d = try dataset(request.datasetID)
         let start = request.pageToken == 0 ? shard : Int(request.pageToken)
         guard start % shards == shard, start >= 0 else {
@@ -349,8 +354,12 @@ extension FeatureStore {
                 n.offsets = nb.offsets.map { UInt64($0) }
                 n.items = nb.items
                 n.scores = nb.scores
+                let bytes = n.serializedDataSizeEstimate
+                guard bytes <= Self.snapshotNeighbourLimit else {
+                    throw StoreError.failedPrecondition("the neighbour lists of \(d.info.datasetID) take \(bytes) bytes, over the \(Self.snapshotNeighbourLimit)-byte limit of one snapshot page; build the dataset with a smaller itemcf_top_k")
+                }
                 page.neighbours = n
-                budget -= nb.count * 9 + nb.offsets.count * 4
+                budget -= bytes
             }
         }
         var seq = Winnow_V1_PackedSequences()
@@ -374,6 +383,15 @@ extension FeatureStore {
         return page
     }
 }
+
+extension Winnow_V1_ItemNeighbours {
+    /// Bytes of the packed fields, from the largest varint each value can take.
+    var serializedDataSizeEstimate: Int {
+        offsets.reduce(0) { $0 + varintSize($1) } + items.reduce(0) { $0 + varintSize(UInt64(UInt32(bitPattern: $1))) } + scores.count * 4 + 32
+    }
+}
+
+private func varintSize(_ v: UInt64) -> Int { v < 1 << 7 ? 1 : v < 1 << 14 ? 2 : v < 1 << 21 ? 3 : v < 1 << 28 ? 4 : 5 + (v >= 1 << 35 ? 5 : 0) }
 
 /// Reads the fields of one row of COPY's text format (tab-separated, `\N` for NULL, numbers and
 /// numeric arrays only).

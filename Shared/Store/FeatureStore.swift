@@ -115,6 +115,9 @@ public final class FeatureStore: @unchecked Sendable {
         let load = try pool.withConnection { try findLoad($0, request.loadID) }
         var response = Winnow_V1_IngestBatchResponse()
         if load.committed { response.duplicate = true; return response }
+        guard request.firstLine < 1 << 48 else {
+            throw StoreError.invalidArgument("batch \(request.batchID): first_line \(request.firstLine) is not a line number")
+        }
         let firstLine = request.firstLine == 0 ? 2 : request.firstLine
         let rows: IngestRows
         do {

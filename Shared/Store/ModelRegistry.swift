@@ -38,7 +38,7 @@ extension FeatureStore {
                 try c.query("SELECT 1 FROM model_uploads WHERE upload_id = $1 FOR UPDATE", [request.uploadID])
                 let received = UInt64(try c.query("SELECT coalesce(sum(length(data)), 0) FROM model_upload_chunks WHERE upload_id = $1",
                                                   [request.uploadID]).int(0, 0) ?? 0)
-                if request.offset + UInt64(request.chunk.count) <= received && !request.last {
+                if request.offset < received && request.offset + UInt64(request.chunk.count) <= received && !request.last {
                     response.receivedBytes = received // a retried chunk
                     return response
                 }

@@ -123,6 +123,11 @@ final class FeatureStoreServiceTests: XCTestCase {
         var s = Winnow_V1_GetSnapshotRequest()
         s.datasetID = "ds-x"
         await expectStatus(.notFound, "GetSnapshot", s, Winnow_V1_SnapshotPage.self, mentioning: "ds-x")
+        var put = Winnow_V1_PutModelRequest()
+        put.uploadID = "u"; put.offset = UInt64.max; put.chunk = Foundation.Data([1, 2])
+        await expectStatus(.failedPrecondition, "PutModel", put, Winnow_V1_PutModelResponse.self, mentioning: "send the chunk at 0")
+        s.pageToken = UInt64.max
+        await expectStatus(.invalidArgument, "GetSnapshot", s, Winnow_V1_SnapshotPage.self, mentioning: "page_token")
         var spec = interSpec()
         spec.spec.kCore = -1
         await expectStatus(.invalidArgument, "BuildDataset", spec, Winnow_V1_BuildDatasetResponse.self, mentioning: "k_core")
