@@ -161,6 +161,41 @@ final class StoreTests: XCTestCase {
         }
     }
 
+    func testRatingThresholdTimeCutoffAndQuotedCSVFields() async throws {
+        // Quoted CSV fields (a comma inside a quoted column that is not mapped), ratings 1...5.
+        var csv = "user,item,\"note, free text\",rating,time\n"
+        var expectedKept = 0
+        for k in 0..<60 {
+            let rating = k % 5 + 1
+            if rating >= 4 { expectedKept += 1 }
+            csv += "\(k % 6),\(k % 10 + 1),\"a, \"\"quoted\"\" note\",\(rating),\(k)\n"
+        }
+        // Item 99 only after the cutoff.
+        csv += "0,99,late,5,1000\n1,99,late,5,1001\n"
+        let path = try writeFile(csv, name: "quoted.csv")
+        var columns = Winnow_V1_ColumnMapping()
+        columns.user = "user"; columns.item = "item"; columns.timestamp = "time"; columns.rating = "rating"
+        let loaded = try await FileIngest(path: path, format: .csv, columns: columns).run(on: store)
+        XCTAssertEqual(loaded.rows, 62)
+
+        var filtered = interSpec()
+        filtered.spec.ratingThreshold = 4
+        XCTAssertEqual(Int(try store.buildDataset(filtered).dataset.interactions), expectedKept + 2)
+
+        var cutoff = interSpec(topK: 5)
+        cutoff.spec.split = .timeCutoff
+        cutoff.spec.timeCutoff = 500
+        let built = try store.buildDataset(cutoff).dataset
+        let d = try store.dataset(built.datasetID)
+        let late = d.itemIDs.firstIndex(of: 99)! + 1
+        XCTAssertTrue(d.neighbours!.neighbours(of: late).items.isEmpty, "an item seen only after the cutoff has no neighbours")
+        XCTAssertFalse(d.neighbours!.neighbours(of: 1).items.contains(Int32(late)))
+        XCTAssertEqual(d.ratings?.count, d.items.count)
+        var missingCutoff = interSpec()
+        missingCutoff.spec.split = .timeCutoff
+        XCTAssertThrowsError(try store.buildDataset(missingCutoff)) { XCTAssertTrue("\($0)".contains("time_cutoff")) }
+    }
+
     func testEachBadInputClassNamesTheLineAndLeavesTablesUnchanged() async throws {
         let good = try writeFile("user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t100\n2\t20\t3\t200\n", name: "good.inter")
         try await FileIngest(path: good, format: .recboleInter).run(on: store)
