@@ -68,6 +68,7 @@ struct BenchIngest: AsyncParsableCommand {
         let store = try FeatureStore(url: url)
         let server = try RPCServer(configuration: RPCServerConfiguration(name: "featurestore", workerThreads: 4))
         FeatureStoreService(store: store).register(on: server)
+        server.register("Health") { (_: Winnow_V1_HealthRequest) in Winnow_V1_HealthResponse() }
         let endpoint = try server.bind("tcp://127.0.0.1:*")
         server.start()
         let client = try RPCClient(endpoint: endpoint)
@@ -77,7 +78,7 @@ struct BenchIngest: AsyncParsableCommand {
 
         var rows: [BenchRow] = []
         var serial = 0
-        for (name, path) in [("ml100k", ml100k), ("synth_\(synthInteractions / 1_000_000)m", synth)] {
+        for (name, path) in [("ml100k", ml100k), (synthInteractions >= 1_000_000 && synthInteractions % 1_000_000 == 0 ? "synth_\(synthInteractions / 1_000_000)m" : "synth_\(synthInteractions / 1000)k", synth)] {
             let header = try firstLine(path)
             let columns = header.split(separator: "\t").map { String($0.split(separator: ":").first ?? "") }
             let fileRows = try countLines(path) - 1
@@ -147,6 +148,17 @@ struct BenchIngest: AsyncParsableCommand {
         latencies.sort()
         let p50 = latencies[latencies.count / 2], p99 = latencies[latencies.count * 99 / 100]
         print(String(format: "  GetHistory (warm user \(request.user), n = 50, 20000 calls): p50 %.3f ms, p99 %.3f ms, max %.3f ms", p50, p99, latencies.last!))
+        // The RPC path alone: a Health handler that only builds an empty reply.
+        var empty: [Double] = []
+        empty.reserveCapacity(20_000)
+        for _ in 0..<20_000 {
+            let t = benchNow()
+            _ = try await client.call(service: "featurestore", method: "Health", Winnow_V1_HealthRequest(), as: Winnow_V1_HealthResponse.self, timeout: .seconds(5))
+            empty.append((benchNow() - t) * 1000)
+        }
+        empty.sort()
+        print(String(format: "  Health (empty handler), 20000 calls: p50 %.3f ms, p99 %.3f ms",
+                     empty[empty.count / 2], empty[empty.count * 99 / 100]))
         // The store's own share: the same call in process, without sockets or handler threads.
         var local: [Double] = []
         local.reserveCapacity(20_000)
