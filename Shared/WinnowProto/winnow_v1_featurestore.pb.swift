@@ -177,6 +177,10 @@ public nonisolated struct Winnow_V1_BeginIngestRequest: Sendable {
   /// client-chosen; re-beginning an already committed load id is a no-op
   public var loadID: String = String()
 
+  /// The source's header line (RecBole `name:type` fields, or the CSV/TSV column names): it
+  /// names the columns of every raw batch. Required for raw batches.
+  public var header: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -258,6 +262,9 @@ public nonisolated struct Winnow_V1_CommitIngestResponse: Sendable {
   public var users: UInt64 = 0
 
   public var items: UInt64 = 0
+
+  /// the load id had been committed before; nothing changed
+  public var alreadyCommitted: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -917,7 +924,7 @@ nonisolated extension Winnow_V1_Interaction: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Winnow_V1_BeginIngestRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".BeginIngestRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}format\0\u{1}columns\0\u{3}load_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}source\0\u{1}format\0\u{1}columns\0\u{3}load_id\0\u{1}header\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -929,6 +936,7 @@ nonisolated extension Winnow_V1_BeginIngestRequest: SwiftProtobuf.Message, Swift
       case 2: try { try decoder.decodeSingularEnumField(value: &self.format) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._columns) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.loadID) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.header) }()
       default: break
       }
     }
@@ -951,6 +959,9 @@ nonisolated extension Winnow_V1_BeginIngestRequest: SwiftProtobuf.Message, Swift
     if !self.loadID.isEmpty {
       try visitor.visitSingularStringField(value: self.loadID, fieldNumber: 4)
     }
+    if !self.header.isEmpty {
+      try visitor.visitSingularStringField(value: self.header, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -959,6 +970,7 @@ nonisolated extension Winnow_V1_BeginIngestRequest: SwiftProtobuf.Message, Swift
     if lhs.format != rhs.format {return false}
     if lhs._columns != rhs._columns {return false}
     if lhs.loadID != rhs.loadID {return false}
+    if lhs.header != rhs.header {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1116,7 +1128,7 @@ nonisolated extension Winnow_V1_CommitIngestRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Winnow_V1_CommitIngestResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CommitIngestResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}users\0\u{1}items\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}users\0\u{1}items\0\u{3}already_committed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1127,6 +1139,7 @@ nonisolated extension Winnow_V1_CommitIngestResponse: SwiftProtobuf.Message, Swi
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.users) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.items) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.alreadyCommitted) }()
       default: break
       }
     }
@@ -1142,6 +1155,9 @@ nonisolated extension Winnow_V1_CommitIngestResponse: SwiftProtobuf.Message, Swi
     if self.items != 0 {
       try visitor.visitSingularUInt64Field(value: self.items, fieldNumber: 3)
     }
+    if self.alreadyCommitted != false {
+      try visitor.visitSingularBoolField(value: self.alreadyCommitted, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1149,6 +1165,7 @@ nonisolated extension Winnow_V1_CommitIngestResponse: SwiftProtobuf.Message, Swi
     if lhs.rows != rhs.rows {return false}
     if lhs.users != rhs.users {return false}
     if lhs.items != rhs.items {return false}
+    if lhs.alreadyCommitted != rhs.alreadyCommitted {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
