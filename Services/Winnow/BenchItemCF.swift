@@ -222,123 +222,36 @@ struct BenchItemCF: ParsableCommand {
     }
 }
 
-/// ML-100K: from scripts/fetch-ml100k when the repository has it, else the file in the data
-/// cache, else fetched into the cache the same way (the recbole wheel from PyPI, one file unzipped).
+/// ML-100K through scripts/fetch-ml100k (cached, verified), run from the repository root.
 enum ML100K {
     static func path(dataDir: String) throws -> String {
-        if FileManager.default.isExecutableFile(atPath: "scripts/fetch-ml100k") {
-            let result = try BenchProcess.run("/usr/bin/env", ["bash", "scripts/fetch-ml100k"],
-                                              environment: ["WINNOW_DATA_DIR": dataDir])
-            if result.status == 0, let line = result.stdout.split(separator: "\n").last,
-               FileManager.default.fileExists(atPath: String(line)) {
-                return String(line)
-            }
-            print("warning: scripts/fetch-ml100k failed (status \(result.status)); trying the data cache")
+        let result = try BenchProcess.run("/usr/bin/env", ["bash", "scripts/fetch-ml100k"],
+                                          environment: ["WINNOW_DATA_DIR": dataDir])
+        guard result.status == 0, let line = result.stdout.split(separator: "\n").last,
+              FileManager.default.fileExists(atPath: String(line)) else {
+            throw ValidationError("scripts/fetch-ml100k failed (status \(result.status)); run it from the repository root")
         }
-        let path = (dataDir as NSString).appendingPathComponent("ml-100k/ml-100k.inter")
-        if FileManager.default.fileExists(atPath: path) { return path }
-        let script = """
-        set -euo pipefail
-        tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-        python3 -m pip download -q --no-deps recbole -d "$tmp" >&2
-        mkdir -p "$(dirname "$0")"
-        python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("recbole/dataset_example/ml-100k/ml-100k.inter"))' "$tmp"/recbole-*.whl > "$0.partial"
-        mv "$0.partial" "$0"
-        """
-        let result = try BenchProcess.run("/usr/bin/env", ["bash", "-c", script, path])
-        guard result.status == 0, FileManager.default.fileExists(atPath: path) else {
-            throw ValidationError("could not fetch ML-100K into \(path) (status \(result.status))")
-        }
-        return path
+        return String(line)
     }
 }
 
-/// Users' item sequences from a RecBole atomic file, for the benchmark: the user_id and
-/// item_id columns (non-negative integer tokens) found by name in the header, ids remapped
-/// densely by first appearance (users 0..<U, items 1...N), sequences in file order.
+/// Users' item sequences in file order (the order ItemCF and the scipy reference both read),
+/// items numbered 1...N by first appearance, from the shared `.inter` reader.
 struct InterSequences {
     var users: Int
     var itemCount: Int
     var offsets: [Int]    // (U + 1)
     var items: [Int32]    // (interactions)
 
-    struct ReadError: Error, CustomStringConvertible {
-        var path: String, line: Int, reason: String
-        var description: String { "\(path):\(line): \(reason)" }
-    }
-
     static func read(path: String) throws -> InterSequences {
-        let bytes = try Foundation.Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
-        return try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> InterSequences in
-            let b = raw.bindMemory(to: UInt8.self)
-            var p = 0
-            while p < b.count && b[p] != 0x0A { p += 1 }
-            let header = String(decoding: UnsafeBufferPointer(rebasing: b[0 ..< p]), as: UTF8.self)
-            let names = header.split(separator: "\t", omittingEmptySubsequences: false)
-                .map { $0.split(separator: ":").first.map(String.init) ?? "" }
-            guard let uc = names.firstIndex(of: "user_id"), let ic = names.firstIndex(of: "item_id") else {
-                throw ReadError(path: path, line: 1, reason: "header needs user_id and item_id columns, got \(header)")
-            }
-            p += 1
-            var userOf = TokenMap(), itemOf = TokenMap()
-            var rowUser = [Int32](), rowItem = [Int32]()
-            var line = 1
-            while p < b.count {
-                line += 1
-                var column = 0
-                var value = 0, digits = 0
-                var u = -1, i = -1
-                while p < b.count && b[p] != 0x0A {
-                    let c = b[p]
-                    if c == 0x09 {
-                        if column == uc { u = digits > 0 ? value : -1 } else if column == ic { i = digits > 0 ? value : -1 }
-                        column += 1; value = 0; digits = 0
-                    } else if column == uc || column == ic {
-                        guard c >= 0x30 && c <= 0x39 && digits < 18 else {
-                            throw ReadError(path: path, line: line, reason: "column \(column + 1): not a non-negative integer token")
-                        }
-                        value = value * 10 + Int(c - 0x30); digits += 1
-                    }
-                    p += 1
-                }
-                if column == uc { u = digits > 0 ? value : -1 } else if column == ic { i = digits > 0 ? value : -1 }
-                p += 1
-                if column == 0 && digits == 0 { continue }   // blank line
-                guard u >= 0, i >= 0 else {
-                    throw ReadError(path: path, line: line, reason: "missing user_id or item_id")
-                }
-                rowUser.append(userOf.id(u, firstId: 0))
-                rowItem.append(itemOf.id(i, firstId: 1))
-            }
-            let U = userOf.count
-            var offsets = [Int](repeating: 0, count: U + 1)
-            for u in rowUser { offsets[Int(u) + 1] += 1 }
-            for u in 0 ..< U { offsets[u + 1] += offsets[u] }
-            var fill = offsets
-            var items = [Int32](repeating: 0, count: rowItem.count)
-            for (u, i) in zip(rowUser, rowItem) { items[fill[Int(u)]] = i; fill[Int(u)] += 1 }
-            return InterSequences(users: U, itemCount: itemOf.count, offsets: offsets, items: items)
-        }
-    }
-}
-
-/// Dense ids by first appearance for integer tokens: a table for small tokens, a dictionary beyond.
-private struct TokenMap {
-    private var table = [Int32]()
-    private var large = [Int: Int32]()
-    private(set) var count = 0
-    private static let tableLimit = 1 << 26
-
-    mutating func id(_ token: Int, firstId: Int32) -> Int32 {
-        if token < TokenMap.tableLimit {
-            if token >= table.count { table += [Int32](repeating: -1, count: max(token + 1 - table.count, table.count)) }
-            if table[token] < 0 { table[token] = firstId + Int32(count); count += 1 }
-            return table[token]
-        }
-        if let id = large[token] { return id }
-        let id = firstId + Int32(count)
-        large[token] = id
-        count += 1
-        return id
+        let rows = try InterReader(columns: .init(timestamp: nil, rating: nil)).read(path: path)
+        let U = rows.userTokens.count
+        var offsets = [Int](repeating: 0, count: U + 1)
+        for u in rows.users { offsets[Int(u) + 1] += 1 }
+        for u in 0 ..< U { offsets[u + 1] += offsets[u] }
+        var fill = offsets
+        var items = [Int32](repeating: 0, count: rows.count)
+        for (u, i) in zip(rows.users, rows.items) { items[fill[Int(u)]] = i + 1; fill[Int(u)] += 1 }
+        return InterSequences(users: U, itemCount: rows.itemTokens.count, offsets: offsets, items: items)
     }
 }
