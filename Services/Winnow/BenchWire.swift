@@ -92,7 +92,10 @@ struct BenchWire: AsyncParsableCommand {
         let shutdown = ShutdownSignal()
         let server = try RPCServer(configuration: RPCServerConfiguration(
             name: "bench-echo", workerThreads: 2, heartbeatInterval: .seconds(1)))
-        server.registerRaw("Echo") { $0 }
+        // Echo runs inline on the receiving thread (the transport alone); EchoPooled goes through
+        // the handler pool as a heavier handler would.
+        server.registerRawInline("Echo") { $0 }
+        server.registerRaw("EchoPooled") { $0 }
         let bound = try server.bind(endpoint)
         if let broker { server.attach(broker: broker) }
         server.start()

@@ -109,7 +109,8 @@ public final class RPCClient: @unchecked Sendable {
     public func close() { core.close() }
 }
 
-/// The I/O side of a client: owns the socket on its own thread.
+/// The socket side of a client. Callers send directly on the socket (under its lock); one thread
+/// waits for replies, matches them to pending calls by request id, and expires deadlines.
 final class ClientCore: @unchecked Sendable {
     typealias Completion = CheckedContinuation<Result<Frame, RPCError>, Never>
 
@@ -122,28 +123,37 @@ final class ClientCore: @unchecked Sendable {
     let endpoint: String
     var maxPayloadBytes = WireProtocol.defaultMaxPayloadBytes
 
-    private let socket: ZMQSocket
+    private let socket: ZMQSharedSocket
     private let wakeup: ZMQWakeup
     private let lock = NSLock()
     private let finished = DispatchSemaphore(value: 0)
     // Guarded by `lock`:
-    private var outbox: [(id: UInt64, frames: [Frame])] = []
     private var pending: [UInt64: Pending] = [:]
+    private var deadlines = DeadlineHeap()
+    private var plannedWake: Int64 = .max
     private var nextID: UInt64 = 1
     private var closed = false
     private var started = false
     private var dropped: UInt64 = 0
-    // I/O thread only:
-    private var deadlines = DeadlineHeap()
 
     init(endpoint: String) throws {
         self.endpoint = endpoint
-        socket = try ZMQSocket(.dealer)
-        try socket.setMaxMessageSize(Int64(WireProtocol.defaultMaxPayloadBytes + WireProtocol.hardLimitSlack))
-        try socket.setHighWaterMarks(send: 100_000, receive: 100_000)
-        try socket.setReconnectInterval(milliseconds: 50, max: 500)
-        try socket.connect(endpoint)
+        let dealer = try ZMQSocket(.dealer)
+        try dealer.setMaxMessageSize(Int64(WireProtocol.defaultMaxPayloadBytes + WireProtocol.hardLimitSlack))
+        try dealer.setHighWaterMarks(send: 100_000, receive: 100_000)
+        try dealer.setReconnectInterval(milliseconds: 50, max: 500)
+        try dealer.connect(endpoint)
+        socket = try ZMQSharedSocket(dealer)
         wakeup = try ZMQWakeup()
+    }
+
+    var droppedReplies: UInt64 { lock.withLock { dropped } }
+
+    private func allocateID() -> UInt64 {
+        lock.withLock {
+            defer { nextID += 1 }
+            return nextID
+        }
     }
 
     func send(header: Winnow_V1_RequestHeader, payload: Frame) async -> Result<Frame, RPCError> {
@@ -158,6 +168,7 @@ final class ClientCore: @unchecked Sendable {
         var header = header
         let id = allocateID()
         header.requestID = id
+        let frames = [WireProtocol.request, WireProtocol.bytes(header), payload]
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: Completion) in
                 lock.lock()
@@ -171,11 +182,19 @@ final class ClientCore: @unchecked Sendable {
                     continuation.resume(returning: .failure(RPCError(.cancelled, "call \(label) was cancelled")))
                     return
                 }
+                // Registered before it is sent, so the reply always finds it.
                 pending[id] = Pending(continuation: continuation, deadline: header.deadlineUnixMicros, label: label)
-                outbox.append((id, [WireProtocol.request, WireProtocol.bytes(header), payload]))
+                deadlines.push(deadline: header.deadlineUnixMicros, id: id)
+                let wakeEarlier = header.deadlineUnixMicros < plannedWake
                 startIfNeeded()
                 lock.unlock()
-                wakeup.signal()
+                do {
+                    let (sent, readable) = try socket.send(multipart: frames)
+                    if !sent { finish(id: id, with: .failure(RPCError(.unavailable, "send queue to \(endpoint) is full"))) }
+                    if readable || wakeEarlier { wakeup.signal() }
+                } catch {
+                    finish(id: id, with: .failure(RPCError(.unavailable, "cannot send to \(endpoint): \(error)")))
+                }
             }
         } onCancel: {
             lock.lock()
@@ -185,16 +204,7 @@ final class ClientCore: @unchecked Sendable {
         }
     }
 
-    var droppedReplies: UInt64 { lock.withLock { dropped } }
-
-    private func allocateID() -> UInt64 {
-        lock.withLock {
-            defer { nextID += 1 }
-            return nextID
-        }
-    }
-
-    /// Starts the I/O thread on first use (lock held).
+    /// Starts the receiving thread on first use (lock held).
     private func startIfNeeded() {
         guard !started else { return }
         started = true
@@ -221,25 +231,24 @@ final class ClientCore: @unchecked Sendable {
     }
 
     private func run() {
-        var poller = ZMQPoller([.socket(socket, .pollIn), .fileDescriptor(wakeup.fileDescriptor, .pollIn)])
+        var poller = ZMQPoller([.fileDescriptor(socket.fileDescriptor, .pollIn),
+                                .fileDescriptor(wakeup.fileDescriptor, .pollIn)])
         while true {
-            lock.lock()
-            let stop = closed
-            let toSend = outbox
-            outbox.removeAll(keepingCapacity: true)
-            lock.unlock()
-            if stop { break }
-            for (id, frames) in toSend { transmit(id: id, frames: frames) }
-
-            var timeout = 1000
-            if let next = deadlines.peek {
-                let left = next.deadline - WallClock.nowMicros()
-                timeout = max(0, min(1000, Int((left + 999) / 1000)))
+            let now = WallClock.nowMicros()
+            let timeout: Int? = lock.withLock {
+                if closed { return nil }
+                var timeout = 1000
+                if let next = deadlines.peek {
+                    timeout = max(0, min(1000, Int((next.deadline - now + 999) / 1000)))
+                }
+                plannedWake = now + Int64(timeout) * 1000
+                return timeout
             }
+            guard let timeout else { break }
             let events: [ZMQPollEvents]
             do { events = try poller.poll(timeoutMilliseconds: timeout) } catch { break }
             if events[1].contains(.pollIn) { wakeup.drain() }
-            if events[0].contains(.pollIn) { receiveAll() }
+            receiveAll()
             expire(now: WallClock.nowMicros())
         }
         socket.close()
@@ -253,39 +262,23 @@ final class ClientCore: @unchecked Sendable {
         finished.signal()
     }
 
-    private func transmit(id: UInt64, frames: [Frame]) {
-        lock.lock()
-        let deadline = pending[id]?.deadline
-        lock.unlock()
-        guard let deadline else { return } // cancelled before it went out
-        let failure: RPCError?
-        do {
-            failure = try socket.send(multipart: frames, flags: .dontWait)
-                ? nil : RPCError(.unavailable, "send queue to \(endpoint) is full")
-        } catch {
-            failure = RPCError(.unavailable, "cannot send to \(endpoint): \(error)")
-        }
-        if let failure {
-            finish(id: id, with: .failure(failure))
-        } else {
-            deadlines.push(deadline: deadline, id: id)
-        }
-    }
-
     private func receiveAll() {
-        for _ in 0..<4096 {
-            let frames: [Frame]?
-            do { frames = try socket.receiveMultipart(flags: .dontWait) } catch { return }
-            guard let frames else { return }
-            // [WRP1, ReplyHeader, payload]; anything else is not for us and is dropped.
-            guard frames.count == 3, frames[0] == WireProtocol.reply,
-                  frames[1].count <= WireProtocol.maxHeaderBytes,
-                  let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[1]) else { continue }
-            if header.code == .ok {
-                finish(id: header.requestID, with: .success(frames[2]))
-            } else {
-                finish(id: header.requestID, with: .failure(RPCError(header.code, header.message)))
+        while true {
+            let messages: [[Frame]]
+            do { messages = try socket.receiveAvailable() } catch { return }
+            for frames in messages {
+                // [WRP1, ReplyHeader, payload]; anything else is not for us and is dropped.
+                guard frames.count == 3, frames[0] == WireProtocol.reply,
+                      frames[1].count <= WireProtocol.maxHeaderBytes,
+                      let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[1]) else { continue }
+                if header.code == .ok {
+                    finish(id: header.requestID, with: .success(frames[2]))
+                } else {
+                    finish(id: header.requestID, with: .failure(RPCError(header.code, header.message)))
+                }
             }
+            // Re-check: the descriptor is edge-triggered, so never sleep with input waiting.
+            if messages.isEmpty, !((try? socket.readable()) ?? false) { return }
         }
     }
 
@@ -299,16 +292,22 @@ final class ClientCore: @unchecked Sendable {
     }
 
     private func expire(now: Int64) {
-        while let next = deadlines.peek, next.deadline <= now {
-            deadlines.pop()
-            lock.lock()
-            let entry = pending[next.id]
-            if entry != nil { pending[next.id] = nil }
-            lock.unlock()
-            if let entry {
-                entry.continuation.resume(returning: .failure(
-                    RPCError(.deadlineExceeded, "\(entry.label) got no reply from \(endpoint) before its deadline")))
+        var expired: [Pending] = []
+        lock.withLock {
+            // Answered calls leave their entry in the heap until it comes due; compact when
+            // those outnumber the live ones.
+            if deadlines.count > 4 * pending.count + 4096 {
+                deadlines = DeadlineHeap()
+                for (id, entry) in pending { deadlines.push(deadline: entry.deadline, id: id) }
             }
+            while let next = deadlines.peek, next.deadline <= now {
+                deadlines.pop()
+                if let entry = pending.removeValue(forKey: next.id) { expired.append(entry) }
+            }
+        }
+        for entry in expired {
+            entry.continuation.resume(returning: .failure(
+                RPCError(.deadlineExceeded, "\(entry.label) got no reply from \(endpoint) before its deadline")))
         }
     }
 }
