@@ -69,10 +69,11 @@ struct BenchWire: AsyncParsableCommand {
 
         FileHandle.standardError.write(Data("bench wire: echo server at \(worker.directEndpoint), broker at \(brokerEndpoint)\n".utf8))
         var winnow: [String: Measurement] = [:]
-        for (route, client, service) in [("direct", direct, "bench-echo"), ("broker", viaBroker, "bench-echo")] {
+        let routes = [("direct", direct, "Echo"), ("broker", viaBroker, "Echo"), ("direct_pooled", direct, "EchoPooled")]
+        for (route, client, method) in routes {
             for (size, count) in [(Self.small, smallCount), (Self.large, largeCount)] {
-                let sequential = try await measureSequential(client, service: service, size: size, count: count)
-                let pipelined = try await measurePipelined(client, service: service, size: size, count: count)
+                let sequential = try await measureSequential(client, method: method, size: size, count: count)
+                let pipelined = try await measurePipelined(client, method: method, size: size, count: count)
                 winnow["\(route).\(size)"] = Measurement(sequential: sequential, pipelinedBytesPerSecond: pipelined)
             }
         }
@@ -134,10 +135,11 @@ struct BenchWire: AsyncParsableCommand {
         var pipelinedBytesPerSecond: Double
     }
 
-    private func measureSequential(_ client: RPCClient, service: String, size: Int, count: Int) async throws -> Sequential {
+    private func measureSequential(_ client: RPCClient, method: String, size: Int, count: Int) async throws -> Sequential {
+        let service = "bench-echo"
         let payload = [UInt8](repeating: 0, count: size)
         for _ in 0..<min(500, count) {
-            _ = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(10))
+            _ = try await client.callRaw(service: service, method: method, payload: payload, timeout: .seconds(10))
         }
         var samples: [Double] = []
         samples.reserveCapacity(count)
@@ -145,7 +147,7 @@ struct BenchWire: AsyncParsableCommand {
         let start = clock.now
         for _ in 0..<count {
             let t0 = clock.now
-            let reply = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(10))
+            let reply = try await client.callRaw(service: service, method: method, payload: payload, timeout: .seconds(10))
             samples.append(Double((clock.now - t0).microsecondsDouble))
             precondition(reply.count == size, "echo returned \(reply.count) bytes, not \(size)")
         }
@@ -156,7 +158,8 @@ struct BenchWire: AsyncParsableCommand {
                           bytesPerSecond: 2 * Double(size) * Double(count) / elapsed)
     }
 
-    private func measurePipelined(_ client: RPCClient, service: String, size: Int, count: Int) async throws -> Double {
+    private func measurePipelined(_ client: RPCClient, method: String, size: Int, count: Int) async throws -> Double {
+        let service = "bench-echo"
         let payload = [UInt8](repeating: 0, count: size)
         let window = self.window
         let clock = ContinuousClock()
@@ -165,7 +168,7 @@ struct BenchWire: AsyncParsableCommand {
             var launched = 0
             func launch() {
                 group.addTask {
-                    _ = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(30))
+                    _ = try await client.callRaw(service: service, method: method, payload: payload, timeout: .seconds(30))
                 }
                 launched += 1
             }
@@ -221,7 +224,7 @@ struct BenchWire: AsyncParsableCommand {
     private func makeRows(_ winnow: [String: Measurement], reference: Reference?) -> [BenchRow] {
         var rows: [BenchRow] = []
         func label(_ size: Int) -> String { size == Self.small ? "2KB" : "200KB" }
-        for route in ["direct", "broker"] {
+        for route in ["direct", "broker", "direct_pooled"] {
             for size in [Self.small, Self.large] {
                 guard let measured = winnow["\(route).\(size)"] else { continue }
                 let ref = reference?.bySize[size]

@@ -202,3 +202,35 @@ final class Counter: @unchecked Sendable {
     func increment() -> Int { lock.withLock { count += 1; return count } }
     var value: Int { lock.withLock { count } }
 }
+
+final class InlineHandlerTests: XCTestCase {
+    func testInlineHandlersAnswerEvenWhileEveryPoolThreadIsBusy() async throws {
+        let gate = DispatchSemaphore(value: 0)
+        let server = try TestServer(name: "busy", workers: 1) { server in
+            server.register("Block") { (request: Winnow_V1_FloatTensor) in
+                gate.wait() // holds the only pool thread
+                return request
+            }
+            server.registerInline("Ping") { (request: Winnow_V1_FloatTensor) in
+                var reply = request
+                reply.shape.append(RPCContext.deadlineMicros ?? -1)
+                return reply
+            }
+        }
+        defer { server.stop() }
+        let client = try RPCClient(endpoint: server.endpoint)
+        defer { client.close() }
+        let blocked = Task {
+            try await client.call(service: "busy", method: "Block", tensor([1]), as: Winnow_V1_FloatTensor.self,
+                                  timeout: .seconds(10))
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        let reply = try await client.call(service: "busy", method: "Ping", tensor([2]), as: Winnow_V1_FloatTensor.self,
+                                          timeout: .seconds(2))
+        XCTAssertEqual(reply.shape.count, 2)
+        XCTAssertGreaterThan(reply.shape[1], WallClock.nowMicros(), "an inline handler sees the deadline too")
+        gate.signal()
+        let unblocked = try await blocked.value
+        XCTAssertEqual(unblocked.shape, [1])
+    }
+}
