@@ -49,6 +49,24 @@ final class RPCServerClientTests: XCTestCase {
         for (sent, got) in replies { XCTAssertEqual(sent, got) }
     }
 
+    func testLargePayloadsRoundTripIntact() async throws {
+        // Large frames are sent without copying; the bytes must still arrive exactly.
+        let client = self.client!
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<20 {
+                group.addTask {
+                    var generator = SplitMix64(seed: UInt64(index))
+                    let bytes = (0..<(200_000 + index * 1000)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+                    let reply = try await client.call(service: "echo", method: "Echo", tensor([Int64(index)], data: bytes),
+                                                      as: Winnow_V1_FloatTensor.self, timeout: .seconds(20))
+                    XCTAssertEqual(reply.shape, [Int64(index)])
+                    XCTAssertEqual(Array(reply.data), bytes)
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
     func testCallsOverlapInsteadOfQueueingBehindEachOther() async throws {
         // 8 calls of 200 ms each on 2 handler threads that sleep asynchronously: pipelined, they
         // take about 200 ms together, far less than 8 x 200 ms one after another.
