@@ -72,7 +72,11 @@ struct BenchWire: AsyncParsableCommand {
         let routes = [("direct", direct, "Echo"), ("broker", viaBroker, "Echo"), ("direct_pooled", direct, "EchoPooled")]
         for (route, client, method) in routes {
             for (size, count) in [(Self.small, smallCount), (Self.large, largeCount)] {
-                let sequential = try await measureSequential(client, method: method, size: size, count: count)
+                // One call at a time from a task on the client's receiving thread: no thread
+                // hand-off between calls (see RPCClient.executor).
+                let sequential = try await withTaskExecutorPreference(client.executor) {
+                    try await measureSequential(client, method: method, size: size, count: count)
+                }
                 let pipelined = try await measurePipelined(client, method: method, size: size, count: count)
                 winnow["\(route).\(size)"] = Measurement(sequential: sequential, pipelinedBytesPerSecond: pipelined)
             }

@@ -102,6 +102,15 @@ public final class RPCClient: @unchecked Sendable {
         }
     }
 
+    /// An executor run by the client's receiving thread. A task that prefers it
+    /// (`withTaskExecutorPreference(client.executor) { ... }`) resumes from each call on the very
+    /// thread that received the reply, with no hand-off to another thread: the lowest latency for
+    /// a loop of sequential calls. Keep such a task light; while it runs, no replies are received.
+    public var executor: any TaskExecutor { core }
+
+    /// Whether the current thread is the client's receiving thread (for tests).
+    var isOnReceivingThread: Bool { core.isOnReceivingThread }
+
     /// Replies that arrived for no pending call (after their call's deadline) and were dropped.
     public var droppedReplies: UInt64 { core.droppedReplies }
 
@@ -111,7 +120,7 @@ public final class RPCClient: @unchecked Sendable {
 
 /// The socket side of a client. Callers send directly on the socket (under its lock); one thread
 /// waits for replies, matches them to pending calls by request id, and expires deadlines.
-final class ClientCore: @unchecked Sendable {
+final class ClientCore: TaskExecutor, @unchecked Sendable {
     typealias Completion = CheckedContinuation<Result<Frame, RPCError>, Never>
 
     private struct Pending {
@@ -135,6 +144,9 @@ final class ClientCore: @unchecked Sendable {
     private var closed = false
     private var started = false
     private var dropped: UInt64 = 0
+    private var jobs: [UnownedJob] = []
+    private var receiverThread: pthread_t?
+    private var receiverDone = false
 
     init(endpoint: String) throws {
         self.endpoint = endpoint
@@ -204,6 +216,46 @@ final class ClientCore: @unchecked Sendable {
         }
     }
 
+    // MARK: the executor of the receiving thread
+
+    var isOnReceivingThread: Bool {
+        lock.withLock { receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        lock.lock()
+        if receiverDone {
+            // The receiving thread has exited: run the late job (a task resuming after close)
+            // on a thread of its own rather than lose it.
+            lock.unlock()
+            let executor = asUnownedTaskExecutor()
+            Thread { job.runSynchronously(on: executor) }.start()
+            return
+        }
+        jobs.append(job)
+        startIfNeeded()
+        let onReceiver = receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+        lock.unlock()
+        if !onReceiver { wakeup.signal() }
+    }
+
+    /// Runs the jobs queued for this executor (receiving thread only). Returns whether any ran.
+    @discardableResult
+    private func runJobs() -> Bool {
+        var ranAny = false
+        while true {
+            let batch: [UnownedJob] = lock.withLock {
+                defer { jobs.removeAll(keepingCapacity: true) }
+                return jobs
+            }
+            if batch.isEmpty { return ranAny }
+            ranAny = true
+            let executor = asUnownedTaskExecutor()
+            for job in batch { job.runSynchronously(on: executor) }
+        }
+    }
+
     /// Starts the receiving thread on first use (lock held).
     private func startIfNeeded() {
         guard !started else { return }
@@ -221,16 +273,20 @@ final class ClientCore: @unchecked Sendable {
         }
         closed = true
         let wasStarted = started
+        let onReceiver = receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
         lock.unlock()
         if wasStarted {
             wakeup.signal()
-            finished.wait()
+            // From a task running on the receiving thread itself, waiting would deadlock: the
+            // thread finishes closing once that task yields.
+            if !onReceiver { finished.wait() }
         } else {
             socket.close()
         }
     }
 
     private func run() {
+        lock.withLock { receiverThread = pthread_self() }
         var poller = ZMQPoller([.fileDescriptor(socket.fileDescriptor, .pollIn),
                                 .fileDescriptor(wakeup.fileDescriptor, .pollIn)])
         while true {
@@ -241,6 +297,7 @@ final class ClientCore: @unchecked Sendable {
                 if let next = deadlines.peek {
                     timeout = max(0, min(1000, Int((next.deadline - now + 999) / 1000)))
                 }
+                if !jobs.isEmpty { timeout = 0 }
                 plannedWake = now + Int64(timeout) * 1000
                 return timeout
             }
@@ -250,6 +307,7 @@ final class ClientCore: @unchecked Sendable {
             if events[1].contains(.pollIn) { wakeup.drain() }
             receiveAll()
             expire(now: WallClock.nowMicros())
+            runJobs()
         }
         socket.close()
         lock.lock()
@@ -259,6 +317,10 @@ final class ClientCore: @unchecked Sendable {
         for (_, entry) in orphans {
             entry.continuation.resume(returning: .failure(RPCError(.cancelled, "client for \(endpoint) closed during \(entry.label)")))
         }
+        // Let tasks that prefer this executor finish what they were resumed for.
+        while runJobs() {}
+        lock.withLock { receiverDone = true }
+        runJobs()
         finished.signal()
     }
 

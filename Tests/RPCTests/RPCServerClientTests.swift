@@ -1,5 +1,5 @@
 import Foundation
-import RPC
+@testable import RPC
 import WinnowProto
 import XCTest
 import ZeroMQ
@@ -65,6 +65,27 @@ final class RPCServerClientTests: XCTestCase {
             }
             try await group.waitForAll()
         }
+    }
+
+    func testATaskPreferringTheClientExecutorRunsOnTheReceivingThread() async throws {
+        let client = self.client!
+        let (threads, error) = try await withTaskExecutorPreference(client.executor) {
+            var threads: Set<Bool> = []
+            for index in 0..<200 {
+                let reply = try await client.call(service: "echo", method: "Echo", tensor([Int64(index)]),
+                                                  as: Winnow_V1_FloatTensor.self, timeout: .seconds(5))
+                XCTAssertEqual(reply.shape, [Int64(index)])
+                threads.insert(client.isOnReceivingThread)
+            }
+            // Deadlines still fire while the task lives on that thread.
+            let error = await rpcError {
+                try await client.call(service: "echo", method: "Sleep", tensor([500]), as: Winnow_V1_FloatTensor.self,
+                                      timeout: .milliseconds(50))
+            }
+            return (threads, error)
+        }
+        XCTAssertEqual(threads, [true], "every resumption ran on the receiving thread")
+        XCTAssertEqual(error?.code, .deadlineExceeded)
     }
 
     func testCallsOverlapInsteadOfQueueingBehindEachOther() async throws {
