@@ -28,6 +28,9 @@ struct BenchWire: AsyncParsableCommand {
     @Option(help: "Calls in flight for the pipelined throughput rows.")
     var window = 16
 
+    @Option(help: "Rounds; Winnow and pyzmq alternate, and each row keeps its best round (this box is shared).")
+    var rounds = 3
+
     @Option(help: "Python with pyzmq (default: the one `scripts/reference-venv pyzmq` prints).")
     var python: String?
 
@@ -46,6 +49,7 @@ struct BenchWire: AsyncParsableCommand {
     func validate() throws {
         guard smallCount >= 100, largeCount >= 100 else { throw ValidationError("counts must be at least 100") }
         guard window >= 1 else { throw ValidationError("--window must be at least 1") }
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
     }
 
     func run() async throws {
@@ -69,19 +73,33 @@ struct BenchWire: AsyncParsableCommand {
 
         FileHandle.standardError.write(Data("bench wire: echo server at \(worker.directEndpoint), broker at \(brokerEndpoint)\n".utf8))
         var winnow: [String: Measurement] = [:]
+        var reference: Reference?
         let routes = [("direct", direct, "Echo"), ("broker", viaBroker, "Echo"), ("direct_pooled", direct, "EchoPooled")]
-        for (route, client, method) in routes {
-            for (size, count) in [(Self.small, smallCount), (Self.large, largeCount)] {
-                // One call at a time from a task on the client's receiving thread: no thread
-                // hand-off between calls (see RPCClient.executor).
-                let sequential = try await withTaskExecutorPreference(client.executor) {
-                    try await measureSequential(client, method: method, size: size, count: count)
+        for round in 1...rounds {
+            FileHandle.standardError.write(Data("bench wire: round \(round) of \(rounds)\n".utf8))
+            for (route, client, method) in routes {
+                for (size, count) in [(Self.small, smallCount), (Self.large, largeCount)] {
+                    // One call at a time from a task on the client's receiving thread: no thread
+                    // hand-off between calls (see RPCClient.executor).
+                    let sequential = try await withTaskExecutorPreference(client.executor) {
+                        try await measureSequential(client, method: method, size: size, count: count)
+                    }
+                    let pipelined = try await measurePipelined(client, method: method, size: size, count: count)
+                    let key = "\(route).\(size)"
+                    winnow[key] = Measurement(
+                        sequential: Self.best(winnow[key]?.sequential, sequential),
+                        pipelinedBytesPerSecond: max(winnow[key]?.pipelinedBytesPerSecond ?? 0, pipelined))
                 }
-                let pipelined = try await measurePipelined(client, method: method, size: size, count: count)
-                winnow["\(route).\(size)"] = Measurement(sequential: sequential, pipelinedBytesPerSecond: pipelined)
+            }
+            if !noReference {
+                let next = try runReference()
+                var merged = next
+                if let reference {
+                    for (size, result) in next.bySize { merged.bySize[size] = Self.best(reference.bySize[size], result) }
+                }
+                reference = merged
             }
         }
-        let reference = noReference ? nil : try runReference()
         let rows = makeRows(winnow, reference: reference)
         print(BenchTable.render(rows))
         if let json {
@@ -137,6 +155,12 @@ struct BenchWire: AsyncParsableCommand {
     struct Measurement {
         var sequential: Sequential
         var pipelinedBytesPerSecond: Double
+    }
+
+    /// The round with the lower median; its p99 and rate come with it (not mixed across rounds).
+    static func best(_ a: Sequential?, _ b: Sequential) -> Sequential {
+        guard let a else { return b }
+        return a.p50 <= b.p50 ? a : b
     }
 
     private func measureSequential(_ client: RPCClient, method: String, size: Int, count: Int) async throws -> Sequential {
