@@ -80,7 +80,7 @@ public final class Broker: @unchecked Sendable {
                         break
                     }
                     guard let frames else { break }
-                    guard let event = BrokerEvent(frames: frames, maxPayloadBytes: configuration.maxPayloadBytes) else {
+                    guard let event = BrokerEvent(frames: frames) else {
                         machine.malformedMessage()
                         continue
                     }

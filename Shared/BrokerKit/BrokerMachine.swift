@@ -18,7 +18,7 @@ public enum BrokerEvent: Equatable {
     case unreachable(PeerID)
 
     /// Parses a message; nil when it is malformed (count and drop it).
-    public init?(frames: [Frame], maxPayloadBytes: Int) {
+    public init?(frames: [Frame]) {
         guard frames.count >= 2, !frames[0].isEmpty else { return nil }
         let tag = frames[1]
         if tag == WireProtocol.request, frames.count == 4, frames[2].count <= WireProtocol.maxHeaderBytes,

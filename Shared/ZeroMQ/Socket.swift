@@ -116,7 +116,7 @@ public final class ZMQSocket: @unchecked Sendable {
 
     public func setOption(_ option: Int32, bytes: [UInt8]) throws {
         let socket = try live("zmq_setsockopt")
-        try bytes.withUnsafeBytes { raw in
+        _ = try bytes.withUnsafeBytes { raw in
             try zmqCall("zmq_setsockopt(\(option))") {
                 zmq_setsockopt(socket, option, raw.baseAddress, raw.count)
             }
