@@ -147,6 +147,8 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
     private var jobs: [UnownedJob] = []
     private var receiverThread: pthread_t?
     private var receiverDone = false
+    /// A send on the receiving thread found input waiting: look again before sleeping.
+    private var inputPending = false
 
     init(endpoint: String) throws {
         self.endpoint = endpoint
@@ -160,6 +162,8 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
     }
 
     var droppedReplies: UInt64 { lock.withLock { dropped } }
+
+    static let drainLimit = 1024
 
     private func allocateID() -> UInt64 {
         lock.withLock {
@@ -199,11 +203,18 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
                 deadlines.push(deadline: header.deadlineUnixMicros, id: id)
                 let wakeEarlier = header.deadlineUnixMicros < plannedWake
                 startIfNeeded()
+                let onReceiver = receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
                 lock.unlock()
                 do {
                     let (sent, readable) = try socket.send(multipart: frames)
                     if !sent { finish(id: id, with: .failure(RPCError(.unavailable, "send queue to \(endpoint) is full"))) }
-                    if readable || wakeEarlier { wakeup.signal() }
+                    if onReceiver {
+                        // The receiving thread recomputes its timeout before sleeping; it only
+                        // needs to know when this send consumed the descriptor's edge.
+                        if readable { lock.withLock { inputPending = true } }
+                    } else if readable || wakeEarlier {
+                        wakeup.signal()
+                    }
                 } catch {
                     finish(id: id, with: .failure(RPCError(.unavailable, "cannot send to \(endpoint): \(error)")))
                 }
@@ -297,7 +308,8 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
                 if let next = deadlines.peek {
                     timeout = max(0, min(1000, Int((next.deadline - now + 999) / 1000)))
                 }
-                if !jobs.isEmpty { timeout = 0 }
+                if !jobs.isEmpty || inputPending { timeout = 0 }
+                inputPending = false
                 plannedWake = now + Int64(timeout) * 1000
                 return timeout
             }
@@ -327,9 +339,10 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
     private func receiveAll() {
         while true {
             let messages: [[Frame]]
-            do { messages = try socket.receiveAvailable() } catch { return }
+            do { messages = try socket.receiveAvailable(limit: ClientCore.drainLimit) } catch { return }
             for frames in messages {
                 // [WRP1, ReplyHeader, payload]; anything else is not for us and is dropped.
+
                 guard frames.count == 3, frames[0] == WireProtocol.reply,
                       frames[1].count <= WireProtocol.maxHeaderBytes,
                       let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[1]) else { continue }
@@ -339,8 +352,9 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
                     finish(id: header.requestID, with: .failure(RPCError(header.code, header.message)))
                 }
             }
-            // Re-check: the descriptor is edge-triggered, so never sleep with input waiting.
-            if messages.isEmpty, !((try? socket.readable()) ?? false) { return }
+            // A drain that ended on EAGAIN has processed libzmq's commands, which re-arms the
+            // edge-triggered descriptor; only a drain cut short by the limit must go on.
+            if messages.count < ClientCore.drainLimit { return }
         }
     }
 

@@ -92,6 +92,11 @@ public final class RPCServer: @unchecked Sendable {
     private var started = false
     private var statsValue = RPCServerStats()
     private var registeredValue = false
+    /// A send found input waiting on the router / broker socket (it may have consumed the
+    /// descriptor's edge): the receiving thread must drain that socket before sleeping.
+    private var routerInputPending = true
+    private var brokerInputPending = true
+    private var receiverThread: pthread_t?
     // Receiving thread only:
     private var nextToken: UInt64 = 1
 
@@ -218,6 +223,7 @@ public final class RPCServer: @unchecked Sendable {
     public var isRegistered: Bool { lock.withLock { registeredValue } }
 
     private func run() {
+        lock.withLock { receiverThread = pthread_self() }
         var lastLinkGeneration = -1
         var poller = ZMQPoller([])
         var linkDone = false
@@ -250,6 +256,7 @@ public final class RPCServer: @unchecked Sendable {
             }
             if brokerLink?.generation ?? 0 != lastLinkGeneration {
                 lastLinkGeneration = brokerLink?.generation ?? 0
+                lock.withLock { brokerInputPending = true }
                 var items: [ZMQPoller.Item] = [.fileDescriptor(wakeup.fileDescriptor, .pollIn)]
                 if let router { items.append(.fileDescriptor(router.fileDescriptor, .pollIn)) }
                 if let socket = brokerLink?.socket { items.append(.fileDescriptor(socket.fileDescriptor, .pollIn)) }
@@ -258,19 +265,31 @@ public final class RPCServer: @unchecked Sendable {
             var timeout = 250
             if let link = brokerLink, !linkDone {
                 timeout = min(timeout, max(0, Int((link.nextTimer - now + 999) / 1000)))
-                // Its own sends (heartbeats) may have consumed the descriptor's edge.
-                if let socket = link.socket, (try? socket.readable()) == true { timeout = 0 }
             }
+            // The link's own sends (heartbeats, Unregister) may have consumed the descriptor's edge.
+            if let link = brokerLink, link.takeInputPending() { lock.withLock { brokerInputPending = true } }
             if let drainAt { timeout = min(timeout, 10, max(0, Int((drainAt - now + 999) / 1000))) }
+            if lock.withLock({ routerInputPending || brokerInputPending }) { timeout = 0 }
             let events: [ZMQPollEvents]
             do { events = try poller.poll(timeoutMilliseconds: timeout) } catch {
                 logger.error("poll failed: \(error)")
                 break
             }
             if events[0].contains(.pollIn) { wakeup.drain() }
-            // The descriptors are edge-triggered: drain both sockets whatever poll said.
-            if let router { drain(router) { self.receiveDirect($0) } }
-            if let link = brokerLink, let socket = link.socket { drain(socket) { self.receiveBroker(link, $0) } }
+            // Drain a socket when its descriptor fired or a send may have consumed its edge.
+            let (routerDue, brokerDue) = lock.withLock { () -> (Bool, Bool) in
+                defer { routerInputPending = false; brokerInputPending = false }
+                return (routerInputPending, brokerInputPending)
+            }
+            var index = 1
+            if let router {
+                if routerDue || events[index].contains(.pollIn) { drain(router) { self.receiveDirect($0) } }
+                index += 1
+            }
+            if let link = brokerLink, let socket = link.socket,
+               brokerDue || (index < events.count && events[index].contains(.pollIn)) {
+                drain(socket) { self.receiveBroker(link, $0) }
+            }
         }
         // Fail what is still running; close.
         let left = lock.withLock { () -> [Route] in
@@ -289,11 +308,13 @@ public final class RPCServer: @unchecked Sendable {
     }
 
     private func drain(_ socket: ZMQSharedSocket, _ handle: ([Frame]) -> Void) {
+        let limit = 1024
         while true {
             let messages: [[Frame]]
-            do { messages = try socket.receiveAvailable() } catch { return }
+            do { messages = try socket.receiveAvailable(limit: limit) } catch { return }
             for frames in messages { handle(frames) }
-            if messages.isEmpty, !((try? socket.readable()) ?? false) { return }
+            // Ending on EAGAIN processed libzmq's commands and re-armed the descriptor.
+            if messages.count < limit { return }
         }
     }
 
@@ -390,6 +411,16 @@ public final class RPCServer: @unchecked Sendable {
         }
     }
 
+    /// Notes that a socket has input its descriptor may no longer announce; wakes the receiving
+    /// thread unless this is it (it checks the flag before sleeping).
+    private func inputPending(router: Bool) {
+        let onReceiver = lock.withLock { () -> Bool in
+            if router { routerInputPending = true } else { brokerInputPending = true }
+            return receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+        }
+        if !onReceiver { wakeup.signal() }
+    }
+
     private static func fail(_ reply: inout Winnow_V1_ReplyHeader, _ body: inout Frame, _ error: Error, _ method: String) {
         body = []
         if let error = error as? RPCError {
@@ -424,18 +455,18 @@ public final class RPCServer: @unchecked Sendable {
         }
         let headerBytes = WireProtocol.bytes(header)
         do {
-            let result: (sent: Bool, readable: Bool)
             switch route {
             case let .direct(peer, _):
                 guard let router else { return }
-                result = try router.send(multipart: [peer, WireProtocol.reply, headerBytes, payload])
+                let result = try router.send(multipart: [peer, WireProtocol.reply, headerBytes, payload])
+                if result.readable { inputPending(router: true) }
             case let .broker(client, _, generation):
                 // A reply for a broker connection we have since replaced is dropped: that broker
                 // already failed or re-routed the request.
                 guard let current = lock.withLock({ brokerSocket }), current.generation == generation else { return }
-                result = try current.socket.send(multipart: [WireProtocol.workerReply, client, headerBytes, payload])
+                let result = try current.socket.send(multipart: [WireProtocol.workerReply, client, headerBytes, payload])
+                if result.readable { inputPending(router: false) }
             }
-            if result.readable { wakeup.signal() }
         } catch {
             logger.debug("reply \(header.requestID) not sent: \(error)")
         }
@@ -458,6 +489,7 @@ final class BrokerLink {
     private var nextSend: Int64 = 0
     private var nextID: UInt64 = 1
     private var registerID: UInt64 = 0
+    private var inputPending = false
     private var unregisterID: UInt64 = 0
     private var unregistered = false
     private var leaveDeadline: Int64 = 0
@@ -474,6 +506,12 @@ final class BrokerLink {
     var nextTimer: Int64 { min(nextSend, lastHeard + Int64(configuration.liveness) * interval) }
 
     func heard(now: Int64) { lastHeard = now }
+
+    /// Whether one of the link's own sends found input waiting (and may have consumed the edge).
+    func takeInputPending() -> Bool {
+        defer { inputPending = false }
+        return inputPending
+    }
 
     /// Runs timers; returns whether the worker is registered.
     func tick(now: Int64, logger: Logger) -> Bool {
@@ -536,7 +574,10 @@ final class BrokerLink {
         header.method = method
         header.requestID = id
         header.deadlineUnixMicros = WallClock.nowMicros() + interval * Int64(configuration.liveness)
-        _ = try? socket?.send(multipart: [WireProtocol.request, WireProtocol.bytes(header), WireProtocol.bytes(message)])
+        if let result = try? socket?.send(multipart: [WireProtocol.request, WireProtocol.bytes(header),
+                                                      WireProtocol.bytes(message)]), result.readable {
+            inputPending = true
+        }
         return id
     }
 
