@@ -184,7 +184,7 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
         var header = header
         let id = allocateID()
         header.requestID = id
-        let frames = [WireProtocol.request, WireProtocol.bytes(header), payload]
+        let frames = [WireProtocol.head(WireProtocol.request, header), payload]
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: Completion) in
                 lock.lock()
@@ -341,13 +341,11 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
             let messages: [[Frame]]
             do { messages = try socket.receiveAvailable(limit: ClientCore.drainLimit) } catch { return }
             for frames in messages {
-                // [WRP1, ReplyHeader, payload]; anything else is not for us and is dropped.
-
-                guard frames.count == 3, frames[0] == WireProtocol.reply,
-                      frames[1].count <= WireProtocol.maxHeaderBytes,
-                      let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[1]) else { continue }
+                // [WRP1 ReplyHeader, payload]; anything else is not for us and is dropped.
+                guard frames.count == 2, let headerBytes = WireProtocol.headerBytes(frames[0], tag: WireProtocol.reply),
+                      let header = try? Winnow_V1_ReplyHeader(serializedBytes: headerBytes) else { continue }
                 if header.code == .ok {
-                    finish(id: header.requestID, with: .success(frames[2]))
+                    finish(id: header.requestID, with: .success(frames[1]))
                 } else {
                     finish(id: header.requestID, with: .failure(RPCError(header.code, header.message)))
                 }

@@ -319,25 +319,25 @@ public final class RPCServer: @unchecked Sendable {
     }
 
     private func receiveDirect(_ frames: [Frame]) {
-        // [peer, WRQ1, RequestHeader, payload]
-        guard frames.count == 4, frames[1] == WireProtocol.request,
-              frames[2].count <= WireProtocol.maxHeaderBytes,
-              let header = try? Winnow_V1_RequestHeader(serializedBytes: frames[2]) else {
+        // [peer, WRQ1 RequestHeader, payload]
+        guard frames.count == 3, let headerBytes = WireProtocol.headerBytes(frames[1], tag: WireProtocol.request),
+              let header = try? Winnow_V1_RequestHeader(serializedBytes: headerBytes) else {
             return countMalformed(frames)
         }
-        handle(header: header, payload: frames[3], route: .direct(peer: frames[0], requestID: header.requestID))
+        handle(header: header, payload: frames[2], route: .direct(peer: frames[0], requestID: header.requestID))
     }
 
     private func receiveBroker(_ link: BrokerLink, _ frames: [Frame]) {
         link.heard(now: WallClock.nowMicros())
-        if frames.count == 4, frames[0] == WireProtocol.forward,
-           frames[1].count <= WireProtocol.maxRoutingIDBytes, frames[2].count <= WireProtocol.maxHeaderBytes,
-           let header = try? Winnow_V1_RequestHeader(serializedBytes: frames[2]) {
-            handle(header: header, payload: frames[3],
+        // [WFW1 RequestHeader, caller, payload] or, for our own calls to the broker, [WRP1 ReplyHeader, payload]
+        if frames.count == 3, frames[1].count <= WireProtocol.maxRoutingIDBytes,
+           let headerBytes = WireProtocol.headerBytes(frames[0], tag: WireProtocol.forward),
+           let header = try? Winnow_V1_RequestHeader(serializedBytes: headerBytes) {
+            handle(header: header, payload: frames[2],
                    route: .broker(client: frames[1], requestID: header.requestID, generation: link.generation))
-        } else if frames.count == 3, frames[0] == WireProtocol.reply,
-                  let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[1]) {
-            link.reply(header, payload: frames[2], logger: logger)
+        } else if frames.count == 2, let headerBytes = WireProtocol.headerBytes(frames[0], tag: WireProtocol.reply),
+                  let header = try? Winnow_V1_ReplyHeader(serializedBytes: headerBytes) {
+            link.reply(header, payload: frames[1], logger: logger)
         } else {
             countMalformed(frames)
         }
@@ -453,18 +453,18 @@ public final class RPCServer: @unchecked Sendable {
             header.message = "reply is \(payload.count) bytes, over the cap of \(configuration.maxPayloadBytes)"
             return send(route, header, [])
         }
-        let headerBytes = WireProtocol.bytes(header)
         do {
             switch route {
             case let .direct(peer, _):
                 guard let router else { return }
-                let result = try router.send(multipart: [peer, WireProtocol.reply, headerBytes, payload])
+                let result = try router.send(multipart: [peer, WireProtocol.head(WireProtocol.reply, header), payload])
                 if result.readable { inputPending(router: true) }
             case let .broker(client, _, generation):
                 // A reply for a broker connection we have since replaced is dropped: that broker
                 // already failed or re-routed the request.
                 guard let current = lock.withLock({ brokerSocket }), current.generation == generation else { return }
-                let result = try current.socket.send(multipart: [WireProtocol.workerReply, client, headerBytes, payload])
+                let result = try current.socket.send(multipart: [WireProtocol.head(WireProtocol.workerReply, header),
+                                                                 client, payload])
                 if result.readable { inputPending(router: false) }
             }
         } catch {
@@ -574,7 +574,7 @@ final class BrokerLink {
         header.method = method
         header.requestID = id
         header.deadlineUnixMicros = WallClock.nowMicros() + interval * Int64(configuration.liveness)
-        if let result = try? socket?.send(multipart: [WireProtocol.request, WireProtocol.bytes(header),
+        if let result = try? socket?.send(multipart: [WireProtocol.head(WireProtocol.request, header),
                                                       WireProtocol.bytes(message)]), result.readable {
             inputPending = true
         }

@@ -30,7 +30,7 @@ final class BrokerMachineTests: XCTestCase {
         nextID += 1
         header.idempotent = idempotent
         header.deadlineUnixMicros = now + timeoutMicros
-        let frames: [Frame] = [peer(client), WireProtocol.request, WireProtocol.bytes(header), WireProtocol.bytes(message)]
+        let frames: [Frame] = [peer(client), WireProtocol.head(WireProtocol.request, header), WireProtocol.bytes(message)]
         let event = BrokerEvent(frames: frames)!
         return machine.handle(event, now: now)
     }
@@ -52,7 +52,7 @@ final class BrokerMachineTests: XCTestCase {
         }
         let request = try! Winnow_V1_RequestHeader(serializedBytes: headerBytes)
         let reply = WireProtocol.replyHeader(id: request.requestID, code: code)
-        let frames: [Frame] = [peer(worker), WireProtocol.workerReply, client, WireProtocol.bytes(reply), payload]
+        let frames: [Frame] = [peer(worker), WireProtocol.head(WireProtocol.workerReply, reply), client, payload]
         return machine.handle(BrokerEvent(frames: frames)!, now: now)
     }
 
@@ -247,12 +247,12 @@ final class BrokerMachineTests: XCTestCase {
     func testMalformedMessagesDoNotParse() {
         XCTAssertNil(BrokerEvent(frames: []))
         XCTAssertNil(BrokerEvent(frames: [peer("c")]))
-        XCTAssertNil(BrokerEvent(frames: [peer("c"), Array("WHAT".utf8), [], []]))
-        XCTAssertNil(BrokerEvent(frames: [peer("c"), WireProtocol.request, [0xFF, 0xFF], []]),
+        XCTAssertNil(BrokerEvent(frames: [peer("c"), Array("WHAT".utf8), []]))
+        XCTAssertNil(BrokerEvent(frames: [peer("c"), WireProtocol.request + [0xFF, 0xFF], []]),
                      "undecodable header")
-        XCTAssertNil(BrokerEvent(frames: [peer("c"), WireProtocol.request, []]),
+        XCTAssertNil(BrokerEvent(frames: [peer("c"), WireProtocol.request]),
                      "missing payload frame")
-        XCTAssertNil(BrokerEvent(frames: [peer("w"), WireProtocol.workerReply, [], [], []]),
+        XCTAssertNil(BrokerEvent(frames: [peer("w"), WireProtocol.workerReply, [], []]),
                      "worker reply without a caller")
     }
 }
