@@ -28,6 +28,9 @@ struct BenchWire: AsyncParsableCommand {
     @Option(help: "Calls in flight for the pipelined throughput rows.")
     var window = 16
 
+    @Option(help: "Rounds; Winnow and pyzmq alternate, and each row keeps its best round (this box is shared).")
+    var rounds = 3
+
     @Option(help: "Python with pyzmq (default: the one `scripts/reference-venv pyzmq` prints).")
     var python: String?
 
@@ -46,6 +49,7 @@ struct BenchWire: AsyncParsableCommand {
     func validate() throws {
         guard smallCount >= 100, largeCount >= 100 else { throw ValidationError("counts must be at least 100") }
         guard window >= 1 else { throw ValidationError("--window must be at least 1") }
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
     }
 
     func run() async throws {
@@ -69,14 +73,33 @@ struct BenchWire: AsyncParsableCommand {
 
         FileHandle.standardError.write(Data("bench wire: echo server at \(worker.directEndpoint), broker at \(brokerEndpoint)\n".utf8))
         var winnow: [String: Measurement] = [:]
-        for (route, client, service) in [("direct", direct, "bench-echo"), ("broker", viaBroker, "bench-echo")] {
-            for (size, count) in [(Self.small, smallCount), (Self.large, largeCount)] {
-                let sequential = try await measureSequential(client, service: service, size: size, count: count)
-                let pipelined = try await measurePipelined(client, service: service, size: size, count: count)
-                winnow["\(route).\(size)"] = Measurement(sequential: sequential, pipelinedBytesPerSecond: pipelined)
+        var reference: Reference?
+        let routes = [("direct", direct, "Echo"), ("broker", viaBroker, "Echo"), ("direct_pooled", direct, "EchoPooled")]
+        for round in 1...rounds {
+            FileHandle.standardError.write(Data("bench wire: round \(round) of \(rounds)\n".utf8))
+            for (route, client, method) in routes {
+                for (size, count) in [(Self.small, smallCount), (Self.large, largeCount)] {
+                    // One call at a time from a task on the client's receiving thread: no thread
+                    // hand-off between calls (see RPCClient.executor).
+                    let sequential = try await withTaskExecutorPreference(client.executor) {
+                        try await measureSequential(client, method: method, size: size, count: count)
+                    }
+                    let pipelined = try await measurePipelined(client, method: method, size: size, count: count)
+                    let key = "\(route).\(size)"
+                    winnow[key] = Measurement(
+                        sequential: Self.best(winnow[key]?.sequential, sequential),
+                        pipelinedBytesPerSecond: max(winnow[key]?.pipelinedBytesPerSecond ?? 0, pipelined))
+                }
+            }
+            if !noReference {
+                let next = try runReference()
+                var merged = next
+                if let reference {
+                    for (size, result) in next.bySize { merged.bySize[size] = Self.best(reference.bySize[size], result) }
+                }
+                reference = merged
             }
         }
-        let reference = noReference ? nil : try runReference()
         let rows = makeRows(winnow, reference: reference)
         print(WireBenchTable.render(rows))
         if let json {
@@ -92,7 +115,10 @@ struct BenchWire: AsyncParsableCommand {
         let shutdown = ShutdownSignal()
         let server = try RPCServer(configuration: RPCServerConfiguration(
             name: "bench-echo", workerThreads: 2, heartbeatInterval: .seconds(1)))
-        server.registerRaw("Echo") { $0 }
+        // Echo runs inline on the receiving thread (the transport alone); EchoPooled goes through
+        // the handler pool as a heavier handler would.
+        server.registerRawInline("Echo") { $0 }
+        server.registerRaw("EchoPooled") { $0 }
         let bound = try server.bind(endpoint)
         if let broker { server.attach(broker: broker) }
         server.start()
@@ -131,10 +157,19 @@ struct BenchWire: AsyncParsableCommand {
         var pipelinedBytesPerSecond: Double
     }
 
-    private func measureSequential(_ client: RPCClient, service: String, size: Int, count: Int) async throws -> Sequential {
+    /// Each row's best round: lowest p50, lowest p99, highest rates (the same rule for pyzmq).
+    static func best(_ a: Sequential?, _ b: Sequential) -> Sequential {
+        guard let a else { return b }
+        return Sequential(p50: min(a.p50, b.p50), p99: min(a.p99, b.p99),
+                          messagesPerSecond: max(a.messagesPerSecond, b.messagesPerSecond),
+                          bytesPerSecond: max(a.bytesPerSecond, b.bytesPerSecond))
+    }
+
+    private func measureSequential(_ client: RPCClient, method: String, size: Int, count: Int) async throws -> Sequential {
+        let service = "bench-echo"
         let payload = [UInt8](repeating: 0, count: size)
         for _ in 0..<min(500, count) {
-            _ = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(10))
+            _ = try await client.callRaw(service: service, method: method, payload: payload, timeout: .seconds(10))
         }
         var samples: [Double] = []
         samples.reserveCapacity(count)
@@ -142,7 +177,7 @@ struct BenchWire: AsyncParsableCommand {
         let start = clock.now
         for _ in 0..<count {
             let t0 = clock.now
-            let reply = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(10))
+            let reply = try await client.callRaw(service: service, method: method, payload: payload, timeout: .seconds(10))
             samples.append(Double((clock.now - t0).microsecondsDouble))
             precondition(reply.count == size, "echo returned \(reply.count) bytes, not \(size)")
         }
@@ -153,7 +188,8 @@ struct BenchWire: AsyncParsableCommand {
                           bytesPerSecond: 2 * Double(size) * Double(count) / elapsed)
     }
 
-    private func measurePipelined(_ client: RPCClient, service: String, size: Int, count: Int) async throws -> Double {
+    private func measurePipelined(_ client: RPCClient, method: String, size: Int, count: Int) async throws -> Double {
+        let service = "bench-echo"
         let payload = [UInt8](repeating: 0, count: size)
         let window = self.window
         let clock = ContinuousClock()
@@ -162,7 +198,7 @@ struct BenchWire: AsyncParsableCommand {
             var launched = 0
             func launch() {
                 group.addTask {
-                    _ = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(30))
+                    _ = try await client.callRaw(service: service, method: method, payload: payload, timeout: .seconds(30))
                 }
                 launched += 1
             }
@@ -218,7 +254,7 @@ struct BenchWire: AsyncParsableCommand {
     private func makeRows(_ winnow: [String: Measurement], reference: Reference?) -> [WireBenchRow] {
         var rows: [WireBenchRow] = []
         func label(_ size: Int) -> String { size == Self.small ? "2KB" : "200KB" }
-        for route in ["direct", "broker"] {
+        for route in ["direct", "broker", "direct_pooled"] {
             for size in [Self.small, Self.large] {
                 guard let measured = winnow["\(route).\(size)"] else { continue }
                 let ref = reference?.bySize[size]

@@ -80,7 +80,7 @@ public final class Broker: @unchecked Sendable {
                         break
                     }
                     guard let frames else { break }
-                    guard let event = BrokerEvent(frames: frames, maxPayloadBytes: configuration.maxPayloadBytes) else {
+                    guard let event = BrokerEvent(frames: frames) else {
                         machine.malformedMessage()
                         continue
                     }
@@ -107,11 +107,12 @@ public final class Broker: @unchecked Sendable {
         while let action = pending.popFirst() {
             switch action {
             case let .reply(to, header, payload):
-                send([to, WireProtocol.reply, WireProtocol.bytes(header), payload], to: to)
+                send([to, WireProtocol.head(WireProtocol.reply, header), payload], to: to)
             case let .relay(to, headerBytes, payload):
-                send([to, WireProtocol.reply, headerBytes, payload], to: to)
+                send([to, WireProtocol.head(WireProtocol.reply, headerBytes: headerBytes), payload], to: to)
             case let .forward(worker, client, headerBytes, payload):
-                if !send([worker, WireProtocol.forward, client, headerBytes, payload], to: worker) {
+                if !send([worker, WireProtocol.head(WireProtocol.forward, headerBytes: headerBytes), client, payload],
+                         to: worker) {
                     // The worker's connection is gone: let the machine drop it and re-route.
                     pending.append(contentsOf: machine.handle(.unreachable(worker), now: WallClock.nowMicros()))
                 }

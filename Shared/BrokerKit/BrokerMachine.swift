@@ -9,26 +9,25 @@ public typealias PeerID = Frame
 
 /// What arrives at the broker, parsed from one multipart message of its ROUTER socket.
 public enum BrokerEvent: Equatable {
-    /// `[peer, WRQ1, RequestHeader, payload]`: a call, from a caller or from a worker to the
+    /// `[peer, WRQ1 RequestHeader, payload]`: a call, from a caller or from a worker to the
     /// broker's own rpcs.
     case request(from: PeerID, header: Winnow_V1_RequestHeader, headerBytes: Frame, payload: Frame)
-    /// `[peer, WBK1, caller, ReplyHeader, payload]`: a worker answering a forwarded request.
+    /// `[peer, WBK1 ReplyHeader, caller, payload]`: a worker answering a forwarded request.
     case workerReply(from: PeerID, client: PeerID, header: Winnow_V1_ReplyHeader, headerBytes: Frame, payload: Frame)
     /// A send to this peer failed because it has no connection (ROUTER_MANDATORY).
     case unreachable(PeerID)
 
     /// Parses a message; nil when it is malformed (count and drop it).
-    public init?(frames: [Frame], maxPayloadBytes: Int) {
-        guard frames.count >= 2, !frames[0].isEmpty else { return nil }
-        let tag = frames[1]
-        if tag == WireProtocol.request, frames.count == 4, frames[2].count <= WireProtocol.maxHeaderBytes,
-           let header = try? Winnow_V1_RequestHeader(serializedBytes: frames[2]) {
-            self = .request(from: frames[0], header: header, headerBytes: frames[2], payload: frames[3])
-        } else if tag == WireProtocol.workerReply, frames.count == 5, !frames[2].isEmpty,
-                  frames[2].count <= WireProtocol.maxRoutingIDBytes, frames[3].count <= WireProtocol.maxHeaderBytes,
-                  let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[3]) {
-            self = .workerReply(from: frames[0], client: frames[2], header: header, headerBytes: frames[3],
-                                payload: frames[4])
+    public init?(frames: [Frame]) {
+        guard frames.count >= 3, !frames[0].isEmpty else { return nil }
+        if frames.count == 3, let headerBytes = WireProtocol.headerBytes(frames[1], tag: WireProtocol.request),
+           let header = try? Winnow_V1_RequestHeader(serializedBytes: headerBytes) {
+            self = .request(from: frames[0], header: header, headerBytes: headerBytes, payload: frames[2])
+        } else if frames.count == 4, !frames[2].isEmpty, frames[2].count <= WireProtocol.maxRoutingIDBytes,
+                  let headerBytes = WireProtocol.headerBytes(frames[1], tag: WireProtocol.workerReply),
+                  let header = try? Winnow_V1_ReplyHeader(serializedBytes: headerBytes) {
+            self = .workerReply(from: frames[0], client: frames[2], header: header, headerBytes: headerBytes,
+                                payload: frames[3])
         } else {
             return nil
         }
@@ -37,11 +36,11 @@ public enum BrokerEvent: Equatable {
 
 /// What the broker does in answer to an event. The socket loop executes actions in order.
 public enum BrokerAction: Equatable {
-    /// Send `[to, WRP1, header, payload]`: the broker's own answer (its rpcs, or a failure).
+    /// Send `[to, WRP1 header, payload]`: the broker's own answer (its rpcs, or a failure).
     case reply(to: PeerID, header: Winnow_V1_ReplyHeader, payload: Frame)
-    /// Send `[to, WRP1, headerBytes, payload]`: a worker's answer passed through unchanged.
+    /// Send `[to, WRP1 headerBytes, payload]`: a worker's answer passed through unchanged.
     case relay(to: PeerID, headerBytes: Frame, payload: Frame)
-    /// Send `[worker, WFW1, client, headerBytes, payload]`: a request handed to a worker.
+    /// Send `[worker, WFW1 headerBytes, client, payload]`: a request handed to a worker.
     case forward(worker: PeerID, client: PeerID, headerBytes: Frame, payload: Frame)
     /// Something worth a log line.
     case log(Logger.Level, String)

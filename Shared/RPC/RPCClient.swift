@@ -102,6 +102,15 @@ public final class RPCClient: @unchecked Sendable {
         }
     }
 
+    /// An executor run by the client's receiving thread. A task that prefers it
+    /// (`withTaskExecutorPreference(client.executor) { ... }`) resumes from each call on the very
+    /// thread that received the reply, with no hand-off to another thread: the lowest latency for
+    /// a loop of sequential calls. Keep such a task light; while it runs, no replies are received.
+    public var executor: any TaskExecutor { core }
+
+    /// Whether the current thread is the client's receiving thread (for tests).
+    var isOnReceivingThread: Bool { core.isOnReceivingThread }
+
     /// Replies that arrived for no pending call (after their call's deadline) and were dropped.
     public var droppedReplies: UInt64 { core.droppedReplies }
 
@@ -109,8 +118,9 @@ public final class RPCClient: @unchecked Sendable {
     public func close() { core.close() }
 }
 
-/// The I/O side of a client: owns the socket on its own thread.
-final class ClientCore: @unchecked Sendable {
+/// The socket side of a client. Callers send directly on the socket (under its lock); one thread
+/// waits for replies, matches them to pending calls by request id, and expires deadlines.
+final class ClientCore: TaskExecutor, @unchecked Sendable {
     typealias Completion = CheckedContinuation<Result<Frame, RPCError>, Never>
 
     private struct Pending {
@@ -122,28 +132,44 @@ final class ClientCore: @unchecked Sendable {
     let endpoint: String
     var maxPayloadBytes = WireProtocol.defaultMaxPayloadBytes
 
-    private let socket: ZMQSocket
+    private let socket: ZMQSharedSocket
     private let wakeup: ZMQWakeup
     private let lock = NSLock()
     private let finished = DispatchSemaphore(value: 0)
     // Guarded by `lock`:
-    private var outbox: [(id: UInt64, frames: [Frame])] = []
     private var pending: [UInt64: Pending] = [:]
+    private var deadlines = DeadlineHeap()
+    private var plannedWake: Int64 = .max
     private var nextID: UInt64 = 1
     private var closed = false
     private var started = false
     private var dropped: UInt64 = 0
-    // I/O thread only:
-    private var deadlines = DeadlineHeap()
+    private var jobs: [UnownedJob] = []
+    private var receiverThread: pthread_t?
+    private var receiverDone = false
+    /// A send on the receiving thread found input waiting: look again before sleeping.
+    private var inputPending = false
 
     init(endpoint: String) throws {
         self.endpoint = endpoint
-        socket = try ZMQSocket(.dealer)
-        try socket.setMaxMessageSize(Int64(WireProtocol.defaultMaxPayloadBytes + WireProtocol.hardLimitSlack))
-        try socket.setHighWaterMarks(send: 100_000, receive: 100_000)
-        try socket.setReconnectInterval(milliseconds: 50, max: 500)
-        try socket.connect(endpoint)
+        let dealer = try ZMQSocket(.dealer)
+        try dealer.setMaxMessageSize(Int64(WireProtocol.defaultMaxPayloadBytes + WireProtocol.hardLimitSlack))
+        try dealer.setHighWaterMarks(send: 100_000, receive: 100_000)
+        try dealer.setReconnectInterval(milliseconds: 50, max: 500)
+        try dealer.connect(endpoint)
+        socket = try ZMQSharedSocket(dealer)
         wakeup = try ZMQWakeup()
+    }
+
+    var droppedReplies: UInt64 { lock.withLock { dropped } }
+
+    static let drainLimit = 1024
+
+    private func allocateID() -> UInt64 {
+        lock.withLock {
+            defer { nextID += 1 }
+            return nextID
+        }
     }
 
     func send(header: Winnow_V1_RequestHeader, payload: Frame) async -> Result<Frame, RPCError> {
@@ -158,6 +184,7 @@ final class ClientCore: @unchecked Sendable {
         var header = header
         let id = allocateID()
         header.requestID = id
+        let frames = [WireProtocol.head(WireProtocol.request, header), payload]
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: Completion) in
                 lock.lock()
@@ -171,11 +198,26 @@ final class ClientCore: @unchecked Sendable {
                     continuation.resume(returning: .failure(RPCError(.cancelled, "call \(label) was cancelled")))
                     return
                 }
+                // Registered before it is sent, so the reply always finds it.
                 pending[id] = Pending(continuation: continuation, deadline: header.deadlineUnixMicros, label: label)
-                outbox.append((id, [WireProtocol.request, WireProtocol.bytes(header), payload]))
+                deadlines.push(deadline: header.deadlineUnixMicros, id: id)
+                let wakeEarlier = header.deadlineUnixMicros < plannedWake
                 startIfNeeded()
+                let onReceiver = receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
                 lock.unlock()
-                wakeup.signal()
+                do {
+                    let (sent, readable) = try socket.send(multipart: frames)
+                    if !sent { finish(id: id, with: .failure(RPCError(.unavailable, "send queue to \(endpoint) is full"))) }
+                    if onReceiver {
+                        // The receiving thread recomputes its timeout before sleeping; it only
+                        // needs to know when this send consumed the descriptor's edge.
+                        if readable { lock.withLock { inputPending = true } }
+                    } else if readable || wakeEarlier {
+                        wakeup.signal()
+                    }
+                } catch {
+                    finish(id: id, with: .failure(RPCError(.unavailable, "cannot send to \(endpoint): \(error)")))
+                }
             }
         } onCancel: {
             lock.lock()
@@ -185,16 +227,47 @@ final class ClientCore: @unchecked Sendable {
         }
     }
 
-    var droppedReplies: UInt64 { lock.withLock { dropped } }
+    // MARK: the executor of the receiving thread
 
-    private func allocateID() -> UInt64 {
-        lock.withLock {
-            defer { nextID += 1 }
-            return nextID
+    var isOnReceivingThread: Bool {
+        lock.withLock { receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        lock.lock()
+        if receiverDone {
+            // The receiving thread has exited: run the late job (a task resuming after close)
+            // on a thread of its own rather than lose it.
+            lock.unlock()
+            let executor = asUnownedTaskExecutor()
+            Thread { job.runSynchronously(on: executor) }.start()
+            return
+        }
+        jobs.append(job)
+        startIfNeeded()
+        let onReceiver = receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+        lock.unlock()
+        if !onReceiver { wakeup.signal() }
+    }
+
+    /// Runs the jobs queued for this executor (receiving thread only). Returns whether any ran.
+    @discardableResult
+    private func runJobs() -> Bool {
+        var ranAny = false
+        while true {
+            let batch: [UnownedJob] = lock.withLock {
+                defer { jobs.removeAll(keepingCapacity: true) }
+                return jobs
+            }
+            if batch.isEmpty { return ranAny }
+            ranAny = true
+            let executor = asUnownedTaskExecutor()
+            for job in batch { job.runSynchronously(on: executor) }
         }
     }
 
-    /// Starts the I/O thread on first use (lock held).
+    /// Starts the receiving thread on first use (lock held).
     private func startIfNeeded() {
         guard !started else { return }
         started = true
@@ -211,36 +284,42 @@ final class ClientCore: @unchecked Sendable {
         }
         closed = true
         let wasStarted = started
+        let onReceiver = receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
         lock.unlock()
         if wasStarted {
             wakeup.signal()
-            finished.wait()
+            // From a task running on the receiving thread itself, waiting would deadlock: the
+            // thread finishes closing once that task yields.
+            if !onReceiver { finished.wait() }
         } else {
             socket.close()
         }
     }
 
     private func run() {
-        var poller = ZMQPoller([.socket(socket, .pollIn), .fileDescriptor(wakeup.fileDescriptor, .pollIn)])
+        lock.withLock { receiverThread = pthread_self() }
+        var poller = ZMQPoller([.fileDescriptor(socket.fileDescriptor, .pollIn),
+                                .fileDescriptor(wakeup.fileDescriptor, .pollIn)])
         while true {
-            lock.lock()
-            let stop = closed
-            let toSend = outbox
-            outbox.removeAll(keepingCapacity: true)
-            lock.unlock()
-            if stop { break }
-            for (id, frames) in toSend { transmit(id: id, frames: frames) }
-
-            var timeout = 1000
-            if let next = deadlines.peek {
-                let left = next.deadline - WallClock.nowMicros()
-                timeout = max(0, min(1000, Int((left + 999) / 1000)))
+            let now = WallClock.nowMicros()
+            let timeout: Int? = lock.withLock {
+                if closed { return nil }
+                var timeout = 1000
+                if let next = deadlines.peek {
+                    timeout = max(0, min(1000, Int((next.deadline - now + 999) / 1000)))
+                }
+                if !jobs.isEmpty || inputPending { timeout = 0 }
+                inputPending = false
+                plannedWake = now + Int64(timeout) * 1000
+                return timeout
             }
+            guard let timeout else { break }
             let events: [ZMQPollEvents]
             do { events = try poller.poll(timeoutMilliseconds: timeout) } catch { break }
             if events[1].contains(.pollIn) { wakeup.drain() }
-            if events[0].contains(.pollIn) { receiveAll() }
+            receiveAll()
             expire(now: WallClock.nowMicros())
+            runJobs()
         }
         socket.close()
         lock.lock()
@@ -250,42 +329,30 @@ final class ClientCore: @unchecked Sendable {
         for (_, entry) in orphans {
             entry.continuation.resume(returning: .failure(RPCError(.cancelled, "client for \(endpoint) closed during \(entry.label)")))
         }
+        // Let tasks that prefer this executor finish what they were resumed for.
+        while runJobs() {}
+        lock.withLock { receiverDone = true }
+        runJobs()
         finished.signal()
     }
 
-    private func transmit(id: UInt64, frames: [Frame]) {
-        lock.lock()
-        let deadline = pending[id]?.deadline
-        lock.unlock()
-        guard let deadline else { return } // cancelled before it went out
-        let failure: RPCError?
-        do {
-            failure = try socket.send(multipart: frames, flags: .dontWait)
-                ? nil : RPCError(.unavailable, "send queue to \(endpoint) is full")
-        } catch {
-            failure = RPCError(.unavailable, "cannot send to \(endpoint): \(error)")
-        }
-        if let failure {
-            finish(id: id, with: .failure(failure))
-        } else {
-            deadlines.push(deadline: deadline, id: id)
-        }
-    }
-
     private func receiveAll() {
-        for _ in 0..<4096 {
-            let frames: [Frame]?
-            do { frames = try socket.receiveMultipart(flags: .dontWait) } catch { return }
-            guard let frames else { return }
-            // [WRP1, ReplyHeader, payload]; anything else is not for us and is dropped.
-            guard frames.count == 3, frames[0] == WireProtocol.reply,
-                  frames[1].count <= WireProtocol.maxHeaderBytes,
-                  let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[1]) else { continue }
-            if header.code == .ok {
-                finish(id: header.requestID, with: .success(frames[2]))
-            } else {
-                finish(id: header.requestID, with: .failure(RPCError(header.code, header.message)))
+        while true {
+            let messages: [[Frame]]
+            do { messages = try socket.receiveAvailable(limit: ClientCore.drainLimit) } catch { return }
+            for frames in messages {
+                // [WRP1 ReplyHeader, payload]; anything else is not for us and is dropped.
+                guard frames.count == 2, let headerBytes = WireProtocol.headerBytes(frames[0], tag: WireProtocol.reply),
+                      let header = try? Winnow_V1_ReplyHeader(serializedBytes: headerBytes) else { continue }
+                if header.code == .ok {
+                    finish(id: header.requestID, with: .success(frames[1]))
+                } else {
+                    finish(id: header.requestID, with: .failure(RPCError(header.code, header.message)))
+                }
             }
+            // A drain that ended on EAGAIN has processed libzmq's commands, which re-arms the
+            // edge-triggered descriptor; only a drain cut short by the limit must go on.
+            if messages.count < ClientCore.drainLimit { return }
         }
     }
 
@@ -299,16 +366,22 @@ final class ClientCore: @unchecked Sendable {
     }
 
     private func expire(now: Int64) {
-        while let next = deadlines.peek, next.deadline <= now {
-            deadlines.pop()
-            lock.lock()
-            let entry = pending[next.id]
-            if entry != nil { pending[next.id] = nil }
-            lock.unlock()
-            if let entry {
-                entry.continuation.resume(returning: .failure(
-                    RPCError(.deadlineExceeded, "\(entry.label) got no reply from \(endpoint) before its deadline")))
+        var expired: [Pending] = []
+        lock.withLock {
+            // Answered calls leave their entry in the heap until it comes due; compact when
+            // those outnumber the live ones.
+            if deadlines.count > 4 * pending.count + 4096 {
+                deadlines = DeadlineHeap()
+                for (id, entry) in pending { deadlines.push(deadline: entry.deadline, id: id) }
             }
+            while let next = deadlines.peek, next.deadline <= now {
+                deadlines.pop()
+                if let entry = pending.removeValue(forKey: next.id) { expired.append(entry) }
+            }
+        }
+        for entry in expired {
+            entry.continuation.resume(returning: .failure(
+                RPCError(.deadlineExceeded, "\(entry.label) got no reply from \(endpoint) before its deadline")))
         }
     }
 }

@@ -61,31 +61,43 @@ public struct RPCServerStats: Sendable {
 /// metadata through `RPCContext`, so nested calls inherit the deadline. A thrown `RPCError` becomes
 /// the reply's status; any other error becomes INTERNAL. Malformed frames are counted and dropped;
 /// a request whose header parses but whose payload is over the cap or undecodable gets
-/// INVALID_ARGUMENT. The sockets live on one I/O thread, so handlers never block socket I/O.
+/// INVALID_ARGUMENT. One thread receives; handlers send their replies straight onto the socket.
+/// Cheap, non-blocking handlers (Health, an echo) may be registered `inline`: they then run on the
+/// receiving thread with no hand-off at all.
 public final class RPCServer: @unchecked Sendable {
     public typealias RawHandler = @Sendable (Frame) async throws -> Frame
+    public typealias InlineHandler = (Frame) throws -> Frame
+
+    enum Handler {
+        case pooled(RawHandler)
+        case inline(InlineHandler)
+    }
 
     public let configuration: RPCServerConfiguration
     public var logger: Logger
 
     private let pool: ThreadPoolExecutor
     private let wakeup: ZMQWakeup
-    private var handlers: [String: RawHandler] = [:]
-    private var router: ZMQSocket?
+    private var handlers: [String: Handler] = [:]
+    private var router: ZMQSharedSocket?
     private var brokerLink: BrokerLink?
     private var boundEndpoint: String?
 
     private let lock = NSLock()
     private let stopped = DispatchSemaphore(value: 0)
     // Guarded by `lock`:
-    private var outbox: [Completion] = []
+    private var outstanding: [UInt64: Route] = [:]
+    private var brokerSocket: (generation: Int, socket: ZMQSharedSocket)?
     private var drainDeadline: Int64?
     private var started = false
-    private var finished = false
     private var statsValue = RPCServerStats()
     private var registeredValue = false
-    // I/O thread only:
-    private var outstanding: [UInt64: Route] = [:]
+    /// A send found input waiting on the router / broker socket (it may have consumed the
+    /// descriptor's edge): the receiving thread must drain that socket before sleeping.
+    private var routerInputPending = true
+    private var brokerInputPending = true
+    private var receiverThread: pthread_t?
+    // Receiving thread only:
     private var nextToken: UInt64 = 1
 
     enum Route {
@@ -99,12 +111,6 @@ public final class RPCServer: @unchecked Sendable {
         }
     }
 
-    struct Completion {
-        var token: UInt64
-        var header: Winnow_V1_ReplyHeader
-        var payload: Frame
-    }
-
     public init(configuration: RPCServerConfiguration, logger: Logger = Logger(label: "winnow.rpc")) throws {
         self.configuration = configuration
         self.logger = logger
@@ -116,26 +122,45 @@ public final class RPCServer: @unchecked Sendable {
 
     // MARK: set-up (before start)
 
-    /// Registers a typed handler for `method`.
+    /// Registers a typed handler for `method`, run on the handler pool.
     public func register<Req: SwiftProtobuf.Message, Res: SwiftProtobuf.Message>(
         _ method: String, _ handler: @escaping @Sendable (Req) async throws -> Res
     ) {
         registerRaw(method) { bytes in
-            let request: Req
-            do { request = try Req(serializedBytes: bytes) } catch {
-                throw RPCError(.invalidArgument, "cannot decode \(Req.protoMessageName) for \(method): \(error)")
-            }
-            let response = try await handler(request)
-            do { return try response.serializedBytes() } catch {
-                throw RPCError(.internal, "cannot serialise \(Res.protoMessageName) from \(method): \(error)")
-            }
+            try Self.encode(try await handler(Self.decode(bytes, method)), method)
         }
     }
 
-    /// Registers a handler on serialised payloads.
+    /// Registers a typed handler that runs on the receiving thread itself: for cheap handlers that
+    /// never block (no I/O, no locks held long, microseconds of work).
+    public func registerInline<Req: SwiftProtobuf.Message, Res: SwiftProtobuf.Message>(
+        _ method: String, _ handler: @escaping (Req) throws -> Res
+    ) {
+        registerRawInline(method) { bytes in try Self.encode(try handler(Self.decode(bytes, method)), method) }
+    }
+
+    /// Registers a handler on serialised payloads, run on the handler pool.
     public func registerRaw(_ method: String, _ handler: @escaping RawHandler) {
         lock.withLock { precondition(!started, "register handlers before start()") }
-        handlers[method] = handler
+        handlers[method] = .pooled(handler)
+    }
+
+    /// Registers a handler on serialised payloads that runs on the receiving thread (see `registerInline`).
+    public func registerRawInline(_ method: String, _ handler: @escaping InlineHandler) {
+        lock.withLock { precondition(!started, "register handlers before start()") }
+        handlers[method] = .inline(handler)
+    }
+
+    private static func decode<Req: SwiftProtobuf.Message>(_ bytes: Frame, _ method: String) throws -> Req {
+        do { return try Req(serializedBytes: bytes) } catch {
+            throw RPCError(.invalidArgument, "cannot decode \(Req.protoMessageName) for \(method): \(error)")
+        }
+    }
+
+    private static func encode<Res: SwiftProtobuf.Message>(_ response: Res, _ method: String) throws -> Frame {
+        do { return try response.serializedBytes() } catch {
+            throw RPCError(.internal, "cannot serialise \(Res.protoMessageName) from \(method): \(error)")
+        }
     }
 
     /// The methods registered so far.
@@ -149,7 +174,7 @@ public final class RPCServer: @unchecked Sendable {
         try socket.setHighWaterMarks(send: 100_000, receive: 100_000)
         try socket.bind(endpoint)
         let resolved = try socket.lastEndpoint
-        router = socket
+        router = try ZMQSharedSocket(socket)
         boundEndpoint = resolved
         return resolved
     }
@@ -165,7 +190,7 @@ public final class RPCServer: @unchecked Sendable {
 
     // MARK: running
 
-    /// Starts the I/O thread.
+    /// Starts the receiving thread.
     public func start() {
         lock.withLock {
             precondition(!started, "start() once")
@@ -198,17 +223,13 @@ public final class RPCServer: @unchecked Sendable {
     public var isRegistered: Bool { lock.withLock { registeredValue } }
 
     private func run() {
+        lock.withLock { receiverThread = pthread_self() }
         var lastLinkGeneration = -1
         var poller = ZMQPoller([])
         var linkDone = false
         while true {
             let now = WallClock.nowMicros()
-            let (completions, drainAt) = lock.withLock { () -> ([Completion], Int64?) in
-                defer { outbox.removeAll(keepingCapacity: true) }
-                return (outbox, drainDeadline)
-            }
-            for completion in completions { deliver(completion) }
-
+            let (drainAt, busy) = lock.withLock { (drainDeadline, outstanding.count) }
             if let drainAt {
                 if !linkDone {
                     brokerLink?.leave(now: now)
@@ -217,7 +238,7 @@ public final class RPCServer: @unchecked Sendable {
                 // Done when every request is answered and the broker acknowledged our leaving
                 // (so it routes nothing more here), or when the grace is over.
                 let left = brokerLink.map { $0.hasLeft(now: now) } ?? true
-                if (outstanding.isEmpty && left) || now >= drainAt { break }
+                if (busy == 0 && left) || now >= drainAt { break }
             }
 
             if let link = brokerLink, !linkDone {
@@ -226,83 +247,99 @@ public final class RPCServer: @unchecked Sendable {
                     registeredValue = registered
                     statsValue.registrations = link.registrations
                     statsValue.brokerReconnects = link.reconnects
+                    if let socket = link.socket {
+                        brokerSocket = (link.generation, socket)
+                    } else {
+                        brokerSocket = nil
+                    }
                 }
             }
             if brokerLink?.generation ?? 0 != lastLinkGeneration {
                 lastLinkGeneration = brokerLink?.generation ?? 0
+                lock.withLock { brokerInputPending = true }
                 var items: [ZMQPoller.Item] = [.fileDescriptor(wakeup.fileDescriptor, .pollIn)]
-                if let router { items.append(.socket(router, .pollIn)) }
-                if let socket = brokerLink?.socket { items.append(.socket(socket, .pollIn)) }
+                if let router { items.append(.fileDescriptor(router.fileDescriptor, .pollIn)) }
+                if let socket = brokerLink?.socket { items.append(.fileDescriptor(socket.fileDescriptor, .pollIn)) }
                 poller = ZMQPoller(items)
             }
             var timeout = 250
             if let link = brokerLink, !linkDone {
                 timeout = min(timeout, max(0, Int((link.nextTimer - now + 999) / 1000)))
             }
+            // The link's own sends (heartbeats, Unregister) may have consumed the descriptor's edge.
+            if let link = brokerLink, link.takeInputPending() { lock.withLock { brokerInputPending = true } }
             if let drainAt { timeout = min(timeout, 10, max(0, Int((drainAt - now + 999) / 1000))) }
+            if lock.withLock({ routerInputPending || brokerInputPending }) { timeout = 0 }
             let events: [ZMQPollEvents]
             do { events = try poller.poll(timeoutMilliseconds: timeout) } catch {
                 logger.error("poll failed: \(error)")
                 break
             }
             if events[0].contains(.pollIn) { wakeup.drain() }
+            // Drain a socket when its descriptor fired or a send may have consumed its edge.
+            let (routerDue, brokerDue) = lock.withLock { () -> (Bool, Bool) in
+                defer { routerInputPending = false; brokerInputPending = false }
+                return (routerInputPending, brokerInputPending)
+            }
             var index = 1
             if let router {
-                if events[index].contains(.pollIn) { receiveDirect(router) }
+                if routerDue || events[index].contains(.pollIn) { drain(router) { self.receiveDirect($0) } }
                 index += 1
             }
-            if let link = brokerLink, let socket = link.socket, index < events.count, events[index].contains(.pollIn) {
-                receiveBroker(link, socket)
+            if let link = brokerLink, let socket = link.socket,
+               brokerDue || (index < events.count && events[index].contains(.pollIn)) {
+                drain(socket) { self.receiveBroker(link, $0) }
             }
         }
         // Fail what is still running; close.
-        for (_, route) in outstanding {
+        let left = lock.withLock { () -> [Route] in
+            defer { outstanding.removeAll() }
+            return Array(outstanding.values)
+        }
+        for route in left {
             send(route, WireProtocol.replyHeader(id: route.requestID, code: .unavailable,
                                                  message: "\(configuration.name) shut down before finishing"), [])
         }
-        outstanding.removeAll()
         router?.close()
+        lock.withLock { brokerSocket = nil }
         brokerLink?.close()
         pool.shutdown()
-        lock.withLock { finished = true }
         stopped.signal()
     }
 
-    private var draining: Bool { lock.withLock { drainDeadline != nil } }
-
-    private func receiveDirect(_ socket: ZMQSocket) {
-        for _ in 0..<1024 {
-            let frames: [Frame]?
-            do { frames = try socket.receiveMultipart(flags: .dontWait) } catch { return }
-            guard let frames else { return }
-            // [peer, WRQ1, RequestHeader, payload]
-            guard frames.count >= 2, frames[1] == WireProtocol.request, frames.count == 4,
-                  frames[2].count <= WireProtocol.maxHeaderBytes,
-                  let header = try? Winnow_V1_RequestHeader(serializedBytes: frames[2]) else {
-                countMalformed(frames)
-                continue
-            }
-            handle(header: header, payload: frames[3], route: .direct(peer: frames[0], requestID: header.requestID))
+    private func drain(_ socket: ZMQSharedSocket, _ handle: ([Frame]) -> Void) {
+        let limit = 1024
+        while true {
+            let messages: [[Frame]]
+            do { messages = try socket.receiveAvailable(limit: limit) } catch { return }
+            for frames in messages { handle(frames) }
+            // Ending on EAGAIN processed libzmq's commands and re-armed the descriptor.
+            if messages.count < limit { return }
         }
     }
 
-    private func receiveBroker(_ link: BrokerLink, _ socket: ZMQSocket) {
-        for _ in 0..<1024 {
-            let frames: [Frame]?
-            do { frames = try socket.receiveMultipart(flags: .dontWait) } catch { return }
-            guard let frames else { return }
-            link.heard(now: WallClock.nowMicros())
-            if frames.count == 4, frames[0] == WireProtocol.forward,
-               frames[1].count <= WireProtocol.maxRoutingIDBytes, frames[2].count <= WireProtocol.maxHeaderBytes,
-               let header = try? Winnow_V1_RequestHeader(serializedBytes: frames[2]) {
-                handle(header: header, payload: frames[3],
-                       route: .broker(client: frames[1], requestID: header.requestID, generation: link.generation))
-            } else if frames.count == 3, frames[0] == WireProtocol.reply,
-                      let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[1]) {
-                link.reply(header, payload: frames[2], logger: logger)
-            } else {
-                countMalformed(frames)
-            }
+    private func receiveDirect(_ frames: [Frame]) {
+        // [peer, WRQ1 RequestHeader, payload]
+        guard frames.count == 3, let headerBytes = WireProtocol.headerBytes(frames[1], tag: WireProtocol.request),
+              let header = try? Winnow_V1_RequestHeader(serializedBytes: headerBytes) else {
+            return countMalformed(frames)
+        }
+        handle(header: header, payload: frames[2], route: .direct(peer: frames[0], requestID: header.requestID))
+    }
+
+    private func receiveBroker(_ link: BrokerLink, _ frames: [Frame]) {
+        link.heard(now: WallClock.nowMicros())
+        // [WFW1 RequestHeader, caller, payload] or, for our own calls to the broker, [WRP1 ReplyHeader, payload]
+        if frames.count == 3, frames[1].count <= WireProtocol.maxRoutingIDBytes,
+           let headerBytes = WireProtocol.headerBytes(frames[0], tag: WireProtocol.forward),
+           let header = try? Winnow_V1_RequestHeader(serializedBytes: headerBytes) {
+            handle(header: header, payload: frames[2],
+                   route: .broker(client: frames[1], requestID: header.requestID, generation: link.generation))
+        } else if frames.count == 2, let headerBytes = WireProtocol.headerBytes(frames[0], tag: WireProtocol.reply),
+                  let header = try? Winnow_V1_ReplyHeader(serializedBytes: headerBytes) {
+            link.reply(header, payload: frames[1], logger: logger)
+        } else {
+            countMalformed(frames)
         }
     }
 
@@ -325,6 +362,7 @@ public final class RPCServer: @unchecked Sendable {
         guard let handler = handlers[header.method] else {
             return reject(.unimplemented, "\(name) has no method \(header.method.isEmpty ? "(empty)" : header.method)")
         }
+        let (draining, busy) = lock.withLock { (drainDeadline != nil, outstanding.count) }
         if draining {
             return reject(.unavailable, "\(name) is shutting down")
         }
@@ -336,59 +374,98 @@ public final class RPCServer: @unchecked Sendable {
         if deadline != 0 && deadline <= WallClock.nowMicros() {
             return reject(.deadlineExceeded, "deadline of \(header.method) passed before it was served")
         }
-        if outstanding.count >= configuration.maxInFlight {
-            return reject(.resourceExhausted, "\(name) already holds \(outstanding.count) requests")
-        }
-        let token = nextToken
-        nextToken += 1
-        outstanding[token] = route
-        let metadata = header.metadata
         let method = header.method
-        Task(executorPreference: pool) { [self] in
+        let metadata = header.metadata
+        switch handler {
+        case .inline(let run):
             var reply = WireProtocol.replyHeader(id: id, code: .ok)
             var body: Frame = []
             do {
-                body = try await RPCContext.$deadlineMicros.withValue(deadline == 0 ? nil : deadline) {
-                    try await RPCContext.$metadata.withValue(metadata) { try await handler(payload) }
+                body = try RPCContext.$deadlineMicros.withValue(deadline == 0 ? nil : deadline) {
+                    try RPCContext.$metadata.withValue(metadata) { try run(payload) }
                 }
-            } catch let error as RPCError {
-                reply.code = error.code
-                reply.message = error.message
             } catch {
-                reply.code = .internal
-                reply.message = "\(method) failed: \(error)"
+                Self.fail(&reply, &body, error, method)
             }
-            if reply.code == .ok, body.count > configuration.maxPayloadBytes {
-                reply.code = .resourceExhausted
-                reply.message = "reply of \(method) is \(body.count) bytes, over the cap of \(configuration.maxPayloadBytes)"
-                body = []
+            lock.withLock { statsValue.served += 1 }
+            send(route, reply, body)
+        case .pooled(let run):
+            if busy >= configuration.maxInFlight {
+                return reject(.resourceExhausted, "\(name) already holds \(busy) requests")
             }
-            complete(Completion(token: token, header: reply, payload: body))
+            let token = nextToken
+            nextToken += 1
+            lock.withLock { outstanding[token] = route }
+            Task(executorPreference: pool) { [self] in
+                var reply = WireProtocol.replyHeader(id: id, code: .ok)
+                var body: Frame = []
+                do {
+                    body = try await RPCContext.$deadlineMicros.withValue(deadline == 0 ? nil : deadline) {
+                        try await RPCContext.$metadata.withValue(metadata) { try await run(payload) }
+                    }
+                } catch {
+                    Self.fail(&reply, &body, error, method)
+                }
+                complete(token: token, reply, body)
+            }
         }
     }
 
-    private func complete(_ completion: Completion) {
-        lock.withLock { outbox.append(completion) }
-        wakeup.signal()
+    /// Notes that a socket has input its descriptor may no longer announce; wakes the receiving
+    /// thread unless this is it (it checks the flag before sleeping).
+    private func inputPending(router: Bool) {
+        let onReceiver = lock.withLock { () -> Bool in
+            if router { routerInputPending = true } else { brokerInputPending = true }
+            return receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+        }
+        if !onReceiver { wakeup.signal() }
     }
 
-    private func deliver(_ completion: Completion) {
-        guard let route = outstanding.removeValue(forKey: completion.token) else { return }
-        lock.withLock { statsValue.served += 1 }
-        send(route, completion.header, completion.payload)
+    private static func fail(_ reply: inout Winnow_V1_ReplyHeader, _ body: inout Frame, _ error: Error, _ method: String) {
+        body = []
+        if let error = error as? RPCError {
+            reply.code = error.code
+            reply.message = error.message
+        } else {
+            reply.code = .internal
+            reply.message = "\(method) failed: \(error)"
+        }
+    }
+
+    /// A pooled handler finished: send its reply from this thread, unless shutdown already failed it.
+    private func complete(token: UInt64, _ reply: Winnow_V1_ReplyHeader, _ body: Frame) {
+        guard let route = lock.withLock({ outstanding[token] }) else { return }
+        // Still counted as outstanding while it is sent, so a draining server does not close
+        // the socket under it.
+        send(route, reply, body)
+        let draining = lock.withLock { () -> Bool in
+            outstanding[token] = nil
+            statsValue.served += 1
+            return drainDeadline != nil
+        }
+        if draining { wakeup.signal() } // let a draining loop see it
     }
 
     private func send(_ route: Route, _ header: Winnow_V1_ReplyHeader, _ payload: Frame) {
-        let headerBytes = WireProtocol.bytes(header)
+        var header = header
+        if header.code == .ok, payload.count > configuration.maxPayloadBytes {
+            header.code = .resourceExhausted
+            header.message = "reply is \(payload.count) bytes, over the cap of \(configuration.maxPayloadBytes)"
+            return send(route, header, [])
+        }
         do {
             switch route {
             case let .direct(peer, _):
-                try router?.send(multipart: [peer, WireProtocol.reply, headerBytes, payload], flags: .dontWait)
+                guard let router else { return }
+                let result = try router.send(multipart: [peer, WireProtocol.head(WireProtocol.reply, header), payload])
+                if result.readable { inputPending(router: true) }
             case let .broker(client, _, generation):
                 // A reply for a broker connection we have since replaced is dropped: that broker
                 // already failed or re-routed the request.
-                guard let link = brokerLink, link.generation == generation, let socket = link.socket else { return }
-                try socket.send(multipart: [WireProtocol.workerReply, client, headerBytes, payload], flags: .dontWait)
+                guard let current = lock.withLock({ brokerSocket }), current.generation == generation else { return }
+                let result = try current.socket.send(multipart: [WireProtocol.head(WireProtocol.workerReply, header),
+                                                                 client, payload])
+                if result.readable { inputPending(router: false) }
             }
         } catch {
             logger.debug("reply \(header.requestID) not sent: \(error)")
@@ -403,7 +480,7 @@ final class BrokerLink {
     let endpoint: String
     let configuration: RPCServerConfiguration
     var directEndpoint: String
-    private(set) var socket: ZMQSocket?
+    private(set) var socket: ZMQSharedSocket?
     private(set) var generation = 0
     private(set) var registered = false
     private(set) var registrations: UInt64 = 0
@@ -412,6 +489,7 @@ final class BrokerLink {
     private var nextSend: Int64 = 0
     private var nextID: UInt64 = 1
     private var registerID: UInt64 = 0
+    private var inputPending = false
     private var unregisterID: UInt64 = 0
     private var unregistered = false
     private var leaveDeadline: Int64 = 0
@@ -428,6 +506,12 @@ final class BrokerLink {
     var nextTimer: Int64 { min(nextSend, lastHeard + Int64(configuration.liveness) * interval) }
 
     func heard(now: Int64) { lastHeard = now }
+
+    /// Whether one of the link's own sends found input waiting (and may have consumed the edge).
+    func takeInputPending() -> Bool {
+        defer { inputPending = false }
+        return inputPending
+    }
 
     /// Runs timers; returns whether the worker is registered.
     func tick(now: Int64, logger: Logger) -> Bool {
@@ -464,7 +548,7 @@ final class BrokerLink {
             try fresh.setHighWaterMarks(send: 100_000, receive: 100_000)
             try fresh.setReconnectInterval(milliseconds: 50, max: 500)
             try fresh.connect(endpoint)
-            socket = fresh
+            socket = try ZMQSharedSocket(fresh)
         } catch {
             logger.error("cannot connect to broker \(endpoint): \(error)")
         }
@@ -490,8 +574,10 @@ final class BrokerLink {
         header.method = method
         header.requestID = id
         header.deadlineUnixMicros = WallClock.nowMicros() + interval * Int64(configuration.liveness)
-        _ = try? socket?.send(multipart: [WireProtocol.request, WireProtocol.bytes(header), WireProtocol.bytes(message)],
-                              flags: .dontWait)
+        if let result = try? socket?.send(multipart: [WireProtocol.head(WireProtocol.request, header),
+                                                      WireProtocol.bytes(message)]), result.readable {
+            inputPending = true
+        }
         return id
     }
 

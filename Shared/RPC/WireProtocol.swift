@@ -2,13 +2,17 @@ import SwiftProtobuf
 import WinnowProto
 import ZeroMQ
 
-/// The frames of Winnow's wire protocol. Every message starts with a tag frame naming its kind
-/// and protocol version; a ROUTER socket additionally sees the sender's routing id before it.
+/// The frames of Winnow's wire protocol. Every message starts with a head frame: a 4-byte tag
+/// naming its kind and protocol version, followed by the protobuf header. A ROUTER socket
+/// additionally sees the sender's routing id before it.
 ///
-///     request          caller -> server or broker   [WRQ1, RequestHeader, payload]
-///     reply            server or broker -> caller   [WRP1, ReplyHeader, payload]
-///     forwarded req.   broker -> worker             [WFW1, caller routing id, RequestHeader, payload]
-///     worker reply     worker -> broker             [WBK1, caller routing id, ReplyHeader, payload]
+///     request          caller -> server or broker   [WRQ1 RequestHeader, payload]
+///     reply            server or broker -> caller   [WRP1 ReplyHeader, payload]
+///     forwarded req.   broker -> worker             [WFW1 RequestHeader, caller routing id, payload]
+///     worker reply     worker -> broker             [WBK1 ReplyHeader, caller routing id, payload]
+///
+/// (Tag and header share a frame because libzmq checks its command mailbox, a system call or
+/// two, on every frame sent.)
 ///
 /// The payload frame is always present (empty when the message is empty or the status is not OK).
 /// Workers talk to the broker's own rpcs (Register, Heartbeat, ...) with plain requests addressed
@@ -32,6 +36,22 @@ public enum WireProtocol {
 
     /// Longest routing id accepted in a forwarded request (libzmq ids are at most 255 bytes).
     public static let maxRoutingIDBytes = 255
+
+    /// The head frame: `tag` followed by the serialised header.
+    public static func head(_ tag: Frame, _ header: some SwiftProtobuf.Message) -> Frame {
+        tag + bytes(header)
+    }
+
+    /// The head frame from a header already serialised.
+    public static func head(_ tag: Frame, headerBytes: Frame) -> Frame { tag + headerBytes }
+
+    /// The header bytes of a head frame that starts with `tag`; nil for another tag, a frame too
+    /// short to hold one, or a header over `maxHeaderBytes`.
+    public static func headerBytes(_ frame: Frame, tag: Frame) -> Frame? {
+        guard frame.count >= tag.count, frame.count - tag.count <= maxHeaderBytes,
+              frame[0..<tag.count].elementsEqual(tag) else { return nil }
+        return Array(frame[tag.count...])
+    }
 
     /// A reply header with no payload, for errors.
     public static func replyHeader(id: UInt64, code: Winnow_V1_StatusCode, message: String = "") -> Winnow_V1_ReplyHeader {

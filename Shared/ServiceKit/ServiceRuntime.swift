@@ -37,7 +37,7 @@ public final class ServiceRuntime: @unchecked Sendable {
     private var shutdownSignal: ShutdownSignal?
     private let lock = NSLock()
     private var draining = false
-    /// Extra key/values reported by Health.
+    /// Extra key/values reported by Health. Runs on the receiving thread: keep it cheap.
     public var healthDetail: @Sendable () -> [String: String] = { [:] }
 
     public init(kind: String, options: ServiceOptions) throws {
@@ -75,7 +75,8 @@ public final class ServiceRuntime: @unchecked Sendable {
 
     private func registerHealth() {
         let server = self.server
-        server.register("Health") { [self] (_: Winnow_V1_HealthRequest) -> Winnow_V1_HealthResponse in
+        // Inline: Health is cheap and must answer even when every handler thread is busy.
+        server.registerInline("Health") { [self] (_: Winnow_V1_HealthRequest) -> Winnow_V1_HealthResponse in
             var response = Winnow_V1_HealthResponse()
             response.status = lock.withLock { draining } ? .notServing : .serving
             response.service = options.name

@@ -116,7 +116,7 @@ public final class ZMQSocket: @unchecked Sendable {
 
     public func setOption(_ option: Int32, bytes: [UInt8]) throws {
         let socket = try live("zmq_setsockopt")
-        try bytes.withUnsafeBytes { raw in
+        _ = try bytes.withUnsafeBytes { raw in
             try zmqCall("zmq_setsockopt(\(option))") {
                 zmq_setsockopt(socket, option, raw.baseAddress, raw.count)
             }
@@ -165,10 +165,36 @@ public final class ZMQSocket: @unchecked Sendable {
         }
     }
 
+    /// Frames at least this large are sent without copying (libzmq keeps a reference to the
+    /// array's storage until it has written it); smaller ones are copied, which is cheaper.
+    public static let zeroCopyThreshold = 32 << 10
+
     /// Sends one frame. Returns false when `.dontWait` was given and the send would block.
     @discardableResult
     public func send(_ frame: Frame, flags: ZMQFlags = []) throws -> Bool {
-        try frame.withUnsafeBytes { try send($0, flags: flags) }
+        if frame.count < ZMQSocket.zeroCopyThreshold {
+            return try frame.withUnsafeBytes { try send($0, flags: flags) }
+        }
+        let socket = try live("zmq_msg_send")
+        // The box keeps the (immutable) array alive; libzmq releases it through the free function
+        // once the bytes are on the wire. A native array's storage does not move while retained
+        // and unmutated, so the pointer stays valid after withUnsafeBytes returns.
+        let box = FrameBox(frame)
+        let retained = Unmanaged.passRetained(box).toOpaque()
+        let data = box.frame.withUnsafeBytes { UnsafeMutableRawPointer(mutating: $0.baseAddress!) }
+        var message = zmq_msg_t()
+        guard zmq_msg_init_data(&message, data, frame.count, releaseFrameBox, retained) == 0 else {
+            Unmanaged<FrameBox>.fromOpaque(retained).release()
+            throw ZMQError(code: zmq_errno(), function: "zmq_msg_init_data")
+        }
+        do {
+            try zmqCall("zmq_msg_send") { zmq_msg_send(&message, socket, flags.rawValue) }
+            return true
+        } catch let error as ZMQError {
+            zmq_msg_close(&message) // releases the box
+            if error.isWouldBlock && flags.contains(.dontWait) { return false }
+            throw error
+        }
     }
 
     /// Sends a multipart message atomically (libzmq delivers all frames or none).
@@ -212,4 +238,15 @@ public final class ZMQSocket: @unchecked Sendable {
             if zmq_msg_more(&message) == 0 { return frames }
         }
     }
+}
+
+/// Holds a frame's storage while libzmq sends it without copying.
+final class FrameBox {
+    let frame: Frame
+    init(_ frame: Frame) { self.frame = frame }
+}
+
+private func releaseFrameBox(_ data: UnsafeMutableRawPointer?, _ hint: UnsafeMutableRawPointer?) {
+    guard let hint else { return }
+    Unmanaged<FrameBox>.fromOpaque(hint).release()
 }

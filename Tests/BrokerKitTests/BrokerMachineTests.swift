@@ -30,8 +30,8 @@ final class BrokerMachineTests: XCTestCase {
         nextID += 1
         header.idempotent = idempotent
         header.deadlineUnixMicros = now + timeoutMicros
-        let frames: [Frame] = [peer(client), WireProtocol.request, WireProtocol.bytes(header), WireProtocol.bytes(message)]
-        let event = BrokerEvent(frames: frames, maxPayloadBytes: 1 << 20)!
+        let frames: [Frame] = [peer(client), WireProtocol.head(WireProtocol.request, header), WireProtocol.bytes(message)]
+        let event = BrokerEvent(frames: frames)!
         return machine.handle(event, now: now)
     }
 
@@ -52,8 +52,8 @@ final class BrokerMachineTests: XCTestCase {
         }
         let request = try! Winnow_V1_RequestHeader(serializedBytes: headerBytes)
         let reply = WireProtocol.replyHeader(id: request.requestID, code: code)
-        let frames: [Frame] = [peer(worker), WireProtocol.workerReply, client, WireProtocol.bytes(reply), payload]
-        return machine.handle(BrokerEvent(frames: frames, maxPayloadBytes: 1 << 20)!, now: now)
+        let frames: [Frame] = [peer(worker), WireProtocol.head(WireProtocol.workerReply, reply), client, payload]
+        return machine.handle(BrokerEvent(frames: frames)!, now: now)
     }
 
     func forwards(_ actions: [BrokerAction]) -> [(worker: String, client: String)] {
@@ -245,14 +245,14 @@ final class BrokerMachineTests: XCTestCase {
     }
 
     func testMalformedMessagesDoNotParse() {
-        XCTAssertNil(BrokerEvent(frames: [], maxPayloadBytes: 100))
-        XCTAssertNil(BrokerEvent(frames: [peer("c")], maxPayloadBytes: 100))
-        XCTAssertNil(BrokerEvent(frames: [peer("c"), Array("WHAT".utf8), [], []], maxPayloadBytes: 100))
-        XCTAssertNil(BrokerEvent(frames: [peer("c"), WireProtocol.request, [0xFF, 0xFF], []], maxPayloadBytes: 100),
+        XCTAssertNil(BrokerEvent(frames: []))
+        XCTAssertNil(BrokerEvent(frames: [peer("c")]))
+        XCTAssertNil(BrokerEvent(frames: [peer("c"), Array("WHAT".utf8), []]))
+        XCTAssertNil(BrokerEvent(frames: [peer("c"), WireProtocol.request + [0xFF, 0xFF], []]),
                      "undecodable header")
-        XCTAssertNil(BrokerEvent(frames: [peer("c"), WireProtocol.request, []], maxPayloadBytes: 100),
+        XCTAssertNil(BrokerEvent(frames: [peer("c"), WireProtocol.request]),
                      "missing payload frame")
-        XCTAssertNil(BrokerEvent(frames: [peer("w"), WireProtocol.workerReply, [], [], []], maxPayloadBytes: 100),
+        XCTAssertNil(BrokerEvent(frames: [peer("w"), WireProtocol.workerReply, [], []]),
                      "worker reply without a caller")
     }
 }

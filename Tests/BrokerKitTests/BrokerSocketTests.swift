@@ -108,6 +108,21 @@ final class BrokerSocketTests: XCTestCase {
         XCTAssertEqual(list.workers.count, 1)
     }
 
+    func testAWorkerReconnectsWithAFreshSocketWhenTheBrokerGoesSilent() async throws {
+        let server = try startWorker("teacher")
+        try await waitRegistered([server])
+        broker.shutdown() // nothing answers heartbeats any more
+        let start = ContinuousClock.now
+        while server.stats.brokerReconnects == 0 && ContinuousClock.now - start < .seconds(3) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        XCTAssertGreaterThanOrEqual(server.stats.brokerReconnects, 1)
+        // Three silent heartbeats of 100 ms, plus scheduling slack.
+        XCTAssertLessThan(ContinuousClock.now - start, .milliseconds(800))
+        XCTAssertFalse(server.isRegistered)
+        broker = nil
+    }
+
     func testAWorkerWhoseBrokerRestartsRegistersAgain() async throws {
         let server = try startWorker("teacher")
         try await waitRegistered([server])

@@ -1,5 +1,5 @@
 import Foundation
-import RPC
+@testable import RPC
 import WinnowProto
 import XCTest
 import ZeroMQ
@@ -47,6 +47,45 @@ final class RPCServerClientTests: XCTestCase {
         }
         XCTAssertEqual(replies.count, 500)
         for (sent, got) in replies { XCTAssertEqual(sent, got) }
+    }
+
+    func testLargePayloadsRoundTripIntact() async throws {
+        // Large frames are sent without copying; the bytes must still arrive exactly.
+        let client = self.client!
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<20 {
+                group.addTask {
+                    var generator = SplitMix64(seed: UInt64(index))
+                    let bytes = (0..<(200_000 + index * 1000)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+                    let reply = try await client.call(service: "echo", method: "Echo", tensor([Int64(index)], data: bytes),
+                                                      as: Winnow_V1_FloatTensor.self, timeout: .seconds(20))
+                    XCTAssertEqual(reply.shape, [Int64(index)])
+                    XCTAssertEqual(Array(reply.data), bytes)
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    func testATaskPreferringTheClientExecutorRunsOnTheReceivingThread() async throws {
+        let client = self.client!
+        let (threads, error) = try await withTaskExecutorPreference(client.executor) {
+            var threads: Set<Bool> = []
+            for index in 0..<200 {
+                let reply = try await client.call(service: "echo", method: "Echo", tensor([Int64(index)]),
+                                                  as: Winnow_V1_FloatTensor.self, timeout: .seconds(5))
+                XCTAssertEqual(reply.shape, [Int64(index)])
+                threads.insert(client.isOnReceivingThread)
+            }
+            // Deadlines still fire while the task lives on that thread.
+            let error = await rpcError {
+                try await client.call(service: "echo", method: "Sleep", tensor([500]), as: Winnow_V1_FloatTensor.self,
+                                      timeout: .milliseconds(50))
+            }
+            return (threads, error)
+        }
+        XCTAssertEqual(threads, [true], "every resumption ran on the receiving thread")
+        XCTAssertEqual(error?.code, .deadlineExceeded)
     }
 
     func testCallsOverlapInsteadOfQueueingBehindEachOther() async throws {
@@ -201,4 +240,36 @@ final class Counter: @unchecked Sendable {
     @discardableResult
     func increment() -> Int { lock.withLock { count += 1; return count } }
     var value: Int { lock.withLock { count } }
+}
+
+final class InlineHandlerTests: XCTestCase {
+    func testInlineHandlersAnswerEvenWhileEveryPoolThreadIsBusy() async throws {
+        let gate = DispatchSemaphore(value: 0)
+        let server = try TestServer(name: "busy", workers: 1) { server in
+            server.register("Block") { (request: Winnow_V1_FloatTensor) in
+                gate.wait() // holds the only pool thread
+                return request
+            }
+            server.registerInline("Ping") { (request: Winnow_V1_FloatTensor) in
+                var reply = request
+                reply.shape.append(RPCContext.deadlineMicros ?? -1)
+                return reply
+            }
+        }
+        defer { server.stop() }
+        let client = try RPCClient(endpoint: server.endpoint)
+        defer { client.close() }
+        let blocked = Task {
+            try await client.call(service: "busy", method: "Block", tensor([1]), as: Winnow_V1_FloatTensor.self,
+                                  timeout: .seconds(10))
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        let reply = try await client.call(service: "busy", method: "Ping", tensor([2]), as: Winnow_V1_FloatTensor.self,
+                                          timeout: .seconds(2))
+        XCTAssertEqual(reply.shape.count, 2)
+        XCTAssertGreaterThan(reply.shape[1], WallClock.nowMicros(), "an inline handler sees the deadline too")
+        gate.signal()
+        let unblocked = try await blocked.value
+        XCTAssertEqual(unblocked.shape, [1])
+    }
 }

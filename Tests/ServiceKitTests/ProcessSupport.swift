@@ -57,7 +57,9 @@ final class Child {
         for (key, value) in environment { env[key] = value }
         process.environment = env
         log = logDirectory.appendingPathComponent("\(executable)-\(UUID().uuidString.prefix(8)).log")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        guard FileManager.default.createFile(atPath: log.path, contents: nil) else {
+            throw ProcessTestError("cannot create \(log.path)")
+        }
         let handle = try FileHandle(forWritingTo: log)
         process.standardError = handle
         process.standardOutput = handle

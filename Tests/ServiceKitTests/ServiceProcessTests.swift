@@ -67,9 +67,9 @@ final class ServiceProcessTests: XCTestCase {
         let timeout = Duration.seconds(3)
         // Even requests are idempotent (re-routed), odd ones are not (failed with UNAVAILABLE).
         let outcomes = await stream(client, service: "teacher", total: 1000, concurrency: 16, timeout: timeout,
-                                    idempotent: { $0 % 2 == 0 }) { finished in
+                                    idempotent: { $0 % 2 == 0 }, onProgress: { finished in
             if finished == 300 { killed.fire { victim.signal(SIGKILL) } }
-        }
+        })
         XCTAssertTrue(killed.fired)
         XCTAssertEqual(outcomes.count, 1000)
         let bad = outcomes.filter { $0.code != .ok && $0.code != .unavailable }
@@ -191,9 +191,9 @@ final class ServiceProcessTests: XCTestCase {
         let signalled = KillSwitch()
         let timeout = Duration.seconds(2)
         let outcomes = await stream(direct, service: "teacher", total: 3000, concurrency: 32, timeout: timeout,
-                                    keepGoing: { !signalled.fired || teacher.process.isRunning }) { finished in
+                                    keepGoing: { !signalled.fired || teacher.process.isRunning }, onProgress: { finished in
             if finished == 200 { signalled.fire { teacher.signal(SIGTERM) } }
-        }
+        })
         let status = try await teacher.waitForExit(timeout: .seconds(10))
         XCTAssertEqual(status, 0, "log:\n\(teacher.logText)")
         XCTAssertGreaterThanOrEqual(outcomes.filter { $0.code == .ok }.count, 200)
