@@ -10,38 +10,78 @@ struct Bench: AsyncParsableCommand {
     )
 }
 
-/// One measured figure. `ratio` is Winnow's advantage: reference ÷ Winnow for times, Winnow ÷
-/// reference for rates; > 1 means Winnow is ahead. `reference`/`ratio` are null when the
-/// reference could not run.
+/// One measured figure, written as `{name, unit, winnow, reference, ratio, goal}` (every key
+/// present, null where it does not apply) plus `budget` and `met` where they apply.
+/// `ratio` is Winnow's advantage: reference ÷ Winnow for times, Winnow ÷ reference for rates;
+/// > 1 means Winnow is ahead. `goal` is the least acceptable ratio; `budget` an absolute bound on
+/// the Winnow figure in `unit` (a ceiling for times, a floor for rates) where the issue states one.
 struct BenchRow: Codable {
     var name: String
     var unit: String
     var winnow: Double
     var reference: Double?
     var ratio: Double?
-    var goal: Double
+    var goal: Double?
+    var budget: Double?
+    var lowerIsBetter: Bool
 
-    /// Every key is always present; a missing reference is written as null.
+    /// Whether every stated goal and budget is met; nil when the row states none or lacks its reference.
+    var met: Bool? {
+        var verdicts: [Bool] = []
+        if let goal {
+            guard let ratio else { return nil }
+            verdicts.append(ratio >= goal)
+        }
+        if let budget { verdicts.append(lowerIsBetter ? winnow <= budget : winnow >= budget) }
+        return verdicts.isEmpty ? nil : !verdicts.contains(false)
+    }
+
+    private enum CodingKeys: String, CodingKey { case name, unit, winnow, reference, ratio, goal, budget, met }
+
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(name, forKey: .name)
         try c.encode(unit, forKey: .unit)
         try c.encode(winnow, forKey: .winnow)
-        if let reference { try c.encode(reference, forKey: .reference) } else { try c.encodeNil(forKey: .reference) }
-        if let ratio { try c.encode(ratio, forKey: .ratio) } else { try c.encodeNil(forKey: .ratio) }
+        try c.encode(reference, forKey: .reference)   // Optional encodes as null
+        try c.encode(ratio, forKey: .ratio)
         try c.encode(goal, forKey: .goal)
+        try c.encodeIfPresent(budget, forKey: .budget)
+        try c.encodeIfPresent(met, forKey: .met)
     }
 
-    /// A time row: ratio = reference ÷ winnow.
-    static func time(_ name: String, winnow: Double, reference: Double?, goal: Double, unit: String = "s") -> BenchRow {
-        BenchRow(name: name, unit: unit, winnow: winnow, reference: reference,
-                 ratio: reference.map { $0 / winnow }, goal: goal)
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        unit = try c.decode(String.self, forKey: .unit)
+        winnow = try c.decode(Double.self, forKey: .winnow)
+        reference = try c.decodeIfPresent(Double.self, forKey: .reference)
+        ratio = try c.decodeIfPresent(Double.self, forKey: .ratio)
+        goal = try c.decodeIfPresent(Double.self, forKey: .goal)
+        budget = try c.decodeIfPresent(Double.self, forKey: .budget)
+        lowerIsBetter = true
     }
 
-    /// A rate (or any larger-is-better) row: ratio = winnow ÷ reference.
-    static func rate(_ name: String, unit: String, winnow: Double, reference: Double?, goal: Double) -> BenchRow {
+    private init(name: String, unit: String, winnow: Double, reference: Double?, ratio: Double?,
+                 goal: Double?, budget: Double?, lowerIsBetter: Bool) {
+        self.name = name; self.unit = unit; self.winnow = winnow; self.reference = reference
+        self.ratio = ratio; self.goal = goal; self.budget = budget; self.lowerIsBetter = lowerIsBetter
+    }
+
+    /// A time (smaller is better) row: ratio = reference ÷ winnow.
+    static func time(_ name: String, winnow: Double, reference: Double?, goal: Double? = nil,
+                     budget: Double? = nil, unit: String = "s") -> BenchRow {
         BenchRow(name: name, unit: unit, winnow: winnow, reference: reference,
-                 ratio: reference.map { winnow / $0 }, goal: goal)
+                 ratio: reference.flatMap { winnow > 0 ? $0 / winnow : nil }, goal: goal, budget: budget,
+                 lowerIsBetter: true)
+    }
+
+    /// A rate (larger is better) row: ratio = winnow ÷ reference.
+    static func rate(_ name: String, unit: String, winnow: Double, reference: Double?, goal: Double? = nil,
+                     budget: Double? = nil) -> BenchRow {
+        BenchRow(name: name, unit: unit, winnow: winnow, reference: reference,
+                 ratio: reference.flatMap { $0 > 0 ? winnow / $0 : nil }, goal: goal, budget: budget,
+                 lowerIsBetter: false)
     }
 }
 
@@ -54,11 +94,17 @@ enum BenchOutput {
 
     /// Prints the rows as an aligned table.
     static func printTable(_ rows: [BenchRow]) {
-        let header = ["name", "unit", "winnow", "reference", "ratio", "goal", ""]
+        let header = ["name", "unit", "winnow", "reference", "ratio", "goal", "budget", ""]
         var cells = [header]
         for r in rows {
-            let met = r.ratio.map { $0 >= r.goal ? "ok" : "BELOW GOAL" } ?? "no reference"
-            cells.append([r.name, r.unit, format(r.winnow), format(r.reference), format(r.ratio), format(r.goal), met])
+            let verdict: String
+            switch r.met {
+            case true?: verdict = "ok"
+            case false?: verdict = "MISSES GOAL"
+            case nil: verdict = r.goal != nil ? "no reference" : ""
+            }
+            cells.append([r.name, r.unit, format(r.winnow), format(r.reference), format(r.ratio), format(r.goal),
+                          format(r.budget), verdict])
         }
         let widths = (0 ..< header.count).map { c in cells.map { $0[c].count }.max()! }
         for row in cells {

@@ -141,7 +141,7 @@ struct BenchItemCF: ParsableCommand {
                          agreement.maxScoreDifference))
             rows.append(.rate("itemcf_\(name)_neighbour_agreement", unit: "fraction of items (up to ties)",
                               winnow: Double(agreement.identical + agreement.tieEquivalent) / Double(max(agreement.items, 1)),
-                              reference: 1.0, goal: 1.0))
+                              reference: nil, budget: 1.0))
         }
         return rows
     }

@@ -101,11 +101,8 @@ struct BenchWire: AsyncParsableCommand {
             }
         }
         let rows = makeRows(winnow, reference: reference)
-        print(WireBenchTable.render(rows))
-        if let json {
-            let data = try JSONSerialization.data(withJSONObject: rows.map(\.dictionary), options: [.prettyPrinted, .sortedKeys])
-            try data.write(to: URL(fileURLWithPath: json))
-        }
+        BenchOutput.printTable(rows)
+        if let json { try BenchOutput.writeJSON(rows, to: json) }
     }
 
     // MARK: the echo server (a child process)
@@ -251,34 +248,31 @@ struct BenchWire: AsyncParsableCommand {
 
     // MARK: rows
 
-    private func makeRows(_ winnow: [String: Measurement], reference: Reference?) -> [WireBenchRow] {
-        var rows: [WireBenchRow] = []
+    private func makeRows(_ winnow: [String: Measurement], reference: Reference?) -> [BenchRow] {
+        var rows: [BenchRow] = []
         func label(_ size: Int) -> String { size == Self.small ? "2KB" : "200KB" }
+        // Broker rows compare with pyzmq REQ/REP direct: pyzmq has no broker.
         for route in ["direct", "broker", "direct_pooled"] {
             for size in [Self.small, Self.large] {
                 guard let measured = winnow["\(route).\(size)"] else { continue }
                 let ref = reference?.bySize[size]
                 let name = "wire.\(route).\(label(size))"
-                let note = "" // broker rows compare with pyzmq REQ/REP direct: pyzmq has no broker
-                rows.append(WireBenchRow(name: "\(name).p50\(note)", unit: "us", winnow: measured.sequential.p50,
-                                     reference: ref?.p50, lowerIsBetter: true,
-                                     goal: route == "direct" && size == Self.small ? "ratio >= 1.0" : nil))
-                rows.append(WireBenchRow(name: "\(name).p99\(note)", unit: "us", winnow: measured.sequential.p99,
-                                     reference: ref?.p99, lowerIsBetter: true, goal: nil))
-                rows.append(WireBenchRow(name: "\(name).throughput.sequential\(note)", unit: "GB/s",
-                                     winnow: measured.sequential.bytesPerSecond / 1e9,
-                                     reference: ref.map { $0.bytesPerSecond / 1e9 }, lowerIsBetter: false,
-                                     goal: route == "direct" && size == Self.large ? ">= 1 GB/s" : nil))
-                rows.append(WireBenchRow(name: "\(name).throughput.window\(window)", unit: "GB/s",
-                                     winnow: measured.pipelinedBytesPerSecond / 1e9, reference: nil, lowerIsBetter: false,
-                                     goal: nil))
+                rows.append(.time("\(name).p50", winnow: measured.sequential.p50, reference: ref?.p50,
+                                  goal: route == "direct" && size == Self.small ? 1.0 : nil, unit: "us"))
+                rows.append(.time("\(name).p99", winnow: measured.sequential.p99, reference: ref?.p99, unit: "us"))
+                rows.append(.rate("\(name).throughput.sequential", unit: "GB/s",
+                                  winnow: measured.sequential.bytesPerSecond / 1e9,
+                                  reference: ref.map { $0.bytesPerSecond / 1e9 },
+                                  budget: size == Self.large ? 1.0 : nil))
+                rows.append(.rate("\(name).throughput.window\(window)", unit: "GB/s",
+                                  winnow: measured.pipelinedBytesPerSecond / 1e9, reference: nil))
             }
         }
         for size in [Self.small, Self.large] {
             if let direct = winnow["direct.\(size)"], let broker = winnow["broker.\(size)"] {
-                rows.append(WireBenchRow(name: "wire.broker_hop.\(label(size)).p50_added", unit: "us",
-                                     winnow: broker.sequential.p50 - direct.sequential.p50, reference: nil,
-                                     lowerIsBetter: true, goal: size == Self.small ? "< 40 us" : nil))
+                rows.append(.time("wire.broker_hop.\(label(size)).p50_added",
+                                  winnow: broker.sequential.p50 - direct.sequential.p50, reference: nil,
+                                  budget: size == Self.small ? 40 : nil, unit: "us"))
             }
         }
         if let reference { FileHandle.standardError.write(Data("bench wire: reference \(reference.version)\n".utf8)) }
@@ -335,45 +329,6 @@ struct BenchWire: AsyncParsableCommand {
         }
         guard bound == 0 else { throw ValidationError("cannot find a free loopback port") }
         return Int(UInt16(bigEndian: address.sin_port))
-    }
-}
-
-/// One benchmark row: {name, unit, winnow, reference, ratio, goal}. `ratio` is Winnow's advantage:
-/// reference ÷ Winnow for times, Winnow ÷ reference for rates (> 1: Winnow ahead).
-struct WireBenchRow {
-    var name: String
-    var unit: String
-    var winnow: Double
-    var reference: Double?
-    var lowerIsBetter: Bool
-    var goal: String?
-
-    var ratio: Double? {
-        guard let reference, reference > 0, winnow > 0 else { return nil }
-        return lowerIsBetter ? reference / winnow : winnow / reference
-    }
-
-    var dictionary: [String: Any] {
-        ["name": name, "unit": unit, "winnow": winnow, "reference": reference ?? NSNull(),
-         "ratio": ratio ?? NSNull(), "goal": goal ?? NSNull()]
-    }
-}
-
-enum WireBenchTable {
-    static func render(_ rows: [WireBenchRow]) -> String {
-        func number(_ value: Double?) -> String {
-            guard let value else { return "-" }
-            return abs(value) >= 100 ? String(format: "%.0f", value) : String(format: "%.3f", value)
-        }
-        var table = [["name", "unit", "winnow", "reference", "ratio", "goal"]]
-        for row in rows {
-            table.append([row.name, row.unit, number(row.winnow), number(row.reference),
-                          row.ratio.map { String(format: "%.2f", $0) } ?? "-", row.goal ?? ""])
-        }
-        let widths = (0..<6).map { column in table.map { $0[column].count }.max() ?? 0 }
-        return table.map { row in
-            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
-        }.joined(separator: "\n")
     }
 }
 
