@@ -48,7 +48,7 @@ public struct EvaluationInput {
     }
 
     /// The whole history before instance k (not truncated): what masking excludes.
-    func history(_ k: Int) -> ArraySlice<Int32> {
+    public func history(_ k: Int) -> ArraySlice<Int32> {
         let u = Int(instances.users[k]), lo = data.offsets[u]
         return data.items[lo ..< lo + Int(instances.positions[k])]
     }
