@@ -260,7 +260,7 @@ public struct InterReader: Sendable {
         defer { close(fd) }
         return try parse(name: path) { buf, n in
             while true {
-                let r = Glibc.read(fd, buf, n)
+                let r = systemRead(fd, buf, n)
                 if r >= 0 { return r }
                 if errno == EINTR { continue }
                 throw InterError(.io, file: path, line: 0, reason: "read failed: " + errnoText())
@@ -379,7 +379,7 @@ public struct InterReader: Sendable {
         var fs = [Int](repeating: 0, count: nFields), fe = [Int](repeating: 0, count: nFields)
 
         while let (s, e) = try nextLine() {
-            if s == e && terminated { // an empty line: only tolerated as trailing whitespace
+            if s == e && terminated { // an empty line, anywhere (a blank last line included)
                 throw InterError(.wrongFieldCount, file: name, line: lineNo, reason: "empty line")
             }
             // Split into fields.
@@ -438,6 +438,15 @@ public struct InterReader: Sendable {
         return Interactions(users: users, items: items, timestamps: ti >= 0 ? times : nil,
                             ratings: ri >= 0 ? ratings : nil, userTokens: ut, itemTokens: it)
     }
+}
+
+@inline(__always)
+private func systemRead(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ n: Int) -> Int {
+    #if canImport(Glibc)
+    return Glibc.read(fd, buf, n)
+    #else
+    return Darwin.read(fd, buf, n)
+    #endif
 }
 
 private extension String {
