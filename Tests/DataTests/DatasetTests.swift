@@ -250,7 +250,13 @@ final class LocationTests: XCTestCase {
 
 final class InstanceSubsetTests: XCTestCase {
     func testSampledAndPartitionedSubsetsAreSeededDisjointAndComplete() {
-        let d = SequenceDataset(sequences: (0..<20).map { u in (0..<(4 + u % 5)).map { Int32(1 + ($0 + u) % 9) } }, itemCount: 9)
+        var seqs: [[Int32]] = []
+        for u in 0..<20 {
+            var seq: [Int32] = []
+            for t in 0..<(4 + u % 5) { seq.append(Int32(1 + (t + u) % 9)) }
+            seqs.append(seq)
+        }
+        let d = SequenceDataset(sequences: seqs, itemCount: 9)
         let train = LeaveOneOut(d).train
         let s = train.sampled(fraction: 0.8, seed: 4)
         XCTAssertEqual(s.count, Int((0.8 * Double(train.count)).rounded()))
