@@ -338,9 +338,11 @@ public struct InterReader: Sendable {
         }
 
         // Header.
-        guard let (hs, he) = try nextLine(), he > hs else {
+        guard let (headerStart, he) = try nextLine(), he > headerStart else {
             throw InterError(.emptyFile, file: name, line: 1, reason: "no header line")
         }
+        var hs = headerStart
+        if he - hs >= 3 && buf[hs] == 0xEF && buf[hs + 1] == 0xBB && buf[hs + 2] == 0xBF { hs += 3 }   // UTF-8 BOM
         let headerText = String(decoding: UnsafeBufferPointer(start: buf + hs, count: he - hs), as: UTF8.self)
         var names: [String] = [], types: [InterFieldType] = []
         for (i, field) in headerText.split(separator: "\t", omittingEmptySubsequences: false).enumerated() {
