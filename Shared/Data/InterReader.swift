@@ -260,7 +260,7 @@ public struct InterReader: Sendable {
         defer { close(fd) }
         return try parse(name: path) { buf, n in
             while true {
-                let r = Glibc.read(fd, buf, n)
+                let r = systemRead(fd, buf, n)
                 if r >= 0 { return r }
                 if errno == EINTR { continue }
                 throw InterError(.io, file: path, line: 0, reason: "read failed: " + errnoText())
@@ -338,9 +338,11 @@ public struct InterReader: Sendable {
         }
 
         // Header.
-        guard let (hs, he) = try nextLine(), he > hs else {
+        guard let (headerStart, he) = try nextLine(), he > headerStart else {
             throw InterError(.emptyFile, file: name, line: 1, reason: "no header line")
         }
+        var hs = headerStart
+        if he - hs >= 3 && buf[hs] == 0xEF && buf[hs + 1] == 0xBB && buf[hs + 2] == 0xBF { hs += 3 }   // UTF-8 BOM
         let headerText = String(decoding: UnsafeBufferPointer(start: buf + hs, count: he - hs), as: UTF8.self)
         var names: [String] = [], types: [InterFieldType] = []
         for (i, field) in headerText.split(separator: "\t", omittingEmptySubsequences: false).enumerated() {
@@ -379,7 +381,7 @@ public struct InterReader: Sendable {
         var fs = [Int](repeating: 0, count: nFields), fe = [Int](repeating: 0, count: nFields)
 
         while let (s, e) = try nextLine() {
-            if s == e && terminated { // an empty line: only tolerated as trailing whitespace
+            if s == e && terminated { // an empty line, anywhere (a blank last line included)
                 throw InterError(.wrongFieldCount, file: name, line: lineNo, reason: "empty line")
             }
             // Split into fields.
@@ -438,6 +440,15 @@ public struct InterReader: Sendable {
         return Interactions(users: users, items: items, timestamps: ti >= 0 ? times : nil,
                             ratings: ri >= 0 ? ratings : nil, userTokens: ut, itemTokens: it)
     }
+}
+
+@inline(__always)
+private func systemRead(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ n: Int) -> Int {
+    #if canImport(Glibc)
+    return Glibc.read(fd, buf, n)
+    #else
+    return Darwin.read(fd, buf, n)
+    #endif
 }
 
 private extension String {

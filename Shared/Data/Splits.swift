@@ -34,6 +34,44 @@ public struct InstanceSet: Sendable {
         return data.items[data.offsets[u] + Int(positions[k]) ..< data.offsets[u + 1]]
     }
 
+    /// The instances at `indices`, in that order.
+    public func subset(_ indices: some Sequence<Int>) -> InstanceSet {
+        var u: [Int32] = [], p: [Int32] = []
+        for k in indices { u.append(users[k]); p.append(positions[k]) }
+        return InstanceSet(users: u, positions: p)
+    }
+
+    /// A seeded random subset of round(fraction · count) instances, kept in their original
+    /// order (CSRec's data-level teachers train on p = 0.8 of the training data).
+    public func sampled(fraction: Double, seed: UInt64) -> InstanceSet {
+        precondition(fraction >= 0 && fraction <= 1, "fraction outside [0, 1]")
+        var order = Array(0..<count)
+        var rng = SplitMix64(seed: seed)
+        rng.shuffle(&order)
+        return subset(order.prefix(Int((fraction * Double(count)).rounded())).sorted())
+    }
+
+    /// `groups` disjoint parts covering every instance, seeded. With `byUser` all instances of a
+    /// user fall in the same part (users dealt round-robin after a shuffle); otherwise instances
+    /// are dealt individually. Each part keeps the original order.
+    public func partitioned(groups: Int, seed: UInt64, byUser: Bool = true) -> [InstanceSet] {
+        precondition(groups >= 1, "groups must be >= 1")
+        var rng = SplitMix64(seed: seed)
+        var part = [Int](repeating: 0, count: count)
+        if byUser {
+            var distinct = Array(Set(users)).sorted()
+            rng.shuffle(&distinct)
+            var of: [Int32: Int] = [:]
+            for (i, u) in distinct.enumerated() { of[u] = i % groups }
+            for k in 0..<count { part[k] = of[users[k]]! }
+        } else {
+            var order = Array(0..<count)
+            rng.shuffle(&order)
+            for (i, k) in order.enumerated() { part[k] = i % groups }
+        }
+        return (0..<groups).map { g in subset((0..<count).filter { part[$0] == g }) }
+    }
+
     /// Ground-truth sets (the future of each instance, duplicates removed, first occurrence
     /// kept), packed: instance k's set is items[offsets[k] ..< offsets[k + 1]].
     public func futureSets(in data: SequenceDataset) -> (offsets: [Int], items: [Int32]) {

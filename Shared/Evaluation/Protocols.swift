@@ -18,6 +18,9 @@ public struct EvaluationReport: Sendable, CustomStringConvertible {
     public var users: Int
     /// Means over users, keyed like `ndcg@10`, `hr@10`, `mrr@10`.
     public var metrics: [String: Double]
+    /// Full ranking only: the 0-based rank of each instance's target, in instance order (for
+    /// subsets such as rating-filtered or niche/popular users, see `subset`).
+    public var ranks: [Int32] = []
 
     public var description: String {
         let keys = metrics.keys.sorted()
@@ -45,7 +48,7 @@ public struct EvaluationInput {
     }
 
     /// The whole history before instance k (not truncated): what masking excludes.
-    func history(_ k: Int) -> ArraySlice<Int32> {
+    public func history(_ k: Int) -> ArraySlice<Int32> {
         let u = Int(instances.users[k]), lo = data.offsets[u]
         return data.items[lo ..< lo + Int(instances.positions[k])]
     }
@@ -86,12 +89,16 @@ extension RankingEvaluator {
     public func evaluateFullRanking(_ input: EvaluationInput, items: UnsafePointer<Float>,
                                     encode: UserEncoder) -> EvaluationReport {
         var acc = MetricAccumulator()
+        var ranks = [Int32](repeating: -1, count: input.instances.count)
+        let rankBuf = UnsafeMutablePointer<Int32>.allocate(capacity: maxBatch)
+        defer { rankBuf.deallocate() }
         forEachBatch(input, encode: encode) { buf, n in
             rankTargets(users: buf.vectors, count: n, items: items, targets: buf.targets,
-                        history: { input.history(Int(buf.rows[$0])) }, into: &acc)
+                        history: { input.history(Int(buf.rows[$0])) }, into: &acc, ranksOut: rankBuf)
+            for b in 0..<n { ranks[Int(buf.rows[b])] = rankBuf[b] }
         }
         return EvaluationReport(protocolName: "full", historyMasked: maskHistory, biased: false,
-                                users: acc.users, metrics: acc.means)
+                                users: acc.users, metrics: acc.means, ranks: ranks)
     }
 
     /// The sampled protocol (biased): the target against `negatives` popularity-sampled items
@@ -121,5 +128,46 @@ extension RankingEvaluator {
         }
         return EvaluationReport(protocolName: "user-split-sets", historyMasked: maskHistory, biased: false,
                                 users: acc.users, metrics: acc.means)
+    }
+}
+
+extension EvaluationReport {
+    /// hr, recall, ndcg, mrr, precision and f1 @ks over the instances `include(k)` selects,
+    /// from the full-ranking ranks (CSRec's Recall⁺/NDCG⁺ with `UserGroups.targetRating`,
+    /// niche/popular users with `UserGroups.popularTarget`). Also returns the subset's size.
+    public func subset(ks: [Int], _ include: (Int) -> Bool) -> (users: Int, metrics: [String: Double]) {
+        var acc = MetricAccumulator()
+        for k in 0..<ranks.count where include(k) {
+            acc.add(singleTargetMetrics(rank: Int(ranks[k]), ks: ks))
+        }
+        return (acc.users, acc.means)
+    }
+}
+
+/// Selections of evaluation instances for grouped metrics.
+public enum UserGroups {
+    /// Instances whose target was rated >= `threshold` (CSRec Eq. 16 uses 4); none when the
+    /// dataset has no ratings.
+    public static func targetRating(atLeast threshold: Float, _ input: EvaluationInput) -> (Int) -> Bool {
+        { k in
+            guard let r = input.data.ratings else { return false }
+            return r[input.data.offsets[Int(input.instances.users[k])] + Int(input.instances.positions[k])] >= threshold
+        }
+    }
+
+    /// Popular items: the `fraction` most frequent items (ties to the lower id), (N + 1) flags.
+    public static func popularItems(_ data: SequenceDataset, fraction: Double = 0.2) -> [Bool] {
+        let pop = data.itemPopularity()
+        let order = (1...max(data.itemCount, 1)).prefix(data.itemCount).sorted { pop[$0] > pop[$1] || (pop[$0] == pop[$1] && $0 < $1) }
+        var flags = [Bool](repeating: false, count: data.itemCount + 1)
+        for i in order.prefix(Int((Double(data.itemCount) * fraction).rounded())) { flags[i] = true }
+        return flags
+    }
+
+    /// Instances whose target is a popular item ("popular-type" users in CSRec Fig. 1); the
+    /// complement selects niche-type users.
+    public static func popularTarget(_ input: EvaluationInput, fraction: Double = 0.2) -> (Int) -> Bool {
+        let popular = popularItems(input.data, fraction: fraction)
+        return { k in popular[Int(input.instances.target(k, in: input.data))] }
     }
 }

@@ -247,3 +247,33 @@ final class LocationTests: XCTestCase {
         XCTAssertThrowsError(try SequenceDataset.load(dir + "/nope.inter"))
     }
 }
+
+final class InstanceSubsetTests: XCTestCase {
+    func testSampledAndPartitionedSubsetsAreSeededDisjointAndComplete() {
+        var seqs: [[Int32]] = []
+        for u in 0..<20 {
+            var seq: [Int32] = []
+            for t in 0..<(4 + u % 5) { seq.append(Int32(1 + (t + u) % 9)) }
+            seqs.append(seq)
+        }
+        let d = SequenceDataset(sequences: seqs, itemCount: 9)
+        let train = LeaveOneOut(d).train
+        let s = train.sampled(fraction: 0.8, seed: 4)
+        XCTAssertEqual(s.count, Int((0.8 * Double(train.count)).rounded()))
+        XCTAssertEqual(s.users, train.sampled(fraction: 0.8, seed: 4).users)
+        XCTAssertNotEqual(s.positions, train.sampled(fraction: 0.8, seed: 5).positions)
+        let pairs = Set(zip(train.users, train.positions).map { "\($0)-\($1)" })
+        XCTAssertTrue(zip(s.users, s.positions).allSatisfy { pairs.contains("\($0)-\($1)") })
+        for byUser in [true, false] {
+            let parts = train.partitioned(groups: 3, seed: 9, byUser: byUser)
+            XCTAssertEqual(parts.count, 3)
+            let all = parts.flatMap { p in zip(p.users, p.positions).map { "\($0)-\($1)" } }
+            XCTAssertEqual(all.count, train.count)
+            XCTAssertEqual(Set(all), pairs)
+            XCTAssertTrue(parts.allSatisfy { $0.count > 0 })
+            if byUser {
+                for a in 0..<3 { for b in (a + 1)..<3 { XCTAssertTrue(Set(parts[a].users).isDisjoint(with: parts[b].users)) } }
+            }
+        }
+    }
+}

@@ -46,6 +46,8 @@ final class InterReaderTests: XCTestCase {
         let x = try reader.parse(text: text, name: "t.inter")
         XCTAssertEqual(x.count, 2)
         XCTAssertEqual(x.itemTokens[1], "C")
+        let bom = try reader.parse(contents: [0xEF, 0xBB, 0xBF] + Array("user_id:token\titem_id:token\ttimestamp:float\nA\tB\t1\n".utf8), name: "t")
+        XCTAssertEqual(bom.count, 1)
         XCTAssertEqual(x.timestamps!, [1, 2])
         XCTAssertNil(x.ratings)
     }

@@ -277,3 +277,36 @@ final class ProtocolTests: XCTestCase {
         }
     }
 }
+
+final class GroupTests: XCTestCase {
+    func testSubsetsByRatingAndPopularityUseTheFullRankingRanks() {
+        // Item 1 is the most frequent; ratings mark which targets count for Recall+.
+        let x = Interactions(users: ["a", "a", "a", "b", "b", "b", "c", "c", "c"],
+                             items: ["1", "2", "1", "1", "3", "4", "2", "1", "5"],
+                             timestamps: [1, 2, 3, 1, 2, 3, 1, 2, 3],
+                             ratings: [5, 5, 5, 1, 1, 4, 2, 2, 2])
+        let data = SequenceDataset(x, userK: 1, itemK: 1)
+        let split = LeaveOneOut(data)
+        let input = EvaluationInput(data: data, instances: split.test, maxLength: 5)
+        // Scores: item i scores -i for everyone, so rank of item i is i - 1.
+        let N = data.itemCount
+        let table = (1...N).map { Float(-$0) }
+        let ev = RankingEvaluator(itemCount: N, dim: 1, maxBatch: 2, ks: [1, 3])
+        let report = table.withUnsafeBufferPointer { t in
+            ev.evaluateFullRanking(input, items: t.baseAddress!) { _, _, n, out in for b in 0..<n { out[b] = 1 } }
+        }
+        let targets = (0..<split.test.count).map { split.test.target($0, in: data) }
+        XCTAssertEqual(report.ranks, targets.map { $0 - 1 })
+        let rated = report.subset(ks: [1, 3], UserGroups.targetRating(atLeast: 4, input))
+        // Users a (target rated 5) and b (target rated 4) qualify; c (2) does not.
+        XCTAssertEqual(rated.users, 2)
+        let expectedHR3 = Double(targets.prefix(2).filter { $0 - 1 < 3 }.count) / 2
+        XCTAssertEqual(rated.metrics["hr@3"]!, expectedHR3, accuracy: 1e-12)
+        let popular = UserGroups.popularItems(data, fraction: 0.2)
+        XCTAssertEqual(popular.filter { $0 }.count, 1)
+        XCTAssertTrue(popular[Int(data.itemID(token: "1")!)])
+        let pop = report.subset(ks: [1], UserGroups.popularTarget(input))
+        let niche = report.subset(ks: [1]) { !UserGroups.popularTarget(input)($0) }
+        XCTAssertEqual(pop.users + niche.users, split.test.count)
+    }
+}
