@@ -45,7 +45,7 @@ public final class SASRec: Backbone {
     private let work = Workspace()
     private var x0: Floats! = nil, h0: Floats! = nil, mask0: Floats! = nil, ln0Mean: Floats! = nil, ln0Rstd: Floats! = nil
     private struct Acts {
-        var qkv, att, attD, ctx, ao, aoMask, r1, a, ln1Mean, ln1Rstd, f1, g, f2, f2Mask, r2, h, ln2Mean, ln2Rstd: Floats
+        var qkv, att, attD, ctx, ao, aoMask, r1, a, ln1Mean, ln1Rstd, f1, g, f2, f2Mask, r2, h, ln2Mean, ln2Rstd, cdf: Floats
     }
     private var acts: [Acts] = []
     private var user: Floats! = nil
@@ -105,7 +105,7 @@ public final class SASRec: Backbone {
         let T = config.maxLength, C = config.dim, F = config.inner, H = config.heads, L = config.blocks
         let BT = B * T
         let perBlock = [BT * 3 * C, B * H * T * T, B * H * T * T, BT * C, BT * C, BT * C, BT * C, BT * C, BT, BT,
-                        BT * F, BT * F, BT * C, BT * C, BT * C, BT * C, BT, BT]
+                        BT * F, BT * F, BT * C, BT * C, BT * C, BT * C, BT, BT, BT * F]
         guard work.ensure(B, sizes: { _ in
             [BT * C, BT * C, BT * C, BT, BT] + Array([[Int]](repeating: perBlock, count: L).joined())
                 + [B * C, BT * C, BT * C, BT * C, BT * C, BT * C, BT * F, BT * F, BT * 3 * C]
@@ -117,7 +117,7 @@ public final class SASRec: Backbone {
             defer { k += perBlock.count }
             return Acts(qkv: v[k], att: v[k + 1], attD: v[k + 2], ctx: v[k + 3], ao: v[k + 4], aoMask: v[k + 5], r1: v[k + 6],
                         a: v[k + 7], ln1Mean: v[k + 8], ln1Rstd: v[k + 9], f1: v[k + 10], g: v[k + 11], f2: v[k + 12],
-                        f2Mask: v[k + 13], r2: v[k + 14], h: v[k + 15], ln2Mean: v[k + 16], ln2Rstd: v[k + 17])
+                        f2Mask: v[k + 13], r2: v[k + 14], h: v[k + 15], ln2Mean: v[k + 16], ln2Rstd: v[k + 17], cdf: v[k + 18])
         }
         user = v[k]; dhA = v[k + 1]; dhB = v[k + 2]; dr = v[k + 3]; da = v[k + 4]; dtmp = v[k + 5]
         dF = v[k + 6]; dF2 = v[k + 7]; dqkv = v[k + 8]
@@ -144,7 +144,7 @@ public final class SASRec: Backbone {
             for i in 0..<(BT * C) { a.r1[i] = a.ao[i] + hIn[i] }
             layerNormForward(out: a.a, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.r1, weight: w.ln1W, bias: w.ln1B, N: BT, C: C, eps: config.layerNormEps)
             linearForward(out: a.f1, inp: a.a, weight: w.ff1W, bias: w.ff1B, N: BT, C: C, OC: F)
-            geluForward(out: a.g, inp: a.f1, n: BT * F)
+            geluForward(out: a.g, inp: a.f1, cdf: a.cdf, n: BT * F)
             linearForward(out: a.f2, inp: a.g, weight: w.ff2W, bias: w.ff2B, N: BT, C: F, OC: C)
             dropoutForward(out: a.f2, mask: a.f2Mask, inp: a.f2, p: pHidden, n: BT * C, rng: &rng)
             for i in 0..<(BT * C) { a.r2[i] = a.f2[i] + a.a[i] }
@@ -180,7 +180,7 @@ public final class SASRec: Backbone {
             dF.update(repeating: 0, count: BT * F)
             linearBackward(dinp: dF, dweight: g.ff2W, dbias: g.ff2B, dout: dtmp, inp: a.g, weight: w.ff2W, N: BT, C: F, OC: C)
             dF2.update(repeating: 0, count: BT * F)
-            geluBackward(dinp: dF2, dout: dF, inp: a.f1, n: BT * F)
+            geluBackward(dinp: dF2, dout: dF, inp: a.f1, cdf: a.cdf, n: BT * F)
             linearBackward(dinp: da, dweight: g.ff1W, dbias: g.ff1B, dout: dF2, inp: a.a, weight: w.ff1W, N: BT, C: C, OC: F)
             // a = LN1(r1), r1 = Dropout(ao) + hIn
             dr.update(repeating: 0, count: BT * C)

@@ -37,10 +37,7 @@ public func attentionForward(out: Floats, att: Floats, attDrop: Floats, qkv: Uns
                 var m = -Float.infinity
                 for j in 0...i {
                     if let ids, ids[b * T + j] == 0 { continue }
-                    let k = k0 + j * C3
-                    var s: Float = 0
-                    for c in 0..<hs { s += q[c] * k[c] }
-                    s *= scale
+                    let s = dot(q, k0 + j * C3, hs) * scale
                     arow[j] = s
                     m = max(m, s)
                 }
@@ -93,20 +90,19 @@ public func attentionBackward(dqkv: Floats, dout: UnsafePointer<Float>, qkv: Uns
                 for i in 0..<nRows {
                     let g = g0 + i * C, arow = a + i * T, adrow = ad + i * T
                     // through attDrop · v
-                    var dot: Float = 0
+                    var rowDot: Float = 0
                     for j in 0...i {
                         let w = adrow[j]
                         if w == 0 { datt[j] = 0; continue }
-                        let v = v0 + j * C3, dv = dv0 + j * C3
-                        var s: Float = 0
-                        for c in 0..<hs { s += g[c] * v[c]; dv[c] += w * g[c] }
-                        datt[j] = s * invKeep
-                        dot += datt[j] * arow[j]
+                        let dv = dv0 + j * C3
+                        for c in 0..<hs { dv[c] += w * g[c] }
+                        datt[j] = dot(g, v0 + j * C3, hs) * invKeep
+                        rowDot += datt[j] * arow[j]
                     }
                     // through softmax, then the scaled q · k
                     let q = q0 + i * C3, dq = dq0 + i * C3
                     for j in 0...i {
-                        let dpre = arow[j] * ((adrow[j] != 0 ? datt[j] : 0) - dot) * scale
+                        let dpre = arow[j] * ((adrow[j] != 0 ? datt[j] : 0) - rowDot) * scale
                         if dpre == 0 { continue }
                         let k = k0 + j * C3, dk = dk0 + j * C3
                         for c in 0..<hs { dq[c] += dpre * k[c]; dk[c] += dpre * q[c] }

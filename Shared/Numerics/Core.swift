@@ -80,3 +80,30 @@ public func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
     for i in 0..<n { s += Double(x[i]) * Double(x[i]) }
     return s
 }
+
+/// Σ a[i] · b[i] with eight independent SIMD lanes (float reductions do not auto-vectorise).
+@inline(__always)
+public func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>()
+    var i = 0
+    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+    while i + 8 <= n {
+        acc += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { s += a[i] * b[i]; i += 1 }
+    return s
+}
+
+/// Σ a[i] with SIMD lanes.
+@inline(__always)
+public func sum(_ a: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>()
+    var i = 0
+    let ra = UnsafeRawPointer(a)
+    while i + 8 <= n { acc += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self); i += 8 }
+    var s = acc.sum()
+    while i < n { s += a[i]; i += 1 }
+    return s
+}
