@@ -10,11 +10,12 @@ import Darwin
 #endif
 
 /// Attention forward. `ids` (B, T) marks padding keys (0) or is nil (all valid); `rows` (B) gives
-/// the number of leading query rows to compute per sequence, or nil for T. Attention dropout p
+/// the number of leading query rows to compute per sequence, or nil for T; with `lastRowOnly`
+/// only query row rows[b] − 1 is computed (a last block whose other rows are never read). Attention dropout p
 /// uses a generator seeded from `seed` and (b, h), so results do not depend on the thread count.
 public func attentionForward(out: Floats, att: Floats, attDrop: Floats, qkv: UnsafePointer<Float>,
                              ids: UnsafePointer<Int32>?, rows: UnsafePointer<Int32>?, dropout p: Float, seed: UInt64,
-                             B: Int, T: Int, C: Int, H: Int) {
+                             lastRowOnly: Bool = false, B: Int, T: Int, C: Int, H: Int) {
     let hs = C / H, C3 = 3 * C
     let scale = 1 / Float(hs).squareRoot()
     let keep = 1 - p, invKeep = p > 0 ? 1 / (1 - p) : 1
@@ -32,7 +33,7 @@ public func attentionForward(out: Floats, att: Floats, attDrop: Floats, qkv: Uns
             for i in 0..<T {
                 let o = o0 + i * C
                 o.update(repeating: 0, count: hs)
-                if i >= nRows { continue }
+                if i >= nRows || (lastRowOnly && i != nRows - 1) { continue }
                 let q = q0 + i * C3, arow = a + i * T, adrow = ad + i * T
                 var m = -Float.infinity
                 for j in 0...i {
@@ -71,7 +72,7 @@ public func attentionForward(out: Floats, att: Floats, attDrop: Floats, qkv: Uns
 public func attentionBackward(dqkv: Floats, dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
                               att: UnsafePointer<Float>, attDrop: UnsafePointer<Float>,
                               ids: UnsafePointer<Int32>?, rows: UnsafePointer<Int32>?, dropout p: Float,
-                              B: Int, T: Int, C: Int, H: Int) {
+                              lastRowOnly: Bool = false, B: Int, T: Int, C: Int, H: Int) {
     let hs = C / H, C3 = 3 * C
     let scale = 1 / Float(hs).squareRoot()
     let invKeep = p > 0 ? 1 / (1 - p) : 1
@@ -87,7 +88,7 @@ public func attentionBackward(dqkv: Floats, dout: UnsafePointer<Float>, qkv: Uns
                 let dq0 = dqkv + b * T * C3 + h * hs
                 let dk0 = dq0 + C, dv0 = dq0 + 2 * C
                 let g0 = dout + b * T * C + h * hs
-                for i in 0..<nRows {
+                for i in (lastRowOnly ? max(nRows - 1, 0) : 0)..<nRows {
                     let g = g0 + i * C, arow = a + i * T, adrow = ad + i * T
                     // through attDrop · v
                     var rowDot: Float = 0
