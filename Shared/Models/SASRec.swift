@@ -2,7 +2,9 @@
 // LayerNorm, dropout, then L post-LN transformer blocks
 //   a = LN(h + Dropout(Attention(h) · Woᵀ + bo));  h' = LN(a + Dropout(GELU(a·W1ᵀ + b1)·W2ᵀ + b2))
 // with causal, padding-masked multi-head attention (dropout on the attention weights); the user
-// vector is the last block's output at the last real position.
+// vector is the last block's output at the last real position. Only that row of the last block
+// is ever read, so the last block computes its query, attention output, feed-forward and
+// LayerNorms for that row alone (keys and values for all rows): the same function, less work.
 // Shapes: B batch, T = maxLength, C = dim, H heads, F = inner size, N = itemCount, BT = B·T.
 import Numerics
 
@@ -45,13 +47,16 @@ public final class SASRec: Backbone {
     private let work = Workspace()
     private var x0: Floats! = nil, h0: Floats! = nil, mask0: Floats! = nil, ln0Mean: Floats! = nil, ln0Rstd: Floats! = nil
     private struct Acts {
-        var qkv, att, attD, ctx, ao, aoMask, r1, a, ln1Mean, ln1Rstd, f1, g, f2, f2Mask, r2, h, ln2Mean, ln2Rstd: Floats
+        var qkv, att, attD, ctx, ao, aoMask, r1, a, ln1Mean, ln1Rstd, f1, g, f2, f2Mask, r2, h, ln2Mean, ln2Rstd, cdf: Floats
     }
     private var acts: [Acts] = []
     private var user: Floats! = nil
     // activation gradients, shared by all blocks
     private var dhA: Floats! = nil, dhB: Floats! = nil, dr: Floats! = nil, da: Floats! = nil, dtmp: Floats! = nil
     private var dF: Floats! = nil, dF2: Floats! = nil, dqkv: Floats! = nil
+    // the last block runs its post-attention layers on the last real position only (the only
+    // row the user vector reads): its context and residual input rows gathered, (B, C) each
+    private var ctxL: Floats! = nil, hInL: Floats! = nil, dctxL: Floats! = nil
     // the last training forward's inputs
     private var lastItems: UnsafePointer<Int32>? = nil, lastLengths: UnsafePointer<Int32>? = nil, lastB = 0
 
@@ -105,10 +110,10 @@ public final class SASRec: Backbone {
         let T = config.maxLength, C = config.dim, F = config.inner, H = config.heads, L = config.blocks
         let BT = B * T
         let perBlock = [BT * 3 * C, B * H * T * T, B * H * T * T, BT * C, BT * C, BT * C, BT * C, BT * C, BT, BT,
-                        BT * F, BT * F, BT * C, BT * C, BT * C, BT * C, BT, BT]
+                        BT * F, BT * F, BT * C, BT * C, BT * C, BT * C, BT, BT, BT * F]
         guard work.ensure(B, sizes: { _ in
             [BT * C, BT * C, BT * C, BT, BT] + Array([[Int]](repeating: perBlock, count: L).joined())
-                + [B * C, BT * C, BT * C, BT * C, BT * C, BT * C, BT * F, BT * F, BT * 3 * C]
+                + [B * C, BT * C, BT * C, BT * C, BT * C, BT * C, BT * F, BT * F, BT * 3 * C, B * C, B * C, B * C]
         }) else { return }
         let v = work.slab!.views
         x0 = v[0]; h0 = v[1]; mask0 = v[2]; ln0Mean = v[3]; ln0Rstd = v[4]
@@ -117,10 +122,10 @@ public final class SASRec: Backbone {
             defer { k += perBlock.count }
             return Acts(qkv: v[k], att: v[k + 1], attD: v[k + 2], ctx: v[k + 3], ao: v[k + 4], aoMask: v[k + 5], r1: v[k + 6],
                         a: v[k + 7], ln1Mean: v[k + 8], ln1Rstd: v[k + 9], f1: v[k + 10], g: v[k + 11], f2: v[k + 12],
-                        f2Mask: v[k + 13], r2: v[k + 14], h: v[k + 15], ln2Mean: v[k + 16], ln2Rstd: v[k + 17])
+                        f2Mask: v[k + 13], r2: v[k + 14], h: v[k + 15], ln2Mean: v[k + 16], ln2Rstd: v[k + 17], cdf: v[k + 18])
         }
         user = v[k]; dhA = v[k + 1]; dhB = v[k + 2]; dr = v[k + 3]; da = v[k + 4]; dtmp = v[k + 5]
-        dF = v[k + 6]; dF2 = v[k + 7]; dqkv = v[k + 8]
+        dF = v[k + 6]; dF2 = v[k + 7]; dqkv = v[k + 8]; ctxL = v[k + 9]; hInL = v[k + 10]; dctxL = v[k + 11]
     }
 
     public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool) -> UnsafePointer<Float> {
@@ -133,29 +138,39 @@ public final class SASRec: Backbone {
         layerNormForward(out: h0, mean: ln0Mean, rstd: ln0Rstd, inp: x0, weight: pLn0W, bias: pLn0B, N: BT, C: C, eps: config.layerNormEps)
         dropoutForward(out: h0, mask: mask0, inp: h0, p: pHidden, n: BT * C, rng: &rng)
         var hIn: Floats = h0
+        for b in 0..<B {
+            precondition(lengths[b] >= 1 && Int(lengths[b]) <= T, "sequence length must be in 1...maxLength")
+        }
         for (l, w) in pBlocks.enumerated() {
-            let a = acts[l]
+            let a = acts[l], last = l == config.blocks - 1
             linearForward(out: a.qkv, inp: hIn, weight: w.qkvW, bias: w.qkvB, N: BT, C: C, OC: 3 * C)
             let seed = rng.next()
             attentionForward(out: a.ctx, att: a.att, attDrop: a.attD, qkv: a.qkv, ids: items, rows: lengths, dropout: pAtt,
-                             seed: seed, B: B, T: T, C: C, H: H)
-            linearForward(out: a.ao, inp: a.ctx, weight: w.outW, bias: w.outB, N: BT, C: C, OC: C)
-            dropoutForward(out: a.ao, mask: a.aoMask, inp: a.ao, p: pHidden, n: BT * C, rng: &rng)
-            for i in 0..<(BT * C) { a.r1[i] = a.ao[i] + hIn[i] }
-            layerNormForward(out: a.a, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.r1, weight: w.ln1W, bias: w.ln1B, N: BT, C: C, eps: config.layerNormEps)
-            linearForward(out: a.f1, inp: a.a, weight: w.ff1W, bias: w.ff1B, N: BT, C: C, OC: F)
-            geluForward(out: a.g, inp: a.f1, n: BT * F)
-            linearForward(out: a.f2, inp: a.g, weight: w.ff2W, bias: w.ff2B, N: BT, C: F, OC: C)
-            dropoutForward(out: a.f2, mask: a.f2Mask, inp: a.f2, p: pHidden, n: BT * C, rng: &rng)
-            for i in 0..<(BT * C) { a.r2[i] = a.f2[i] + a.a[i] }
-            layerNormForward(out: a.h, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.r2, weight: w.ln2W, bias: w.ln2B, N: BT, C: C, eps: config.layerNormEps)
+                             seed: seed, lastRowOnly: last, B: B, T: T, C: C, H: H)
+            // rows R: all B·T positions, or in the last block the B last real positions
+            var ctx: Floats = a.ctx, res: Floats = hIn, R = BT
+            if last {
+                for b in 0..<B {
+                    let t = Int(lengths[b]) - 1
+                    (ctxL + b * C).update(from: a.ctx + (b * T + t) * C, count: C)
+                    (hInL + b * C).update(from: hIn + (b * T + t) * C, count: C)
+                }
+                ctx = ctxL; res = hInL; R = B
+            }
+            linearForward(out: a.ao, inp: ctx, weight: w.outW, bias: w.outB, N: R, C: C, OC: C)
+            dropoutForward(out: a.ao, mask: a.aoMask, inp: a.ao, p: pHidden, n: R * C, rng: &rng)
+            for i in 0..<(R * C) { a.r1[i] = a.ao[i] + res[i] }
+            layerNormForward(out: a.a, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.r1, weight: w.ln1W, bias: w.ln1B, N: R, C: C, eps: config.layerNormEps)
+            linearForward(out: a.f1, inp: a.a, weight: w.ff1W, bias: w.ff1B, N: R, C: C, OC: F)
+            geluForward(out: a.g, inp: a.f1, cdf: a.cdf, n: R * F)
+            linearForward(out: a.f2, inp: a.g, weight: w.ff2W, bias: w.ff2B, N: R, C: F, OC: C)
+            dropoutForward(out: a.f2, mask: a.f2Mask, inp: a.f2, p: pHidden, n: R * C, rng: &rng)
+            for i in 0..<(R * C) { a.r2[i] = a.f2[i] + a.a[i] }
+            layerNormForward(out: a.h, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.r2, weight: w.ln2W, bias: w.ln2B, N: R, C: C, eps: config.layerNormEps)
             hIn = a.h
         }
-        for b in 0..<B {
-            let t = Int(lengths[b]) - 1
-            precondition(t >= 0 && t < T, "sequence length must be in 1...maxLength")
-            (user + b * C).update(from: hIn + (b * T + t) * C, count: C)
-        }
+        // the last block's output rows are the user vectors (B, C)
+        user.update(from: hIn, count: B * C)
         lastItems = items; lastLengths = lengths; lastB = B
         return UnsafePointer(user)
     }
@@ -164,35 +179,48 @@ public final class SASRec: Backbone {
         guard let items = lastItems, let lengths = lastLengths else { preconditionFailure("backward before forward") }
         let B = lastB, T = config.maxLength, C = config.dim, F = config.inner, H = config.heads, BT = B * T
         let pHidden = config.hiddenDropout, pAtt = config.attentionDropout
-        // gradient on the last block's output: only the last real position of each sequence
+        // gradient on the last block's output rows (B, C): the user vectors
         var dOut: Floats = dhA, dIn: Floats = dhB
-        dOut.update(repeating: 0, count: BT * C)
-        for b in 0..<B { let t = Int(lengths[b]) - 1; (dOut + (b * T + t) * C).update(from: dUser + b * C, count: C) }
+        dOut.update(from: dUser, count: B * C)
         for l in stride(from: config.blocks - 1, through: 0, by: -1) {
-            let a = acts[l], w = pBlocks[l], g = gBlocks[l]
+            let a = acts[l], w = pBlocks[l], g = gBlocks[l], last = l == config.blocks - 1
             let hIn: Floats = l == 0 ? h0 : acts[l - 1].h
+            let R = last ? B : BT
             // h = LN2(r2), r2 = Dropout(f2) + a
-            dr.update(repeating: 0, count: BT * C)
-            layerNormBackward(dinp: dr, dweight: g.ln2W, dbias: g.ln2B, dout: dOut, inp: a.r2, weight: w.ln2W, mean: a.ln2Mean, rstd: a.ln2Rstd, N: BT, C: C)
-            da.update(from: dr, count: BT * C)
-            dtmp.update(repeating: 0, count: BT * C)
-            dropoutBackward(dinp: dtmp, dout: dr, mask: a.f2Mask, n: BT * C)
-            dF.update(repeating: 0, count: BT * F)
-            linearBackward(dinp: dF, dweight: g.ff2W, dbias: g.ff2B, dout: dtmp, inp: a.g, weight: w.ff2W, N: BT, C: F, OC: C)
-            dF2.update(repeating: 0, count: BT * F)
-            geluBackward(dinp: dF2, dout: dF, inp: a.f1, n: BT * F)
-            linearBackward(dinp: da, dweight: g.ff1W, dbias: g.ff1B, dout: dF2, inp: a.a, weight: w.ff1W, N: BT, C: C, OC: F)
-            // a = LN1(r1), r1 = Dropout(ao) + hIn
-            dr.update(repeating: 0, count: BT * C)
-            layerNormBackward(dinp: dr, dweight: g.ln1W, dbias: g.ln1B, dout: da, inp: a.r1, weight: w.ln1W, mean: a.ln1Mean, rstd: a.ln1Rstd, N: BT, C: C)
-            dIn.update(from: dr, count: BT * C)
-            dtmp.update(repeating: 0, count: BT * C)
-            dropoutBackward(dinp: dtmp, dout: dr, mask: a.aoMask, n: BT * C)
-            da.update(repeating: 0, count: BT * C)    // now d ctx
-            linearBackward(dinp: da, dweight: g.outW, dbias: g.outB, dout: dtmp, inp: a.ctx, weight: w.outW, N: BT, C: C, OC: C)
+            dr.update(repeating: 0, count: R * C)
+            layerNormBackward(dinp: dr, dweight: g.ln2W, dbias: g.ln2B, dout: dOut, inp: a.r2, weight: w.ln2W, mean: a.ln2Mean, rstd: a.ln2Rstd, N: R, C: C)
+            da.update(from: dr, count: R * C)
+            dtmp.update(repeating: 0, count: R * C)
+            dropoutBackward(dinp: dtmp, dout: dr, mask: a.f2Mask, n: R * C)
+            dF.update(repeating: 0, count: R * F)
+            linearBackward(dinp: dF, dweight: g.ff2W, dbias: g.ff2B, dout: dtmp, inp: a.g, weight: w.ff2W, N: R, C: F, OC: C)
+            dF2.update(repeating: 0, count: R * F)
+            geluBackward(dinp: dF2, dout: dF, inp: a.f1, cdf: a.cdf, n: R * F)
+            linearBackward(dinp: da, dweight: g.ff1W, dbias: g.ff1B, dout: dF2, inp: a.a, weight: w.ff1W, N: R, C: C, OC: F)
+            // a = LN1(r1), r1 = Dropout(ao) + residual
+            dr.update(repeating: 0, count: R * C)
+            layerNormBackward(dinp: dr, dweight: g.ln1W, dbias: g.ln1B, dout: da, inp: a.r1, weight: w.ln1W, mean: a.ln1Mean, rstd: a.ln1Rstd, N: R, C: C)
+            dtmp.update(repeating: 0, count: R * C)
+            dropoutBackward(dinp: dtmp, dout: dr, mask: a.aoMask, n: R * C)
+            if last {
+                // scatter the B rows back to their positions: residual into dIn, d ctx into da
+                dIn.update(repeating: 0, count: BT * C)
+                da.update(repeating: 0, count: BT * C)
+                dctxL.update(repeating: 0, count: B * C)
+                linearBackward(dinp: dctxL, dweight: g.outW, dbias: g.outB, dout: dtmp, inp: ctxL, weight: w.outW, N: B, C: C, OC: C)
+                for b in 0..<B {
+                    let t = Int(lengths[b]) - 1
+                    (dIn + (b * T + t) * C).update(from: dr + b * C, count: C)
+                    (da + (b * T + t) * C).update(from: dctxL + b * C, count: C)
+                }
+            } else {
+                dIn.update(from: dr, count: BT * C)
+                da.update(repeating: 0, count: BT * C)    // now d ctx
+                linearBackward(dinp: da, dweight: g.outW, dbias: g.outB, dout: dtmp, inp: a.ctx, weight: w.outW, N: BT, C: C, OC: C)
+            }
             dqkv.update(repeating: 0, count: BT * 3 * C)
             attentionBackward(dqkv: dqkv, dout: da, qkv: a.qkv, att: a.att, attDrop: a.attD, ids: items, rows: lengths,
-                              dropout: pAtt, B: B, T: T, C: C, H: H)
+                              dropout: pAtt, lastRowOnly: last, B: B, T: T, C: C, H: H)
             linearBackward(dinp: dIn, dweight: g.qkvW, dbias: g.qkvB, dout: dqkv, inp: hIn, weight: w.qkvW, N: BT, C: C, OC: 3 * C)
             swap(&dOut, &dIn)
         }

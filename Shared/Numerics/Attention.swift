@@ -10,11 +10,12 @@ import Darwin
 #endif
 
 /// Attention forward. `ids` (B, T) marks padding keys (0) or is nil (all valid); `rows` (B) gives
-/// the number of leading query rows to compute per sequence, or nil for T. Attention dropout p
+/// the number of leading query rows to compute per sequence, or nil for T; with `lastRowOnly`
+/// only query row rows[b] − 1 is computed (a last block whose other rows are never read). Attention dropout p
 /// uses a generator seeded from `seed` and (b, h), so results do not depend on the thread count.
 public func attentionForward(out: Floats, att: Floats, attDrop: Floats, qkv: UnsafePointer<Float>,
                              ids: UnsafePointer<Int32>?, rows: UnsafePointer<Int32>?, dropout p: Float, seed: UInt64,
-                             B: Int, T: Int, C: Int, H: Int) {
+                             lastRowOnly: Bool = false, B: Int, T: Int, C: Int, H: Int) {
     let hs = C / H, C3 = 3 * C
     let scale = 1 / Float(hs).squareRoot()
     let keep = 1 - p, invKeep = p > 0 ? 1 / (1 - p) : 1
@@ -32,15 +33,12 @@ public func attentionForward(out: Floats, att: Floats, attDrop: Floats, qkv: Uns
             for i in 0..<T {
                 let o = o0 + i * C
                 o.update(repeating: 0, count: hs)
-                if i >= nRows { continue }
+                if i >= nRows || (lastRowOnly && i != nRows - 1) { continue }
                 let q = q0 + i * C3, arow = a + i * T, adrow = ad + i * T
                 var m = -Float.infinity
                 for j in 0...i {
                     if let ids, ids[b * T + j] == 0 { continue }
-                    let k = k0 + j * C3
-                    var s: Float = 0
-                    for c in 0..<hs { s += q[c] * k[c] }
-                    s *= scale
+                    let s = dot(q, k0 + j * C3, hs) * scale
                     arow[j] = s
                     m = max(m, s)
                 }
@@ -74,7 +72,7 @@ public func attentionForward(out: Floats, att: Floats, attDrop: Floats, qkv: Uns
 public func attentionBackward(dqkv: Floats, dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
                               att: UnsafePointer<Float>, attDrop: UnsafePointer<Float>,
                               ids: UnsafePointer<Int32>?, rows: UnsafePointer<Int32>?, dropout p: Float,
-                              B: Int, T: Int, C: Int, H: Int) {
+                              lastRowOnly: Bool = false, B: Int, T: Int, C: Int, H: Int) {
     let hs = C / H, C3 = 3 * C
     let scale = 1 / Float(hs).squareRoot()
     let invKeep = p > 0 ? 1 / (1 - p) : 1
@@ -90,23 +88,22 @@ public func attentionBackward(dqkv: Floats, dout: UnsafePointer<Float>, qkv: Uns
                 let dq0 = dqkv + b * T * C3 + h * hs
                 let dk0 = dq0 + C, dv0 = dq0 + 2 * C
                 let g0 = dout + b * T * C + h * hs
-                for i in 0..<nRows {
+                for i in (lastRowOnly ? max(nRows - 1, 0) : 0)..<nRows {
                     let g = g0 + i * C, arow = a + i * T, adrow = ad + i * T
                     // through attDrop · v
-                    var dot: Float = 0
+                    var rowDot: Float = 0
                     for j in 0...i {
                         let w = adrow[j]
                         if w == 0 { datt[j] = 0; continue }
-                        let v = v0 + j * C3, dv = dv0 + j * C3
-                        var s: Float = 0
-                        for c in 0..<hs { s += g[c] * v[c]; dv[c] += w * g[c] }
-                        datt[j] = s * invKeep
-                        dot += datt[j] * arow[j]
+                        let dv = dv0 + j * C3
+                        for c in 0..<hs { dv[c] += w * g[c] }
+                        datt[j] = dot(g, v0 + j * C3, hs) * invKeep
+                        rowDot += datt[j] * arow[j]
                     }
                     // through softmax, then the scaled q · k
                     let q = q0 + i * C3, dq = dq0 + i * C3
                     for j in 0...i {
-                        let dpre = arow[j] * ((adrow[j] != 0 ? datt[j] : 0) - dot) * scale
+                        let dpre = arow[j] * ((adrow[j] != 0 ? datt[j] : 0) - rowDot) * scale
                         if dpre == 0 { continue }
                         let k = k0 + j * C3, dk = dk0 + j * C3
                         for c in 0..<hs { dq[c] += dpre * k[c]; dk[c] += dpre * q[c] }

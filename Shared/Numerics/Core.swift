@@ -80,3 +80,85 @@ public func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
     for i in 0..<n { s += Double(x[i]) * Double(x[i]) }
     return s
 }
+
+/// Σ a[i] · b[i] with eight independent SIMD lanes (float reductions do not auto-vectorise).
+@inline(__always)
+public func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>()
+    var i = 0
+    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+    while i + 8 <= n {
+        acc += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { s += a[i] * b[i]; i += 1 }
+    return s
+}
+
+/// Σ a[i] with SIMD lanes.
+@inline(__always)
+public func sum(_ a: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>()
+    var i = 0
+    let ra = UnsafeRawPointer(a)
+    while i + 8 <= n { acc += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self); i += 8 }
+    var s = acc.sum()
+    while i < n { s += a[i]; i += 1 }
+    return s
+}
+
+/// e^x for eight lanes (Cephes expf: range reduction by ln 2, degree-6 polynomial; relative
+/// error ~1 ulp); lanes below −87.3 (including −∞) give 0.
+@inline(__always)
+public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    let lo = SIMD8<Float>(repeating: -87.3), hi = SIMD8<Float>(repeating: 88.3)
+    let xc = x.clamped(lowerBound: lo, upperBound: hi)
+    let fx = (xc * 1.44269504088896341 + 0.5).rounded(.down)
+    var r = xc - fx * 0.693359375
+    r = r - fx * -2.12194440e-4
+    let z = r * r
+    var y = SIMD8<Float>(repeating: 1.9875691500e-4)
+    y = y * r + 1.3981999507e-3
+    y = y * r + 8.3334519073e-3
+    y = y * r + 4.1665795894e-2
+    y = y * r + 1.6666665459e-1
+    y = y * r + 5.0000001201e-1
+    y = y * z + r + 1
+    let n = SIMD8<Int32>(fx, rounding: .towardZero) &+ 127
+    let pow2 = unsafeBitCast(n &<< 23, to: SIMD8<Float>.self)
+    return (y * pow2).replacing(with: 0, where: x .< lo)
+}
+
+/// max_i x[i] (SIMD lanes).
+@inline(__always)
+public func maxElement(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var i = 0
+    var acc = SIMD8<Float>(repeating: -.infinity)
+    let rx = UnsafeRawPointer(x)
+    while i + 8 <= n { acc = pointwiseMax(acc, rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)); i += 8 }
+    var m = acc.max()
+    while i < n { m = Swift.max(m, x[i]); i += 1 }
+    return m
+}
+
+/// out[i] = e^(x[i] − shift) (out may alias x, or be nil to only sum); returns Σ out[i].
+@inline(__always)
+public func expShifted(out: Floats?, _ x: UnsafePointer<Float>, shift: Float, _ n: Int) -> Float {
+    var i = 0
+    var acc = SIMD8<Float>()
+    let rx = UnsafeRawPointer(x), s8 = SIMD8<Float>(repeating: shift)
+    while i + 8 <= n {
+        let e = exp8(rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) - s8)
+        if let out { UnsafeMutableRawPointer(out).storeBytes(of: e, toByteOffset: 4 * i, as: SIMD8<Float>.self) }
+        acc += e
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n {
+        var t = SIMD8<Float>(repeating: -.infinity); t[0] = x[i] - shift
+        let e = exp8(t)[0]
+        out?[i] = e; s += e; i += 1
+    }
+    return s
+}

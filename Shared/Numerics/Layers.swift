@@ -106,8 +106,9 @@ public func layerNormBackward(dinp: Floats, dweight: Floats, dbias: Floats, dout
 
 // MARK: Dropout (inverted, as PyTorch)
 
-/// out = inp · mask with mask[i] ∈ {0, 1/(1−p)} drawn from `rng` (written to `mask`).
-/// p = 0 copies. out may alias inp.
+/// out = inp · mask with mask[i] ∈ {0, 1/(1−p)} (written to `mask`). One seed is drawn from
+/// `rng`; elements are then masked in fixed chunks of 4096, each from its own generator, so the
+/// mask does not depend on the thread count. p = 0 copies. out may alias inp.
 public func dropoutForward(out: Floats, mask: Floats, inp: UnsafePointer<Float>, p: Float, n: Int, rng: inout RNG) {
     if p <= 0 {
         mask.update(repeating: 1, count: n)
@@ -115,10 +116,25 @@ public func dropoutForward(out: Floats, mask: Floats, inp: UnsafePointer<Float>,
         return
     }
     let scale = 1 / (1 - p)
-    for i in 0..<n {
-        let keep = rng.uniform() >= p
-        mask[i] = keep ? scale : 0
-        out[i] = inp[i] * mask[i]
+    let threshold = UInt32(min(Double(p) * 4_294_967_296.0, 4_294_967_295.0))
+    let seed = rng.next()
+    let chunk = 4096, chunks = (n + chunk - 1) / chunk
+    Threads.parallelFor(chunks, minPerChunk: 16) { lo, hi in
+        for c in lo..<hi {
+            var r = RNG(seed: seed ^ (UInt64(c) &* 0xD1B5_4A32_D192_ED03))
+            let start = c * chunk, end = min(n, start + chunk)
+            var i = start
+            while i < end {
+                let bits = r.next()
+                let m0: Float = UInt32(truncatingIfNeeded: bits) >= threshold ? scale : 0
+                mask[i] = m0; out[i] = inp[i] * m0
+                if i + 1 < end {
+                    let m1: Float = UInt32(truncatingIfNeeded: bits >> 32) >= threshold ? scale : 0
+                    mask[i + 1] = m1; out[i + 1] = inp[i + 1] * m1
+                }
+                i += 2
+            }
+        }
     }
 }
 
@@ -136,20 +152,25 @@ public func reluBackward(dinp: Floats, dout: UnsafePointer<Float>, inp: UnsafePo
     for i in 0..<n where inp[i] > 0 { dinp[i] += dout[i] }
 }
 
-/// Exact GELU, x · Φ(x) (PyTorch's default, RecBole's `gelu`).
-public func geluForward(out: Floats, inp: UnsafePointer<Float>, n: Int) {
+/// Exact GELU, x · Φ(x) (PyTorch's default, RecBole's `gelu`). When `cdf` (n) is given, Φ(x)
+/// is kept there for the backward pass.
+public func geluForward(out: Floats, inp: UnsafePointer<Float>, cdf: Floats? = nil, n: Int) {
     Threads.parallelFor(n, minPerChunk: 16384) { lo, hi in
-        for i in lo..<hi { let x = inp[i]; out[i] = 0.5 * x * (1 + erff(x * 0.70710678118654752)) }
+        for i in lo..<hi {
+            let x = inp[i], phi = 0.5 * (1 + erff(x * 0.70710678118654752))
+            cdf?[i] = phi
+            out[i] = x * phi
+        }
     }
 }
-/// dinp += dout · (Φ(x) + x · φ(x)).
-public func geluBackward(dinp: Floats, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, n: Int) {
+/// dinp += dout · (Φ(x) + x · φ(x)); `cdf` is Φ(x) cached by the forward, or nil to recompute.
+public func geluBackward(dinp: Floats, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, cdf: UnsafePointer<Float>? = nil, n: Int) {
     Threads.parallelFor(n, minPerChunk: 16384) { lo, hi in
         for i in lo..<hi {
             let x = inp[i]
-            let cdf = 0.5 * (1 + erff(x * 0.70710678118654752))
+            let phi = cdf?[i] ?? 0.5 * (1 + erff(x * 0.70710678118654752))
             let pdf = 0.3989422804014327 * expf(-0.5 * x * x)
-            dinp[i] += dout[i] * (cdf + x * pdf)
+            dinp[i] += dout[i] * (phi + x * pdf)
         }
     }
 }

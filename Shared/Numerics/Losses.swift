@@ -22,11 +22,20 @@ import Darwin
 
 /// Row max and log Σ exp (for a stable log-softmax).
 @inline(__always) private func logSumExp(_ x: UnsafePointer<Float>, _ V: Int) -> (max: Float, lse: Float) {
-    var m = -Float.infinity
-    for j in 0..<V { m = max(m, x[j]) }
-    var s: Float = 0
-    for j in 0..<V { s += expf(x[j] - m) }
-    return (m, m + logf(s))
+    let m = maxElement(x, V)
+    return (m, m + logf(expShifted(out: nil, x, shift: m, V)))
+}
+
+/// d[j] += e^(x[j] − shift) · scale.
+@inline(__always) private func addScaledExp(_ d: Floats, _ x: UnsafePointer<Float>, shift: Float, scale: Float, _ V: Int) {
+    var j = 0
+    let rx = UnsafeRawPointer(x), rd = UnsafeMutableRawPointer(d)
+    while j + 8 <= V {
+        let e = exp8(rx.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) - shift) * scale
+        rd.storeBytes(of: rd.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) + e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
+        j += 8
+    }
+    while j < V { d[j] += expf(x[j] - shift) * scale; j += 1 }
 }
 
 /// Full softmax cross-entropy: losses[b] = −log softmax(logits[b])[targets[b]]. logits (B, V).
@@ -42,14 +51,22 @@ public func softmaxCrossEntropy(losses: Floats, dlogits: Floats?, logits: Unsafe
                 if let dlogits, !accumulate { (dlogits + b * V).update(repeating: 0, count: V) }
                 continue
             }
-            let (m, lse) = logSumExp(x, V)
-            losses[b] = lse - x[y]
-            guard let dlogits else { continue }
-            let d = dlogits + b * V, w = rowWeight(weights, b, scale)
-            if accumulate { for j in 0..<V { d[j] += expf(x[j] - lse) * w } }
-            else { for j in 0..<V { d[j] = expf(x[j] - lse) * w } }
+            let w = rowWeight(weights, b, scale)
+            guard let dlogits else { losses[b] = logSumExp(x, V).lse - x[y]; continue }
+            let d = dlogits + b * V
+            if accumulate {
+                let (_, lse) = logSumExp(x, V)
+                losses[b] = lse - x[y]
+                addScaledExp(d, x, shift: lse, scale: w, V)
+            } else {
+                // one exponential pass: d = e^(x − max) (d may alias x), then scaled by w / Σ
+                let m = maxElement(x, V), xy = x[y]
+                let sum = expShifted(out: d, x, shift: m, V)
+                losses[b] = m + logf(sum) - xy
+                let k = w / sum
+                for j in 0..<V { d[j] *= k }
+            }
             d[y] -= w
-            _ = m
         }
     }
     return total(losses, weights, scale, B)

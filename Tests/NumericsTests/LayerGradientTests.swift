@@ -80,6 +80,22 @@ final class LayerGradientTests: XCTestCase {
         assertGradient(GradientCheck.check("dinp", x: inp.p, analytic: dinp.p, count: n, f: f))
     }
 
+    func testDropoutMaskIsIndependentOfThreadCount() {
+        let n = 50_000
+        let inp = Buf(n, fill: 1)
+        func mask(_ threads: Int) -> [Float] {
+            Threads.set(threads)
+            let out = Buf(n), m = Buf(n)
+            var r = RNG(seed: 5)
+            dropoutForward(out: out.p, mask: m.p, inp: inp.p, p: 0.3, n: n, rng: &r)
+            return Array(UnsafeBufferPointer(start: m.p, count: n))
+        }
+        let a = mask(1), b = mask(2)
+        Threads.set(1)
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(Double(a.filter { $0 == 0 }.count) / Double(n), 0.3, accuracy: 0.01)
+    }
+
     func testActivationBackwards() {
         var rng = RNG(seed: 6)
         let n = 40, C = 4
@@ -93,6 +109,11 @@ final class LayerGradientTests: XCTestCase {
         let fg = { geluForward(out: out.p, inp: inp.p, n: n); return out.dot(c) }
         geluBackward(dinp: d.p, dout: c.p, inp: inp.p, n: n)
         assertGradient(GradientCheck.check("gelu", x: inp.p, analytic: d.p, count: n, f: fg))
+        let cdf = Buf(n), d2 = Buf(n), out2 = Buf(n)
+        geluForward(out: out.p, inp: inp.p, n: n)
+        geluForward(out: out2.p, inp: inp.p, cdf: cdf.p, n: n)
+        geluBackward(dinp: d2.p, dout: c.p, inp: inp.p, cdf: cdf.p, n: n)
+        for i in 0..<n { XCTAssertEqual(out2[i], out[i]); XCTAssertEqual(d2[i], d[i], accuracy: 1e-6) }
         d.zero()
         let alpha = Buf(random: C, rng: &rng), dalpha = Buf(C)
         let fp = { preluForward(out: out.p, inp: inp.p, alpha: alpha.p, N: n / C, C: C); return out.dot(c) }

@@ -107,3 +107,26 @@ final class LossGradientTests: XCTestCase {
         assertGradient(GradientCheck.check("db", x: bm.p, analytic: db.p, count: B * C, f: f))
     }
 }
+
+final class VectorMathTests: XCTestCase {
+    func testExp8MatchesLibmWithinTwoUlpAndUnderflowsToZero() {
+        var x: Float = -87
+        while x < 88 {
+            var v = SIMD8<Float>()
+            for l in 0..<8 { v[l] = x + Float(l) * 0.013 }
+            let e = exp8(v)
+            for l in 0..<8 {
+                let ref = expf(v[l])
+                XCTAssertEqual(e[l], ref, accuracy: max(ref.ulp * 2, Float.leastNormalMagnitude), "exp(\(v[l]))")
+            }
+            x += 0.37
+        }
+        let z = exp8(SIMD8<Float>(-.infinity, -100, -88, 0, 1, -1, 2, -2))
+        XCTAssertEqual(z[0], 0); XCTAssertEqual(z[1], 0); XCTAssertEqual(z[2], 0); XCTAssertEqual(z[3], 1)
+        let xs: [Float] = (0..<19).map { Float($0) * 0.7 - 5 }
+        xs.withUnsafeBufferPointer { p in
+            XCTAssertEqual(maxElement(p.baseAddress!, 19), xs.max()!)
+            XCTAssertEqual(expShifted(out: nil, p.baseAddress!, shift: 1, 19), xs.reduce(0) { $0 + expf($1 - 1) }, accuracy: 1e-2)
+        }
+    }
+}
