@@ -86,7 +86,7 @@ let package = Package(
         // Tests mirror the libraries; integration tests start real processes and a real Postgres.
         .testTarget(name: "RPCTests", dependencies: ["RPC", "ZeroMQ", "WinnowProto"], path: "Tests/RPCTests"),
         .testTarget(name: "BrokerKitTests", dependencies: ["BrokerKit", "RPC"], path: "Tests/BrokerKitTests"),
-        .testTarget(name: "ServiceKitTests", dependencies: ["ServiceKit", "RPC", "WinnowProto"],
+        .testTarget(name: "ServiceKitTests", dependencies: ["ServiceKit", "RPC", "WinnowProto", "Postgres"],
                     path: "Tests/ServiceKitTests"),
         .testTarget(name: "StackTests", dependencies: ["Stack", "Postgres", "RPC"], path: "Tests/StackTests"),
         .testTarget(name: "StoreTests",
