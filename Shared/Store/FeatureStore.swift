@@ -8,7 +8,7 @@ import WinnowProto
 /// blocking, thread-safe, and throws `StoreError`. The service process wraps it in rpcs
 /// (`FeatureStoreService`); tests and tools may use it directly.
 public final class FeatureStore: @unchecked Sendable {
-    public let pool: ConnectionPool
+    public let pool: StorePool
     let logger: Logger
     let lock = NSLock()
     // Guarded by `lock`:
@@ -25,7 +25,7 @@ public final class FeatureStore: @unchecked Sendable {
     /// Connects (lazily, through the pool) and brings the schema up to date.
     public init(url: String, poolSize: Int = 8, logger: Logger = Logger(label: "winnow.featurestore")) throws {
         self.logger = logger
-        pool = ConnectionPool(url: url, capacity: poolSize, logger: logger)
+        pool = StorePool(url: url, capacity: poolSize, logger: logger)
         let (from, to) = try pool.withConnection { try Schema.migrate($0) }
         if from != to { logger.info("schema migrated from version \(from) to \(to)") }
     }
