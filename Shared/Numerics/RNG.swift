@@ -36,9 +36,10 @@ public struct RNG: RandomNumberGenerator, Sendable {
     @inline(__always)
     public mutating func uniform() -> Float { Float(next() >> 40) * (1.0 / 16_777_216.0) }
 
-    /// Uniform integer in 0..<n (n > 0), without modulo bias worth noticing for n < 2^32.
+    /// Uniform integer in 0..<n (n > 0): the high word of a 64×64-bit product (Lemire), whose
+    /// bias is below n / 2^64.
     @inline(__always)
-    public mutating func below(_ n: Int) -> Int { Int((next() >> 32) &* UInt64(n) >> 32) }
+    public mutating func below(_ n: Int) -> Int { Int(next().multipliedFullWidth(by: UInt64(n)).high) }
 
     /// Standard normal (Box–Muller, both values used).
     public mutating func normal() -> Float {
