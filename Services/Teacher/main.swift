@@ -1,1 +1,6 @@
-print("placeholder")
+// The teacher process: wires ServiceKit to the teacher service's handlers. Its rpcs other than Health
+// answer UNIMPLEMENTED until the issues that build them land.
+import Foundation
+import ServiceKit
+
+exit(ServiceRuntime.main(kind: "teacher"))

@@ -1,0 +1,82 @@
+import ArgumentParser
+import Foundation
+import RPC
+import ServiceKit
+import SwiftProtobuf
+
+/// Where a CLI command sends its calls: the broker (default) or a service's own endpoint.
+struct ConnectionOptions: ParsableArguments {
+    @Option(help: "Broker endpoint (env WINNOW_BROKER).")
+    var broker: String = ProcessInfo.processInfo.environment["WINNOW_BROKER"].flatMap { $0.isEmpty ? nil : $0 }
+        ?? ServiceOptions.defaultBroker
+
+    @Option(help: "Call this endpoint directly instead of going through the broker.")
+    var direct: String?
+
+    @Option(name: .customLong("timeout-ms"), help: "Deadline of each call, in milliseconds.")
+    var timeoutMilliseconds: Int = 5000
+
+    var target: String { direct ?? broker }
+    var timeout: Duration { .milliseconds(timeoutMilliseconds) }
+
+    func validate() throws {
+        guard timeoutMilliseconds > 0 else { throw ValidationError("--timeout-ms must be positive") }
+    }
+}
+
+/// `winnow call SERVICE METHOD '{json}'`: calls any rpc with the protobuf JSON mapping.
+struct Call: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "call",
+        abstract: "Call any rpc of a Winnow service; JSON (protobuf mapping) in, JSON out.",
+        discussion: """
+        SERVICE is a service name (featurestore, teacher, teacher/job42/m0, broker, ...); its kind,
+        the part before the first "/", selects the contract. Prints the reply as JSON on stdout and
+        the status on stderr; exits 1 when the status is not OK.
+        Example: winnow call broker ListWorkers '{}'
+        """)
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Argument(help: "Service name, e.g. teacher or teacher/job42/m0.")
+    var service: String
+
+    @Argument(help: "Method, e.g. Health.")
+    var method: String
+
+    @Argument(help: "Request as protobuf JSON.")
+    var json: String = "{}"
+
+    @Flag(help: "Mark the call idempotent (it may be retried or re-routed).")
+    var idempotent = false
+
+    func run() async throws {
+        guard let kind = ServiceCatalogue.kind(of: service) else {
+            let known = ServiceCatalogue.kinds.map(\.name).joined(separator: ", ")
+            throw ValidationError("unknown service kind \"\(ServiceCatalogue.kindName(of: service))\" (known: \(known))")
+        }
+        guard let rpc = kind.method(method) else {
+            let known = kind.methods.map(\.name).joined(separator: ", ")
+            throw ValidationError("\(kind.protoService) has no method \"\(method)\" (methods: \(known))")
+        }
+        let request: any SwiftProtobuf.Message
+        do { request = try rpc.request.init(jsonString: json) } catch {
+            throw ValidationError("request is not valid JSON for \(rpc.request.protoMessageName): \(error)")
+        }
+        let client = try RPCClient(endpoint: connection.target)
+        defer { client.close() }
+        do {
+            let reply = try await client.callRaw(service: service, method: method,
+                                                 payload: try request.serializedBytes(),
+                                                 timeout: connection.timeout, idempotent: idempotent)
+            let response = try rpc.response.init(serializedBytes: reply)
+            var options = JSONEncodingOptions()
+            options.useDeterministicOrdering = true
+            print(try response.jsonString(options: options))
+            FileHandle.standardError.write(Data("status: OK\n".utf8))
+        } catch let error as RPCError {
+            FileHandle.standardError.write(Data("status: \(error.code.name): \(error.message)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// BrokerKit — placeholder replaced as the library grows.

@@ -1,0 +1,126 @@
+// Seeded shuffling and batching into caller-owned buffers.
+
+/// A small, fast, seeded generator (SplitMix64). Same seed, same sequence on every machine; used
+/// for shuffles and splits so that data order never depends on the numerics' generators.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    @inline(__always)
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in 0..<n (n > 0), unbiased (Lemire's multiply-and-reject).
+    @inline(__always)
+    public mutating func bounded(_ n: Int) -> Int {
+        precondition(n > 0, "bounded(0)")
+        let range = UInt64(n)
+        var m = next().multipliedFullWidth(by: range)
+        if m.low < range {
+            let threshold = (0 &- range) % range
+            while m.low < threshold { m = next().multipliedFullWidth(by: range) }
+        }
+        return Int(m.high)
+    }
+
+    /// Fisher–Yates shuffle, defined here (not the standard library's) so the order is fixed
+    /// by the seed across toolchains.
+    public mutating func shuffle<T>(_ a: inout [T]) {
+        var i = a.count - 1
+        while i > 0 {
+            let j = bounded(i + 1)
+            if i != j { a.swapAt(i, j) }
+            i -= 1
+        }
+    }
+}
+
+/// Where padding goes in a batch row of width L.
+public enum Padding: String, Sendable, CaseIterable {
+    /// Items at columns 0..<len, zeros after (RecBole's layout; learned position p is the p-th
+    /// item of the truncated input). The default: the protocol and the reference use it.
+    case right
+    /// Zeros first, items at columns L-len..<L (the last item is always at column L-1).
+    case left
+}
+
+/// Cuts an `InstanceSet` into batches: a seeded order per epoch, and `fill` writing a batch
+/// into buffers the caller owns (no allocation per batch).
+///
+/// Per row b of a batch: `items[b*L ..< (b+1)*L]` holds the input item ids padded with 0 as
+/// `padding` says, `lengths[b]` the number of real items (>= 1 for every instance of the
+/// protocols here), `targets[b]` the target item id, and optionally `instances[b]` the index of
+/// the instance in the set (for per-instance state such as UFNRec's records).
+public struct Batcher: Sendable {
+    public let data: SequenceDataset
+    public let instances: InstanceSet
+    public let maxLength: Int
+    public let batchSize: Int
+    public let padding: Padding
+    /// The current order of instance indices (identity until `shuffle`).
+    public private(set) var order: [Int32]
+    private var rng: SplitMix64
+
+    public init(data: SequenceDataset, instances: InstanceSet, maxLength: Int, batchSize: Int,
+                padding: Padding = .right, seed: UInt64 = 0) {
+        precondition(maxLength > 0 && batchSize > 0, "maxLength and batchSize must be positive")
+        self.data = data; self.instances = instances; self.maxLength = maxLength
+        self.batchSize = batchSize; self.padding = padding
+        self.order = (0..<instances.count).map { Int32($0) }
+        self.rng = SplitMix64(seed: seed)
+    }
+
+    /// Number of instances.
+    public var count: Int { instances.count }
+    /// Batches per epoch; the last one may be smaller than `batchSize`.
+    public var batchCount: Int { (instances.count + batchSize - 1) / batchSize }
+
+    /// Draws the next epoch's order from the seeded generator (reshuffles the current order).
+    public mutating func shuffle() { rng.shuffle(&order) }
+
+    /// Restores file order (for evaluation passes).
+    public mutating func resetOrder() { for k in 0..<order.count { order[k] = Int32(k) } }
+
+    /// Rows in batch `index` (batchSize, or fewer for the last batch).
+    public func rows(inBatch index: Int) -> Int {
+        precondition(index >= 0 && index < batchCount, "batch \(index) outside 0..<\(batchCount)")
+        return min(batchSize, instances.count - index * batchSize)
+    }
+
+    /// Writes batch `index` of the current order. Buffers: items (batchSize × maxLength),
+    /// lengths (batchSize), targets (batchSize), instances (batchSize, optional). Only the
+    /// returned number of rows is written.
+    @discardableResult
+    public func fill(batch index: Int, items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>,
+                     targets: UnsafeMutablePointer<Int32>, instances instanceOut: UnsafeMutablePointer<Int32>? = nil) -> Int {
+        let n = rows(inBatch: index), L = maxLength
+        data.items.withUnsafeBufferPointer { all in
+            let base = all.baseAddress!
+            for b in 0..<n {
+                let k = Int(order[index * batchSize + b])
+                let u = Int(instances.users[k])
+                let start = data.offsets[u], end = start + Int(instances.positions[k])
+                let lo = max(start, end - L), len = end - lo
+                let row = items + b * L
+                switch padding {
+                case .right:
+                    if len > 0 { row.update(from: base + lo, count: len) }
+                    if len < L { (row + len).update(repeating: 0, count: L - len) }
+                case .left:
+                    if len < L { row.update(repeating: 0, count: L - len) }
+                    if len > 0 { (row + (L - len)).update(from: base + lo, count: len) }
+                }
+                lengths[b] = Int32(len)
+                targets[b] = base[end]
+                instanceOut?[b] = Int32(k)
+            }
+        }
+        return n
+    }
+}

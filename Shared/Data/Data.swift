@@ -1,1 +1,0 @@
-// Data — placeholder replaced as the library grows.

@@ -1,1 +1,0 @@
-// Evaluation — placeholder replaced as the library grows.

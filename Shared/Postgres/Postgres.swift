@@ -1,1 +1,0 @@
-// Postgres — placeholder replaced as the library grows.

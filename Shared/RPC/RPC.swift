@@ -1,1 +1,0 @@
-// RPC — placeholder replaced as the library grows.

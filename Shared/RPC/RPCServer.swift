@@ -1,0 +1,523 @@
+import Foundation
+import Logging
+import SwiftProtobuf
+import WinnowProto
+import ZeroMQ
+
+/// How an `RPCServer` runs.
+public struct RPCServerConfiguration: Sendable {
+    /// The service name: what it registers with the broker under and answers to directly
+    /// (`teacher`, `teacher/job42/m0`, ...). Direct requests may name the full name, its kind
+    /// (the part before the first `/`), or nothing.
+    public var name: String
+    /// Unique per process; reported to the broker and by Health.
+    public var instance: String
+    /// Threads that run handlers.
+    public var workerThreads: Int
+    /// Requests the server holds at once (running or waiting for a thread); more get RESOURCE_EXHAUSTED.
+    public var maxInFlight: Int
+    /// Requests the broker may hand this worker at once (advertised at registration).
+    public var brokerConcurrency: Int
+    /// Largest request payload accepted; larger gets INVALID_ARGUMENT.
+    public var maxPayloadBytes: Int
+    /// Interval of heartbeats to the broker; the broker is presumed gone after `liveness` silent ones.
+    public var heartbeatInterval: Duration
+    public var liveness: Int
+
+    public init(name: String, instance: String? = nil, workerThreads: Int = 4, maxInFlight: Int = 1024,
+                brokerConcurrency: Int? = nil, maxPayloadBytes: Int = WireProtocol.defaultMaxPayloadBytes,
+                heartbeatInterval: Duration = .milliseconds(2500), liveness: Int = 3) {
+        self.name = name
+        self.instance = instance ?? RPCServerConfiguration.makeInstance()
+        self.workerThreads = workerThreads
+        self.maxInFlight = maxInFlight
+        self.brokerConcurrency = brokerConcurrency ?? max(workerThreads, 1) * 2
+        self.maxPayloadBytes = maxPayloadBytes
+        self.heartbeatInterval = heartbeatInterval
+        self.liveness = liveness
+    }
+
+    /// `host:pid:start-micros`.
+    public static func makeInstance() -> String {
+        "\(ProcessInfo.processInfo.hostName):\(getpid()):\(WallClock.nowMicros())"
+    }
+}
+
+/// Counters of a running server.
+public struct RPCServerStats: Sendable {
+    public var served: UInt64 = 0
+    public var malformed: UInt64 = 0
+    public var rejected: UInt64 = 0
+    public var registrations: UInt64 = 0
+    public var brokerReconnects: UInt64 = 0
+}
+
+/// Serves rpcs of one service: at a direct endpoint (ROUTER) and, when given a broker, as a
+/// Majordomo-style worker (DEALER) that registers, heartbeats and reconnects with a fresh socket
+/// when the broker goes silent.
+///
+/// Handlers are plain async functions from request to response, registered by method name before
+/// `start()`. They run on a small pool of threads; a handler sees the caller's deadline and
+/// metadata through `RPCContext`, so nested calls inherit the deadline. A thrown `RPCError` becomes
+/// the reply's status; any other error becomes INTERNAL. Malformed frames are counted and dropped;
+/// a request whose header parses but whose payload is over the cap or undecodable gets
+/// INVALID_ARGUMENT. The sockets live on one I/O thread, so handlers never block socket I/O.
+public final class RPCServer: @unchecked Sendable {
+    public typealias RawHandler = @Sendable (Frame) async throws -> Frame
+
+    public let configuration: RPCServerConfiguration
+    public var logger: Logger
+
+    private let pool: ThreadPoolExecutor
+    private let wakeup: ZMQWakeup
+    private var handlers: [String: RawHandler] = [:]
+    private var router: ZMQSocket?
+    private var brokerLink: BrokerLink?
+    private var boundEndpoint: String?
+
+    private let lock = NSLock()
+    private let stopped = DispatchSemaphore(value: 0)
+    // Guarded by `lock`:
+    private var outbox: [Completion] = []
+    private var drainDeadline: Int64?
+    private var started = false
+    private var finished = false
+    private var statsValue = RPCServerStats()
+    private var registeredValue = false
+    // I/O thread only:
+    private var outstanding: [UInt64: Route] = [:]
+    private var nextToken: UInt64 = 1
+
+    enum Route {
+        case direct(peer: Frame, requestID: UInt64)
+        case broker(client: Frame, requestID: UInt64, generation: Int)
+
+        var requestID: UInt64 {
+            switch self {
+            case let .direct(_, id), let .broker(_, id, _): return id
+            }
+        }
+    }
+
+    struct Completion {
+        var token: UInt64
+        var header: Winnow_V1_ReplyHeader
+        var payload: Frame
+    }
+
+    public init(configuration: RPCServerConfiguration, logger: Logger = Logger(label: "winnow.rpc")) throws {
+        self.configuration = configuration
+        self.logger = logger
+        pool = ThreadPoolExecutor(threads: max(1, configuration.workerThreads), name: "rpc-worker")
+        wakeup = try ZMQWakeup()
+    }
+
+    // MARK: set-up (before start)
+
+    /// Registers a typed handler for `method`.
+    public func register<Req: SwiftProtobuf.Message, Res: SwiftProtobuf.Message>(
+        _ method: String, _ handler: @escaping @Sendable (Req) async throws -> Res
+    ) {
+        registerRaw(method) { bytes in
+            let request: Req
+            do { request = try Req(serializedBytes: bytes) } catch {
+                throw RPCError(.invalidArgument, "cannot decode \(Req.protoMessageName) for \(method): \(error)")
+            }
+            let response = try await handler(request)
+            do { return try response.serializedBytes() } catch {
+                throw RPCError(.internal, "cannot serialise \(Res.protoMessageName) from \(method): \(error)")
+            }
+        }
+    }
+
+    /// Registers a handler on serialised payloads.
+    public func registerRaw(_ method: String, _ handler: @escaping RawHandler) {
+        lock.withLock { precondition(!started, "register handlers before start()") }
+        handlers[method] = handler
+    }
+
+    /// The methods registered so far.
+    public var methods: [String] { handlers.keys.sorted() }
+
+    /// Binds the direct endpoint (e.g. `tcp://127.0.0.1:*`); returns it with the port resolved.
+    @discardableResult
+    public func bind(_ endpoint: String) throws -> String {
+        let socket = try ZMQSocket(.router)
+        try socket.setMaxMessageSize(Int64(configuration.maxPayloadBytes + WireProtocol.hardLimitSlack))
+        try socket.setHighWaterMarks(send: 100_000, receive: 100_000)
+        try socket.bind(endpoint)
+        let resolved = try socket.lastEndpoint
+        router = socket
+        boundEndpoint = resolved
+        return resolved
+    }
+
+    /// The bound direct endpoint, if any.
+    public var endpoint: String? { boundEndpoint }
+
+    /// Serves through the broker at `endpoint` too (registers once started).
+    public func attach(broker endpoint: String) {
+        brokerLink = BrokerLink(endpoint: endpoint, configuration: configuration,
+                                directEndpoint: boundEndpoint ?? "")
+    }
+
+    // MARK: running
+
+    /// Starts the I/O thread.
+    public func start() {
+        lock.withLock {
+            precondition(!started, "start() once")
+            started = true
+        }
+        brokerLink?.directEndpoint = boundEndpoint ?? ""
+        let thread = Thread { [self] in run() }
+        thread.name = "rpc-server"
+        thread.start()
+    }
+
+    /// Stops taking requests (new ones get UNAVAILABLE), leaves the broker, lets handlers in flight
+    /// finish for up to `grace`, fails the rest with UNAVAILABLE, closes the sockets, and returns.
+    public func shutdown(grace: Duration = .seconds(5)) {
+        let wasStarted: Bool = lock.withLock {
+            if drainDeadline == nil { drainDeadline = WallClock.nowMicros() + grace.microseconds }
+            return started
+        }
+        guard wasStarted else {
+            router?.close()
+            return
+        }
+        wakeup.signal()
+        stopped.wait()
+        stopped.signal() // let further callers through
+    }
+
+    public var stats: RPCServerStats { lock.withLock { statsValue } }
+    /// Whether the broker has acknowledged registration (and not lost it since).
+    public var isRegistered: Bool { lock.withLock { registeredValue } }
+
+    private func run() {
+        var lastLinkGeneration = -1
+        var poller = ZMQPoller([])
+        var linkDone = false
+        while true {
+            let now = WallClock.nowMicros()
+            let (completions, drainAt) = lock.withLock { () -> ([Completion], Int64?) in
+                defer { outbox.removeAll(keepingCapacity: true) }
+                return (outbox, drainDeadline)
+            }
+            for completion in completions { deliver(completion) }
+
+            if let drainAt {
+                if !linkDone {
+                    brokerLink?.leave()
+                    linkDone = true
+                }
+                if outstanding.isEmpty || now >= drainAt { break }
+            }
+
+            if let link = brokerLink, !linkDone {
+                let registered = link.tick(now: now, logger: logger)
+                lock.withLock {
+                    registeredValue = registered
+                    statsValue.registrations = link.registrations
+                    statsValue.brokerReconnects = link.reconnects
+                }
+            }
+            if brokerLink?.generation ?? 0 != lastLinkGeneration {
+                lastLinkGeneration = brokerLink?.generation ?? 0
+                var items: [ZMQPoller.Item] = [.fileDescriptor(wakeup.fileDescriptor, .pollIn)]
+                if let router { items.append(.socket(router, .pollIn)) }
+                if let socket = brokerLink?.socket { items.append(.socket(socket, .pollIn)) }
+                poller = ZMQPoller(items)
+            }
+            var timeout = 250
+            if let link = brokerLink, !linkDone {
+                timeout = min(timeout, max(0, Int((link.nextTimer - now + 999) / 1000)))
+            }
+            if let drainAt { timeout = min(timeout, max(0, Int((drainAt - now + 999) / 1000))) }
+            let events: [ZMQPollEvents]
+            do { events = try poller.poll(timeoutMilliseconds: timeout) } catch {
+                logger.error("poll failed: \(error)")
+                break
+            }
+            if events[0].contains(.pollIn) { wakeup.drain() }
+            var index = 1
+            if let router {
+                if events[index].contains(.pollIn) { receiveDirect(router) }
+                index += 1
+            }
+            if let link = brokerLink, let socket = link.socket, index < events.count, events[index].contains(.pollIn) {
+                receiveBroker(link, socket)
+            }
+        }
+        // Fail what is still running; close.
+        for (_, route) in outstanding {
+            send(route, WireProtocol.replyHeader(id: route.requestID, code: .unavailable,
+                                                 message: "\(configuration.name) shut down before finishing"), [])
+        }
+        outstanding.removeAll()
+        router?.close()
+        brokerLink?.close()
+        pool.shutdown()
+        lock.withLock { finished = true }
+        stopped.signal()
+    }
+
+    private var draining: Bool { lock.withLock { drainDeadline != nil } }
+
+    private func receiveDirect(_ socket: ZMQSocket) {
+        for _ in 0..<1024 {
+            let frames: [Frame]?
+            do { frames = try socket.receiveMultipart(flags: .dontWait) } catch { return }
+            guard let frames else { return }
+            // [peer, WRQ1, RequestHeader, payload]
+            guard frames.count >= 2, frames[1] == WireProtocol.request, frames.count == 4,
+                  frames[2].count <= WireProtocol.maxHeaderBytes,
+                  let header = try? Winnow_V1_RequestHeader(serializedBytes: frames[2]) else {
+                countMalformed(frames)
+                continue
+            }
+            handle(header: header, payload: frames[3], route: .direct(peer: frames[0], requestID: header.requestID))
+        }
+    }
+
+    private func receiveBroker(_ link: BrokerLink, _ socket: ZMQSocket) {
+        for _ in 0..<1024 {
+            let frames: [Frame]?
+            do { frames = try socket.receiveMultipart(flags: .dontWait) } catch { return }
+            guard let frames else { return }
+            link.heard(now: WallClock.nowMicros())
+            if frames.count == 4, frames[0] == WireProtocol.forward,
+               frames[1].count <= WireProtocol.maxRoutingIDBytes, frames[2].count <= WireProtocol.maxHeaderBytes,
+               let header = try? Winnow_V1_RequestHeader(serializedBytes: frames[2]) {
+                handle(header: header, payload: frames[3],
+                       route: .broker(client: frames[1], requestID: header.requestID, generation: link.generation))
+            } else if frames.count == 3, frames[0] == WireProtocol.reply,
+                      let header = try? Winnow_V1_ReplyHeader(serializedBytes: frames[1]) {
+                link.reply(header, payload: frames[2], logger: logger)
+            } else {
+                countMalformed(frames)
+            }
+        }
+    }
+
+    private func countMalformed(_ frames: [Frame]) {
+        lock.withLock { statsValue.malformed += 1 }
+        logger.debug("dropped a malformed message of \(frames.count) frames")
+    }
+
+    private func handle(header: Winnow_V1_RequestHeader, payload: Frame, route: Route) {
+        let id = header.requestID
+        let name = configuration.name
+        func reject(_ code: Winnow_V1_StatusCode, _ message: String) {
+            lock.withLock { statsValue.rejected += 1 }
+            send(route, WireProtocol.replyHeader(id: id, code: code, message: message), [])
+        }
+        let kind = name.split(separator: "/", maxSplits: 1).first.map(String.init) ?? name
+        if !header.service.isEmpty && header.service != name && header.service != kind {
+            return reject(.notFound, "this endpoint serves \(name), not \(header.service)")
+        }
+        guard let handler = handlers[header.method] else {
+            return reject(.unimplemented, "\(name) has no method \(header.method.isEmpty ? "(empty)" : header.method)")
+        }
+        if draining {
+            return reject(.unavailable, "\(name) is shutting down")
+        }
+        if payload.count > configuration.maxPayloadBytes {
+            return reject(.invalidArgument,
+                          "payload of \(header.method) is \(payload.count) bytes, over the cap of \(configuration.maxPayloadBytes)")
+        }
+        let deadline = header.deadlineUnixMicros
+        if deadline != 0 && deadline <= WallClock.nowMicros() {
+            return reject(.deadlineExceeded, "deadline of \(header.method) passed before it was served")
+        }
+        if outstanding.count >= configuration.maxInFlight {
+            return reject(.resourceExhausted, "\(name) already holds \(outstanding.count) requests")
+        }
+        let token = nextToken
+        nextToken += 1
+        outstanding[token] = route
+        let metadata = header.metadata
+        let method = header.method
+        Task(executorPreference: pool) { [self] in
+            var reply = WireProtocol.replyHeader(id: id, code: .ok)
+            var body: Frame = []
+            do {
+                body = try await RPCContext.$deadlineMicros.withValue(deadline == 0 ? nil : deadline) {
+                    try await RPCContext.$metadata.withValue(metadata) { try await handler(payload) }
+                }
+            } catch let error as RPCError {
+                reply.code = error.code
+                reply.message = error.message
+            } catch {
+                reply.code = .internal
+                reply.message = "\(method) failed: \(error)"
+            }
+            if reply.code == .ok, body.count > configuration.maxPayloadBytes {
+                reply.code = .resourceExhausted
+                reply.message = "reply of \(method) is \(body.count) bytes, over the cap of \(configuration.maxPayloadBytes)"
+                body = []
+            }
+            complete(Completion(token: token, header: reply, payload: body))
+        }
+    }
+
+    private func complete(_ completion: Completion) {
+        lock.withLock { outbox.append(completion) }
+        wakeup.signal()
+    }
+
+    private func deliver(_ completion: Completion) {
+        guard let route = outstanding.removeValue(forKey: completion.token) else { return }
+        lock.withLock { statsValue.served += 1 }
+        send(route, completion.header, completion.payload)
+    }
+
+    private func send(_ route: Route, _ header: Winnow_V1_ReplyHeader, _ payload: Frame) {
+        let headerBytes = WireProtocol.bytes(header)
+        do {
+            switch route {
+            case let .direct(peer, _):
+                try router?.send(multipart: [peer, WireProtocol.reply, headerBytes, payload], flags: .dontWait)
+            case let .broker(client, _, generation):
+                // A reply for a broker connection we have since replaced is dropped: that broker
+                // already failed or re-routed the request.
+                guard let link = brokerLink, link.generation == generation, let socket = link.socket else { return }
+                try socket.send(multipart: [WireProtocol.workerReply, client, headerBytes, payload], flags: .dontWait)
+            }
+        } catch {
+            logger.debug("reply \(header.requestID) not sent: \(error)")
+        }
+    }
+}
+
+/// The worker side of the broker protocol, driven by the server's I/O thread: register, heartbeat
+/// (the broker answers each, which is its heartbeat to us), re-register when the broker forgot us,
+/// and reconnect with a fresh socket after `liveness` intervals of silence.
+final class BrokerLink {
+    let endpoint: String
+    let configuration: RPCServerConfiguration
+    var directEndpoint: String
+    private(set) var socket: ZMQSocket?
+    private(set) var generation = 0
+    private(set) var registered = false
+    private(set) var registrations: UInt64 = 0
+    private(set) var reconnects: UInt64 = 0
+    private var lastHeard: Int64 = 0
+    private var nextSend: Int64 = 0
+    private var nextID: UInt64 = 1
+    private var registerID: UInt64 = 0
+    private var interval: Int64
+
+    init(endpoint: String, configuration: RPCServerConfiguration, directEndpoint: String) {
+        self.endpoint = endpoint
+        self.configuration = configuration
+        self.directEndpoint = directEndpoint
+        interval = max(1_000, configuration.heartbeatInterval.microseconds)
+    }
+
+    /// When the link next needs the I/O thread.
+    var nextTimer: Int64 { min(nextSend, lastHeard + Int64(configuration.liveness) * interval) }
+
+    func heard(now: Int64) { lastHeard = now }
+
+    /// Runs timers; returns whether the worker is registered.
+    func tick(now: Int64, logger: Logger) -> Bool {
+        if socket == nil || now - lastHeard > Int64(configuration.liveness) * interval {
+            if socket != nil {
+                logger.warning("broker \(endpoint) silent for \(configuration.liveness) heartbeats; reconnecting")
+                reconnects += 1
+            }
+            reconnect(now: now, logger: logger)
+        }
+        if now >= nextSend {
+            if registered {
+                var beat = Winnow_V1_HeartbeatRequest()
+                beat.instance = configuration.instance
+                sendRequest("Heartbeat", beat)
+            } else {
+                sendRegister()
+            }
+            nextSend = now + interval
+        }
+        return registered
+    }
+
+    private func reconnect(now: Int64, logger: Logger) {
+        socket?.close()
+        socket = nil
+        registered = false
+        generation += 1
+        lastHeard = now
+        nextSend = now
+        do {
+            let fresh = try ZMQSocket(.dealer)
+            try fresh.setMaxMessageSize(Int64(configuration.maxPayloadBytes + WireProtocol.hardLimitSlack))
+            try fresh.setHighWaterMarks(send: 100_000, receive: 100_000)
+            try fresh.setReconnectInterval(milliseconds: 50, max: 500)
+            try fresh.connect(endpoint)
+            socket = fresh
+        } catch {
+            logger.error("cannot connect to broker \(endpoint): \(error)")
+        }
+    }
+
+    private func sendRegister() {
+        var request = Winnow_V1_RegisterRequest()
+        request.service = configuration.name
+        request.instance = configuration.instance
+        request.directEndpoint = directEndpoint
+        request.pid = Int32(getpid())
+        request.concurrency = Int32(configuration.brokerConcurrency)
+        request.heartbeatIntervalMicros = interval
+        registerID = sendRequest("Register", request)
+    }
+
+    @discardableResult
+    private func sendRequest(_ method: String, _ message: some SwiftProtobuf.Message) -> UInt64 {
+        let id = nextID
+        nextID += 1
+        var header = Winnow_V1_RequestHeader()
+        header.service = WireProtocol.brokerService
+        header.method = method
+        header.requestID = id
+        header.deadlineUnixMicros = WallClock.nowMicros() + interval * Int64(configuration.liveness)
+        _ = try? socket?.send(multipart: [WireProtocol.request, WireProtocol.bytes(header), WireProtocol.bytes(message)],
+                              flags: .dontWait)
+        return id
+    }
+
+    /// A reply from the broker to one of our own requests.
+    func reply(_ header: Winnow_V1_ReplyHeader, payload: Frame, logger: Logger) {
+        if header.requestID == registerID && header.code == .ok {
+            if !registered {
+                registrations += 1
+                logger.info("registered with broker \(endpoint) as \(configuration.name)")
+            }
+            registered = true
+        } else if header.code == .notFound && registered {
+            // The broker does not know us (it restarted, or it declared us dead): register again now.
+            logger.warning("broker \(endpoint) forgot this worker (\(header.message)); registering again")
+            registered = false
+            nextSend = 0
+        } else if header.code != .ok && header.requestID == registerID {
+            logger.warning("registration refused by broker \(endpoint): \(header.code.name) \(header.message)")
+        }
+    }
+
+    /// Tells the broker we are leaving (no more requests will be routed here).
+    func leave() {
+        guard socket != nil else { return }
+        var request = Winnow_V1_UnregisterRequest()
+        request.instance = configuration.instance
+        sendRequest("Unregister", request)
+        registered = false
+        // Do not register again while draining.
+        nextSend = .max
+    }
+
+    func close() {
+        socket?.close()
+        socket = nil
+    }
+}

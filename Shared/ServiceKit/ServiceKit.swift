@@ -1,1 +1,0 @@
-// ServiceKit — placeholder replaced as the library grows.

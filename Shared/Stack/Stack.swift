@@ -1,1 +1,0 @@
-// Stack — placeholder replaced as the library grows.

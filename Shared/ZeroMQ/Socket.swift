@@ -1,0 +1,215 @@
+import CZeroMQ
+
+/// The libzmq socket types Winnow uses.
+public enum ZMQSocketType: Sendable {
+    case router, dealer, req, rep, pair, push, pull, pub, sub
+
+    var raw: Int32 {
+        switch self {
+        case .router: return ZMQ_ROUTER
+        case .dealer: return ZMQ_DEALER
+        case .req: return ZMQ_REQ
+        case .rep: return ZMQ_REP
+        case .pair: return ZMQ_PAIR
+        case .push: return ZMQ_PUSH
+        case .pull: return ZMQ_PULL
+        case .pub: return ZMQ_PUB
+        case .sub: return ZMQ_SUB
+        }
+    }
+}
+
+/// Flags for one send or receive.
+public struct ZMQFlags: OptionSet, Sendable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    /// Fail with `EAGAIN` instead of blocking.
+    public static let dontWait = ZMQFlags(rawValue: ZMQ_DONTWAIT)
+    /// More frames of the same message follow.
+    public static let sendMore = ZMQFlags(rawValue: ZMQ_SNDMORE)
+}
+
+/// One frame of a multipart message.
+public typealias Frame = [UInt8]
+
+/// A libzmq socket.
+///
+/// Not thread-safe, as libzmq sockets are not: use a socket from one thread at a time (handing it
+/// to another thread with a lock or queue in between is fine). `close()` is idempotent and is
+/// called on deinit.
+public final class ZMQSocket: @unchecked Sendable {
+    public private(set) var handle: UnsafeMutableRawPointer?
+    public let type: ZMQSocketType
+
+    public init(_ type: ZMQSocketType, context: ZMQContext = .shared) throws {
+        self.type = type
+        handle = try zmqPointerCall("zmq_socket") { zmq_socket(context.handle, type.raw) }
+        try setOption(ZMQ_LINGER, Int32(0))
+    }
+
+    deinit { close() }
+
+    /// Closes the socket (pending outgoing messages are discarded: linger is 0).
+    public func close() {
+        guard let handle else { return }
+        zmq_close(handle)
+        self.handle = nil
+    }
+
+    private func live(_ function: String) throws -> UnsafeMutableRawPointer {
+        guard let handle else { throw ZMQError(code: ENOTSOCK, function: function) }
+        return handle
+    }
+
+    // MARK: endpoints
+
+    public func bind(_ endpoint: String) throws {
+        let socket = try live("zmq_bind")
+        try zmqCall("zmq_bind(\(endpoint))") { zmq_bind(socket, endpoint) }
+    }
+
+    public func connect(_ endpoint: String) throws {
+        let socket = try live("zmq_connect")
+        try zmqCall("zmq_connect(\(endpoint))") { zmq_connect(socket, endpoint) }
+    }
+
+    public func unbind(_ endpoint: String) throws {
+        let socket = try live("zmq_unbind")
+        try zmqCall("zmq_unbind(\(endpoint))") { zmq_unbind(socket, endpoint) }
+    }
+
+    public func disconnect(_ endpoint: String) throws {
+        let socket = try live("zmq_disconnect")
+        try zmqCall("zmq_disconnect(\(endpoint))") { zmq_disconnect(socket, endpoint) }
+    }
+
+    /// The endpoint last bound, with the port resolved when it was bound with `*`.
+    public var lastEndpoint: String {
+        get throws {
+            var buffer = [CChar](repeating: 0, count: 256)
+            var size = buffer.count
+            let socket = try live("zmq_getsockopt")
+            try zmqCall("zmq_getsockopt(ZMQ_LAST_ENDPOINT)") {
+                zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, &buffer, &size)
+            }
+            return String(cString: buffer)
+        }
+    }
+
+    // MARK: options
+
+    public func setOption(_ option: Int32, _ value: Int32) throws {
+        var value = value
+        let socket = try live("zmq_setsockopt")
+        try zmqCall("zmq_setsockopt(\(option))") {
+            zmq_setsockopt(socket, option, &value, MemoryLayout<Int32>.size)
+        }
+    }
+
+    public func setOption(_ option: Int32, _ value: Int64) throws {
+        var value = value
+        let socket = try live("zmq_setsockopt")
+        try zmqCall("zmq_setsockopt(\(option))") {
+            zmq_setsockopt(socket, option, &value, MemoryLayout<Int64>.size)
+        }
+    }
+
+    public func setOption(_ option: Int32, bytes: [UInt8]) throws {
+        let socket = try live("zmq_setsockopt")
+        try bytes.withUnsafeBytes { raw in
+            try zmqCall("zmq_setsockopt(\(option))") {
+                zmq_setsockopt(socket, option, raw.baseAddress, raw.count)
+            }
+        }
+    }
+
+    public func getInt32Option(_ option: Int32) throws -> Int32 {
+        var value: Int32 = 0
+        var size = MemoryLayout<Int32>.size
+        let socket = try live("zmq_getsockopt")
+        try zmqCall("zmq_getsockopt(\(option))") { zmq_getsockopt(socket, option, &value, &size) }
+        return value
+    }
+
+    /// The routing id a ROUTER peer sees for this socket.
+    public func setRoutingID(_ id: [UInt8]) throws { try setOption(ZMQ_ROUTING_ID, bytes: id) }
+    /// Frames larger than this (bytes) make libzmq drop the connection of the peer that sent them.
+    public func setMaxMessageSize(_ bytes: Int64) throws { try setOption(ZMQ_MAXMSGSIZE, bytes) }
+    /// Messages queued per peer before sends block or fail.
+    public func setHighWaterMarks(send: Int32, receive: Int32) throws {
+        try setOption(ZMQ_SNDHWM, send)
+        try setOption(ZMQ_RCVHWM, receive)
+    }
+    /// ROUTER only: fail with `EHOSTUNREACH` rather than silently drop a message to an unknown peer.
+    public func setRouterMandatory(_ on: Bool) throws { try setOption(ZMQ_ROUTER_MANDATORY, Int32(on ? 1 : 0)) }
+    /// ROUTER only: a new connection with a routing id already in use takes it over.
+    public func setRouterHandover(_ on: Bool) throws { try setOption(ZMQ_ROUTER_HANDOVER, Int32(on ? 1 : 0)) }
+    /// Queue messages only to completed connections.
+    public func setImmediate(_ on: Bool) throws { try setOption(ZMQ_IMMEDIATE, Int32(on ? 1 : 0)) }
+    public func setReconnectInterval(milliseconds: Int32, max: Int32) throws {
+        try setOption(ZMQ_RECONNECT_IVL, milliseconds)
+        try setOption(ZMQ_RECONNECT_IVL_MAX, max)
+    }
+
+    // MARK: send and receive
+
+    /// Sends one frame. Returns false when `.dontWait` was given and the send would block.
+    @discardableResult
+    public func send(_ frame: UnsafeRawBufferPointer, flags: ZMQFlags = []) throws -> Bool {
+        let socket = try live("zmq_send")
+        do {
+            try zmqCall("zmq_send") { zmq_send(socket, frame.baseAddress, frame.count, flags.rawValue) }
+            return true
+        } catch let error as ZMQError where error.isWouldBlock && flags.contains(.dontWait) {
+            return false
+        }
+    }
+
+    /// Sends one frame. Returns false when `.dontWait` was given and the send would block.
+    @discardableResult
+    public func send(_ frame: Frame, flags: ZMQFlags = []) throws -> Bool {
+        try frame.withUnsafeBytes { try send($0, flags: flags) }
+    }
+
+    /// Sends a multipart message atomically (libzmq delivers all frames or none).
+    /// Returns false when `.dontWait` was given and the first frame would block.
+    @discardableResult
+    public func send(multipart frames: [Frame], flags: ZMQFlags = []) throws -> Bool {
+        precondition(!frames.isEmpty, "a message has at least one frame")
+        for (index, frame) in frames.enumerated() {
+            let more: ZMQFlags = index < frames.count - 1 ? .sendMore : []
+            // Only the first frame can hit the high-water mark; later frames of the same
+            // message are always accepted.
+            if !(try send(frame, flags: flags.union(more))) { return false }
+        }
+        return true
+    }
+
+    /// Receives one whole multipart message; nil when `.dontWait` was given and none is waiting.
+    public func receiveMultipart(flags: ZMQFlags = []) throws -> [Frame]? {
+        let socket = try live("zmq_msg_recv")
+        var frames: [Frame] = []
+        var message = zmq_msg_t()
+        zmq_msg_init(&message)
+        defer { zmq_msg_close(&message) }
+        var first = true
+        while true {
+            do {
+                try zmqCall("zmq_msg_recv") {
+                    zmq_msg_recv(&message, socket, first ? flags.rawValue : 0)
+                }
+            } catch let error as ZMQError where error.isWouldBlock && first && flags.contains(.dontWait) {
+                return nil
+            }
+            first = false
+            let size = zmq_msg_size(&message)
+            if size == 0 {
+                frames.append([])
+            } else {
+                let data = zmq_msg_data(&message)!
+                frames.append(Frame(UnsafeRawBufferPointer(start: data, count: size)))
+            }
+            if zmq_msg_more(&message) == 0 { return frames }
+        }
+    }
+}

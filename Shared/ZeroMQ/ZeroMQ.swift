@@ -1,1 +1,0 @@
-// ZeroMQ — placeholder replaced as the library grows.

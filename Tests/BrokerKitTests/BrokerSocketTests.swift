@@ -1,0 +1,155 @@
+import BrokerKit
+import Foundation
+import RPC
+import WinnowProto
+import XCTest
+import ZeroMQ
+
+/// The broker on real loopback sockets, with in-process workers.
+final class BrokerSocketTests: XCTestCase {
+    var broker: Broker!
+    var workers: [RPCServer] = []
+
+    override func setUpWithError() throws {
+        broker = try Broker(endpoint: "tcp://127.0.0.1:*",
+                            configuration: BrokerConfiguration(heartbeatMicros: 100_000, liveness: 3))
+        broker.start()
+    }
+
+    override func tearDown() {
+        for worker in workers { worker.shutdown(grace: .milliseconds(200)) }
+        broker?.shutdown()
+    }
+
+    func startWorker(_ name: String) throws -> RPCServer {
+        let server = try RPCServer(configuration: RPCServerConfiguration(
+            name: name, workerThreads: 2, heartbeatInterval: .milliseconds(100)))
+        let instance = server.configuration.instance
+        server.register("Health") { (_: Winnow_V1_HealthRequest) in
+            var response = Winnow_V1_HealthResponse()
+            response.status = .serving
+            response.instance = instance
+            return response
+        }
+        try server.bind("tcp://127.0.0.1:*")
+        server.attach(broker: broker.endpoint)
+        server.start()
+        workers.append(server)
+        return server
+    }
+
+    func waitRegistered(_ servers: [RPCServer]) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !servers.allSatisfy(\.isRegistered) {
+            XCTAssertLessThan(ContinuousClock.now, deadline, "workers did not register")
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    func testCallsThroughTheBrokerReachEveryWorker() async throws {
+        let servers = try (0..<3).map { _ in try startWorker("teacher") }
+        try await waitRegistered(servers)
+        let client = try RPCClient(endpoint: broker.endpoint)
+        defer { client.close() }
+        var seen: [String: Int] = [:]
+        for _ in 0..<30 {
+            let reply = try await client.call(service: "teacher", method: "Health", Winnow_V1_HealthRequest(),
+                                              as: Winnow_V1_HealthResponse.self, timeout: .seconds(5))
+            seen[reply.instance, default: 0] += 1
+        }
+        XCTAssertEqual(seen.count, 3)
+        XCTAssertEqual(seen.values.sorted(), [10, 10, 10], "one caller in turn: least recently used is round robin")
+    }
+
+    func testUnknownServiceIsNotFoundThroughTheBroker() async throws {
+        let client = try RPCClient(endpoint: broker.endpoint)
+        defer { client.close() }
+        let start = ContinuousClock.now
+        do {
+            _ = try await client.call(service: "nobody", method: "Health", Winnow_V1_HealthRequest(),
+                                      as: Winnow_V1_HealthResponse.self, timeout: .seconds(5))
+            XCTFail("expected NOT_FOUND")
+        } catch let error as RPCError {
+            XCTAssertEqual(error.code, .notFound)
+        }
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(1))
+    }
+
+    func testTenThousandRandomMessagesDoNotStopTheBroker() async throws {
+        let server = try startWorker("teacher")
+        try await waitRegistered([server])
+        let socket = try ZMQSocket(.dealer)
+        try socket.connect(broker.endpoint)
+        var generator = SplitMix64(seed: 5)
+        let tags = [WireProtocol.request, WireProtocol.reply, WireProtocol.forward, WireProtocol.workerReply]
+        for _ in 0..<10_000 {
+            let count = Int(generator.next() % 6) + 1
+            var frames: [Frame] = []
+            for position in 0..<count {
+                var frame = (0..<Int(generator.next() % 48)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+                if position == 0 && generator.next() % 2 == 0 { frame = tags[Int(generator.next() % 4)] }
+                frames.append(frame)
+            }
+            try socket.send(multipart: frames)
+        }
+        let client = try RPCClient(endpoint: broker.endpoint)
+        defer { client.close() }
+        // The broker still routes, and counted what it dropped.
+        let reply = try await client.call(service: "teacher", method: "Health", Winnow_V1_HealthRequest(),
+                                          as: Winnow_V1_HealthResponse.self, timeout: .seconds(20))
+        XCTAssertEqual(reply.status, .serving)
+        let deadline = ContinuousClock.now + .seconds(20)
+        var list = Winnow_V1_ListWorkersResponse()
+        repeat {
+            list = try await client.call(service: "broker", method: "ListWorkers", Winnow_V1_ListWorkersRequest(),
+                                         as: Winnow_V1_ListWorkersResponse.self, timeout: .seconds(5))
+        } while list.malformedFrames < 5_000 && ContinuousClock.now < deadline
+        XCTAssertGreaterThan(list.malformedFrames, 5_000)
+        XCTAssertEqual(list.workers.count, 1)
+    }
+
+    func testAWorkerWhoseBrokerRestartsRegistersAgain() async throws {
+        let server = try startWorker("teacher")
+        try await waitRegistered([server])
+        let endpoint = broker.endpoint
+        broker.shutdown()
+        // libzmq releases the port in the background after close; wait for it.
+        let rebindDeadline = ContinuousClock.now + .seconds(3)
+        while true {
+            do {
+                broker = try Broker(endpoint: endpoint,
+                                    configuration: BrokerConfiguration(heartbeatMicros: 100_000, liveness: 3))
+                break
+            } catch let error as ZMQError where error.code == EADDRINUSE && ContinuousClock.now < rebindDeadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        broker.start()
+        let client = try RPCClient(endpoint: endpoint)
+        defer { client.close() }
+        let start = ContinuousClock.now
+        while true {
+            do {
+                _ = try await client.call(service: "teacher", method: "Health", Winnow_V1_HealthRequest(),
+                                          as: Winnow_V1_HealthResponse.self, timeout: .seconds(1))
+                break
+            } catch let error as RPCError where error.code == .notFound {
+                XCTAssertLessThan(ContinuousClock.now - start, .seconds(5), "not back within 5 s")
+                if ContinuousClock.now - start > .seconds(5) { return }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+    }
+}
+
+struct SplitMix64 {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

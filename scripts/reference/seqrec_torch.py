@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""PyTorch reference for Winnow's ML-100K accuracy protocol (SASRec and GRU4Rec).
+
+Implements the experiment protocol of the project's contracts, independently of the Swift code:
+
+  data     RecBole atomic .inter file (columns found by name: user_id, item_id, timestamp);
+           all ratings kept; iterative 5-core on users and items to a fixed point.
+  ids      users 0..U-1 in order of first appearance in the filtered file; each user's
+           interactions sorted by timestamp (stable: ties keep file order); items 1..N in order
+           of first appearance walking users 0..U-1 through their sorted sequences; 0 = padding.
+  split    leave-one-out: last item = test, second-to-last = validation, the rest = train.
+           training instances: every t >= 1 of the train sequence, s[0..<t] (last 50) -> s[t];
+           validation: train (last 50) -> validation item; test: train + validation (last 50)
+           -> test item.
+  batches  item ids right-padded to L = 50 (the sequence starts at position 0, as RecBole);
+           the user vector is read at position length - 1.
+  ranking  full ranking over items 1..N (padding excluded), history NOT masked.
+           rank = number of items scoring higher than the target, plus those scoring the same
+           with a lower item id (a stable sort by descending score);
+           HR@k = [rank < k], NDCG@k = 1/log2(rank + 2), MRR@k = 1/(rank + 1)
+           (0 when rank >= k); means over users.
+  loss     full softmax cross-entropy over items 1..N. Adam lr 1e-3, betas (0.9, 0.999), no
+           weight decay, batch 256, seeded shuffle every epoch, at most 200 epochs, validation
+           every epoch, early stopping on validation NDCG@10 with patience 10, test metrics from
+           the best-validation weights.
+
+Usage:
+  seqrec_torch.py --model sasrec|gru4rec --seed N --threads T --json FILE [--epochs N]
+                  [--data FILE.inter] [--patience N]
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MAX_LEN = 50
+KS = (5, 10, 20)
+
+
+# ----------------------------------------------------------------------------------- data
+
+def read_inter(path):
+    """Returns (users, items, timestamps) as lists of strings/floats in file order."""
+    with open(path, "r", encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+        names = [h.split(":")[0] for h in header]
+        try:
+            ui, ii, ti = names.index("user_id"), names.index("item_id"), names.index("timestamp")
+        except ValueError:
+            sys.exit(f"{path}: line 1: header {header} lacks user_id, item_id or timestamp")
+        users, items, times = [], [], []
+        for lineno, line in enumerate(f, start=2):
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) != len(header):
+                sys.exit(f"{path}: line {lineno}: {len(fields)} fields, header has {len(header)}")
+            users.append(fields[ui])
+            items.append(fields[ii])
+            try:
+                times.append(float(fields[ti]))
+            except ValueError:
+                sys.exit(f"{path}: line {lineno}: column timestamp: not a number: {fields[ti]!r}")
+    return users, items, times
+
+
+def k_core(users, items, k):
+    """Indices (file order) of the rows that survive iterative k-core on users and items."""
+    keep = list(range(len(users)))
+    while True:
+        uc, ic = {}, {}
+        for r in keep:
+            uc[users[r]] = uc.get(users[r], 0) + 1
+            ic[items[r]] = ic.get(items[r], 0) + 1
+        nxt = [r for r in keep if uc[users[r]] >= k and ic[items[r]] >= k]
+        if len(nxt) == len(keep):
+            return keep
+        keep = nxt
+
+
+def build_dataset(path, k=5):
+    users, items, times = read_inter(path)
+    rows = k_core(users, items, k)
+    user_ids, per_user = {}, []
+    for r in rows:
+        u = user_ids.setdefault(users[r], len(user_ids))
+        if u == len(per_user):
+            per_user.append([])
+        per_user[u].append(r)
+    item_ids = {}
+    sequences = []
+    for rs in per_user:
+        rs = sorted(rs, key=lambda r: times[r])  # Python's sort is stable: ties keep file order
+        seq = []
+        for r in rs:
+            seq.append(item_ids.setdefault(items[r], len(item_ids) + 1))
+        sequences.append(seq)
+    return sequences, len(item_ids), len(rows)
+
+
+def right_padded(prefixes):
+    """(n, MAX_LEN) int64 matrix of right-padded prefixes and their lengths."""
+    mat = np.zeros((len(prefixes), MAX_LEN), dtype=np.int64)
+    lens = np.zeros(len(prefixes), dtype=np.int64)
+    for i, p in enumerate(prefixes):
+        p = p[-MAX_LEN:]
+        mat[i, :len(p)] = p
+        lens[i] = len(p)
+    return mat, lens
+
+
+def leave_one_out(sequences):
+    train_p, train_t, valid_p, valid_t, test_p, test_t = [], [], [], [], [], []
+    for seq in sequences:
+        tr = seq[:-2]
+        for t in range(1, len(tr)):
+            train_p.append(tr[max(0, t - MAX_LEN):t])
+            train_t.append(tr[t])
+        valid_p.append(tr)
+        valid_t.append(seq[-2])
+        test_p.append(seq[:-1])
+        test_t.append(seq[-1])
+    out = {}
+    for name, p, t in (("train", train_p, train_t), ("valid", valid_p, valid_t),
+                       ("test", test_p, test_t)):
+        mat, lens = right_padded(p)
+        out[name] = (torch.from_numpy(mat), torch.from_numpy(lens),
+                     torch.tensor(t, dtype=torch.int64))
+    return out
+
+
+# --------------------------------------------------------------------------------- models
+
+class SASRec(nn.Module):
+    """SASRec as RecBole implements it (post-LN blocks), with the contract's hyper-parameters."""
+
+    def __init__(self, n_items, d=64, n_layers=2, n_heads=2, inner=256, hidden_dropout=0.5,
+                 attn_dropout=0.5, eps=1e-12):
+        super().__init__()
+        self.d, self.n_heads = d, n_heads
+        self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.position_embedding = nn.Embedding(MAX_LEN, d)
+        self.ln_in = nn.LayerNorm(d, eps=eps)
+        self.drop_in = nn.Dropout(hidden_dropout)
+        self.layers = nn.ModuleList()
+        for _ in range(n_layers):
+            self.layers.append(nn.ModuleDict(dict(
+                q=nn.Linear(d, d), k=nn.Linear(d, d), v=nn.Linear(d, d), o=nn.Linear(d, d),
+                attn_drop=nn.Dropout(attn_dropout), out_drop=nn.Dropout(hidden_dropout),
+                ln1=nn.LayerNorm(d, eps=eps),
+                fc1=nn.Linear(d, inner), fc2=nn.Linear(inner, d),
+                ff_drop=nn.Dropout(hidden_dropout), ln2=nn.LayerNorm(d, eps=eps))))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            m.weight.data.normal_(mean=0.0, std=0.02)
+        if isinstance(m, nn.LayerNorm):
+            m.bias.data.zero_()
+            m.weight.data.fill_(1.0)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            m.bias.data.zero_()
+
+    def user_vectors(self, seq, lens):
+        B, L = seq.shape
+        H, dh = self.n_heads, self.d // self.n_heads
+        pos = torch.arange(L, device=seq.device).unsqueeze(0).expand(B, L)
+        x = self.drop_in(self.ln_in(self.item_embedding(seq) + self.position_embedding(pos)))
+        keep = (seq != 0).unsqueeze(1).unsqueeze(2)                      # B,1,1,L keys
+        causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=seq.device))
+        mask = torch.where(keep & causal, 0.0, -10000.0)                 # B,1,L,L
+        for blk in self.layers:
+            q = blk["q"](x).view(B, L, H, dh).transpose(1, 2)
+            k = blk["k"](x).view(B, L, H, dh).transpose(1, 2)
+            v = blk["v"](x).view(B, L, H, dh).transpose(1, 2)
+            att = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh) + mask
+            att = blk["attn_drop"](torch.softmax(att, dim=-1))
+            ctx = torch.matmul(att, v).transpose(1, 2).reshape(B, L, self.d)
+            x = blk["ln1"](blk["out_drop"](blk["o"](ctx)) + x)
+            h = blk["fc2"](F.gelu(blk["fc1"](x)))
+            x = blk["ln2"](blk["ff_drop"](h) + x)
+        return x[torch.arange(B), lens - 1]
+
+    def item_table(self):
+        return self.item_embedding.weight[1:]
+
+
+class GRU4Rec(nn.Module):
+    """GRU4Rec as RecBole implements it, with the contract's hyper-parameters and init."""
+
+    def __init__(self, n_items, d=64, hidden=128, emb_dropout=0.3):
+        super().__init__()
+        self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.emb_drop = nn.Dropout(emb_dropout)
+        self.gru = nn.GRU(d, hidden, num_layers=1, bias=True, batch_first=True)
+        self.dense = nn.Linear(hidden, d)
+        nn.init.xavier_normal_(self.item_embedding.weight)
+        for name, p in self.gru.named_parameters():
+            if name.startswith("weight"):
+                nn.init.xavier_uniform_(p)
+            else:
+                nn.init.zeros_(p)
+        nn.init.xavier_uniform_(self.dense.weight)
+        nn.init.zeros_(self.dense.bias)
+
+    def user_vectors(self, seq, lens):
+        out, _ = self.gru(self.emb_drop(self.item_embedding(seq)))
+        return self.dense(out[torch.arange(seq.shape[0]), lens - 1])
+
+    def item_table(self):
+        return self.item_embedding.weight[1:]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(model, split, batch=1024):
+    seq, lens, target = split
+    model.eval()
+    table = model.item_table()
+    sums = {f"{m}@{k}": 0.0 for k in KS for m in ("ndcg", "hr", "mrr")}
+    for s in range(0, seq.shape[0], batch):
+        scores = model.user_vectors(seq[s:s + batch], lens[s:s + batch]) @ table.T  # B, N
+        t = target[s:s + batch] - 1
+        ts = scores.gather(1, t.unsqueeze(1))
+        # Ties go to the lower item id (as a stable sort by descending score would order them).
+        before = torch.arange(scores.shape[1]).unsqueeze(0) < t.unsqueeze(1)
+        rank = ((scores > ts) | ((scores == ts) & before)).sum(dim=1).double()
+        for k in KS:
+            hit = (rank < k).double()
+            sums[f"hr@{k}"] += hit.sum().item()
+            sums[f"ndcg@{k}"] += (hit / torch.log2(rank + 2.0)).sum().item()
+            sums[f"mrr@{k}"] += (hit / (rank + 1.0)).sum().item()
+    model.train()
+    n = seq.shape[0]
+    return {key: v / n for key, v in sums.items()}
+
+
+# ------------------------------------------------------------------------------- training
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["sasrec", "gru4rec"], required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--data", default=None, help="ml-100k.inter (default: scripts/fetch-ml100k)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    path = args.data
+    if path is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = subprocess.run([os.path.join(here, "..", "fetch-ml100k")], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    start = time.time()
+    sequences, n_items, n_rows = build_dataset(path)
+    data = leave_one_out(sequences)
+    n_train = data["train"][0].shape[0]
+    print(f"data: {len(sequences)} users, {n_items} items, {n_rows} interactions, "
+          f"{n_train} training instances", flush=True)
+
+    model = SASRec(n_items) if args.model == "sasrec" else GRU4Rec(n_items)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    seq, lens, target = data["train"]
+
+    best, best_epoch, best_state, bad, log = -1.0, 0, None, 0, []
+    epochs_run = 0
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.time()
+        model.train()
+        perm = torch.randperm(n_train, generator=gen)
+        total, batches = 0.0, 0
+        for s in range(0, n_train, 256):
+            idx = perm[s:s + 256]
+            logits = model.user_vectors(seq[idx], lens[idx]) @ model.item_table().T
+            loss = F.cross_entropy(logits, target[idx] - 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            batches += 1
+        train_s = time.time() - t0
+        valid = evaluate(model, data["valid"])
+        epochs_run = epoch
+        entry = {"epoch": epoch, "loss": total / batches, "valid_ndcg@10": valid["ndcg@10"],
+                 "valid_hr@10": valid["hr@10"], "train_seconds": train_s,
+                 "seconds": time.time() - t0}
+        log.append(entry)
+        print(json.dumps(entry), flush=True)
+        if valid["ndcg@10"] > best:
+            best, best_epoch, bad = valid["ndcg@10"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= args.patience:
+                break
+
+    model.load_state_dict(best_state)
+    result = {
+        "model": args.model, "seed": args.seed, "epochs": epochs_run, "best_epoch": best_epoch,
+        "valid": evaluate(model, data["valid"]), "test": evaluate(model, data["test"]),
+        "seconds": time.time() - start,
+        "framework": f"pytorch {torch.__version__}", "threads": args.threads,
+        "history_masked": False, "max_len": MAX_LEN, "padding": "right",
+        "data": {"path": path, "users": len(sequences), "items": n_items,
+                 "interactions": n_rows, "train_instances": n_train},
+        "log": log,
+    }
+    with open(args.json + ".partial", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(args.json + ".partial", args.json)
+    print(json.dumps({k: result[k] for k in ("model", "seed", "epochs", "best_epoch", "test",
+                                             "seconds")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
