@@ -65,6 +65,10 @@ let package = Package(
         .target(name: "Training", dependencies: ["Numerics", "Data", "Evaluation", "Models"],
                 path: "Shared/Training", swiftSettings: releaseSpeed),
 
+        // The five training methods, composable on any backbone (WSLRec, CSRec, UFNRec, DSS, ATJT).
+        .target(name: "Methods", dependencies: ["Numerics", "Models", "Data", "Evaluation", "Training"],
+                path: "Shared/Methods", swiftSettings: releaseSpeed),
+
         // Processes.
         .executableTarget(name: "broker", dependencies: ["BrokerKit", "ServiceKit"], path: "Services/Broker"),
         .executableTarget(name: "featurestore", dependencies: ["ServiceKit", "Postgres"], path: "Services/FeatureStore"),
@@ -91,6 +95,8 @@ let package = Package(
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Numerics"], path: "Tests/ModelsTests"),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Models", "Data", "Evaluation", "Numerics"],
                     path: "Tests/TrainingTests"),
+        .testTarget(name: "MethodsTests", dependencies: ["Methods", "Training", "Models", "Data", "Evaluation", "Numerics"],
+                    path: "Tests/MethodsTests"),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,0 +1,1 @@
+// Methods — placeholder replaced as the library grows.
