@@ -47,9 +47,10 @@ public struct DSSConfig: Sendable, Equatable {
 }
 
 public enum DSSLoss {
-    /// The number of seq2seq terms kept: ⌈λ · B · K⌉ (clamped to 0...B·K).
+    /// The number of seq2seq terms kept: ⌈λ · B · K⌉ (clamped to 0...B·K). λ is a float32, so a
+    /// product within 1e-6 of an integer counts as that integer (0.1 · 30 keeps 3, not 4).
     public static func keptCount(lambda: Float, B: Int, K: Int) -> Int {
-        let n = (Double(lambda) * Double(B * K) - 1e-9).rounded(.up)
+        let n = (Double(lambda) * Double(B * K) - 1e-6).rounded(.up)
         return min(B * K, max(0, Int(n)))
     }
 
