@@ -2,11 +2,11 @@ import ArgumentParser
 import Foundation
 
 /// `winnow bench`: benchmarks, each beside a named reference measured in the same run.
-struct Bench: ParsableCommand {
+struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure Winnow beside a reference implementation in the same run.",
-        subcommands: [BenchItemCF.self]
+        subcommands: [BenchWire.self, BenchTrain.self, BenchItemCF.self]
     )
 }
 
@@ -20,6 +20,17 @@ struct BenchRow: Codable {
     var reference: Double?
     var ratio: Double?
     var goal: Double
+
+    /// Every key is always present; a missing reference is written as null.
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(unit, forKey: .unit)
+        try c.encode(winnow, forKey: .winnow)
+        if let reference { try c.encode(reference, forKey: .reference) } else { try c.encodeNil(forKey: .reference) }
+        if let ratio { try c.encode(ratio, forKey: .ratio) } else { try c.encodeNil(forKey: .ratio) }
+        try c.encode(goal, forKey: .goal)
+    }
 
     /// A time row: ratio = reference ÷ winnow.
     static func time(_ name: String, winnow: Double, reference: Double?, goal: Double, unit: String = "s") -> BenchRow {
@@ -70,11 +81,15 @@ struct ProcessResult {
 }
 
 enum BenchProcess {
-    /// Runs `executable` with `arguments`; stdout is captured, stderr goes to ours.
-    static func run(_ executable: String, _ arguments: [String]) throws -> ProcessResult {
+    /// Runs `executable` with `arguments` (and extra `environment`); stdout is captured, stderr goes to ours.
+    static func run(_ executable: String, _ arguments: [String],
+                    environment: [String: String] = [:]) throws -> ProcessResult {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let pipe = Pipe()
         process.standardOutput = pipe
         try process.run()

@@ -36,6 +36,7 @@ struct BenchItemCF: ParsableCommand {
     }
 
     func run() throws {
+        setvbuf(stdout, nil, _IOLBF, 0)   // progress lines appear as they happen, also in a pipe
         #if DEBUG
         print("warning: debug build; build with -c release for timings")
         #endif
@@ -60,6 +61,12 @@ struct BenchItemCF: ParsableCommand {
         if let json {
             try BenchOutput.writeJSON(rows, to: json)
             print("wrote \(json)")
+        }
+        // Differing neighbours are a correctness failure, not a slow result.
+        let disagreeing = rows.filter { $0.name.hasSuffix("_neighbour_agreement") && $0.winnow < 1 }
+        if !disagreeing.isEmpty {
+            print("error: Winnow and the reference disagree: \(disagreeing.map(\.name).joined(separator: ", "))")
+            throw ExitCode.failure
         }
     }
 
@@ -108,6 +115,14 @@ struct BenchItemCF: ParsableCommand {
             single = try time(threads: 1, repeats: repeats).1
             print(String(format: "  winnow: %.4f s with 1 thread", single!))
         }
+
+        var usage = rusage()
+        #if os(Linux)
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        #else
+        getrusage(RUSAGE_SELF, &usage)
+        #endif
+        print(String(format: "  winnow process max RSS so far: %.0f MB", Double(usage.ru_maxrss) / 1024))
 
         var reference: ReferenceRun?
         if let python {
@@ -207,25 +222,27 @@ struct BenchItemCF: ParsableCommand {
     }
 }
 
-/// ML-100K: scripts/fetch-ml100k when the repository has it, else the file in the data cache,
-/// else fetched the same way (the recbole wheel from PyPI, one file unzipped).
+/// ML-100K: from scripts/fetch-ml100k when the repository has it, else the file in the data
+/// cache, else fetched into the cache the same way (the recbole wheel from PyPI, one file unzipped).
 enum ML100K {
     static func path(dataDir: String) throws -> String {
-        let path = (dataDir as NSString).appendingPathComponent("ml-100k/ml-100k.inter")
-        if FileManager.default.fileExists(atPath: path) { return path }
         if FileManager.default.isExecutableFile(atPath: "scripts/fetch-ml100k") {
-            let result = try BenchProcess.run("/usr/bin/env", ["bash", "scripts/fetch-ml100k"])
+            let result = try BenchProcess.run("/usr/bin/env", ["bash", "scripts/fetch-ml100k"],
+                                              environment: ["WINNOW_DATA_DIR": dataDir])
             if result.status == 0, let line = result.stdout.split(separator: "\n").last,
                FileManager.default.fileExists(atPath: String(line)) {
                 return String(line)
             }
+            print("warning: scripts/fetch-ml100k failed (status \(result.status)); trying the data cache")
         }
+        let path = (dataDir as NSString).appendingPathComponent("ml-100k/ml-100k.inter")
+        if FileManager.default.fileExists(atPath: path) { return path }
         let script = """
         set -euo pipefail
         tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
         python3 -m pip download -q --no-deps recbole -d "$tmp" >&2
         mkdir -p "$(dirname "$0")"
-        unzip -p "$tmp"/recbole-*.whl recbole/dataset_example/ml-100k/ml-100k.inter > "$0.partial"
+        python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("recbole/dataset_example/ml-100k/ml-100k.inter"))' "$tmp"/recbole-*.whl > "$0.partial"
         mv "$0.partial" "$0"
         """
         let result = try BenchProcess.run("/usr/bin/env", ["bash", "-c", script, path])

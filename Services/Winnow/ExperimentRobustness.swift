@@ -173,7 +173,7 @@ enum RobustnessReport {
 
     static func markdown(_ runs: [RobustnessRun], levels: [Double], methods: [String], command: String) -> String {
         var s = "Command: `\(command)`\n\n"
-        s += "| method | corrupted | NDCG@10 | HR@10 | MRR@10 | NDCG@10 drop vs clean | popular NDCG@10 | niche NDCG@10 | recogniser AUC | epochs | time ÷ base |\n"
+        s += "| method | corrupted | NDCG@10 | HR@10 | MRR@10 | NDCG@10 drop vs clean | popular NDCG@10 | niche NDCG@10 | recogniser AUC | best epoch | time ÷ base |\n"
         s += "|---|---|---|---|---|---|---|---|---|---|---|\n"
         for m in methods {
             let mine = runs.filter { $0.method == m }
@@ -191,7 +191,8 @@ enum RobustnessReport {
                 s += "| \(m) | \(Int((p * 100).rounded())) % | \(cell(ndcg)) | \(cell(at.compactMap { $0.test["hr@10"] })) | "
                 s += "\(cell(at.compactMap { $0.test["mrr@10"] })) | \(drop) | \(cell(at.compactMap { $0.popular["ndcg@10"] })) | "
                 s += "\(cell(at.compactMap { $0.niche["ndcg@10"] })) | \(auc.isEmpty ? "-" : cell(auc)) | "
-                s += "\(cell(at.map { Double($0.bestEpoch) })) | \(ratio) |\n"
+                let epochs = at.map { Double($0.bestEpoch) }
+                s += "\(String(format: "%.1f", epochs.reduce(0, +) / Double(epochs.count))) | \(ratio) |\n"
             }
         }
         return s

@@ -59,10 +59,15 @@ public enum InterFieldType: String, Sendable {
 /// Distinct tokens in order of first appearance, with byte-keyed lookup. Index i is the i-th
 /// distinct token seen.
 public struct TokenTable: Sendable {
+    /// An open-addressing slot. For tokens of up to 8 bytes one slot read decides equality
+    /// (one cache miss per lookup on large tables); longer tokens also compare the arena.
+    private struct Slot {
+        var key: UInt64     // the token's first 8 bytes, little-endian, zero-padded
+        var meta: UInt64    // 0 = empty; else hash tag (bits 40..63) | length (32..39, 255 = longer) | id + 1 (0..31)
+    }
     private var bytes: [UInt8] = []
     private var starts: [Int] = [0]            // token i is bytes[starts[i] ..< starts[i+1]]
-    private var hashes: [UInt64] = []
-    private var slots: [Int32] = Array(repeating: -1, count: 1024)   // open addressing, -1 empty
+    private var slots: [Slot] = Array(repeating: Slot(key: 0, meta: 0), count: 1024)
 
     public init() {}
 
@@ -96,7 +101,8 @@ public struct TokenTable: Sendable {
         return t.withUTF8 { u in
             withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(u.count, 1)) { tmp in
                 if u.count > 0 { tmp.baseAddress!.update(from: u.baseAddress!, count: u.count) }
-                return find(tmp.baseAddress!, u.count, hash: Self.hash(tmp.baseAddress!, u.count))
+                let r = probe(tmp.baseAddress!, u.count)
+                return r.id >= 0 ? r.id : nil
             }
         }
     }
@@ -105,26 +111,50 @@ public struct TokenTable: Sendable {
     static func hash(_ p: UnsafePointer<UInt8>, _ n: Int) -> UInt64 {
         var h: UInt64 = 0xCBF2_9CE4_8422_2325
         for i in 0..<n { h = (h ^ UInt64(p[i])) &* 0x0000_0100_0000_01B3 }
-        return h ^ (h >> 29)
+        // FNV's low bits are weak for short keys such as decimal ids; finish with murmur3's
+        // 64-bit mixer so the table index (low bits) depends on every byte.
+        h ^= h >> 33; h = h &* 0xFF51_AFD7_ED55_8CCD
+        h ^= h >> 33; h = h &* 0xC4CE_B9FE_1A85_EC53
+        return h ^ (h >> 33)
     }
 
     @inline(__always)
-    private func equal(_ id: Int, _ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
-        let s = starts[id]
-        guard starts[id + 1] - s == n else { return false }
-        if n == 0 { return true }
-        return bytes.withUnsafeBufferPointer { memcmp($0.baseAddress! + s, p, n) == 0 }
+    private static func prefixKey(_ p: UnsafePointer<UInt8>, _ n: Int) -> UInt64 {
+        var k: UInt64 = 0
+        for i in 0..<min(n, 8) { k |= UInt64(p[i]) << (8 * UInt64(i)) }
+        return k
     }
 
-    private func find(_ p: UnsafePointer<UInt8>, _ n: Int, hash h: UInt64) -> Int32? {
+    @inline(__always)
+    private static func meta(hash h: UInt64, length n: Int, id: Int32) -> UInt64 {
+        (h & 0xFFFF_FF00_0000_0000) | (UInt64(min(n, 255)) << 32) | UInt64(UInt32(id) &+ 1)
+    }
+
+    /// Finds `token`: (id, slot) when present, (-1, free slot) when absent.
+    @inline(__always)
+    private func probe(_ p: UnsafePointer<UInt8>, _ n: Int) -> (id: Int32, slot: Int) {
+        let h = Self.hash(p, n)
+        let key = Self.prefixKey(p, n)
+        let want = Self.meta(hash: h, length: n, id: 0) & 0xFFFF_FFFF_0000_0000
         let mask = slots.count - 1
         var i = Int(truncatingIfNeeded: h) & mask
-        while true {
-            let id = slots[i]
-            if id < 0 { return nil }
-            if hashes[Int(id)] == h && equal(Int(id), p, n) { return id }
-            i = (i + 1) & mask
+        return slots.withUnsafeBufferPointer { sl in
+            while true {
+                let s = sl[i]
+                if s.meta == 0 { return (-1, i) }
+                if s.meta & 0xFFFF_FFFF_0000_0000 == want && s.key == key {
+                    let id = Int32(truncatingIfNeeded: (s.meta & 0xFFFF_FFFF) - 1)
+                    if n <= 8 || longEqual(Int(id), p, n) { return (id, i) }
+                }
+                i = (i + 1) & mask
+            }
         }
+    }
+
+    private func longEqual(_ id: Int, _ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+        let s = starts[id]
+        guard starts[id + 1] - s == n else { return false }
+        return bytes.withUnsafeBufferPointer { memcmp($0.baseAddress! + s, p, n) == 0 }
     }
 
     /// Calls `body` with token i's bytes (not to escape the closure).
@@ -137,31 +167,26 @@ public struct TokenTable: Sendable {
     /// Returns the token's index, adding it when new (`isNew` true).
     @inline(__always)
     mutating func intern(_ p: UnsafePointer<UInt8>, _ n: Int) -> (id: Int32, isNew: Bool) {
-        let h = Self.hash(p, n)
-        let mask = slots.count - 1
-        var i = Int(truncatingIfNeeded: h) & mask
-        while true {
-            let id = slots[i]
-            if id < 0 { break }
-            if hashes[Int(id)] == h && equal(Int(id), p, n) { return (id, false) }
-            i = (i + 1) & mask
-        }
+        let found = probe(p, n)
+        if found.id >= 0 { return (found.id, false) }
         let id = Int32(count)
         bytes.append(contentsOf: UnsafeBufferPointer(start: p, count: n))
         starts.append(bytes.count)
-        hashes.append(h)
-        slots[i] = id
+        slots[found.slot] = Slot(key: Self.prefixKey(p, n), meta: Self.meta(hash: Self.hash(p, n), length: n, id: id))
         if count * 2 > slots.count { grow() }
         return (id, true)
     }
 
     private mutating func grow() {
         let size = slots.count * 2, mask = size - 1
-        var fresh = [Int32](repeating: -1, count: size)
+        var fresh = [Slot](repeating: Slot(key: 0, meta: 0), count: size)
         for id in 0..<count {
-            var i = Int(truncatingIfNeeded: hashes[id]) & mask
-            while fresh[i] >= 0 { i = (i + 1) & mask }
-            fresh[i] = Int32(id)
+            withBytes(id) { p, n in
+                let h = Self.hash(p, n)
+                var i = Int(truncatingIfNeeded: h) & mask
+                while fresh[i].meta != 0 { i = (i + 1) & mask }
+                fresh[i] = Slot(key: Self.prefixKey(p, n), meta: Self.meta(hash: h, length: n, id: Int32(id)))
+            }
         }
         slots = fresh
     }

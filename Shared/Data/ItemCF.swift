@@ -12,9 +12,16 @@
 // acc[w] = Σ_{u ∋ v} W_uv·W_uw is built by walking v's users and each of their item rows
 // (classic SpGEMM with a dense accumulator of length N and a list of touched entries), then
 // divided by the norms and reduced to the K best by a small heap. The |V|×|V| matrix never
-// exists. Items are processed in parallel into disjoint output slots; every item's result
-// depends only on the input (users are visited in ascending index order), so the output is
-// identical for any thread count.
+// exists. Items are processed in parallel (each worker appends its finished rows to its own
+// buffer, recording where each went; the rows are gathered in item order at the end); every
+// item's result depends only on the input (users are visited in ascending index order), so the output is
+// identical for any thread count. Sums are in Double; a score is rounded to Float once, and
+// ranking uses that Float (so the stored rows are exactly ordered by their stored scores).
+//
+// Memory behaviour (the cost is cache misses, not arithmetic): column entries carry the user's
+// row position and weight, so a column walk touches only the user rows; row entries hold the
+// item and its count side by side; items are relabelled by popularity so the accumulator's hot
+// entries share cache lines; the row a few users ahead is touched early to overlap misses.
 import Foundation
 
 /// Top-K neighbours of every item in compressed sparse rows, indexed by item id.
@@ -67,6 +74,8 @@ public enum ItemCFError: Error, Equatable, CustomStringConvertible {
     case itemOutOfRange(sequence: Int, position: Int, item: Int32, itemCount: Int)
     /// Flat sequence offsets that do not start at 0, decrease, or do not end at the item count.
     case malformedOffsets(index: Int, reason: String)
+    /// More interactions than the packed row positions address.
+    case tooLarge(interactions: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -76,6 +85,8 @@ public enum ItemCFError: Error, Equatable, CustomStringConvertible {
             return "ItemCF: sequence \(sequence), position \(position): item id \(item) is outside 1...\(itemCount)"
         case let .malformedOffsets(index, reason):
             return "ItemCF: sequence offsets malformed at index \(index): \(reason)"
+        case let .tooLarge(interactions, limit):
+            return "ItemCF: \(interactions) interactions exceed the supported \(limit)"
         }
     }
 }
@@ -128,90 +139,113 @@ public enum ItemCF {
                 }
             }
         }
-        let rows = UserRows(items: items, offsets: offsets, itemCount: N)
-        let cols = ItemColumns(rows: rows, itemCount: N)
+        guard items.count < Int(ColumnEntry.repeatsBit) else {
+            throw ItemCFError.tooLarge(interactions: items.count, limit: Int(ColumnEntry.repeatsBit) - 1)
+        }
+        let matrix = Cooccurrence(items: items, offsets: offsets, itemCount: N)
         let workers = max(1, threads ?? ProcessInfo.processInfo.activeProcessorCount)
-        return topK(rows: rows, cols: cols, itemCount: N, k: min(k, max(N - 1, 1)), reportedK: k,
-                    threads: workers)
+        return topK(matrix, k: min(k, N), reportedK: k, threads: workers)
     }
 }
 
-// MARK: - Sparse matrices W (users × items) by rows and by columns
+// MARK: - W by rows and by columns
 
-/// W by user rows: each user's distinct items with W_uv = c_uv / log2(1 + n_u).
-struct UserRows {
-    var offsets: [Int]      // (U + 1)
-    var items: [Int32]      // (nnz)
-    var weights: [Double]   // (nnz)
+/// One entry of a user's row: an item (internal id) and c_uw, how often the user has it.
+struct RowEntry {
+    var item: Int32
+    var count: Float
+}
+
+/// One entry of an item's column: where the user's row lies, and c_uv·s_u².
+struct ColumnEntry {
+    var rowStart: UInt32
+    var rowLength: UInt32   // top bit set: some count in the row is > 1
+    var weight: Double
+
+    static let repeatsBit: UInt32 = 1 << 31
+}
+
+/// W = diag(s_u) · C, with C[u, v] = c_uv and s_u = 1 / log2(1 + n_u), kept as counts and
+/// scales: W_uv·W_uw = (c_uv·s_u²)·c_uw. An item's column entries carry the user's row
+/// position and c_uv·s_u², so walking a column touches each user's row and nothing else of
+/// the user. Items are relabelled internally by descending number of users (ties: smaller id
+/// first) so the accumulator's hot entries sit together; results are mapped back to the
+/// caller's ids, and every comparison uses the caller's ids.
+struct Cooccurrence {
+    let itemCount: Int
+    let original: [Int32]         // (N + 1) internal id -> item id; [0] = 0
+    let rows: [RowEntry]          // (nnz) each user's distinct items, user after user
+    let columnOffsets: [Int]      // (N + 2) by internal id
+    let columns: [ColumnEntry]    // (nnz) users ascending within a column
+    let norms: [Double]           // (N + 1) by internal id: sqrt(Σ_u c_uv² s_u²)
 
     init(items seq: [Int32], offsets seqOffsets: [Int], itemCount N: Int) {
         let U = seqOffsets.count - 1
-        var offsets = [Int](repeating: 0, count: U + 1)
-        var items = [Int32]()
-        var weights = [Double]()
-        items.reserveCapacity(seq.count)
-        weights.reserveCapacity(seq.count)
-        // stamp[v] = 1 + the last user that saw v; slot[v] = where v sits in that user's row.
-        var stamp = [Int32](repeating: 0, count: N + 1)
-        var slot = [Int](repeating: 0, count: N + 1)
-        seq.withUnsafeBufferPointer { s in
-            for u in 0 ..< U {
-                let start = items.count
-                let lo = seqOffsets[u], hi = seqOffsets[u + 1]
-                for p in lo ..< hi {
-                    let v = Int(s[p])
-                    if stamp[v] != Int32(truncatingIfNeeded: u + 1) {
-                        stamp[v] = Int32(truncatingIfNeeded: u + 1)
-                        slot[v] = items.count
-                        items.append(Int32(v))
-                        weights.append(1)
-                    } else {
-                        weights[slot[v]] += 1
+        itemCount = N
+        // Distinct items per user with counts (caller's ids for now).
+        var rowOffsets = [Int](repeating: 0, count: U + 1)
+        var rows = [RowEntry]()
+        rows.reserveCapacity(seq.count)
+        var userScale2 = [Double](repeating: 0, count: U)
+        var userRepeats = [Bool](repeating: false, count: U)
+        var users = [Int](repeating: 0, count: N + 1)   // users per item
+        do {
+            // stamp[v] = 1 + the last user that saw v; slot[v] = where v sits in that user's row.
+            var stamp = [Int32](repeating: 0, count: N + 1)
+            var slot = [Int](repeating: 0, count: N + 1)
+            seq.withUnsafeBufferPointer { s in
+                for u in 0 ..< U {
+                    let lo = seqOffsets[u], hi = seqOffsets[u + 1]
+                    let mark = Int32(truncatingIfNeeded: u + 1)
+                    for p in lo ..< hi {
+                        let v = Int(s[p])
+                        if stamp[v] != mark {
+                            stamp[v] = mark
+                            slot[v] = rows.count
+                            rows.append(RowEntry(item: Int32(v), count: 1))
+                            users[v] += 1
+                        } else {
+                            rows[slot[v]].count += 1
+                            userRepeats[u] = true
+                        }
                     }
+                    if hi > lo {
+                        let scale = 1 / log2(1 + Double(hi - lo))
+                        userScale2[u] = scale * scale
+                    }
+                    rowOffsets[u + 1] = rows.count
                 }
-                if hi > lo {
-                    let scale = 1 / log2(1 + Double(hi - lo))
-                    for j in start ..< items.count { weights[j] *= scale }
-                }
-                offsets[u + 1] = items.count
             }
         }
-        self.offsets = offsets
-        self.items = items
-        self.weights = weights
-    }
-}
-
-/// W by item columns (users ascending), indexed by item id, and each item's norm sqrt(Σ_u W_uv²).
-struct ItemColumns {
-    var offsets: [Int]      // (N + 2), row 0 empty
-    var users: [Int32]      // (nnz)
-    var weights: [Double]   // (nnz)
-    var norms: [Double]     // (N + 1)
-
-    init(rows: UserRows, itemCount N: Int) {
-        var offsets = [Int](repeating: 0, count: N + 2)
-        for v in rows.items { offsets[Int(v) + 1] += 1 }
-        for v in 0 ..< N + 1 { offsets[v + 1] += offsets[v] }
-        var fill = offsets
-        var users = [Int32](repeating: 0, count: rows.items.count)
-        var weights = [Double](repeating: 0, count: rows.items.count)
+        // Relabel by descending user count.
+        var original = (0 ... N).map { Int32($0) }
+        original[1...].sort { users[Int($0)] != users[Int($1)] ? users[Int($0)] > users[Int($1)] : $0 < $1 }
+        var internalId = [Int32](repeating: 0, count: N + 1)
+        for r in 1 ... N { internalId[Int(original[r])] = Int32(r) }
+        for j in 0 ..< rows.count { rows[j].item = internalId[Int(rows[j].item)] }
+        // Columns by internal id, users ascending.
+        var columnOffsets = [Int](repeating: 0, count: N + 2)
+        for r in 1 ... N { columnOffsets[r + 1] = columnOffsets[r] + users[Int(original[r])] }
+        var fill = columnOffsets
+        var columns = [ColumnEntry](repeating: ColumnEntry(rowStart: 0, rowLength: 0, weight: 0), count: rows.count)
         var norms = [Double](repeating: 0, count: N + 1)
-        let U = rows.offsets.count - 1
         for u in 0 ..< U {
-            for j in rows.offsets[u] ..< rows.offsets[u + 1] {
-                let v = Int(rows.items[j])
-                let w = rows.weights[j]
-                users[fill[v]] = Int32(truncatingIfNeeded: u)
-                weights[fill[v]] = w
-                fill[v] += 1
-                norms[v] += w * w
+            let start = UInt32(rowOffsets[u])
+            let length = UInt32(rowOffsets[u + 1] - rowOffsets[u]) | (userRepeats[u] ? ColumnEntry.repeatsBit : 0)
+            for j in rowOffsets[u] ..< rowOffsets[u + 1] {
+                let r = Int(rows[j].item)
+                let c = Double(rows[j].count)
+                let weight = c * userScale2[u]
+                columns[fill[r]] = ColumnEntry(rowStart: start, rowLength: length, weight: weight)
+                fill[r] += 1
+                norms[r] += c * weight
             }
         }
-        for v in 0 ... N { norms[v] = norms[v].squareRoot() }
-        self.offsets = offsets
-        self.users = users
-        self.weights = weights
+        for r in 0 ... N { norms[r] = norms[r].squareRoot() }
+        self.original = original
+        self.rows = rows
+        self.columnOffsets = columnOffsets
+        self.columns = columns
         self.norms = norms
     }
 }
@@ -220,19 +254,23 @@ struct ItemColumns {
 
 /// Pointers shared by the workers; each worker writes only its own items' output slots.
 private struct Shared: @unchecked Sendable {
-    let rowOffsets: UnsafePointer<Int>
-    let rowItems: UnsafePointer<Int32>
-    let rowWeights: UnsafePointer<Double>
-    let colOffsets: UnsafePointer<Int>
-    let colUsers: UnsafePointer<Int32>
-    let colWeights: UnsafePointer<Double>
+    let original: UnsafePointer<Int32>
+    let rows: UnsafePointer<RowEntry>
+    let columnOffsets: UnsafePointer<Int>
+    let columns: UnsafePointer<ColumnEntry>
     let norms: UnsafePointer<Double>
-    let outItems: UnsafeMutablePointer<Int32>   // (N + 1, k) slots
-    let outScores: UnsafeMutablePointer<Float>  // (N + 1, k)
-    let outCounts: UnsafeMutablePointer<Int>    // (N + 1)
+    let rowWorker: UnsafeMutablePointer<Int32>  // (N + 1) by caller's id: which worker holds the row
+    let rowStart: UnsafeMutablePointer<Int>     // (N + 1) where in that worker's output it starts
+    let rowCount: UnsafeMutablePointer<Int>     // (N + 1) its length
 }
 
-/// Hands out chunks of item ids to workers.
+/// One worker's finished rows, appended in the order it computed them.
+private final class WorkerOutput: @unchecked Sendable {
+    var items: [Int32] = []
+    var scores: [Float] = []
+}
+
+/// Hands out chunks of internal item ids (most popular first) to workers.
 private final class ChunkCounter: @unchecked Sendable {
     private let lock = NSLock()
     private var next = 1
@@ -249,48 +287,50 @@ private final class ChunkCounter: @unchecked Sendable {
     }
 }
 
-private func topK(rows: UserRows, cols: ItemColumns, itemCount N: Int, k: Int, reportedK: Int,
-                  threads: Int) -> ItemNeighbours {
-    let outItems = UnsafeMutablePointer<Int32>.allocate(capacity: (N + 1) * k)
-    let outScores = UnsafeMutablePointer<Float>.allocate(capacity: (N + 1) * k)
-    let outCounts = UnsafeMutablePointer<Int>.allocate(capacity: N + 1)
-    outCounts.initialize(repeating: 0, count: N + 1)
-    defer { outItems.deallocate(); outScores.deallocate(); outCounts.deallocate() }
+private func topK(_ m: Cooccurrence, k: Int, reportedK: Int, threads: Int) -> ItemNeighbours {
+    let N = m.itemCount
+    // Rows land in per-worker buffers (memory follows the output, not N·k); where each row
+    // went is recorded by item, and the rows are gathered in item order at the end.
+    let outputs = (0 ..< threads).map { _ in WorkerOutput() }
+    var rowWorker = [Int32](repeating: 0, count: N + 1)
+    var rowStart = [Int](repeating: 0, count: N + 1)
+    var rowCount = [Int](repeating: 0, count: N + 1)
 
-    rows.offsets.withUnsafeBufferPointer { ro in
-    rows.items.withUnsafeBufferPointer { ri in
-    rows.weights.withUnsafeBufferPointer { rw in
-    cols.offsets.withUnsafeBufferPointer { co in
-    cols.users.withUnsafeBufferPointer { cu in
-    cols.weights.withUnsafeBufferPointer { cw in
-    cols.norms.withUnsafeBufferPointer { nm in
-        let shared = Shared(rowOffsets: ro.baseAddress!, rowItems: ri.baseAddress ?? UnsafePointer(bitPattern: 8)!,
-                            rowWeights: rw.baseAddress ?? UnsafePointer(bitPattern: 8)!,
-                            colOffsets: co.baseAddress!, colUsers: cu.baseAddress ?? UnsafePointer(bitPattern: 8)!,
-                            colWeights: cw.baseAddress ?? UnsafePointer(bitPattern: 8)!, norms: nm.baseAddress!,
-                            outItems: outItems, outScores: outScores, outCounts: outCounts)
-        let chunk = max(1, min(256, N / (threads * 64)))
+    m.original.withUnsafeBufferPointer { original in
+    m.rows.withUnsafeBufferPointer { rows in
+    m.columnOffsets.withUnsafeBufferPointer { columnOffsets in
+    m.columns.withUnsafeBufferPointer { columns in
+    m.norms.withUnsafeBufferPointer { norms in
+    rowWorker.withUnsafeMutableBufferPointer { rowWorker in
+    rowStart.withUnsafeMutableBufferPointer { rowStart in
+    rowCount.withUnsafeMutableBufferPointer { rowCount in
+        // Empty arrays may have no base address; those pointers are then never read.
+        func p<T>(_ b: UnsafeBufferPointer<T>) -> UnsafePointer<T> {
+            b.baseAddress ?? UnsafePointer(bitPattern: MemoryLayout<T>.alignment)!
+        }
+        let shared = Shared(original: p(original), rows: p(rows), columnOffsets: p(columnOffsets),
+                            columns: p(columns), norms: p(norms), rowWorker: rowWorker.baseAddress!,
+                            rowStart: rowStart.baseAddress!, rowCount: rowCount.baseAddress!)
+        let chunk = max(1, min(64, N / (threads * 64)))
         let counter = ChunkCounter(end: N + 1, chunk: chunk)
-        DispatchQueue.concurrentPerform(iterations: threads) { _ in
-            var worker = Worker(itemCount: N, k: k)
+        DispatchQueue.concurrentPerform(iterations: threads) { w in
+            var worker = Worker(itemCount: N, k: k, index: w, output: outputs[w])
             while let range = counter.take() {
-                for v in range { worker.run(item: v, shared) }
+                for r in range { worker.run(internalItem: r, shared) }
             }
             worker.release()
         }
-    }}}}}}}
+    }}}}}}}}
 
     var offsets = [Int](repeating: 0, count: N + 2)
-    for v in 0 ... N { offsets[v + 1] = offsets[v] + outCounts[v] }
-    let total = offsets[N + 1]
-    var items = [Int32](repeating: 0, count: total)
-    var scores = [Float](repeating: 0, count: total)
-    for v in 1 ... N {
-        let c = outCounts[v]
-        for j in 0 ..< c {
-            items[offsets[v] + j] = outItems[v * k + j]
-            scores[offsets[v] + j] = outScores[v * k + j]
-        }
+    for v in 0 ... N { offsets[v + 1] = offsets[v] + rowCount[v] }
+    var items = [Int32](repeating: 0, count: offsets[N + 1])
+    var scores = [Float](repeating: 0, count: offsets[N + 1])
+    for v in 1 ... N where rowCount[v] > 0 {
+        let from = outputs[Int(rowWorker[v])]
+        let src = rowStart[v] ..< rowStart[v] + rowCount[v]
+        items.replaceSubrange(offsets[v] ..< offsets[v + 1], with: from.items[src])
+        scores.replaceSubrange(offsets[v] ..< offsets[v + 1], with: from.scores[src])
     }
     return ItemNeighbours(itemCount: N, k: reportedK, offsets: offsets, items: items, scores: scores)
 }
@@ -299,17 +339,22 @@ private func topK(rows: UserRows, cols: ItemColumns, itemCount N: Int, k: Int, r
 private struct Worker {
     let N: Int
     let k: Int
-    let acc: UnsafeMutablePointer<Double>       // (N + 1), all zero between items
-    let touched: UnsafeMutablePointer<Int32>    // (N)
+    let acc: UnsafeMutablePointer<Double>       // (N + 1) by internal id, all zero between items
+    let touched: UnsafeMutablePointer<Int32>    // (N + 2): touched ids, then one scratch slot
     let heapScores: UnsafeMutablePointer<Float> // (k) min-heap: root is the worst kept
-    let heapItems: UnsafeMutablePointer<Int32>  // (k)
+    let heapItems: UnsafeMutablePointer<Int32>  // (k) caller's ids
 
-    init(itemCount N: Int, k: Int) {
+    let index: Int32
+    let output: WorkerOutput
+
+    init(itemCount N: Int, k: Int, index: Int, output: WorkerOutput) {
         self.N = N
         self.k = k
+        self.index = Int32(index)
+        self.output = output
         acc = .allocate(capacity: N + 1)
         acc.initialize(repeating: 0, count: N + 1)
-        touched = .allocate(capacity: N + 1)
+        touched = .allocate(capacity: N + 2)
         heapScores = .allocate(capacity: k)
         heapItems = .allocate(capacity: k)
     }
@@ -350,28 +395,43 @@ private struct Worker {
         heapScores[i] = s; heapItems[i] = it
     }
 
-    mutating func run(item v: Int, _ m: Shared) {
-        // acc[w] = Σ_{u ∋ v} W_uv·W_uw over v's users in ascending order.
+    mutating func run(internalItem r: Int, _ m: Shared) {
+        // acc[x] = Σ_{u ∋ r} (c_ur·s_u²)·c_ux over r's users in ascending order.
         var nTouched = 0
-        for j in m.colOffsets[v] ..< m.colOffsets[v + 1] {
-            let u = Int(m.colUsers[j])
-            let wv = m.colWeights[j]
-            for r in m.rowOffsets[u] ..< m.rowOffsets[u + 1] {
-                let w = Int(m.rowItems[r])
-                if acc[w] == 0 { touched[nTouched] = Int32(truncatingIfNeeded: w); nTouched += 1 }
-                acc[w] += wv * m.rowWeights[r]
+        let columnEnd = m.columnOffsets[r + 1]
+        var lookAhead: Int32 = 0
+        for j in m.columnOffsets[r] ..< columnEnd {
+            // Touch the row a few users ahead so its cache miss overlaps with this row's work.
+            if j + 4 < columnEnd { lookAhead &+= m.rows[Int(m.columns[j + 4].rowStart)].item }
+            let e = m.columns[j]
+            let f = e.weight
+            let lo = Int(e.rowStart)
+            let hi = lo + Int(e.rowLength & ~ColumnEntry.repeatsBit)
+            if e.rowLength & ColumnEntry.repeatsBit != 0 {
+                for q in lo ..< hi {
+                    let x = Int(m.rows[q].item)
+                    if acc[x] == 0 { touched[nTouched] = Int32(truncatingIfNeeded: x); nTouched += 1 }
+                    acc[x] += f * Double(m.rows[q].count)
+                }
+            } else {
+                for q in lo ..< hi {
+                    let x = Int(m.rows[q].item)
+                    if acc[x] == 0 { touched[nTouched] = Int32(truncatingIfNeeded: x); nTouched += 1 }
+                    acc[x] += f
+                }
             }
         }
-        // Score, keep the k best (score descending, then id ascending), clear the accumulator.
+        touched[N + 1] = lookAhead   // a store keeps the look-ahead loads from being dropped
+        // Score, keep the k best (score descending, then caller's id ascending), clear the accumulator.
         var count = 0
-        let nv = m.norms[v]
+        let nr = m.norms[r]
         for t in 0 ..< nTouched {
-            let w = Int(touched[t])
-            let dot = acc[w]
-            acc[w] = 0
-            if w == v { continue }
-            let s = Float(dot / (nv * m.norms[w]))
-            let id = Int32(truncatingIfNeeded: w)
+            let x = Int(touched[t])
+            let dot = acc[x]
+            acc[x] = 0
+            if x == r { continue }
+            let s = Float(dot / (nr * m.norms[x]))
+            let id = m.original[x]
             if count < k {
                 heapScores[count] = s; heapItems[count] = id
                 count += 1
@@ -381,18 +441,20 @@ private struct Worker {
                 siftDown(0, count)
             }
         }
-        // Pop the worst to the back: the row comes out best first.
-        let base = v * k
-        m.outCounts[v] = count
+        // Heap sort in place: the worst moves to the back each time, so the row ends best first.
         var n = count
-        while n > 0 {
-            m.outScores[base + n - 1] = heapScores[0]
-            m.outItems[base + n - 1] = heapItems[0]
+        while n > 1 {
+            let s = heapScores[0], id = heapItems[0]
+            heapScores[0] = heapScores[n - 1]; heapItems[0] = heapItems[n - 1]
+            heapScores[n - 1] = s; heapItems[n - 1] = id
             n -= 1
-            if n > 0 {
-                heapScores[0] = heapScores[n]; heapItems[0] = heapItems[n]
-                siftDown(0, n)
-            }
+            siftDown(0, n)
         }
+        let v = Int(m.original[r])
+        m.rowWorker[v] = index
+        m.rowStart[v] = output.items.count
+        m.rowCount[v] = count
+        output.items.append(contentsOf: UnsafeBufferPointer(start: heapItems, count: count))
+        output.scores.append(contentsOf: UnsafeBufferPointer(start: heapScores, count: count))
     }
 }

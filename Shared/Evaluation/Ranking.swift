@@ -74,9 +74,22 @@ public final class RankingEvaluator {
         let t = row[ti]
         if t.isNaN { return (N - 1, N - 1, 0) }
         var gt = 0, eq = 0
-        for j in 0..<N {
+        // Eight lanes at a time: a true lane of a comparison mask is −1 as an integer.
+        var gtv = SIMD8<Int32>(), eqv = SIMD8<Int32>()
+        let tv = SIMD8<Float>(repeating: t)
+        let raw = UnsafeRawPointer(row)
+        var j = 0
+        while j + 8 <= N {
+            let v = raw.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+            gtv &-= unsafeBitCast(v .> tv, to: SIMD8<Int32>.self)
+            eqv &-= unsafeBitCast(v .== tv, to: SIMD8<Int32>.self)
+            j += 8
+        }
+        gt = Int(gtv.wrappedSum()); eq = Int(eqv.wrappedSum())
+        while j < N {
             gt &+= row[j] > t ? 1 : 0
             eq &+= row[j] == t ? 1 : 0
+            j += 1
         }
         eq -= 1   // the target itself
         if eq == 0 { return (gt, gt, 0) }

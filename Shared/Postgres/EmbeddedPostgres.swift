@@ -153,6 +153,10 @@ public final class EmbeddedPostgres: @unchecked Sendable {
                               owner: owner)
         guard started.status == 0 else {
             let tail = logTail()
+            // pg_ctl gives up waiting after the timeout but leaves a slow server starting: stop it.
+            if runningServerPID() != nil {
+                _ = try? run(bin, "pg_ctl", ["stop", "-D", dataDirectory, "-m", "immediate", "-w", "-s"], owner: owner)
+            }
             if tail.contains("Address already in use") { throw Failure.portInUse(port: configuration.port) }
             throw Failure.startFailed(reason: "pg_ctl start exited with \(started.status): \(started.output.trimmingTrailingWhitespace())",
                                       logTail: tail)
@@ -161,6 +165,8 @@ public final class EmbeddedPostgres: @unchecked Sendable {
             try Connection.waitUntilReady(url: url(database: "postgres"), timeout: configuration.startTimeout)
             try createDatabaseIfMissing()
         } catch {
+            // Do not leave a half-started server behind.
+            _ = try? run(bin, "pg_ctl", ["stop", "-D", dataDirectory, "-m", "immediate", "-w", "-s"], owner: owner)
             throw Failure.startFailed(reason: "\(error)", logTail: logTail())
         }
         logger.info("postgres ready", metadata: ["port": "\(configuration.port)", "data": "\(dataDirectory)",
@@ -206,6 +212,32 @@ public final class EmbeddedPostgres: @unchecked Sendable {
     public func runningServerPID() -> Int32? {
         guard let pid = postmasterPIDFromLockFile() else { return nil }
         return Self.isPostgresProcess(pid) ? pid : nil
+    }
+
+    // MARK: Throwaway servers for tests
+
+    /// Starts a server in a fresh temporary state directory (`$TMPDIR/winnow-<label>-XXXXXX`) on
+    /// a free port: what integration tests of the feature store need. Call ``destroy()`` after.
+    public static func temporary(label: String = "pg", logger: Logger = Logger(label: "winnow.postgres.embedded")) throws -> EmbeddedPostgres {
+        var template = Array((NSTemporaryDirectory() + "winnow-\(label)-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw Failure.unusableDirectory(path: NSTemporaryDirectory(), reason: "mkdtemp failed: \(String(cString: strerror(errno)))")
+        }
+        let dir = String(cString: made)
+        let pg = EmbeddedPostgres(.init(stateDirectory: dir, port: try LoopbackPort.ephemeral()), logger: logger)
+        do {
+            try pg.start()
+        } catch {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw error
+        }
+        return pg
+    }
+
+    /// Stops the server (immediately: nothing in it is kept) and removes its state directory.
+    public func destroy() {
+        try? stop(mode: .immediate)
+        try? FileManager.default.removeItem(atPath: configuration.stateDirectory)
     }
 
     // MARK: Steps

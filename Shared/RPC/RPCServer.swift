@@ -112,6 +112,8 @@ public final class RPCServer: @unchecked Sendable {
         wakeup = try ZMQWakeup()
     }
 
+    deinit { pool.shutdown() }
+
     // MARK: set-up (before start)
 
     /// Registers a typed handler for `method`.
@@ -209,10 +211,13 @@ public final class RPCServer: @unchecked Sendable {
 
             if let drainAt {
                 if !linkDone {
-                    brokerLink?.leave()
+                    brokerLink?.leave(now: now)
                     linkDone = true
                 }
-                if outstanding.isEmpty || now >= drainAt { break }
+                // Done when every request is answered and the broker acknowledged our leaving
+                // (so it routes nothing more here), or when the grace is over.
+                let left = brokerLink.map { $0.hasLeft(now: now) } ?? true
+                if (outstanding.isEmpty && left) || now >= drainAt { break }
             }
 
             if let link = brokerLink, !linkDone {
@@ -234,7 +239,7 @@ public final class RPCServer: @unchecked Sendable {
             if let link = brokerLink, !linkDone {
                 timeout = min(timeout, max(0, Int((link.nextTimer - now + 999) / 1000)))
             }
-            if let drainAt { timeout = min(timeout, max(0, Int((drainAt - now + 999) / 1000))) }
+            if let drainAt { timeout = min(timeout, 10, max(0, Int((drainAt - now + 999) / 1000))) }
             let events: [ZMQPollEvents]
             do { events = try poller.poll(timeoutMilliseconds: timeout) } catch {
                 logger.error("poll failed: \(error)")
@@ -407,6 +412,9 @@ final class BrokerLink {
     private var nextSend: Int64 = 0
     private var nextID: UInt64 = 1
     private var registerID: UInt64 = 0
+    private var unregisterID: UInt64 = 0
+    private var unregistered = false
+    private var leaveDeadline: Int64 = 0
     private var interval: Int64
 
     init(endpoint: String, configuration: RPCServerConfiguration, directEndpoint: String) {
@@ -489,7 +497,9 @@ final class BrokerLink {
 
     /// A reply from the broker to one of our own requests.
     func reply(_ header: Winnow_V1_ReplyHeader, payload: Frame, logger: Logger) {
-        if header.requestID == registerID && header.code == .ok {
+        if unregisterID != 0 && header.requestID == unregisterID {
+            unregistered = true
+        } else if header.requestID == registerID && header.code == .ok {
             if !registered {
                 registrations += 1
                 logger.info("registered with broker \(endpoint) as \(configuration.name)")
@@ -506,15 +516,22 @@ final class BrokerLink {
     }
 
     /// Tells the broker we are leaving (no more requests will be routed here).
-    func leave() {
-        guard socket != nil else { return }
+    func leave(now: Int64) {
+        guard socket != nil, registered else {
+            unregistered = true
+            return
+        }
         var request = Winnow_V1_UnregisterRequest()
         request.instance = configuration.instance
-        sendRequest("Unregister", request)
+        unregisterID = sendRequest("Unregister", request)
+        leaveDeadline = now + min(interval, 1_000_000)
         registered = false
         // Do not register again while draining.
         nextSend = .max
     }
+
+    /// Whether the broker acknowledged Unregister, or waiting for it is no longer worth it.
+    func hasLeft(now: Int64) -> Bool { unregistered || now >= leaveDeadline }
 
     func close() {
         socket?.close()

@@ -17,7 +17,7 @@ public final class ThreadPoolExecutor: TaskExecutor, @unchecked Sendable {
         threadCount = count
         running = count
         for index in 0..<count {
-            let thread = Thread { [unowned self] in self.runLoop() }
+            let thread = Thread { self.runLoop() } // the threads keep the pool alive until shutdown()
             thread.name = "\(name)-\(index)"
             thread.stackSize = 4 << 20
             threads.append(thread)

@@ -86,6 +86,8 @@ public struct ChildStatus: Sendable, Codable, Equatable {
     /// How its last run ended, if one did.
     public var lastExit: String?
     public var logFile: String
+    /// The executable it runs (lets `winnow down` recognise an orphan before signalling it).
+    public var executable: String
 }
 
 /// Who a health probe asks about.
@@ -168,7 +170,8 @@ public actor Supervisor {
         children.map { c in
             ChildStatus(name: c.spec.name, service: c.spec.service, endpoint: c.spec.endpoint,
                         pid: c.process.flatMap { $0.isRunning ? $0.pid : nil }, state: c.state,
-                        restarts: c.restarts, lastExit: c.lastExit, logFile: logFile(c.spec.name))
+                        restarts: c.restarts, lastExit: c.lastExit, logFile: logFile(c.spec.name),
+                        executable: c.spec.executable)
         }
     }
 
@@ -176,8 +179,9 @@ public actor Supervisor {
         (logDirectory as NSString).appendingPathComponent("\(name).log")
     }
 
-    /// Starts every child, stage by stage, returning when all are ready. On failure the children
-    /// keep running under supervision; call ``stop(grace:)``.
+    /// Starts every child, stage by stage, returning when all are ready. On failure (or when the
+    /// calling task is cancelled: `CancellationError`) the children keep running under
+    /// supervision; call ``stop(grace:)``.
     public func start(readinessTimeout: Duration) async throws {
         guard !started, !stopping else { throw SupervisorError.alreadyStarted }
         started = true
@@ -341,6 +345,8 @@ public actor Supervisor {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if indices.allSatisfy({ children[$0].state == .ready }) { return }
+            try Task.checkCancellation()
+            if stopping { throw CancellationError() }
             try? await Task.sleep(for: .milliseconds(50))
         }
         if indices.allSatisfy({ children[$0].state == .ready }) { return }

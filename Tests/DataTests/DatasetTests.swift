@@ -226,3 +226,24 @@ final class BatcherTests: XCTestCase {
         for row in counts { for c in row { XCTAssertEqual(Double(c), 2000, accuracy: 200) } }
     }
 }
+
+final class LocationTests: XCTestCase {
+    func testNamedDatasetsResolveUnderTheDataDirectoryAndMissingOnesSayHowToFetch() throws {
+        let dir = NSTemporaryDirectory() + "winnow-data-\(getpid())"
+        setenv("WINNOW_DATA_DIR", dir, 1)
+        defer { unsetenv("WINNOW_DATA_DIR"); try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertEqual(DatasetLocation.cachedPath(of: "ml-100k"), dir + "/ml-100k/ml-100k.inter")
+        XCTAssertThrowsError(try DatasetLocation.resolve("ml-100k")) { e in
+            XCTAssertTrue("\(e)".contains("scripts/fetch-ml100k"), "\(e)")
+        }
+        try FileManager.default.createDirectory(atPath: dir + "/toy", withIntermediateDirectories: true)
+        var text = "user_id:token\titem_id:token\ttimestamp:float\n"
+        for u in 0..<3 { for i in 0..<3 { text += "u\(u)\ti\(i)\t\(i)\n" } }
+        try text.write(toFile: dir + "/toy/toy.inter", atomically: true, encoding: .utf8)
+        let d = try SequenceDataset.load("toy", userK: 3, itemK: 3)
+        XCTAssertEqual(d.userCount, 3)
+        XCTAssertEqual(Array(d.sequence(2)), [1, 2, 3])
+        XCTAssertEqual(try SequenceDataset.load(dir + "/toy/toy.inter", userK: 4, itemK: 1).userCount, 0)
+        XCTAssertThrowsError(try SequenceDataset.load(dir + "/nope.inter"))
+    }
+}

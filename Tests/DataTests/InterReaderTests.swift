@@ -20,6 +20,27 @@ final class InterReaderTests: XCTestCase {
         XCTAssertNil(x.itemTokens.index(of: "i3"))
     }
 
+    func testTokenTableKeepsShortLongAndPrefixSharingTokensApartAcrossGrowth() {
+        var t = TokenTable()
+        var tokens: [String] = []
+        for i in 0..<5000 {
+            tokens += ["\(i)", "shared-prefix-\(i)", "shared-p", "shared-pr\(i % 7)", "é\(i)", ""]
+        }
+        var ids: [Int32] = []
+        for s in tokens { ids.append(t.intern(s)) }
+        var first: [String: Int32] = [:]
+        for (s, id) in zip(tokens, ids) {
+            if let f = first[s] { XCTAssertEqual(f, id, s) } else { first[s] = id }
+        }
+        XCTAssertEqual(t.count, first.count)
+        for (s, id) in first {
+            XCTAssertEqual(t[Int(id)], s)
+            XCTAssertEqual(t.index(of: s), id)
+        }
+        XCTAssertNil(t.index(of: "shared-prefix-5000"))
+        XCTAssertNil(t.index(of: "shared-"))
+    }
+
     func testCRLFAndMissingFinalNewlineAreAccepted() throws {
         let text = "user_id:token\titem_id:token\ttimestamp:float\r\nA\tB\t1\r\nA\tC\t2"
         let x = try reader.parse(text: text, name: "t.inter")

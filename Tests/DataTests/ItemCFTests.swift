@@ -143,6 +143,10 @@ final class ItemCFTests: XCTestCase {
         XCTAssertEqual(Array(got.neighbours(of: 1).items), [2])
         XCTAssertEqual(got.neighbours(of: 4).items.count, 0)
         try assertMatchesBruteForce(randomSequences(users: 10, items: 8, maxLength: 6, seed: 9), itemCount: 8, k: 50)
+        // Memory follows the output, not N·k: an absurd k is just "all of them".
+        let all = try ItemCF.neighbours(sequences: sequences, itemCount: 4, k: 1 << 40)
+        XCTAssertEqual(all.offsets, got.offsets)
+        XCTAssertEqual(all.items, got.items)
     }
 
     func testPackedInputEqualsNestedInput() throws {

@@ -50,6 +50,17 @@ final class EmbeddedPostgresTests: XCTestCase {
         conn.close()
     }
 
+    func testURLUsesTheSocketDirectoryUnlessItsPathIsTooLongForAUnixSocket() {
+        let short = EmbeddedPostgres(.init(stateDirectory: "/tmp/w s", port: 5433))
+        XCTAssertTrue(short.usesUnixSocket)
+        XCTAssertEqual(short.url, "postgresql:///winnow?host=/tmp/w%20s/postgres/run&port=5433&user=postgres")
+        XCTAssertEqual(short.tcpURL(), "postgresql://postgres@127.0.0.1:5433/winnow")
+        XCTAssertEqual(short.url(database: "postgres"), "postgresql:///postgres?host=/tmp/w%20s/postgres/run&port=5433&user=postgres")
+        let long = EmbeddedPostgres(.init(stateDirectory: "/tmp/" + String(repeating: "d", count: 100), port: 5433))
+        XCTAssertFalse(long.usesUnixSocket)
+        XCTAssertEqual(long.url, long.tcpURL())
+    }
+
     func testSecondServerOnTheSameDataDirectoryIsRefusedClearly() throws {
         let pg = EmbeddedPostgres(.init(stateDirectory: state.path, port: try LoopbackPort.ephemeral()))
         try pg.start()

@@ -4,26 +4,23 @@ import XCTest
 
 /// The libpq wrapper against a real embedded server, shared by the tests of this class.
 final class PostgresConnectionTests: XCTestCase {
-    nonisolated(unsafe) static var state: TemporaryStateDirectory?
     nonisolated(unsafe) static var server: EmbeddedPostgres?
     nonisolated(unsafe) static var startError: Error?
 
     override class func setUp() {
         super.setUp()
-        let dir = TemporaryStateDirectory("pgconn")
-        state = dir
         do {
-            let pg = EmbeddedPostgres(.init(stateDirectory: dir.path, port: try LoopbackPort.ephemeral()))
-            try pg.start()
-            server = pg
+            server = try EmbeddedPostgres.temporary(label: "pgconn")
         } catch {
             startError = error
         }
     }
 
     override class func tearDown() {
-        try? server?.stop()
-        state?.remove()
+        if let dir = server?.configuration.stateDirectory {
+            server?.destroy()
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "destroy() removes the state directory")
+        }
         super.tearDown()
     }
 
@@ -239,8 +236,89 @@ final class PostgresConnectionTests: XCTestCase {
         XCTAssertTrue(conn.drainNotices().contains { $0.contains("hello from plpgsql") })
     }
 
+    func testForEachRowStreamsRowsOneAtATime() throws {
+        var sum = 0
+        var seen = 0
+        let n = try conn.forEachRow("SELECT g, 'r' || g AS label FROM generate_series(1, $1::int) g", [5000]) { row in
+            XCTAssertEqual(row.rowCount, 1)
+            sum += try row.int(0, 0)!
+            seen += 1
+            if seen == 1 { XCTAssertEqual(row.string(0, 1), "r1") }
+        }
+        XCTAssertEqual(n, 5000)
+        XCTAssertEqual(sum, 5000 * 5001 / 2)
+        XCTAssertThrowsError(try conn.forEachRow("SELECT * FROM nowhere") { _ in }) {
+            XCTAssertEqual(($0 as? PQError)?.sqlState, SQLState.undefinedTable)
+        }
+    }
+
+    func testForEachRowStopsWhenTheBodyThrowsAndTheConnectionStaysUsable() throws {
+        struct Enough: Error {}
+        var seen = 0
+        XCTAssertThrowsError(try conn.forEachRow("SELECT g FROM generate_series(1, 2000000) g") { _ in
+            seen += 1
+            if seen == 10 { throw Enough() }
+        }) { XCTAssertTrue($0 is Enough, "\($0)") }
+        XCTAssertEqual(seen, 10)
+        XCTAssertEqual(try conn.query("SELECT 7").int(0, 0), 7)
+    }
+
+    func testPoolLendsAtMostItsSizeUnderConcurrentUse() throws {
+        let pool = ConnectionPool(url: Self.server!.url, maxConnections: 3)
+        defer { pool.close() }
+        let failures = Counter()
+        let busy = Counter()
+        DispatchQueue.concurrentPerform(iterations: 12) { i in
+            for j in 0..<20 {
+                do {
+                    try pool.withConnection { c in
+                        let now = busy.add(1)
+                        XCTAssertLessThanOrEqual(now, 3)
+                        XCTAssertEqual(try c.query("SELECT $1::int + $2::int", [i, j]).int(0, 0), i + j)
+                        _ = busy.add(-1)
+                    }
+                } catch {
+                    _ = failures.add(1)
+                }
+            }
+        }
+        XCTAssertEqual(failures.value, 0)
+        XCTAssertLessThanOrEqual(pool.counts.open, 3)
+        XCTAssertEqual(pool.counts.open, pool.counts.idle)
+    }
+
+    func testPoolReplacesABrokenConnectionAndTimesOutWhenExhausted() throws {
+        let pool = ConnectionPool(url: Self.server!.url, maxConnections: 1, checkoutTimeout: .milliseconds(300))
+        defer { pool.close() }
+        let backend = try pool.withConnection { try $0.query("SELECT pg_backend_pid()").int(0, 0)! }
+        try conn.query("SELECT pg_terminate_backend($1)", [backend])
+        // The pooled connection is dead: its next use fails, and the pool drops it.
+        XCTAssertThrowsError(try pool.withConnection { try $0.query("SELECT 1") })
+        XCTAssertEqual(pool.counts.open, 0)
+        let fresh = try pool.withConnection { try $0.query("SELECT pg_backend_pid()").int(0, 0)! }
+        XCTAssertNotEqual(fresh, backend)
+
+        // All lent: a second caller waits, then gets a clear error.
+        try pool.withConnection { _ in
+            XCTAssertThrowsError(try pool.withConnection { _ in }) { error in
+                XCTAssertTrue("\(error)".contains("no connection free"), "\(error)")
+            }
+        }
+        // A transaction left open is not handed to the next caller.
+        try pool.withConnection { c in try c.exec("BEGIN") }
+        XCTAssertEqual(pool.counts.open, 0)
+    }
+
     func testRedactedURLHidesThePassword() {
         XCTAssertEqual(Connection.redacted("postgresql://u:secret@h:5432/db"), "postgresql://u:***@h:5432/db")
         XCTAssertEqual(Connection.redacted("postgresql://u@h/db"), "postgresql://u@h/db")
     }
+}
+
+/// A thread-safe counter for concurrency tests.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add(_ d: Int) -> Int { lock.lock(); defer { lock.unlock() }; n += d; return n }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
 }

@@ -59,7 +59,7 @@ final class SupervisorTests: XCTestCase {
         let s = Supervisor(children: [crasher], logDirectory: logs, policy: policy, probe: { _ in false })
         supervisor = s
         do {
-            try await s.start(readinessTimeout: .milliseconds(1800))
+            try await s.start(readinessTimeout: .seconds(3))
             XCTFail("a child that keeps exiting cannot be ready")
         } catch let error as SupervisorError {
             guard case .notReady(_, let children) = error else { return XCTFail("\(error)") }

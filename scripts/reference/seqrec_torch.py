@@ -105,6 +105,22 @@ def build_dataset(path, k=5):
     return sequences, len(item_ids), len(rows)
 
 
+def dump_sequences(path, out):
+    """Sequences with original tokens, to compare with the Swift pipeline line by line."""
+    users, items, times = read_inter(path)
+    rows = k_core(users, items, 5)
+    per_user = {}
+    for r in rows:
+        per_user.setdefault(users[r], []).append(r)   # dicts keep first-appearance order
+    sequences, n_items, n_rows = build_dataset(path)
+    lines = []
+    for u, (token, rs) in enumerate(per_user.items()):
+        rs = sorted(rs, key=lambda r: times[r])
+        lines.append(token + "\t" + " ".join(f"{items[r]}={i}" for r, i in zip(rs, sequences[u])))
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def right_padded(prefixes):
     """(n, MAX_LEN) int64 matrix of right-padded prefixes and their lengths."""
     mat = np.zeros((len(prefixes), MAX_LEN), dtype=np.int64)
@@ -255,6 +271,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--data", default=None, help="ml-100k.inter (default: scripts/fetch-ml100k)")
+    ap.add_argument("--dump-sequences", default=None, metavar="FILE",
+                    help="write the remapped sequences (one user per line: user token, then "
+                         "item-token=id pairs in time order) and exit")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -265,6 +284,10 @@ def main():
         here = os.path.dirname(os.path.abspath(__file__))
         path = subprocess.run([os.path.join(here, "..", "fetch-ml100k")], check=True,
                               capture_output=True, text=True).stdout.strip()
+
+    if args.dump_sequences:
+        dump_sequences(path, args.dump_sequences)
+        return
 
     start = time.time()
     sequences, n_items, n_rows = build_dataset(path)

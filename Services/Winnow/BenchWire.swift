@@ -1,0 +1,351 @@
+import ArgumentParser
+import Foundation
+import RPC
+import ServiceKit
+import WinnowProto
+
+/// `winnow bench wire`: round-trip latency and throughput of the RPC layer, direct and through the
+/// broker, beside pyzmq REQ/REP with the same payloads in the same run.
+///
+/// The echo server and the broker run as their own processes (the broker is the real `broker`
+/// executable; the echo server is this command with `--serve-echo`). Latency is measured one call
+/// at a time (as REQ/REP must); throughput counts payload bytes both ways (request and echoed
+/// reply), sequentially and with a window of calls in flight.
+struct BenchWire: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wire",
+        abstract: "RPC round-trip latency and throughput, direct and via the broker, beside pyzmq REQ/REP.")
+
+    @Option(help: "Also write the rows as JSON to this file.")
+    var json: String?
+
+    @Option(help: "Round trips timed for the 2 KB payload.")
+    var smallCount = 5000
+
+    @Option(help: "Round trips timed for the 200 KB payload.")
+    var largeCount = 1000
+
+    @Option(help: "Calls in flight for the pipelined throughput rows.")
+    var window = 16
+
+    @Option(help: "Python with pyzmq (default: the one `scripts/reference-venv pyzmq` prints).")
+    var python: String?
+
+    @Flag(help: "Skip the pyzmq reference.")
+    var noReference = false
+
+    @Option(help: .hidden)
+    var serveEcho: String?
+
+    @Option(help: .hidden)
+    var echoBroker: String?
+
+    static let small = 2048
+    static let large = 204_800
+
+    func validate() throws {
+        guard smallCount >= 100, largeCount >= 100 else { throw ValidationError("counts must be at least 100") }
+        guard window >= 1 else { throw ValidationError("--window must be at least 1") }
+    }
+
+    func run() async throws {
+        if let serveEcho {
+            try runEchoServer(endpoint: serveEcho, broker: echoBroker)
+            return
+        }
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let brokerEndpoint = "tcp://127.0.0.1:\(try freeLoopbackPort())"
+        let broker = try spawn(bin.appendingPathComponent("broker"), ["--endpoint", brokerEndpoint, "--heartbeat-ms", "1000"])
+        defer { stop(broker) }
+        let echo = try spawn(bin.appendingPathComponent("winnow"),
+                             ["bench", "wire", "--serve-echo", "tcp://127.0.0.1:*", "--echo-broker", brokerEndpoint])
+        defer { stop(echo) }
+
+        let viaBroker = try RPCClient(endpoint: brokerEndpoint)
+        defer { viaBroker.close() }
+        let worker = try await waitForEcho(viaBroker)
+        let direct = try RPCClient(endpoint: worker.directEndpoint)
+        defer { direct.close() }
+
+        FileHandle.standardError.write(Data("bench wire: echo server at \(worker.directEndpoint), broker at \(brokerEndpoint)\n".utf8))
+        var winnow: [String: Measurement] = [:]
+        for (route, client, service) in [("direct", direct, "bench-echo"), ("broker", viaBroker, "bench-echo")] {
+            for (size, count) in [(Self.small, smallCount), (Self.large, largeCount)] {
+                let sequential = try await measureSequential(client, service: service, size: size, count: count)
+                let pipelined = try await measurePipelined(client, service: service, size: size, count: count)
+                winnow["\(route).\(size)"] = Measurement(sequential: sequential, pipelinedBytesPerSecond: pipelined)
+            }
+        }
+        let reference = noReference ? nil : try runReference()
+        let rows = makeRows(winnow, reference: reference)
+        print(WireBenchTable.render(rows))
+        if let json {
+            let data = try JSONSerialization.data(withJSONObject: rows.map(\.dictionary), options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: URL(fileURLWithPath: json))
+        }
+    }
+
+    // MARK: the echo server (a child process)
+
+    private func runEchoServer(endpoint: String, broker: String?) throws {
+        WinnowLogging.bootstrap()
+        let shutdown = ShutdownSignal()
+        let server = try RPCServer(configuration: RPCServerConfiguration(
+            name: "bench-echo", workerThreads: 2, heartbeatInterval: .seconds(1)))
+        server.registerRaw("Echo") { $0 }
+        let bound = try server.bind(endpoint)
+        if let broker { server.attach(broker: broker) }
+        server.start()
+        print("ENDPOINT \(bound)")
+        fflush(stdout)
+        shutdown.wait()
+        server.shutdown(grace: .seconds(1))
+    }
+
+    private func waitForEcho(_ client: RPCClient) async throws -> Winnow_V1_WorkerInfo {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            var request = Winnow_V1_ListWorkersRequest()
+            request.servicePrefix = "bench-echo"
+            if let list = try? await client.call(service: "broker", method: "ListWorkers", request,
+                                                 as: Winnow_V1_ListWorkersResponse.self, timeout: .seconds(1)),
+               let worker = list.workers.first {
+                return worker
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw ValidationError("the echo server did not register with the broker within 30 s")
+    }
+
+    // MARK: measuring
+
+    struct Sequential {
+        var p50: Double // µs
+        var p99: Double // µs
+        var messagesPerSecond: Double
+        var bytesPerSecond: Double
+    }
+
+    struct Measurement {
+        var sequential: Sequential
+        var pipelinedBytesPerSecond: Double
+    }
+
+    private func measureSequential(_ client: RPCClient, service: String, size: Int, count: Int) async throws -> Sequential {
+        let payload = [UInt8](repeating: 0, count: size)
+        for _ in 0..<min(500, count) {
+            _ = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(10))
+        }
+        var samples: [Double] = []
+        samples.reserveCapacity(count)
+        let clock = ContinuousClock()
+        let start = clock.now
+        for _ in 0..<count {
+            let t0 = clock.now
+            let reply = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(10))
+            samples.append(Double((clock.now - t0).microsecondsDouble))
+            precondition(reply.count == size, "echo returned \(reply.count) bytes, not \(size)")
+        }
+        let elapsed = (clock.now - start).secondsDouble
+        samples.sort()
+        return Sequential(p50: percentile(samples, 0.50), p99: percentile(samples, 0.99),
+                          messagesPerSecond: Double(count) / elapsed,
+                          bytesPerSecond: 2 * Double(size) * Double(count) / elapsed)
+    }
+
+    private func measurePipelined(_ client: RPCClient, service: String, size: Int, count: Int) async throws -> Double {
+        let payload = [UInt8](repeating: 0, count: size)
+        let window = self.window
+        let clock = ContinuousClock()
+        let start = clock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var launched = 0
+            func launch() {
+                group.addTask {
+                    _ = try await client.callRaw(service: service, method: "Echo", payload: payload, timeout: .seconds(30))
+                }
+                launched += 1
+            }
+            while launched < min(window, count) { launch() }
+            for try await _ in group where launched < count { launch() }
+        }
+        return 2 * Double(size) * Double(count) / (clock.now - start).secondsDouble
+    }
+
+    private func percentile(_ sorted: [Double], _ q: Double) -> Double {
+        sorted[min(sorted.count - 1, max(0, Int((q * Double(sorted.count - 1)).rounded()))) ]
+    }
+
+    // MARK: the pyzmq reference
+
+    struct Reference {
+        var version: String
+        var bySize: [Int: Sequential]
+    }
+
+    private func runReference() throws -> Reference {
+        let scripts = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("scripts")
+        let interpreter: String
+        if let python {
+            interpreter = python
+        } else {
+            let venv = scripts.appendingPathComponent("reference-venv").path
+            guard FileManager.default.isExecutableFile(atPath: venv) else {
+                throw ValidationError("run from the repository root (no \(venv)), or pass --python")
+            }
+            interpreter = try capture(venv, ["pyzmq"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let script = scripts.appendingPathComponent("reference/wire_pyzmq.py").path
+        let output = try capture(interpreter, [script, "--sizes", "\(Self.small),\(Self.large)",
+                                               "--counts", "\(smallCount),\(largeCount)"])
+        guard let line = output.split(separator: "\n").last, let data = line.data(using: .utf8),
+              let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let results = object["results"] as? [[String: Any]] else {
+            throw ValidationError("wire_pyzmq.py printed no result: \(output)")
+        }
+        var bySize: [Int: Sequential] = [:]
+        for result in results {
+            guard let size = result["size"] as? Int, let p50 = result["p50_us"] as? Double,
+                  let p99 = result["p99_us"] as? Double, let rate = result["msgs_per_s"] as? Double,
+                  let bytes = result["bytes_per_s"] as? Double else { continue }
+            bySize[size] = Sequential(p50: p50, p99: p99, messagesPerSecond: rate, bytesPerSecond: bytes)
+        }
+        return Reference(version: "pyzmq \(object["pyzmq"] ?? "?") (libzmq \(object["libzmq"] ?? "?"))", bySize: bySize)
+    }
+
+    // MARK: rows
+
+    private func makeRows(_ winnow: [String: Measurement], reference: Reference?) -> [WireBenchRow] {
+        var rows: [WireBenchRow] = []
+        func label(_ size: Int) -> String { size == Self.small ? "2KB" : "200KB" }
+        for route in ["direct", "broker"] {
+            for size in [Self.small, Self.large] {
+                guard let measured = winnow["\(route).\(size)"] else { continue }
+                let ref = reference?.bySize[size]
+                let name = "wire.\(route).\(label(size))"
+                let note = "" // broker rows compare with pyzmq REQ/REP direct: pyzmq has no broker
+                rows.append(WireBenchRow(name: "\(name).p50\(note)", unit: "us", winnow: measured.sequential.p50,
+                                     reference: ref?.p50, lowerIsBetter: true,
+                                     goal: route == "direct" && size == Self.small ? "ratio >= 1.0" : nil))
+                rows.append(WireBenchRow(name: "\(name).p99\(note)", unit: "us", winnow: measured.sequential.p99,
+                                     reference: ref?.p99, lowerIsBetter: true, goal: nil))
+                rows.append(WireBenchRow(name: "\(name).throughput.sequential\(note)", unit: "GB/s",
+                                     winnow: measured.sequential.bytesPerSecond / 1e9,
+                                     reference: ref.map { $0.bytesPerSecond / 1e9 }, lowerIsBetter: false,
+                                     goal: route == "direct" && size == Self.large ? ">= 1 GB/s" : nil))
+                rows.append(WireBenchRow(name: "\(name).throughput.window\(window)", unit: "GB/s",
+                                     winnow: measured.pipelinedBytesPerSecond / 1e9, reference: nil, lowerIsBetter: false,
+                                     goal: nil))
+            }
+        }
+        for size in [Self.small, Self.large] {
+            if let direct = winnow["direct.\(size)"], let broker = winnow["broker.\(size)"] {
+                rows.append(WireBenchRow(name: "wire.broker_hop.\(label(size)).p50_added", unit: "us",
+                                     winnow: broker.sequential.p50 - direct.sequential.p50, reference: nil,
+                                     lowerIsBetter: true, goal: size == Self.small ? "< 40 us" : nil))
+            }
+        }
+        if let reference { FileHandle.standardError.write(Data("bench wire: reference \(reference.version)\n".utf8)) }
+        return rows
+    }
+
+    // MARK: processes
+
+    private func spawn(_ executable: URL, _ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    private func stop(_ process: Process) {
+        guard process.isRunning else { return }
+        process.terminate()
+        process.waitUntilExit()
+    }
+
+    private func capture(_ executable: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw ValidationError("\(executable) \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    private func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ValidationError("socket() failed") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+                guard bind(fd, pointer, length) == 0 else { return -1 }
+                return getsockname(fd, pointer, &length)
+            }
+        }
+        guard bound == 0 else { throw ValidationError("cannot find a free loopback port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// One benchmark row: {name, unit, winnow, reference, ratio, goal}. `ratio` is Winnow's advantage:
+/// reference ÷ Winnow for times, Winnow ÷ reference for rates (> 1: Winnow ahead).
+struct WireBenchRow {
+    var name: String
+    var unit: String
+    var winnow: Double
+    var reference: Double?
+    var lowerIsBetter: Bool
+    var goal: String?
+
+    var ratio: Double? {
+        guard let reference, reference > 0, winnow > 0 else { return nil }
+        return lowerIsBetter ? reference / winnow : winnow / reference
+    }
+
+    var dictionary: [String: Any] {
+        ["name": name, "unit": unit, "winnow": winnow, "reference": reference ?? NSNull(),
+         "ratio": ratio ?? NSNull(), "goal": goal ?? NSNull()]
+    }
+}
+
+enum WireBenchTable {
+    static func render(_ rows: [WireBenchRow]) -> String {
+        func number(_ value: Double?) -> String {
+            guard let value else { return "-" }
+            return abs(value) >= 100 ? String(format: "%.0f", value) : String(format: "%.3f", value)
+        }
+        var table = [["name", "unit", "winnow", "reference", "ratio", "goal"]]
+        for row in rows {
+            table.append([row.name, row.unit, number(row.winnow), number(row.reference),
+                          row.ratio.map { String(format: "%.2f", $0) } ?? "-", row.goal ?? ""])
+        }
+        let widths = (0..<6).map { column in table.map { $0[column].count }.max() ?? 0 }
+        return table.map { row in
+            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+}
+
+extension Duration {
+    var secondsDouble: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+
+    var microsecondsDouble: Double { secondsDouble * 1e6 }
+}

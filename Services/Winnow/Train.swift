@@ -1,0 +1,97 @@
+import ArgumentParser
+import Foundation
+import Numerics
+import Data
+import Training
+
+/// `winnow train --local`: the base seq2item training run of the protocol in this process
+/// (no services): leave-one-out split, full-softmax CE, Adam, early stopping on validation
+/// NDCG@10, full-ranking test metrics of the best-validation weights.
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a sequential recommender and evaluate it by full ranking."
+    )
+
+    @Flag(help: "Train in this process, without the trainer service.")
+    var local = false
+
+    @Option(help: "Backbone: \(ModelKind.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var model: ModelKind
+
+    @Option(help: "ml-100k (the cache of scripts/fetch-ml100k) or a RecBole .inter file.")
+    var dataset: String
+
+    @Option(help: "Seed for initialisation, dropout and shuffling.")
+    var seed: UInt64 = 1
+
+    @Option(help: "Maximum epochs (early stopping may end sooner).")
+    var epochs = 200
+
+    @Option(help: "Early-stopping patience in epochs without a better validation NDCG@10.")
+    var patience = 10
+
+    @Option(help: "Threads (OpenBLAS and Winnow's loops); results are reproducible for a fixed count.")
+    var threads = 2
+
+    @Option(help: "Write the result JSON to this file.")
+    var json: String?
+
+    @Flag(help: "No per-epoch progress on stderr.")
+    var quiet = false
+
+    func validate() throws {
+        guard local else {
+            throw ValidationError("only --local training is available in this build (the trainer service runs jobs through `winnow up`)")
+        }
+        guard epochs >= 1, patience >= 1, threads >= 1 else { throw ValidationError("--epochs, --patience and --threads must be >= 1") }
+    }
+
+    /// The .inter file for `--dataset`.
+    static func resolve(_ dataset: String) throws -> String {
+        if dataset == "ml-100k" {
+            let env = ProcessInfo.processInfo.environment
+            let dir = env["WINNOW_DATA_DIR"] ?? (NSHomeDirectory() + "/.cache/winnow/data")
+            let path = dir + "/ml-100k/ml-100k.inter"
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw ValidationError("ml-100k is not in the cache (\(path)); run scripts/fetch-ml100k first")
+            }
+            return path
+        }
+        guard FileManager.default.fileExists(atPath: dataset) else {
+            throw ValidationError("dataset \(dataset): no such file (give ml-100k or a RecBole .inter file)")
+        }
+        return dataset
+    }
+
+    func run() throws {
+        Threads.set(threads)
+        let path = try Self.resolve(dataset)
+        let interactions = try InterReader().read(path: path)
+        let data = SequenceDataset(interactions)
+        guard data.userCount > 0, data.itemCount > 0 else {
+            throw ValidationError("\(path): nothing left after 5-core filtering")
+        }
+        var config = TrainingConfig(model: model)
+        config.seed = seed; config.maxEpochs = epochs; config.patience = patience
+        let training = Seq2ItemTraining(data: data, config: config)
+        let err = FileHandle.standardError
+        err.write("data: \(data.userCount) users, \(data.itemCount) items, \(data.interactionCount) interactions, \(training.split.train.count) training instances\n".data(using: .utf8)!)
+        if !quiet { training.progress = { err.write(($0 + "\n").data(using: .utf8)!) } }
+        let result = training.run()
+        let keys = ["ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20", "mrr@20"]
+        print("\(model.rawValue) seed \(seed): \(result.epochs) epochs, best \(result.bestEpoch), \(String(format: "%.1f", result.seconds)) s")
+        for (name, m) in [("valid", result.valid), ("test", result.test)] {
+            print("  \(name): " + keys.map { "\($0) \(String(format: "%.4f", m[$0] ?? 0))" }.joined(separator: "  "))
+        }
+        if let json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            let tmp = json + ".partial"
+            try enc.encode(result).write(to: URL(fileURLWithPath: tmp))
+            guard rename(tmp, json) == 0 else { throw ValidationError("cannot write \(json): errno \(errno)") }
+        }
+    }
+}
+
+extension ModelKind: ExpressibleByArgument {}

@@ -1,0 +1,76 @@
+import Foundation
+
+/// Everything `winnow up` decides about the local stack.
+public struct StackConfiguration: Sendable {
+    /// The services every stack runs besides the broker, in start order.
+    public static let services = ["featurestore", "teacher", "noise", "trainer", "retrieval"]
+    /// All executables the stack needs, found in ``binDirectory``.
+    public static let executables = ["broker"] + services
+
+    public var layout: StackLayout
+    /// The directory holding the executables (by default the running `winnow`'s own).
+    public var binDirectory: String
+    /// Teacher processes to run; all register as `teacher`.
+    public var teachers: Int
+    /// The broker's port on 127.0.0.1.
+    public var brokerPort: Int
+    /// The embedded Postgres' port on 127.0.0.1 (unused with ``databaseURL``).
+    public var postgresPort: Int
+    /// An existing database to use instead of the embedded one.
+    public var databaseURL: String?
+    public var heartbeatMilliseconds: Int
+    /// How long each start stage may take to become ready.
+    public var readinessTimeout: Duration
+    /// How long a child gets between SIGTERM and SIGKILL.
+    public var stopGrace: Duration
+    public var restartPolicy: RestartPolicy
+
+    public init(stateDirectory: String, binDirectory: String, teachers: Int = 1, brokerPort: Int = 5555,
+                postgresPort: Int = 54329, databaseURL: String? = nil, heartbeatMilliseconds: Int = 2500,
+                readinessTimeout: Duration = .seconds(60), stopGrace: Duration = .seconds(10),
+                restartPolicy: RestartPolicy = RestartPolicy()) {
+        self.layout = StackLayout(stateDirectory: stateDirectory)
+        self.binDirectory = binDirectory
+        self.teachers = teachers
+        self.brokerPort = brokerPort
+        self.postgresPort = postgresPort
+        self.databaseURL = databaseURL
+        self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.readinessTimeout = readinessTimeout
+        self.stopGrace = stopGrace
+        self.restartPolicy = restartPolicy
+    }
+
+    public var brokerEndpoint: String { "tcp://127.0.0.1:\(brokerPort)" }
+
+    /// The executables missing from ``binDirectory``.
+    public func missingExecutables() -> [String] {
+        Self.executables.filter { access((binDirectory as NSString).appendingPathComponent($0), X_OK) != 0 }
+    }
+
+    /// The children to supervise, with the flags of the process contract: the broker (stage 0),
+    /// the feature store (stage 1), then N teachers, noise, trainer and retrieval (stage 2).
+    /// Each gets a direct endpoint on a free loopback port picked by `port`.
+    public func children(databaseURL: String, port: () throws -> Int) throws -> [ChildSpec] {
+        func exe(_ name: String) -> String { (binDirectory as NSString).appendingPathComponent(name) }
+        var specs = [ChildSpec(name: "broker", service: "broker", executable: exe("broker"),
+                               arguments: ["--endpoint", brokerEndpoint, "--heartbeat-ms", "\(heartbeatMilliseconds)"],
+                               endpoint: brokerEndpoint, stage: 0)]
+        func service(_ name: String, _ kind: String, stage: Int, extra: [String] = []) throws -> ChildSpec {
+            let endpoint = "tcp://127.0.0.1:\(try port())"
+            return ChildSpec(name: name, service: kind, executable: exe(kind),
+                             arguments: ["--broker", brokerEndpoint, "--name", kind, "--endpoint", endpoint,
+                                         "--state-dir", layout.stateDirectory,
+                                         "--heartbeat-ms", "\(heartbeatMilliseconds)"] + extra,
+                             endpoint: endpoint, stage: stage)
+        }
+        specs.append(try service("featurestore", "featurestore", stage: 1, extra: ["--database-url", databaseURL]))
+        for i in 0..<teachers {
+            specs.append(try service(teachers == 1 ? "teacher" : "teacher-\(i + 1)", "teacher", stage: 2))
+        }
+        for kind in ["noise", "trainer", "retrieval"] {
+            specs.append(try service(kind, kind, stage: 2))
+        }
+        return specs
+    }
+}

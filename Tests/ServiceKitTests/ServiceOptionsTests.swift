@@ -1,0 +1,48 @@
+import ServiceKit
+import XCTest
+
+final class ServiceOptionsTests: XCTestCase {
+    func testDefaultsFollowTheContract() throws {
+        let options = try ServiceOptions.parse([], environment: [:], defaultName: "teacher")
+        XCTAssertEqual(options, ServiceOptions(broker: "tcp://127.0.0.1:5555", name: "teacher", endpoint: "tcp://127.0.0.1:*",
+                                               stateDir: "./.state", databaseURL: nil, heartbeatMilliseconds: 2500))
+    }
+
+    func testEnvironmentOverridesDefaultsAndFlagsOverrideEnvironment() throws {
+        let environment = ["WINNOW_BROKER": "tcp://127.0.0.1:7000", "WINNOW_SERVICE_NAME": "teacher/j1/m0",
+                           "WINNOW_ENDPOINT": "tcp://127.0.0.1:7001", "WINNOW_STATE_DIR": "/tmp/s",
+                           "WINNOW_DATABASE_URL": "postgres://x", "WINNOW_HEARTBEAT_MS": "100"]
+        let fromEnvironment = try ServiceOptions.parse([], environment: environment, defaultName: "teacher")
+        XCTAssertEqual(fromEnvironment.broker, "tcp://127.0.0.1:7000")
+        XCTAssertEqual(fromEnvironment.name, "teacher/j1/m0")
+        XCTAssertEqual(fromEnvironment.endpoint, "tcp://127.0.0.1:7001")
+        XCTAssertEqual(fromEnvironment.stateDir, "/tmp/s")
+        XCTAssertEqual(fromEnvironment.databaseURL, "postgres://x")
+        XCTAssertEqual(fromEnvironment.heartbeatMilliseconds, 100)
+        let flags = try ServiceOptions.parse(
+            ["--broker", "tcp://127.0.0.1:8000", "--name=teacher/j2/m1", "--heartbeat-ms", "250", "--database-url", "postgres://y"],
+            environment: environment, defaultName: "teacher")
+        XCTAssertEqual(flags.broker, "tcp://127.0.0.1:8000")
+        XCTAssertEqual(flags.name, "teacher/j2/m1")
+        XCTAssertEqual(flags.heartbeatMilliseconds, 250)
+        XCTAssertEqual(flags.databaseURL, "postgres://y")
+        XCTAssertEqual(flags.endpoint, "tcp://127.0.0.1:7001", "unset flags keep the environment's value")
+    }
+
+    func testBadCommandLinesNameTheFlag() {
+        XCTAssertThrowsError(try ServiceOptions.parse(["--bogus", "1"], environment: [:], defaultName: "x")) {
+            XCTAssertEqual($0 as? ServiceOptionsError, .unknownFlag("--bogus"))
+        }
+        XCTAssertThrowsError(try ServiceOptions.parse(["--broker"], environment: [:], defaultName: "x")) {
+            XCTAssertEqual($0 as? ServiceOptionsError, .missingValue(flag: "--broker"))
+        }
+        XCTAssertThrowsError(try ServiceOptions.parse(["--heartbeat-ms", "soon"], environment: [:], defaultName: "x")) {
+            XCTAssertEqual($0 as? ServiceOptionsError,
+                           .invalidValue(flag: "--heartbeat-ms", value: "soon", expected: "a positive integer"))
+        }
+        XCTAssertThrowsError(try ServiceOptions.parse([], environment: ["WINNOW_HEARTBEAT_MS": "-5"], defaultName: "x"))
+        XCTAssertThrowsError(try ServiceOptions.parse(["--help"], environment: [:], defaultName: "x")) {
+            XCTAssertEqual($0 as? ServiceOptionsError, .help)
+        }
+    }
+}
