@@ -39,7 +39,7 @@ struct ExperimentRobustness: ParsableCommand {
     @Option(help: "SASRec blocks (default: the protocol's 2).") var blocks: Int?
     @Option(help: "DSS: intentions K.") var interests: Int = 4
     @Option(help: "DSS: λ, fraction of seq2seq terms kept.") var lambda: Float = 0.5
-    @Option(help: "ATJT: weight α of the recogniser loss.") var alpha: Float = 1
+    @Option(help: "ATJT: weight α of the recogniser loss.") var alpha: Float = 10
     @Option(help: "ATJT: number of groups N.") var groups: Int = 2
     @Option(name: .customLong("recogniser-lr"), help: "ATJT: Adagrad learning rate of the recogniser.") var recogniserLR: Float = 0.01
     @Option(help: "Threads for BLAS and parallel loops.") var threads: Int = 1

@@ -19,8 +19,10 @@ import Training
 public struct ATJTConfig: Sendable, Equatable {
     /// Number of groups N (>= 2).
     public var groups = 2
-    /// Weight α of the recogniser's own loss.
-    public var alpha: Float = 1
+    /// Weight α of the recogniser's own loss. The recommender's loss alone drives w towards the
+    /// easiest (lowest-loss) sequences; α must be large enough to keep the recogniser a
+    /// recogniser (a smoke run collapsed with α = 1 and trained with α = 10: docs/METHODS-AUX.md).
+    public var alpha: Float = 10
     /// Items replaced in a noisy sequence (paper's Table 3: 1 is best).
     public var replaced = 1
     /// Whether the target (the click the recommender learns from) is always among the replaced

@@ -103,7 +103,7 @@ public struct RobustnessConfig {
     public var interests = 4
     public var lambda: Float = 0.5
     /// ATJT: α, groups, recogniser learning rate.
-    public var alpha: Float = 1
+    public var alpha: Float = 10
     public var groups = 2
     public var recogniserLearningRate: Float = 0.01
     public var log: ((String) -> Void)? = nil
@@ -166,6 +166,7 @@ public enum RobustnessTrainer {
         let model: Backbone
         var epochStep: (Int) throws -> Double
         var atjtWeigher: ATJTWeigher? = nil
+        var note = ""   // extra per-epoch log text (ATJT: weight statistics)
         let items = UnsafeMutablePointer<Int32>.allocate(capacity: B * T), lengths = UnsafeMutablePointer<Int32>.allocate(capacity: B)
         let targets = UnsafeMutablePointer<Int32>.allocate(capacity: B), ids = UnsafeMutablePointer<Int32>.allocate(capacity: B)
         defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); ids.deallocate() }
@@ -219,6 +220,12 @@ public enum RobustnessTrainer {
             }
             epochStep = { _ in
                 var sum = 0.0, count = 0
+                var wSum = 0.0, wSq = 0.0, wMin = Float.infinity, wMax = -Float.infinity, wN = 0
+                defer {
+                    let mean = wSum / Double(max(wN, 1))
+                    note = String(format: " w mean %.3f std %.3f min %.3f max %.3f, recogniser loss %.4f", mean,
+                                  (max(wSq / Double(max(wN, 1)) - mean * mean, 0)).squareRoot(), wMin, wMax, weigher.lastRecogniserLoss)
+                }
                 for g in 0..<batchers.count {
                     batchers[g].shuffle()
                     let members = weigher.partition.members[g]
@@ -227,6 +234,10 @@ public enum RobustnessTrainer {
                         for b in 0..<n { ids[b] = members[Int(ids[b])] }   // local -> global instance index
                         sum += try trainer.step(SequenceBatch(items: items, lengths: lengths, targets: targets, instances: ids, B: n, T: T), group: g)
                         count += 1
+                        for b in 0..<n {
+                            let w = trainer.weights[b]
+                            wSum += Double(w); wSq += Double(w) * Double(w); wMin = min(wMin, w); wMax = max(wMax, w); wN += 1
+                        }
                     }
                 }
                 return sum / Double(max(count, 1))
@@ -239,7 +250,7 @@ public enum RobustnessTrainer {
             epochs = e + 1
             let valid = evaluate(model, data: data, instances: split.validation, maxLength: T)
             let score = valid["ndcg@10"] ?? 0
-            cfg.log?("\(method.rawValue) corruption \(corruption) epoch \(e + 1): loss \(String(format: "%.4f", loss)) valid ndcg@10 \(String(format: "%.4f", score))")
+            cfg.log?("\(method.rawValue) corruption \(corruption) epoch \(e + 1): loss \(String(format: "%.4f", loss)) valid ndcg@10 \(String(format: "%.4f", score))\(note)")
             if score > bestScore { bestScore = score; bestEpoch = e + 1; bestValid = valid; best.copyValues(from: model.parameters) }
             else if e + 1 - bestEpoch >= cfg.patience { break }
         }
