@@ -70,6 +70,10 @@ let package = Package(
         .target(name: "Training", dependencies: ["Numerics", "Data", "Evaluation", "Models"],
                 path: "Shared/Training", swiftSettings: releaseSpeed),
 
+        // The five training methods, composable on any backbone (WSLRec, CSRec, UFNRec, DSS, ATJT).
+        .target(name: "Methods", dependencies: ["Numerics", "Models", "Data", "Evaluation", "Training"],
+                path: "Shared/Methods", swiftSettings: releaseSpeed),
+
         // Processes.
         .executableTarget(name: "broker", dependencies: ["BrokerKit", "ServiceKit"], path: "Services/Broker"),
         .executableTarget(name: "featurestore", dependencies: ["ServiceKit", "Postgres", "Store"], path: "Services/FeatureStore"),
@@ -79,6 +83,7 @@ let package = Package(
         .executableTarget(name: "retrieval", dependencies: ["ServiceKit"], path: "Services/Retrieval"),
         .executableTarget(name: "winnow",
                           dependencies: ["RPC", "ServiceKit", "Stack", "Training", "Data", "Evaluation", "Store", "Postgres",
+                                         "Methods", "Numerics",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                           path: "Services/Winnow"),
@@ -100,6 +105,8 @@ let package = Package(
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Numerics"], path: "Tests/ModelsTests"),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Models", "Data", "Evaluation", "Numerics"],
                     path: "Tests/TrainingTests"),
+        .testTarget(name: "MethodsTests", dependencies: ["Methods", "Training", "Models", "Data", "Evaluation", "Numerics"],
+                    path: "Tests/MethodsTests"),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,0 +1,308 @@
+// ATJT (atjt.md §3): a recommender trained with per-sequence weights from a noise recogniser that
+// is trained jointly, on a self-supervised task, on other sequences.
+//
+// - The training instances are split into N groups by user (seeded, balanced); recogniser g is
+//   trained only on the other groups' sequences and weighs only group g's (cross-fitting; the
+//   paper's N = 2 default; a recogniser never weighs what it was trained on).
+// - Recommender loss on a batch of group g:  L_R = Σ_b w_b ℓ_b / Σ_b w_b  (the official code's
+//   normalisation); ℓ_b is any backbone's per-sequence loss (here the full-softmax head's).
+// - Recogniser g's loss per recommender batch: L_R + α · (1/(N−1)) Σ_{j<N−1} L_D(b_j), where
+//   each b_j is a batch drawn from the other groups, half of its rows with r items replaced by
+//   uniformly random ones (label noisy = 0), the rest original (label clean = 1); L_D is the
+//   mean binary cross-entropy (Eq. 2). dL_R/dw_b = (ℓ_b − L_R) / Σ w reaches the recogniser
+//   through the weights. The recogniser learns with Adagrad, the recommender with Adam.
+import Numerics
+import Models
+import Data
+import Training
+
+public struct ATJTConfig: Sendable, Equatable {
+    /// Number of groups N (>= 2).
+    public var groups = 2
+    /// Weight α of the recogniser's own loss. The recommender's loss alone drives w towards the
+    /// easiest (lowest-loss) sequences; α must be large enough to keep the recogniser a
+    /// recogniser (a smoke run collapsed with α = 1 and trained with α = 10: docs/METHODS-AUX.md).
+    public var alpha: Float = 10
+    /// Items replaced in a noisy sequence (paper's Table 3: 1 is best).
+    public var replaced = 1
+    /// Whether the target (the click the recommender learns from) is always among the replaced
+    /// items; the other replaced items are history positions.
+    public var targetAlwaysReplaced = true
+    /// Fraction of a recogniser batch made noisy (paper: 1:1).
+    public var noisyFraction: Float = 0.5
+    /// Adagrad learning rate of the recogniser (paper's grid {0.1, 0.01, 0.001, 0.0001}).
+    public var recogniserLearningRate: Float = 0.01
+    /// Rows per recogniser batch.
+    public var recogniserBatch = 256
+    public var recogniser: NoiseRecogniserConfig
+    public var seed: UInt64 = 1
+    /// Keep the sets of instances each recogniser trained on and weighed (tests, audits).
+    public var audit = false
+
+    public init(itemCount: Int, maxLength: Int = 50) {
+        recogniser = NoiseRecogniserConfig(itemCount: itemCount)
+        recogniser.maxLength = maxLength
+    }
+}
+
+/// Balanced, seeded assignment of users to N groups, and the instances of each group.
+public struct GroupPartition: Sendable {
+    public let groups: Int
+    /// (U) group of each user.
+    public let userGroup: [Int32]
+    /// Instance indices (into the training `InstanceSet`) of each group, ascending.
+    public let members: [[Int32]]
+
+    public init(users: Int, instances: InstanceSet, groups: Int, seed: UInt64) {
+        precondition(groups >= 1, "at least one group")
+        var order = (0..<users).map { Int32($0) }
+        var rng = SplitMix64(seed: seed ^ 0xA7_17)
+        rng.shuffle(&order)
+        var ug = [Int32](repeating: 0, count: users)
+        for (k, u) in order.enumerated() { ug[Int(u)] = Int32(k % groups) }
+        var m = [[Int32]](repeating: [], count: groups)
+        for k in 0..<instances.count { m[Int(ug[Int(instances.users[k])])].append(Int32(k)) }
+        self.groups = groups; userGroup = ug; members = m
+    }
+
+    /// The instances of group g as an `InstanceSet` (its index k is `members[g][k]` globally).
+    public func instanceSet(_ g: Int, of instances: InstanceSet) -> InstanceSet {
+        InstanceSet(users: members[g].map { instances.users[Int($0)] }, positions: members[g].map { instances.positions[Int($0)] })
+    }
+}
+
+/// Writes instances `ids` as right-padded rows (as `Batcher` does): items (n, L), lengths, targets.
+public func fillInstanceRows(data: SequenceDataset, instances: InstanceSet, ids: UnsafePointer<Int32>, n: Int, maxLength L: Int,
+                             items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>,
+                             targets: UnsafeMutablePointer<Int32>) {
+    data.items.withUnsafeBufferPointer { all in
+        for b in 0..<n {
+            let k = Int(ids[b]), u = Int(instances.users[k])
+            let start = data.offsets[u], end = start + Int(instances.positions[k])
+            let lo = max(start, end - L), len = end - lo
+            let row = items + b * L
+            for t in 0..<L { row[t] = t < len ? all[lo + t] : 0 }
+            lengths[b] = Int32(len); targets[b] = all[end]
+        }
+    }
+}
+
+public enum ATJTNoise {
+    /// Makes the recogniser's self-supervised batch in place: exactly round(noisyFraction · B) rows,
+    /// chosen at random, get `replaced` items replaced by uniformly random different items and
+    /// label `NoiseLabel.noisy`; the other rows stay original with label `NoiseLabel.clean`.
+    /// With `targetAlwaysReplaced` the target is one of the replaced items and the others are
+    /// distinct history positions; otherwise all are distinct positions among history + target.
+    /// At most len + 1 items are replaced in a row. Needs itemCount >= 2.
+    public static func corrupt(items: UnsafeMutablePointer<Int32>, lengths: UnsafePointer<Int32>,
+                               targets: UnsafeMutablePointer<Int32>, labels: Floats, B: Int, T: Int,
+                               replaced r: Int, targetAlwaysReplaced: Bool, noisyFraction: Float,
+                               itemCount N: Int, rng: inout RNG) {
+        precondition(N >= 2 && r >= 1, "replacement needs two items and r >= 1")
+        let noisyRows = min(B, Int((noisyFraction * Float(B)).rounded()))
+        var rows = (0..<B).map { $0 }
+        rows.withUnsafeMutableBufferPointer { rng.shuffleIndices($0) }
+        for b in 0..<B { labels[b] = NoiseLabel.clean }
+        func draw(different old: Int32) -> Int32 {
+            while true { let v = Int32(1 + rng.index(below: N)); if v != old { return v } }
+        }
+        for q in 0..<noisyRows {
+            let b = rows[q], len = Int(lengths[b])
+            labels[b] = NoiseLabel.noisy
+            // candidate positions: 0..<len history, len = the target
+            var positions = Array(0...len)
+            var picked: [Int] = []
+            if targetAlwaysReplaced { picked.append(len); positions.removeLast() }
+            while picked.count < min(r, len + 1) {
+                let j = rng.index(below: positions.count)
+                picked.append(positions[j]); positions.swapAt(j, positions.count - 1); positions.removeLast()
+            }
+            for p in picked {
+                if p == len { targets[b] = draw(different: targets[b]) }
+                else { items[b * T + p] = draw(different: items[b * T + p]) }
+            }
+        }
+    }
+}
+
+/// ATJT's noise recognisers in process: one per group, each trained on the other groups.
+public final class ATJTWeigher: SequenceWeigher {
+    public let config: ATJTConfig
+    public let data: SequenceDataset
+    public let instances: InstanceSet
+    public let partition: GroupPartition
+    /// recognisers[g] weighs group g and is trained on every other group.
+    public let recognisers: [NoiseRecogniser]
+    private let optimizers: [Adagrad]
+    private var pools: [[Int32]]          // per g: the instances of the other groups (shuffled per pass)
+    private var cursors: [Int]
+    private var rng: RNG
+    private var pending: [Int?]
+    // recogniser batch buffers (recogniserBatch rows)
+    private let dItems: UnsafeMutablePointer<Int32>, dLengths: UnsafeMutablePointer<Int32>, dTargets: UnsafeMutablePointer<Int32>
+    private let dIds: UnsafeMutablePointer<Int32>, dLabels: Floats
+    /// With `config.audit`: the instances each recogniser was trained on, and those it weighed.
+    public private(set) var trainedOn: [Set<Int32>]
+    public private(set) var weighed: [Set<Int32>]
+    /// Mean of the recogniser losses L_D of the last feedback.
+    public private(set) var lastRecogniserLoss = 0.0
+
+    public var groups: Int { config.groups }
+
+    public init(config: ATJTConfig, data: SequenceDataset, instances: InstanceSet) {
+        precondition(config.groups >= 2, "ATJT needs at least two groups")
+        precondition(config.recogniser.itemCount == data.itemCount, "recogniser item count differs from the data's")
+        self.config = config; self.data = data; self.instances = instances
+        let partition = GroupPartition(users: data.userCount, instances: instances, groups: config.groups, seed: config.seed)
+        self.partition = partition
+        recognisers = (0..<config.groups).map { g in
+            var c = config.recogniser; c.seed = config.seed &+ UInt64(g) &* 7919
+            return NoiseRecogniser(c)
+        }
+        optimizers = recognisers.map { Adagrad(parameters: $0.parameters, learningRate: config.recogniserLearningRate) }
+        pools = (0..<config.groups).map { g in
+            (0..<config.groups).filter { $0 != g }.flatMap { partition.members[$0] }
+        }
+        cursors = [Int](repeating: 0, count: config.groups)
+        rng = RNG(seed: config.seed).derived(0xA7)
+        pending = [Int?](repeating: nil, count: config.groups)
+        let B = config.recogniserBatch, L = config.recogniser.maxLength
+        dItems = .allocate(capacity: B * L); dLengths = .allocate(capacity: B); dTargets = .allocate(capacity: B)
+        dIds = .allocate(capacity: B); dLabels = .allocate(capacity: B)
+        trainedOn = [Set<Int32>](repeating: [], count: config.groups)
+        weighed = [Set<Int32>](repeating: [], count: config.groups)
+    }
+
+    deinit {
+        dItems.deallocate(); dLengths.deallocate(); dTargets.deallocate(); dIds.deallocate(); dLabels.deallocate()
+    }
+
+    public func group(ofInstance instance: Int) -> Int { Int(partition.userGroup[Int(instances.users[instance])]) }
+
+    public func weigh(_ batch: SequenceBatch, group g: Int, weights: Floats) throws {
+        guard g >= 0 && g < groups else { throw SequenceWeigherError.unknownGroup(g, groups: groups) }
+        precondition(batch.T == config.recogniser.maxLength, "batch width differs from the recogniser's maxLength")
+        for b in 0..<batch.B {
+            let k = Int(batch.instances[b]), actual = group(ofInstance: k)
+            guard actual == g else { throw SequenceWeigherError.wrongGroup(instance: k, said: g, actual: actual) }
+        }
+        let w = recognisers[g].forward(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: batch.B, training: true)
+        weights.update(from: w, count: batch.B)
+        pending[g] = batch.B
+        if config.audit { for b in 0..<batch.B { weighed[g].insert(batch.instances[b]) } }
+    }
+
+    public func feedback(dWeights: UnsafePointer<Float>, B: Int, group g: Int) throws {
+        guard g >= 0 && g < groups else { throw SequenceWeigherError.unknownGroup(g, groups: groups) }
+        guard pending[g] == B else { throw SequenceWeigherError.feedbackWithoutWeigh(group: g, rows: B) }
+        pending[g] = nil
+        let rec = recognisers[g]
+        rec.parameters.zeroGrad()
+        rec.backward(dWeights: dWeights)                 // L_R through w (last forward = the weighed batch)
+        var lossSum = 0.0
+        let steps = groups - 1
+        if config.alpha != 0 {
+            for _ in 0..<steps {
+                let n = drawRecogniserBatch(g)
+                rec.forward(items: dItems, lengths: dLengths, targets: dTargets, B: n, training: true)
+                lossSum += rec.binaryCrossEntropy(labels: dLabels, scale: config.alpha / Float(steps) / Float(n), backward: true)
+            }
+        }
+        lastRecogniserLoss = config.alpha != 0 ? lossSum / Double(config.alpha) : 0
+        optimizers[g].update()
+    }
+
+    /// Fills the recogniser batch for recogniser g from the other groups; returns its rows.
+    private func drawRecogniserBatch(_ g: Int) -> Int {
+        let B = config.recogniserBatch, L = config.recogniser.maxLength
+        let pool = pools[g]
+        precondition(!pool.isEmpty, "group \(g) has no other-group instances to train its recogniser on")
+        let n = min(B, pool.count)
+        for b in 0..<n {
+            if cursors[g] == 0 {
+                // a new pass over the pool in a fresh order
+                pools[g].withUnsafeMutableBufferPointer { rng.shuffleIndices($0) }
+            }
+            dIds[b] = pools[g][cursors[g]]
+            cursors[g] = (cursors[g] + 1) % pools[g].count
+        }
+        fillInstanceRows(data: data, instances: instances, ids: dIds, n: n, maxLength: L, items: dItems, lengths: dLengths, targets: dTargets)
+        if config.audit { for b in 0..<n { trainedOn[g].insert(dIds[b]) } }
+        ATJTNoise.corrupt(items: dItems, lengths: dLengths, targets: dTargets, labels: dLabels, B: n, T: L,
+                          replaced: config.replaced, targetAlwaysReplaced: config.targetAlwaysReplaced,
+                          noisyFraction: config.noisyFraction, itemCount: data.itemCount, rng: &rng)
+        return n
+    }
+
+    /// Weights of arbitrary instances by the recogniser of each instance's group, without
+    /// dropout and without learning (evaluation: AUC against known noise).
+    public func evaluate(ids: [Int32], batch: Int = 256) -> [Float] {
+        let L = config.recogniser.maxLength
+        var out = [Float](repeating: 0, count: ids.count)
+        let items = UnsafeMutablePointer<Int32>.allocate(capacity: batch * L), lengths = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
+        let targets = UnsafeMutablePointer<Int32>.allocate(capacity: batch), sel = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
+        defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); sel.deallocate() }
+        for g in 0..<groups {
+            let mine = ids.indices.filter { group(ofInstance: Int(ids[$0])) == g }
+            var start = 0
+            while start < mine.count {
+                let n = min(batch, mine.count - start)
+                for b in 0..<n { sel[b] = ids[mine[start + b]] }
+                fillInstanceRows(data: data, instances: instances, ids: sel, n: n, maxLength: L, items: items, lengths: lengths, targets: targets)
+                let w = recognisers[g].forward(items: items, lengths: lengths, targets: targets, B: n, training: false)
+                for b in 0..<n { out[mine[start + b]] = w[b] }
+                start += n
+            }
+        }
+        return out
+    }
+}
+
+/// The recommender side of ATJT: one Adam step on Σ w ℓ / Σ w with w from a `SequenceWeigher`,
+/// then dL/dw back to the weigher. Works with any backbone (full-softmax head, K >= 1).
+public final class ATJTTrainer {
+    public let model: Backbone
+    public let optimizer: Adam
+    public let weigher: SequenceWeigher
+    private let head: FullSoftmaxHead
+    private let w: Floats, dW: Floats
+    private let capacity: Int
+
+    public init(model: Backbone, weigher: SequenceWeigher, learningRate: Float = 1e-3, maxBatch: Int = 256) {
+        self.model = model; self.weigher = weigher
+        optimizer = Adam(parameters: model.parameters, learningRate: learningRate)
+        head = FullSoftmaxHead(itemCount: model.itemCount, dim: model.dim, interests: model.interests)
+        capacity = maxBatch
+        w = .allocate(capacity: maxBatch); dW = .allocate(capacity: maxBatch)
+    }
+
+    deinit { w.deallocate(); dW.deallocate() }
+
+    /// The weights of the last step (B).
+    public var weights: UnsafePointer<Float> { UnsafePointer(w) }
+    /// Per-sequence losses ℓ (B) of the last step.
+    public var losses: UnsafePointer<Float> { UnsafePointer(head.losses) }
+
+    /// One joint step on a batch of group `group`; returns L_R = Σ w ℓ / Σ w.
+    @discardableResult
+    public func step(_ batch: SequenceBatch, group: Int) throws -> Double {
+        let B = batch.B
+        precondition(B <= capacity, "batch larger than the trainer's maxBatch")
+        try weigher.weigh(batch, group: group, weights: w)
+        var sum: Float = 0
+        for b in 0..<B { sum += w[b] }
+        let S = max(sum, 1e-12)
+        let ps = model.parameters
+        ps.zeroGrad()
+        let user = model.forward(items: batch.items, lengths: batch.lengths, B: B, training: true)
+        let loss = head.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, targets: batch.targets,
+                                     weights: w, scale: 1 / S, B: B)
+        model.backward(dUser: head.dUser)
+        optimizer.update()
+        // dL_R/dw_b = (ℓ_b − L_R) / Σ w
+        let l = head.losses!
+        for b in 0..<B { dW[b] = (l[b] - Float(loss)) / S }
+        try weigher.feedback(dWeights: dW, B: B, group: group)
+        return loss
+    }
+}

@@ -1,0 +1,240 @@
+// DSS (dss.md §3.2): seq2item training with max over intentions plus latent seq2seq
+// self-supervision against the encoded *reversed* future, keeping only the ⌈λ·B·K⌉ most
+// confident (smallest-loss) seq2seq terms.
+//
+//   seq2item (Eq. 6):  ℓ_b = −max_k s(b, k, y_b) + log Σ_{j ∈ cand} Σ_k exp s(b, k, j),
+//                      s(b, k, j) = h_j · φ_k(x_b) / τ; candidates = all N items (default, as the
+//                      protocol's full softmax) or the batch's targets (the paper's in-batch form)
+//   seq2seq (Eq. 3):   ℓ_{b,k} = −log softmax_{(b', k')}( ψ_{k'}(x_b') · φ_k(x_b) / τ )[(b, k)],
+//                      ψ = the encoder on the reversed future with the label β set
+//   (Eq. 4):           L_s2s = Σ over the ⌈λ·B·K⌉ smallest ℓ_{b,k}
+//   L = (L_s2i + w_s2s · L_s2s) / B  (both as sums over the batch, as Eq. 7, divided by B)
+// τ = √D as the paper. The future of a training instance (u, t) is the rest of u's *training*
+// sequence from t on (the next item included), never validation or test items; reversed, it is
+// truncated to the maxLength items nearest to t.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Numerics
+import Models
+import Data
+
+public struct DSSConfig: Sendable, Equatable {
+    public enum Candidates: String, Sendable, Codable, CaseIterable {
+        /// All N items (the protocol's full softmax, max over K in the numerator).
+        case full
+        /// The batch's targets (the paper's Eq. 6 as printed).
+        case inBatch
+    }
+    /// How seq2item and seq2seq are scheduled.
+    public enum Schedule: Sendable, Equatable {
+        /// Both losses on every batch (the paper).
+        case joint
+        /// seq2seq alone for `pretrainEpochs` epochs, then seq2item alone (the public ports).
+        case pretrainThenFinetune(pretrainEpochs: Int)
+    }
+    /// λ ∈ [0, 1]: the fraction of seq2seq terms kept (the paper's grid 0.05, 0.10, …, 1.0).
+    public var lambda: Float = 0.5
+    public var seq2seqWeight: Float = 1
+    public var candidates: Candidates = .full
+    public var schedule: Schedule = .joint
+    public var learningRate: Float = 1e-3
+    public var encoder: DSSEncoderConfig
+
+    public init(itemCount: Int) { encoder = DSSEncoderConfig(itemCount: itemCount) }
+}
+
+public enum DSSLoss {
+    /// The number of seq2seq terms kept: ⌈λ · B · K⌉ (clamped to 0...B·K). λ is a float32, so a
+    /// product within 1e-6 of an integer counts as that integer (0.1 · 30 keeps 3, not 4).
+    public static func keptCount(lambda: Float, B: Int, K: Int) -> Int {
+        let n = (Double(lambda) * Double(B * K) - 1e-6).rounded(.up)
+        return min(B * K, max(0, Int(n)))
+    }
+
+    /// Writes mask[i] = 1 for exactly `keep` terms with the smallest losses (ties to the lower
+    /// index), 0 for the rest; returns the threshold τ (the largest kept loss, or −∞).
+    @discardableResult
+    public static func selectSmallest(losses: UnsafePointer<Float>, count n: Int, keep: Int, mask: Floats) -> Float {
+        var order = Array(0..<n)
+        order.sort { losses[$0] < losses[$1] || (losses[$0] == losses[$1] && $0 < $1) }
+        mask.update(repeating: 0, count: n)
+        var tau = -Float.infinity
+        for i in order.prefix(keep) { mask[i] = 1; tau = max(tau, losses[i]) }
+        return tau
+    }
+
+    /// Eq. 6 over M candidates: user (B, K, C), cand (M, C), positive column pos[b] ∈ 0..<M.
+    /// losses (B) gets ℓ_b; the gradient of scale · Σ ℓ_b accumulates into dUser (B, K, C) and
+    /// dCand (M, C). logits is a (B, K, M) work buffer. Returns scale · Σ ℓ_b.
+    @discardableResult
+    public static func seq2item(losses: Floats, dUser: Floats?, dCand: Floats?, user: UnsafePointer<Float>, cand: UnsafePointer<Float>,
+                                pos: UnsafePointer<Int32>, logits: Floats, temperature: Float, scale: Float,
+                                B: Int, K: Int, C: Int, M: Int) -> Double {
+        let inv = 1 / temperature
+        sgemm(transB: true, M: B * K, N: M, K: C, alpha: inv, A: user, lda: C, B: cand, ldb: C, C: logits, ldc: M)
+        var total = 0.0
+        for b in 0..<B {
+            let row = logits + b * K * M, y = Int(pos[b])
+            var mx = -Float.infinity
+            for i in 0..<(K * M) { mx = max(mx, row[i]) }
+            var s: Float = 0
+            for i in 0..<(K * M) { s += expf(row[i] - mx) }
+            let lse = mx + logf(s)
+            var best = 0
+            for k in 1..<K where row[k * M + y] > row[best * M + y] { best = k }
+            losses[b] = lse - row[best * M + y]
+            total += Double(losses[b])
+            // gradient on the logits: softmax over (k, j) − onehot(best, y)
+            for i in 0..<(K * M) { row[i] = expf(row[i] - lse) * scale }
+            row[best * M + y] -= scale
+        }
+        if let dUser { sgemm(M: B * K, N: C, K: M, alpha: inv, A: logits, lda: M, B: cand, ldb: C, beta: 1, C: dUser, ldc: C) }
+        if let dCand { sgemm(transA: true, M: M, N: C, K: B * K, alpha: inv, A: logits, lda: M, B: user, ldb: C, beta: 1, C: dCand, ldc: C) }
+        return total * Double(scale)
+    }
+
+    /// Eq. 3–4: φ (B, K, C) inputs, ψ (B, K, C) encoded reversed futures. Keeps the
+    /// ⌈λ·B·K⌉ smallest terms (mask (B·K) says which) and accumulates the gradient of
+    /// scale · Σ_kept ℓ into dPhi, dPsi. losses (B·K); scores is a (B·K, B·K) work buffer.
+    /// Returns scale · Σ_kept ℓ.
+    @discardableResult
+    public static func seq2seq(losses: Floats, mask: Floats, dPhi: Floats?, dPsi: Floats?, phi: UnsafePointer<Float>, psi: UnsafePointer<Float>,
+                               scores: Floats, temperature: Float, lambda: Float, scale: Float, B: Int, K: Int, C: Int) -> Double {
+        let n = B * K
+        inBatchSoftmax(losses: losses, da: nil, db: nil, a: phi, bm: psi, scores: scores, temperature: temperature,
+                       weights: nil, scale: 1, B: n, C: C)
+        selectSmallest(losses: losses, count: n, keep: keptCount(lambda: lambda, B: B, K: K), mask: mask)
+        return inBatchSoftmax(losses: losses, da: dPhi, db: dPsi, a: phi, bm: psi, scores: scores, temperature: temperature,
+                              weights: mask, scale: scale, B: n, C: C)
+    }
+}
+
+/// Reversed futures of training instances.
+public struct DSSFutures: Sendable {
+    /// (U) end of each user's training part: 1 + the largest training position (0 = no instance).
+    public let trainEnd: [Int32]
+
+    /// Every instance of `instances` (the training set) lies within its user's training part.
+    public init(users: Int, instances: InstanceSet) {
+        var e = [Int32](repeating: 0, count: users)
+        for k in 0..<instances.count {
+            let u = Int(instances.users[k])
+            e[u] = max(e[u], instances.positions[k] + 1)
+        }
+        trainEnd = e
+    }
+
+    /// Writes the reversed future of instance `k` as a right-padded row of width L:
+    /// [s[m−1], s[m−2], …, s[p]] with p = its position and m = min(trainEnd, p + L). Returns its length.
+    @discardableResult
+    public func fillReversed(instance k: Int, data: SequenceDataset, instances: InstanceSet, maxLength L: Int,
+                             row: UnsafeMutablePointer<Int32>) -> Int {
+        let u = Int(instances.users[k]), p = Int(instances.positions[k])
+        let base = data.offsets[u]
+        let m = min(Int(trainEnd[u]), p + L)
+        let len = m - p
+        precondition(len >= 1, "instance \(k) has no future inside the training part")
+        for t in 0..<L { row[t] = t < len ? data.items[base + m - 1 - t] : 0 }
+        return len
+    }
+}
+
+/// One DSS optimisation step per batch (forward of inputs and reversed futures together,
+/// both losses, backward, Adam).
+public final class DSSTrainer {
+    public let config: DSSConfig
+    public let model: DSSEncoder
+    public let optimizer: Adam
+    public let futures: DSSFutures
+    public let data: SequenceDataset
+    public let instances: InstanceSet
+    /// Which losses the next steps use (`.joint`, or the two phases of pre-train-then-fine-tune).
+    public enum Phase: Sendable { case joint, pretrain, finetune }
+    public var phase: Phase
+    private let capacity: Int
+    private let items2: UnsafeMutablePointer<Int32>, lengths2: UnsafeMutablePointer<Int32>
+    private let posCol: UnsafeMutablePointer<Int32>
+    private let slab: Slab
+    /// Losses of the last step, divided by B: seq2item and seq2seq (kept terms).
+    public private(set) var lastSeq2Item = 0.0, lastSeq2Seq = 0.0
+
+    public init(config: DSSConfig, data: SequenceDataset, instances: InstanceSet, maxBatch: Int = 256) {
+        self.config = config; self.data = data; self.instances = instances
+        model = DSSEncoder(config.encoder)
+        optimizer = Adam(parameters: model.parameters, learningRate: config.learningRate)
+        futures = DSSFutures(users: data.userCount, instances: instances)
+        if case .pretrainThenFinetune = config.schedule { phase = .pretrain } else { phase = .joint }
+        capacity = maxBatch
+        let B = maxBatch, T = config.encoder.maxLength, K = config.encoder.interests, C = config.encoder.dim, N = config.encoder.itemCount
+        let M = config.candidates == .full ? N : B
+        items2 = .allocate(capacity: 2 * B * T); lengths2 = .allocate(capacity: 2 * B); posCol = .allocate(capacity: B)
+        // dOut (2B, K, C) | s2i losses (B) | logits (B, K, M) | cand (B, C) | dCand (B, C) | s2s losses (BK) | mask (BK) | scores (BK)²
+        slab = Slab([2 * B * K * C, B, B * K * M, B * C, B * C, B * K, B * K, B * K * B * K])
+    }
+
+    deinit { items2.deallocate(); lengths2.deallocate(); posCol.deallocate() }
+
+    /// Updates the phase for `epoch` (0-based) under the configured schedule.
+    public func beginEpoch(_ epoch: Int) {
+        switch config.schedule {
+        case .joint: phase = .joint
+        case .pretrainThenFinetune(let e): phase = epoch < e ? .pretrain : .finetune
+        }
+    }
+
+    /// One step on a batch (instances must index `instances`); returns the batch loss.
+    @discardableResult
+    public func step(_ batch: SequenceBatch) -> Double {
+        let B = batch.B, T = batch.T, K = config.encoder.interests, C = config.encoder.dim, N = config.encoder.itemCount
+        precondition(B <= capacity && T == config.encoder.maxLength, "batch exceeds the trainer's shape")
+        let useS2S = phase != .finetune, useS2I = phase != .pretrain
+        items2.update(from: batch.items, count: B * T)
+        lengths2.update(from: batch.lengths, count: B)
+        if useS2S {
+            for b in 0..<B {
+                lengths2[B + b] = Int32(futures.fillReversed(instance: Int(batch.instances[b]), data: data, instances: instances,
+                                                             maxLength: T, row: items2 + (B + b) * T))
+            }
+        }
+        let rows = useS2S ? 2 * B : B
+        let ps = model.parameters
+        ps.zeroGrad()
+        let out = model.forward(items: items2, lengths: lengths2, labelFrom: B, B: rows, training: true)
+        let v = slab.views
+        let dOut = v[0]
+        dOut.update(repeating: 0, count: rows * K * C)
+        let tau = Float(C).squareRoot(), scale = 1 / Float(B)
+        var s2i = 0.0, s2s = 0.0
+        if useS2I {
+            switch config.candidates {
+            case .full:
+                for b in 0..<B { posCol[b] = batch.targets[b] - 1 }
+                s2i = DSSLoss.seq2item(losses: v[1], dUser: dOut, dCand: model.itemTableGrad + C, user: out, cand: model.itemTable + C,
+                                       pos: posCol, logits: v[2], temperature: tau, scale: scale, B: B, K: K, C: C, M: N)
+            case .inBatch:
+                let cand = v[3], dCand = v[4]
+                for b in 0..<B {
+                    (cand + b * C).update(from: model.itemTable + Int(batch.targets[b]) * C, count: C)
+                    posCol[b] = Int32(b)
+                }
+                dCand.update(repeating: 0, count: B * C)
+                s2i = DSSLoss.seq2item(losses: v[1], dUser: dOut, dCand: dCand, user: out, cand: cand, pos: posCol, logits: v[2],
+                                       temperature: tau, scale: scale, B: B, K: K, C: C, M: B)
+                let g = model.itemTableGrad
+                for b in 0..<B { addInPlace(g + Int(batch.targets[b]) * C, dCand + b * C, C) }
+            }
+        }
+        if useS2S {
+            s2s = DSSLoss.seq2seq(losses: v[5], mask: v[6], dPhi: dOut, dPsi: dOut + B * K * C, phi: out, psi: out + B * K * C,
+                                  scores: v[7], temperature: tau, lambda: config.lambda, scale: scale * config.seq2seqWeight,
+                                  B: B, K: K, C: C)
+        }
+        model.backward(dUser: dOut)
+        optimizer.update()
+        lastSeq2Item = s2i; lastSeq2Seq = s2s
+        return s2i + s2s
+    }
+}
