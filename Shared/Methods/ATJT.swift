@@ -101,10 +101,10 @@ public enum ATJTNoise {
         precondition(N >= 2 && r >= 1, "replacement needs two items and r >= 1")
         let noisyRows = min(B, Int((noisyFraction * Float(B)).rounded()))
         var rows = (0..<B).map { $0 }
-        rows.withUnsafeMutableBufferPointer { rng.shuffleIndices($0) }
+        rows.withUnsafeMutableBufferPointer { rng.shuffle($0) }
         for b in 0..<B { labels[b] = NoiseLabel.clean }
         func draw(different old: Int32) -> Int32 {
-            while true { let v = Int32(1 + rng.index(below: N)); if v != old { return v } }
+            while true { let v = Int32(1 + rng.below( N)); if v != old { return v } }
         }
         for q in 0..<noisyRows {
             let b = rows[q], len = Int(lengths[b])
@@ -114,7 +114,7 @@ public enum ATJTNoise {
             var picked: [Int] = []
             if targetAlwaysReplaced { picked.append(len); positions.removeLast() }
             while picked.count < min(r, len + 1) {
-                let j = rng.index(below: positions.count)
+                let j = rng.below( positions.count)
                 picked.append(positions[j]); positions.swapAt(j, positions.count - 1); positions.removeLast()
             }
             for p in picked {
@@ -221,7 +221,7 @@ public final class ATJTWeigher: SequenceWeigher {
         for b in 0..<n {
             if cursors[g] == 0 {
                 // a new pass over the pool in a fresh order
-                pools[g].withUnsafeMutableBufferPointer { rng.shuffleIndices($0) }
+                pools[g].withUnsafeMutableBufferPointer { rng.shuffle($0) }
             }
             dIds[b] = pools[g][cursors[g]]
             cursors[g] = (cursors[g] + 1) % pools[g].count

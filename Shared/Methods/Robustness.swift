@@ -29,13 +29,13 @@ public enum RobustnessData {
             for t in 0..<end { positions.append(data.offsets[u] + t) }
         }
         var rng = RNG(seed: seed).derived(0xC0)
-        positions.withUnsafeMutableBufferPointer { rng.shuffleIndices($0) }
+        positions.withUnsafeMutableBufferPointer { rng.shuffle($0) }
         let count = Int((fraction * Double(positions.count)).rounded())
         var items = data.items, flags = [Bool](repeating: false, count: items.count)
         if data.itemCount >= 2 {
             for p in positions.prefix(count) {
                 var v: Int32
-                repeat { v = Int32(1 + rng.index(below: data.itemCount)) } while v == items[p]
+                repeat { v = Int32(1 + rng.below( data.itemCount)) } while v == items[p]
                 items[p] = v; flags[p] = true
             }
         }

@@ -85,18 +85,3 @@ public final class ConstantWeigher: SequenceWeigher {
         feedbackCalls += 1
     }
 }
-
-// Numerics' `RNG.below(n)` parses as `(next() >> 32) &* (UInt64(n) >> 32)` (shifts bind tighter
-// than `&*` in Swift) and returns 0 for every n < 2³²; its `shuffle` inherits that. The methods
-// draw indices through these until Numerics is fixed.
-extension RNG {
-    /// Uniform integer in 0..<n (n > 0): the high word of a 64×64-bit product.
-    @inline(__always)
-    mutating func index(below n: Int) -> Int { Int(next().multipliedFullWidth(by: UInt64(n)).high) }
-
-    /// Fisher–Yates shuffle drawing through `index(below:)`.
-    mutating func shuffleIndices<T>(_ a: UnsafeMutableBufferPointer<T>) {
-        var i = a.count - 1
-        while i > 0 { let j = index(below: i + 1); a.swapAt(i, j); i -= 1 }
-    }
-}
