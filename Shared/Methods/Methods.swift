@@ -1,1 +1,0 @@
-// Methods — placeholder replaced as the library grows.
