@@ -279,8 +279,16 @@ public enum CSRecTeachers {
     public static func build(_ config: CSRecConfig, kind: ModelKind, loop: LabelLoop, instances: InstanceSet,
                              validate: ModelEvaluation?, seed: UInt64) throws -> ModelSoftLabelSource {
         let N = loop.data.itemCount, T = loop.config.maxLength
+        return try build(config, make: { kind.make(itemCount: N, maxLength: T, seed: $0) }, loop: loop, instances: instances,
+                         validate: validate, seed: seed)
+    }
+
+    /// The same with any backbone factory (`make(seed)`).
+    public static func build(_ config: CSRecConfig, make: (UInt64) -> Backbone, loop: LabelLoop, instances: InstanceSet,
+                             validate: ModelEvaluation?, seed: UInt64) throws -> ModelSoftLabelSource {
+        let N = loop.data.itemCount
         func trained(_ s: UInt64, on set: InstanceSet, objective: LabelObjective = CrossEntropyObjective()) throws -> Backbone {
-            let g = kind.make(itemCount: N, maxLength: T, seed: s)
+            let g = make(s)
             let sub = LabelLoop(data: loop.data, config: { var c = loop.config; c.seed = s; return c }())
             sub.progress = loop.progress.map { p in { p("  teacher \(s): \($0)") } }
             try sub.fit(model: g, instances: set, objective: objective, validate: validate)

@@ -161,7 +161,7 @@ public final class UFNRecObjective: LabelObjective {
             var guardCount = 0
             while negs.count < n && guardCount < 20 * n {
                 guardCount += 1
-                let i = Int32(1 + rng.below(N))
+                let i = Int32(1 + uniformBelow(N, &rng))
                 if i == pos || rev.contains(i) || !taken.insert(i).inserted { continue }
                 negs.append(i)
             }
@@ -196,4 +196,10 @@ public final class UFNRecObjective: LabelObjective {
         }
         return total * Double(scale)
     }
+}
+
+/// Uniform in 0..<n from the top 32 bits (multiply-shift). `RNG.below` in Numerics parses as
+/// `x &* (n >> 32)` (shift binds tighter than `&*`) and returns 0; this is the intended formula.
+@inline(__always) func uniformBelow(_ n: Int, _ rng: inout RNG) -> Int {
+    Int(((rng.next() >> 32) &* UInt64(n)) >> 32)
 }

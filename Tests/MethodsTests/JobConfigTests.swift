@@ -1,0 +1,66 @@
+import XCTest
+import Foundation
+import Data
+import Training
+@testable import Methods
+
+final class JobConfigTests: XCTestCase {
+    func testParsesAJobWithComposedMethodsAndDefaults() throws {
+        let json = """
+        {"backbone": "gru4rec", "protocol": "user_split",
+         "loop": {"max_epochs": 3, "seed": 2, "select_metric": "recall@50"},
+         "methods": {"wslrec": {"sources": ["br"]}, "csrec": {"teachers": "data", "temperature": 6,
+                     "direction": "model_to_target"}}}
+        """
+        let job = try JobConfig.parse(Data(json.utf8))
+        XCTAssertEqual(job.backbone, .gru4rec)
+        XCTAssertEqual(job.protocol, .userSplit)
+        XCTAssertEqual(job.loop.maxEpochs, 3)
+        XCTAssertEqual(job.loop.patience, 10)
+        XCTAssertEqual(job.methods.wslrec?.sources, [.br])
+        XCTAssertEqual(job.methods.wslrec?.miningK, 20)
+        XCTAssertEqual(job.methods.csrec?.teachers, .data)
+        XCTAssertEqual(job.methods.csrec?.p, 0.8)
+        XCTAssertEqual(job.methods.csrec?.direction, .modelToTarget)
+        XCTAssertNil(job.methods.ufnrec)
+        XCTAssertEqual(job.methods.name, "WSLRec+CSRec-D")
+        XCTAssertEqual(try JobConfig.parse(Data(#"{"backbone": "sasrec"}"#.utf8)).methods.name, "base")
+        XCTAssertEqual(UFNRecConfig(), try JSONDecoder().decode(UFNRecConfig.self, from: Data("{}".utf8)))
+    }
+
+    func testBadJobsNameTheKey() {
+        func message(_ json: String) -> String {
+            do { _ = try JobConfig.parse(Data(json.utf8), path: "job.yaml"); return "" } catch { return "\(error)" }
+        }
+        XCTAssertTrue(message(#"{"backbone": "bert"}"#).contains("backbone"))
+        XCTAssertTrue(message(#"{"protocol": "loo"}"#).contains("backbone"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"csrec": {"beta": 2}}}"#).contains("csrec.beta"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"csrec": {"m": 1}}}"#).contains("csrec.m"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"wslrec": {}, "ufnrec": {}}}"#).contains("cannot be composed"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "loop": {"max_epochs": "x"}}"#).contains("loop.max_epochs"))
+        XCTAssertTrue(message("backbone: sasrec").contains("job.yaml"))
+    }
+
+    func testRunsAComposedJobUnderEachProtocol() throws {
+        let data = cyclicDataset(users: 40, items: 20, length: 12)
+        var job = JobConfig(backbone: .gru4rec)
+        job.loop.maxEpochs = 2; job.loop.maxLength = 8; job.loop.batchSize = 64
+        var w = WSLRecConfig(); w.weakK = 3; w.miningK = 5
+        var c = CSRecConfig(); c.m = 2
+        job.methods = JobMethods(wslrec: w, csrec: c)
+        let r = try JobRunner.run(job, data: data)
+        XCTAssertEqual(r.method, "WSLRec+CSRec-M")
+        XCTAssertEqual(r.model, "GRU4Rec")
+        XCTAssertNotNil(r.test["ndcg@10"]); XCTAssertNotNil(r.valid["mrr@10"])
+        XCTAssertEqual(Set(r.stages.keys), ["pretrain", "final"])
+        let encoded = try JSONEncoder().encode(r)
+        let object = try JSONSerialization.jsonObject(with: encoded) as! [String: Any]
+        for key in ["model", "seed", "epochs", "best_epoch", "valid", "test", "seconds"] { XCTAssertNotNil(object[key], key) }
+
+        job.protocol = .userSplit; job.loop.selectMetric = "recall@50"
+        job.methods = JobMethods(wslrec: w)
+        let s = try JobRunner.run(job, data: data)
+        XCTAssertEqual(s.protocol, "user_split")
+        XCTAssertNotNil(s.test["recall@50"]); XCTAssertNotNil(s.test["f1@20"])
+    }
+}
