@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(name: "trainer", dependencies: ["ServiceKit"], path: "Services/Trainer"),
         .executableTarget(name: "retrieval", dependencies: ["ServiceKit"], path: "Services/Retrieval"),
         .executableTarget(name: "winnow",
-                          dependencies: ["RPC", "ServiceKit", "Stack", "Training", "Data", "Evaluation",
+                          dependencies: ["RPC", "ServiceKit", "Stack", "Training", "Data", "Evaluation", "Methods", "Numerics",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                           path: "Services/Winnow"),

@@ -6,6 +6,6 @@ struct WinnowCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "winnow",
         abstract: "Train sequential recommenders on noisy implicit feedback and serve them.",
-        subcommands: [Call.self, Status.self, Synth.self, Bench.self]
+        subcommands: [Call.self, Status.self, Synth.self, Bench.self, Experiment.self]
     )
 }

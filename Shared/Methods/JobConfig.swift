@@ -133,7 +133,7 @@ public struct JobResult: Codable, Sendable {
     public var test: [String: Double]
     public var seconds: Double
     public var `protocol`: String
-    /// Seconds spent on teachers / pre-training before the final model's fit.
+    /// Seconds spent training CSRec teachers (included in `seconds`).
     public var teacherSeconds: Double
     /// Per stage: name → fit.
     public var stages: [String: FitResult]
@@ -144,9 +144,28 @@ public struct JobResult: Codable, Sendable {
     }
 }
 
+/// Trained CSRec teacher modules kept across jobs that share them (a hyper-parameter grid over
+/// β and τ reuses one module: those only change the student).
+public final class TeacherCache {
+    private var sources: [String: (source: ModelSoftLabelSource, seconds: Double)] = [:]
+    public init() {}
+    /// What identifies a teacher module: everything its training depends on.
+    static func key(_ job: JobConfig, _ c: CSRecConfig) -> String {
+        var k = "\(job.backbone.rawValue)|\(job.protocol.rawValue)|\(job.splitSeed)|\(c.teachers.rawValue)|m\(c.m)|p\(c.p)"
+        if c.teachers == .training { k += "|a\(c.alpha)|r\(c.noiseRank)" }
+        let l = job.loop
+        return k + "|\(l.maxEpochs)|\(l.patience)|\(l.batchSize)|\(l.maxLength)|\(l.learningRate)|\(l.seed)|\(l.selectMetric)"
+    }
+    func get(_ key: String) -> (source: ModelSoftLabelSource, seconds: Double)? { sources[key] }
+    func put(_ key: String, _ value: (source: ModelSoftLabelSource, seconds: Double)) { sources[key] = value }
+}
+
 /// Runs a job in this process.
 public enum JobRunner {
-    public static func run(_ job: JobConfig, data: SequenceDataset, progress: ((String) -> Void)? = nil) throws -> JobResult {
+    /// Runs `job`; CSRec teachers come from `cache` when it holds them (their training time is
+    /// still reported in `teacher_seconds`, as measured when they were built).
+    public static func run(_ job: JobConfig, data: SequenceDataset, cache: TeacherCache? = nil,
+                           progress: ((String) -> Void)? = nil) throws -> JobResult {
         try job.validate()
         let start = Date()
         let T = job.loop.maxLength, seed = job.loop.seed
@@ -173,11 +192,20 @@ public enum JobRunner {
         var stages: [String: FitResult] = [:]
         // Teachers first (CSRec).
         var source: SoftLabelSource? = nil
+        var teacherSeconds = 0.0
         if let c = job.methods.csrec {
-            progress?("CSRec: training \(c.teachers.rawValue)-level teachers")
-            source = try CSRecTeachers.build(c, kind: job.backbone, loop: loop, instances: train, validate: validate, seed: seed)
+            let key = TeacherCache.key(job, c)
+            if let hit = cache?.get(key) {
+                source = hit.source; teacherSeconds = hit.seconds
+            } else {
+                progress?("CSRec: training \(c.teachers.rawValue)-level teachers")
+                let built = try CSRecTeachers.build(c, kind: job.backbone, loop: loop, instances: train, validate: validate, seed: seed)
+                teacherSeconds = Date().timeIntervalSince(start)
+                cache?.put(key, (built, teacherSeconds))
+                source = built
+            }
         }
-        let teacherSeconds = Date().timeIntervalSince(start)
+        let studentStart = Date()
         func student(_ hard: LabelObjective) -> LabelObjective {
             guard let c = job.methods.csrec, let source else { return hard }
             return CSRecStudentObjective(source: source, hard: hard, beta: c.beta, temperature: c.temperature,
@@ -201,7 +229,7 @@ public enum JobRunner {
         stages["final"] = final
         let valid = validate(model), testMetrics = test(model)
         return JobResult(model: model.name, method: job.methods.name, seed: seed, epochs: final.epochs, bestEpoch: final.bestEpoch,
-                         valid: valid, test: testMetrics, seconds: Date().timeIntervalSince(start),
+                         valid: valid, test: testMetrics, seconds: teacherSeconds + Date().timeIntervalSince(studentStart),
                          protocol: job.protocol.rawValue, teacherSeconds: teacherSeconds, stages: stages, config: job)
     }
 }
