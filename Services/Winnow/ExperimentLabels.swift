@@ -3,6 +3,7 @@ import Foundation
 import Numerics
 import Data
 import Training
+import Evaluation
 import Methods
 
 /// `winnow experiment`: experiment runners that write one JSON per run.
@@ -101,6 +102,14 @@ struct ExperimentLabels: ParsableCommand {
             try enc.encode(value).write(to: URL(fileURLWithPath: p), options: .atomic)
         }
         var rows: [SummaryRow] = []
+        // WSLRec's protocol: HDR (Eq. 11–12) of each method's test top lists against base, BR and ItemCF.
+        var reference: (br: [[Int32]], itemCF: [[Int32]], truths: [Set<Int32>])? = nil
+        if proto == .userSplit {
+            let split = UserSplit(data, seed: 0)
+            let lists = try WSLRec.modelFreeLists(data: data, instances: split.test, trainUsers: split.trainUsers, k: min(50, data.itemCount))
+            let sets = split.test.futureSets(in: data)
+            reference = (lists.br, lists.itemCF, (0..<split.test.count).map { Set(sets.items[sets.offsets[$0] ..< sets.offsets[$0 + 1]]) })
+        }
         for modelName in list(models) {
             let kind = ModelKind(rawValue: modelName)!
             let cache = TeacherCache()
@@ -110,6 +119,7 @@ struct ExperimentLabels: ParsableCommand {
             base.loop.batchSize = batchSize; base.loop.selectMetric = proto == .loo ? "ndcg@10" : "recall@50"
             var chosen: [String: (methods: JobMethods, valid: Double)] = [:]
             var baseSeconds: Double? = nil
+            var baseLists: [UInt64: [[Int32]]] = [:]
             for method in list(methods) {
                 var candidates = grid ? LabelGrid.candidates(method) : [LabelGrid.defaults(method)]
                 if method == "wslrec+csrec" {
@@ -144,10 +154,26 @@ struct ExperimentLabels: ParsableCommand {
                 }
                 let meanValid = results.map { $0.valid[base.loop.selectMetric] ?? 0 }.reduce(0, +) / Double(results.count)
                 chosen[method] = (best, candidates.count > 1 ? bestScore : meanValid)
-                let row = SummaryRow(model: modelName, method: method, protocol: proto.rawValue, results: results,
+                var row = SummaryRow(model: modelName, method: method, protocol: proto.rawValue, results: results,
                                      searched: candidates.count > 1 ? LabelGrid.searched(method) : "none (defaults)",
                                      chosen: LabelGrid.describe(best), baseSeconds: baseSeconds)
                 if method == "base" { baseSeconds = row.secondsMean }
+                if let ref = reference {
+                    if method == "base" { for r in results { baseLists[r.seed] = r.testLists } }
+                    var hdr: [String: Double] = [:]
+                    for k in [20, 50] {
+                        for r in results {
+                            guard let l = r.testLists else { continue }
+                            let n = Double(results.count)
+                            hdr["vs_br@\(k)", default: 0] += hitsDifferenceRate(lists1: l, lists2: ref.br, truths: ref.truths, k: k) / n
+                            hdr["vs_itemcf@\(k)", default: 0] += hitsDifferenceRate(lists1: l, lists2: ref.itemCF, truths: ref.truths, k: k) / n
+                            if method != "base", let b = baseLists[r.seed] {
+                                hdr["vs_base@\(k)", default: 0] += hitsDifferenceRate(lists1: l, lists2: b, truths: ref.truths, k: k) / n
+                            }
+                        }
+                    }
+                    row.hdr = hdr
+                }
                 rows.append(row)
                 try write(rows, "summary.json")
                 print(row.line)
@@ -169,6 +195,8 @@ struct SummaryRow: Codable {
     var timeVsBase: Double?
     var searched: String
     var chosen: String
+    /// user_split only: mean HDR@k over seeds against base, BR and ItemCF.
+    var hdr: [String: Double]? = nil
 
     init(model: String, method: String, protocol: String, results: [JobResult], searched: String, chosen: String, baseSeconds: Double?) {
         self.model = model; self.method = method; self.protocol = `protocol`

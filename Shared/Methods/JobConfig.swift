@@ -138,9 +138,11 @@ public struct JobResult: Codable, Sendable {
     /// Per stage: name → fit.
     public var stages: [String: FitResult]
     public var config: JobConfig
+    /// user_split only: each test instance's top-50 list (for HDR, Eq. 11–12).
+    public var testLists: [[Int32]]?
     enum CodingKeys: String, CodingKey {
         case model, method, seed, epochs, valid, test, seconds, `protocol`, stages, config
-        case bestEpoch = "best_epoch", teacherSeconds = "teacher_seconds"
+        case bestEpoch = "best_epoch", teacherSeconds = "teacher_seconds", testLists = "test_lists"
     }
 }
 
@@ -228,8 +230,14 @@ public enum JobRunner {
         }
         stages["final"] = final
         let valid = validate(model), testMetrics = test(model)
+        var lists: [[Int32]]? = nil
+        if job.protocol == .userSplit {
+            lists = try LabelEvaluation.topLists(model, data: data, instances: UserSplit(data, seed: job.splitSeed).test,
+                                                 k: min(50, data.itemCount), maxLength: T)
+        }
         return JobResult(model: model.name, method: job.methods.name, seed: seed, epochs: final.epochs, bestEpoch: final.bestEpoch,
                          valid: valid, test: testMetrics, seconds: teacherSeconds + Date().timeIntervalSince(studentStart),
-                         protocol: job.protocol.rawValue, teacherSeconds: teacherSeconds, stages: stages, config: job)
+                         protocol: job.protocol.rawValue, teacherSeconds: teacherSeconds, stages: stages, config: job,
+                         testLists: lists)
     }
 }

@@ -182,3 +182,21 @@ public final class MultiPositiveObjective: LabelObjective {
                                          weights: nil, scale: 1 / Float(B), B: B, V: batch.N)
     }
 }
+
+extension WSLRec {
+    /// The model-free recommenders' top-k lists for held-out instances (their history = the
+    /// part before the instance's position), for HDR against a model: BR (Eq. 7) and ItemCF
+    /// (Eq. 10, neighbours from the training users' whole sequences).
+    public static func modelFreeLists(data: SequenceDataset, instances: InstanceSet, trainUsers: [Int32],
+                                      k: Int) throws -> (br: [[Int32]], itemCF: [[Int32]]) {
+        let nb = try neighbours(data, trainUsers: trainUsers,
+                                trainEnds: (0..<data.userCount).map { data.length($0) }, k: k)
+        var br: [[Int32]] = [], cf: [[Int32]] = []
+        for i in 0..<instances.count {
+            let h = data.sequence(Int(instances.users[i])).prefix(Int(instances.positions[i]))
+            br.append(behaviouralRetargeting(history: h, k: k))
+            cf.append(itemCF(history: h, neighbours: nb, k: k))
+        }
+        return (br, cf)
+    }
+}

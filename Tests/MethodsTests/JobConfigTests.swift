@@ -62,5 +62,8 @@ final class JobConfigTests: XCTestCase {
         let s = try JobRunner.run(job, data: data)
         XCTAssertEqual(s.protocol, "user_split")
         XCTAssertNotNil(s.test["recall@50"]); XCTAssertNotNil(s.test["f1@20"])
+        XCTAssertEqual(s.testLists?.count, UserSplit(data, seed: 0).test.count)
+        XCTAssertEqual(s.testLists?.first?.count, 20, "top-min(50, N) lists")
+        XCTAssertNil(r.testLists)
     }
 }
