@@ -105,7 +105,7 @@ public enum WSLRec {
 
     /// Pre-training positives (Eq. 13) per training instance: the union of the configured sources.
     public static func pretrainingPositives(_ config: WSLRecConfig, data: SequenceDataset, instances: InstanceSet,
-                                            neighbours: ItemNeighbours?, maxLength: Int) -> PositiveSets {
+                                            neighbours: ItemNeighbours?) -> PositiveSets {
         var sets = PositiveSets()
         for k in 0..<instances.count {
             let u = Int(instances.users[k]), t = Int(instances.positions[k])
@@ -120,7 +120,6 @@ public enum WSLRec {
                     p += itemCF(history: history, neighbours: neighbours, k: config.weakK)
                 }
             }
-            _ = maxLength
             sets.append(p)
         }
         return sets
@@ -149,7 +148,7 @@ public enum WSLRec {
         let data = loop.data, T = loop.config.maxLength
         let nb = config.sources.contains(.itemcf)
             ? try neighbours(data, trainUsers: trainUsers, trainEnds: trainEnds, k: config.weakK) : nil
-        let pre = pretrainingPositives(config, data: data, instances: instances, neighbours: nb, maxLength: T)
+        let pre = pretrainingPositives(config, data: data, instances: instances, neighbours: nb)
         loop.progress?("WSLRec stage 1: pre-training on \(config.sources.map(\.rawValue).joined(separator: " ∪ "))")
         let r1 = try loop.fit(model: model, instances: instances, objective: MultiPositiveObjective(pre), validate: validate)
         loop.progress?("WSLRec stage 2: top-\(config.miningK) mining")

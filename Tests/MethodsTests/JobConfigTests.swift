@@ -66,4 +66,26 @@ final class JobConfigTests: XCTestCase {
         XCTAssertEqual(s.testLists?.first?.count, 20, "top-min(50, N) lists")
         XCTAssertNil(r.testLists)
     }
+
+    /// A β/τ grid reuses one teacher module: the second job trains no teacher and reports the
+    /// first one's teacher time; a different seed trains its own.
+    func testTeacherCacheSharesTeachersAcrossStudentSettingsOnly() throws {
+        let data = cyclicDataset(users: 30, items: 16, length: 10)
+        var job = JobConfig(backbone: .gru4rec)
+        job.loop.maxEpochs = 1; job.loop.maxLength = 6; job.loop.batchSize = 64
+        var c = CSRecConfig(); c.beta = 0.25
+        job.methods = JobMethods(csrec: c)
+        let cache = TeacherCache()
+        var lines: [String] = []
+        let r1 = try JobRunner.run(job, data: data, cache: cache, progress: { lines.append($0) })
+        XCTAssertEqual(lines.filter { $0.contains("training model-level teachers") }.count, 1)
+        job.methods.csrec!.beta = 0.75; job.methods.csrec!.temperature = 6
+        let r2 = try JobRunner.run(job, data: data, cache: cache, progress: { lines.append($0) })
+        XCTAssertEqual(lines.filter { $0.contains("training model-level teachers") }.count, 1, "reused")
+        XCTAssertEqual(r2.teacherSeconds, r1.teacherSeconds)
+        XCTAssertGreaterThanOrEqual(r2.seconds, r2.teacherSeconds)
+        job.loop.seed = 2
+        _ = try JobRunner.run(job, data: data, cache: cache, progress: { lines.append($0) })
+        XCTAssertEqual(lines.filter { $0.contains("training model-level teachers") }.count, 2, "another seed, other teachers")
+    }
 }

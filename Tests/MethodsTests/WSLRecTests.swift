@@ -82,11 +82,11 @@ final class WSLRecTests: XCTestCase {
         let data = SequenceDataset(sequences: [[1, 2, 3, 1, 4], [2, 3, 5, 6, 4]], itemCount: 6)
         let instances = InstanceSet(users: [0], positions: [4])
         var c = WSLRecConfig(); c.sources = [.br, .original]; c.weakK = 2
-        let sets = WSLRec.pretrainingPositives(c, data: data, instances: instances, neighbours: nil, maxLength: 8)
+        let sets = WSLRec.pretrainingPositives(c, data: data, instances: instances, neighbours: nil)
         XCTAssertEqual(Set(sets[0]), [1, 3, 4])
         c.sources = [.itemcf]
         let nb = try ItemCF.neighbours(sequences: [[1, 2, 3, 1, 4], [2, 3, 5, 6, 4]], itemCount: 6, k: 2)
-        let cf = WSLRec.pretrainingPositives(c, data: data, instances: instances, neighbours: nb, maxLength: 8)
+        let cf = WSLRec.pretrainingPositives(c, data: data, instances: instances, neighbours: nb)
         XCTAssertEqual(Array(cf[0]), WSLRec.itemCF(history: [1, 2, 3, 1], neighbours: nb, k: 2))
     }
 
