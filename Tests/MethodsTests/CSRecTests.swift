@@ -88,7 +88,7 @@ final class CSRecTests: XCTestCase {
             let loop = quickLoop(data, epochs: 2, maxLength: 8)
             let source = try CSRecTeachers.buildTiny(c, loop: loop, instances: train)
             XCTAssertEqual(source.teachers.count, kind == .training ? 1 : 2)
-            let student = tinySASRec(items: data.itemCount, seed: 9)
+            let student = labelsSASRec(items: data.itemCount, seed: 9)
             let objective = CSRecStudentObjective(source: source, beta: c.beta, temperature: c.temperature)
             let fit = try quickLoop(data, epochs: 5).fit(model: student, instances: train, objective: objective, validate: nil)
             XCTAssertLessThan(fit.losses.last!, fit.losses.first!, "\(kind): \(fit.losses)")
@@ -99,7 +99,7 @@ final class CSRecTests: XCTestCase {
 extension CSRecTeachers {
     /// `build` with tiny SASRec teachers (the protocol's sizes are slow in debug tests).
     static func buildTiny(_ config: CSRecConfig, loop: LabelLoop, instances: InstanceSet) throws -> ModelSoftLabelSource {
-        try build(config, make: { tinySASRec(items: loop.data.itemCount, maxLength: loop.config.maxLength, seed: $0) },
+        try build(config, make: { labelsSASRec(items: loop.data.itemCount, maxLength: loop.config.maxLength, seed: $0) },
                   loop: loop, instances: instances, validate: nil, seed: 1)
     }
 }

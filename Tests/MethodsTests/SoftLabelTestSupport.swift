@@ -19,7 +19,7 @@ final class FBuf {
 }
 
 /// A small SASRec (fast in debug builds).
-func tinySASRec(items: Int, maxLength: Int = 8, seed: UInt64 = 1) -> SASRec {
+func labelsSASRec(items: Int, maxLength: Int = 8, seed: UInt64 = 1) -> SASRec {
     var c = SASRecConfig(itemCount: items)
     c.maxLength = maxLength; c.dim = 16; c.blocks = 1; c.heads = 2; c.inner = 32
     c.hiddenDropout = 0.1; c.attentionDropout = 0.1; c.seed = seed

@@ -34,7 +34,7 @@ final class SoftLabelTests: XCTestCase {
 
     func testEnsembleLogitsAreTheMeanOfTheTeachersAndTopKMatchesASort() throws {
         let N = 20, T = 6, B = 4
-        let g1 = tinySASRec(items: N, maxLength: T, seed: 1), g2 = tinySASRec(items: N, maxLength: T, seed: 2)
+        let g1 = labelsSASRec(items: N, maxLength: T, seed: 1), g2 = labelsSASRec(items: N, maxLength: T, seed: 2)
         let source = ModelSoftLabelSource(teachers: [g1, g2])
         let items: [Int32] = [1, 2, 3, 0, 0, 0,  4, 5, 6, 7, 8, 9,  10, 0, 0, 0, 0, 0,  11, 12, 0, 0, 0, 0]
         let lengths: [Int32] = [3, 6, 1, 2]
@@ -69,7 +69,7 @@ final class SoftLabelTests: XCTestCase {
     func testBaseCrossEntropyTrainingLowersTheLoss() throws {
         let data = cyclicDataset()
         let split = LeaveOneOut(data)
-        let model = tinySASRec(items: data.itemCount)
+        let model = labelsSASRec(items: data.itemCount)
         let fit = try quickLoop(data, epochs: 6).fit(model: model, instances: split.train, objective: CrossEntropyObjective(), validate: nil)
         XCTAssertEqual(fit.losses.count, 6)
         XCTAssertLessThan(fit.losses.last!, fit.losses.first! * 0.9, "\(fit.losses)")

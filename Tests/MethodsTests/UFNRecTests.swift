@@ -45,7 +45,7 @@ final class UFNRecTests: XCTestCase {
     func testReversedItemTurnsFromNegativeToPositiveInTheLoss() throws {
         let N = 6, T = 4
         var c = UFNRecConfig(); c.negatives = 5; c.m = 2; c.alpha = 0.3
-        let student = tinySASRec(items: N, maxLength: T, seed: 1), teacher = tinySASRec(items: N, maxLength: T, seed: 1)
+        let student = labelsSASRec(items: N, maxLength: T, seed: 1), teacher = labelsSASRec(items: N, maxLength: T, seed: 1)
         let objective = UFNRecObjective(config: c, student: student, teacher: teacher, seed: 1)
         objective.endWarmup()
         let items: [Int32] = [1, 2, 0, 0], lengths: [Int32] = [2], targets: [Int32] = [5], rows: [Int32] = [0]
@@ -84,7 +84,7 @@ final class UFNRecTests: XCTestCase {
         let train = LeaveOneOut(data).train
         for m in [1, 100] {
             var c = UFNRecConfig(); c.negatives = 10; c.m = m; c.maxWarmupEpochs = 3; c.decay = 0.9
-            let student = tinySASRec(items: data.itemCount), teacher = tinySASRec(items: data.itemCount)
+            let student = labelsSASRec(items: data.itemCount), teacher = labelsSASRec(items: data.itemCount)
             let objective = UFNRecObjective(config: c, student: student, teacher: teacher, seed: 1)
             let fit = try quickLoop(data, epochs: 8).fit(model: student, instances: train, objective: objective, validate: nil)
             XCTAssertFalse(objective.warmingUp)

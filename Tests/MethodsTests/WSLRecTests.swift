@@ -93,7 +93,7 @@ final class WSLRecTests: XCTestCase {
     func testAllThreeStagesRunAndEachLowersItsLoss() throws {
         let data = cyclicDataset()
         let train = LeaveOneOut(data).train
-        let model = tinySASRec(items: data.itemCount)
+        let model = labelsSASRec(items: data.itemCount)
         var c = WSLRecConfig(); c.weakK = 3; c.miningK = 5
         let r = try WSLRec.train(c, model: model, loop: quickLoop(data, epochs: 4), instances: train,
                                  trainEnds: WSLRec.leaveOneOutTrainEnds(data), validate: nil)
