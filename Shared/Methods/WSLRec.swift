@@ -104,12 +104,14 @@ public enum WSLRec {
     }
 
     /// Pre-training positives (Eq. 13) per training instance: the union of the configured sources.
+    /// The history X_{u,t} is the model's input window (the last `maxLength` items), as the paper
+    /// truncates X_{u,t} itself.
     public static func pretrainingPositives(_ config: WSLRecConfig, data: SequenceDataset, instances: InstanceSet,
-                                            neighbours: ItemNeighbours?) -> PositiveSets {
+                                            neighbours: ItemNeighbours?, maxLength: Int = Int.max) -> PositiveSets {
         var sets = PositiveSets()
         for k in 0..<instances.count {
             let u = Int(instances.users[k]), t = Int(instances.positions[k])
-            let history = data.sequence(u).prefix(t)
+            let history = data.sequence(u).prefix(t).suffix(maxLength)
             var p: [Int32] = []
             for s in config.sources {
                 switch s {
@@ -148,7 +150,7 @@ public enum WSLRec {
         let data = loop.data, T = loop.config.maxLength
         let nb = config.sources.contains(.itemcf)
             ? try neighbours(data, trainUsers: trainUsers, trainEnds: trainEnds, k: config.weakK) : nil
-        let pre = pretrainingPositives(config, data: data, instances: instances, neighbours: nb)
+        let pre = pretrainingPositives(config, data: data, instances: instances, neighbours: nb, maxLength: T)
         loop.progress?("WSLRec stage 1: pre-training on \(config.sources.map(\.rawValue).joined(separator: " ∪ "))")
         let r1 = try loop.fit(model: model, instances: instances, objective: MultiPositiveObjective(pre), validate: validate)
         loop.progress?("WSLRec stage 2: top-\(config.miningK) mining")

@@ -88,6 +88,9 @@ final class WSLRecTests: XCTestCase {
         let nb = try ItemCF.neighbours(sequences: [[1, 2, 3, 1, 4], [2, 3, 5, 6, 4]], itemCount: 6, k: 2)
         let cf = WSLRec.pretrainingPositives(c, data: data, instances: instances, neighbours: nb)
         XCTAssertEqual(Array(cf[0]), WSLRec.itemCF(history: [1, 2, 3, 1], neighbours: nb, k: 2))
+        // the history is the model's input window
+        let window = WSLRec.pretrainingPositives(c, data: data, instances: instances, neighbours: nb, maxLength: 1)
+        XCTAssertEqual(Array(window[0]), WSLRec.itemCF(history: [1], neighbours: nb, k: 2))
     }
 
     func testAllThreeStagesRunAndEachLowersItsLoss() throws {
