@@ -11,8 +11,61 @@ struct Experiment: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "experiment",
         abstract: "Run an experiment: train methods over seeds, select hyper-parameters on validation, write JSON.",
-        subcommands: [ExperimentLabels.self]
+        subcommands: [ExperimentLabels.self, ExperimentJob.self]
     )
+}
+
+/// `winnow experiment job`: one training job from a job file (JSON, the flow-style YAML subset;
+/// see docs/METHODS.md): a backbone, a protocol, the loop and any composition of label methods.
+struct ExperimentJob: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "job",
+        abstract: "Run one training job described by a job file and print or write its result JSON."
+    )
+
+    @Option(help: "The job file (.json, or .yaml in JSON/flow style).")
+    var config: String
+
+    @Option(help: "ml-100k (the cache of scripts/fetch-ml100k) or a RecBole .inter file.")
+    var dataset: String
+
+    @Option(help: "Write the result JSON here (default: stdout).")
+    var json: String?
+
+    @Option(help: "Threads (OpenBLAS and Winnow's loops).") var threads = 2
+    @Flag(help: "No per-epoch progress on stderr.") var quiet = false
+
+    func run() throws {
+        Threads.set(max(1, threads))
+        let job = try JobConfig.load(path: config)
+        let path = try LabelData.resolve(dataset)
+        let data = SequenceDataset(try InterReader().read(path: path))
+        guard data.userCount > 0, data.itemCount > 0 else { throw ValidationError("\(path): nothing left after 5-core filtering") }
+        let err = FileHandle.standardError
+        let result = try JobRunner.run(job, data: data, progress: quiet ? nil : { err.write(($0 + "\n").data(using: .utf8)!) })
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let bytes = try enc.encode(result)
+        if let json { try bytes.write(to: URL(fileURLWithPath: json), options: .atomic) }
+        else { print(String(decoding: bytes, as: UTF8.self)) }
+    }
+}
+
+/// Where `--dataset` points.
+enum LabelData {
+    static func resolve(_ dataset: String) throws -> String {
+        if dataset == "ml-100k" {
+            let env = ProcessInfo.processInfo.environment
+            let dir = env["WINNOW_DATA_DIR"] ?? (NSHomeDirectory() + "/.cache/winnow/data")
+            let path = dir + "/ml-100k/ml-100k.inter"
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw ValidationError("ml-100k is not in the cache (\(path)); run scripts/fetch-ml100k first")
+            }
+            return path
+        }
+        guard FileManager.default.fileExists(atPath: dataset) else { throw ValidationError("dataset \(dataset): no such file") }
+        return dataset
+    }
 }
 
 /// `winnow experiment labels`: base and the label methods (WSLRec, CSRec-M/D/T, UFNRec, the
@@ -68,23 +121,9 @@ struct ExperimentLabels: ParsableCommand {
 
     private func list(_ s: String) -> [String] { s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
 
-    private func resolve() throws -> String {
-        if dataset == "ml-100k" {
-            let env = ProcessInfo.processInfo.environment
-            let dir = env["WINNOW_DATA_DIR"] ?? (NSHomeDirectory() + "/.cache/winnow/data")
-            let path = dir + "/ml-100k/ml-100k.inter"
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw ValidationError("ml-100k is not in the cache (\(path)); run scripts/fetch-ml100k first")
-            }
-            return path
-        }
-        guard FileManager.default.fileExists(atPath: dataset) else { throw ValidationError("dataset \(dataset): no such file") }
-        return dataset
-    }
-
     func run() throws {
         Threads.set(threads)
-        let path = try resolve()
+        let path = try LabelData.resolve(dataset)
         let data = SequenceDataset(try InterReader().read(path: path))
         guard data.userCount > 0, data.itemCount > 0 else { throw ValidationError("\(path): nothing left after 5-core filtering") }
         let err = FileHandle.standardError

@@ -28,6 +28,16 @@ final class JobConfigTests: XCTestCase {
         XCTAssertEqual(UFNRecConfig(), try JSONDecoder().decode(UFNRecConfig.self, from: Data("{}".utf8)))
     }
 
+    func testTheDocumentedExampleJobParses() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let job = try JobConfig.load(path: root.appendingPathComponent("scripts/experiments/labels-example-job.json").path)
+        XCTAssertEqual(job.methods.name, "WSLRec+CSRec-M")
+        XCTAssertEqual(job.methods.csrec?.temperature, 3)
+        XCTAssertThrowsError(try JobConfig.load(path: root.appendingPathComponent("no-such-job.json").path)) {
+            XCTAssertTrue("\($0)".contains("no-such-job.json"))
+        }
+    }
+
     func testBadJobsNameTheKey() {
         func message(_ json: String) -> String {
             do { _ = try JobConfig.parse(Data(json.utf8), path: "job.yaml"); return "" } catch { return "\(error)" }
