@@ -265,6 +265,7 @@ public final class CSRecTeacherObjective: LabelObjective {
 
 /// Trains CSRec's teacher module and returns it as a soft-label source.
 public enum CSRecTeachers {
+
     /// A uniform subsample of a fraction p of the instances (seeded, without replacement).
     public static func subsample(_ instances: InstanceSet, p: Float, seed: UInt64) -> InstanceSet {
         var rng = SplitMix64(seed: seed ^ 0xC5EC)
@@ -285,7 +286,16 @@ public enum CSRecTeachers {
 
     /// The same with any backbone factory (`make(seed)`).
     public static func build(_ config: CSRecConfig, make: (UInt64) -> Backbone, loop: LabelLoop, instances: InstanceSet,
-                             validate: ModelEvaluation?, seed: UInt64) throws -> ModelSoftLabelSource {
+                             validate: ModelEvaluation?, seed: UInt64, side: Backbone? = nil) throws -> ModelSoftLabelSource {
+        try module(config, make: make, loop: loop, instances: instances, validate: validate, seed: seed, side: side).source
+    }
+
+    /// The teacher module and, for CSRec-T, its side teacher g2 with the seconds it took. `side`
+    /// is a g2 already trained for this seed and p (g2 depends on neither α nor the noise
+    /// rank); nil trains one.
+    public static func module(_ config: CSRecConfig, make: (UInt64) -> Backbone, loop: LabelLoop, instances: InstanceSet,
+                              validate: ModelEvaluation?, seed: UInt64,
+                              side: Backbone? = nil) throws -> (source: ModelSoftLabelSource, side: Backbone?, sideSeconds: Double) {
         let N = loop.data.itemCount
         func trained(_ s: UInt64, on set: InstanceSet, objective: LabelObjective = CrossEntropyObjective()) throws -> Backbone {
             let g = make(s)
@@ -296,20 +306,21 @@ public enum CSRecTeachers {
         }
         switch config.teachers {
         case .model:
-            return ModelSoftLabelSource(teachers: try (0..<config.m).map { try trained(seed + 100 * UInt64($0 + 1), on: instances) })
+            return (ModelSoftLabelSource(teachers: try (0..<config.m).map { try trained(seed + 100 * UInt64($0 + 1), on: instances) }), nil, 0)
         case .data:
-            return ModelSoftLabelSource(teachers: try (0..<config.m).map { k in
+            return (ModelSoftLabelSource(teachers: try (0..<config.m).map { k in
                 let s = seed + 100 * UInt64(k + 1)
                 return try trained(s, on: subsample(instances, p: config.p, seed: s))
-            })
+            }), nil, 0)
         case .training:
-            let s2 = seed + 200
-            let g2 = try trained(s2, on: subsample(instances, p: config.p, seed: s2))
+            let s2 = seed + 200, t0 = Date()
+            let g2 = try side ?? trained(s2, on: subsample(instances, p: config.p, seed: s2))
+            let sideSeconds = side == nil ? Date().timeIntervalSince(t0) : 0
             let noise = NoiseMatrix(itemCount: N, rank: config.noiseRank, seed: seed + 300)
             let objective = CSRecTeacherObjective(side: ModelSoftLabelSource(teachers: [g2]), noise: noise,
                                                   alpha: config.alpha, learningRate: loop.config.learningRate)
             let g1 = try trained(seed + 100, on: instances, objective: objective)
-            return ModelSoftLabelSource(teachers: [g1])
+            return (ModelSoftLabelSource(teachers: [g1]), g2, sideSeconds)
         }
     }
 }

@@ -158,8 +158,16 @@ public final class TeacherCache {
         let l = job.loop
         return k + "|\(l.maxEpochs)|\(l.patience)|\(l.batchSize)|\(l.maxLength)|\(l.learningRate)|\(l.seed)|\(l.selectMetric)"
     }
+    private var sides: [String: (side: Backbone, seconds: Double)] = [:]
     func get(_ key: String) -> (source: ModelSoftLabelSource, seconds: Double)? { sources[key] }
     func put(_ key: String, _ value: (source: ModelSoftLabelSource, seconds: Double)) { sources[key] = value }
+    /// CSRec-T's side teacher depends on neither α nor the noise rank: one per seed and p.
+    static func sideKey(_ job: JobConfig, _ c: CSRecConfig) -> String {
+        var plain = c; plain.alpha = 0; plain.noiseRank = 0
+        return "side|" + key(job, plain)
+    }
+    func side(_ key: String) -> (side: Backbone, seconds: Double)? { sides[key] }
+    func putSide(_ key: String, _ value: (side: Backbone, seconds: Double)) { sides[key] = value }
 }
 
 /// Runs a job in this process.
@@ -201,10 +209,17 @@ public enum JobRunner {
                 source = hit.source; teacherSeconds = hit.seconds
             } else {
                 progress?("CSRec: training \(c.teachers.rawValue)-level teachers")
-                let built = try CSRecTeachers.build(c, kind: job.backbone, loop: loop, instances: train, validate: validate, seed: seed)
-                teacherSeconds = Date().timeIntervalSince(start)
-                cache?.put(key, (built, teacherSeconds))
-                source = built
+                let sideKey = TeacherCache.sideKey(job, c)
+                let side = c.teachers == .training ? cache?.side(sideKey) : nil
+                let t0 = Date()
+                let N = data.itemCount, kind = job.backbone
+                let built = try CSRecTeachers.module(c, make: { kind.make(itemCount: N, maxLength: T, seed: $0) }, loop: loop,
+                                                     instances: train, validate: validate, seed: seed, side: side?.side)
+                // a reused side teacher is still charged at the time it took to train
+                teacherSeconds = Date().timeIntervalSince(t0) + (side?.seconds ?? 0)
+                if side == nil, let g2 = built.side { cache?.putSide(sideKey, (g2, built.sideSeconds)) }
+                cache?.put(key, (built.source, teacherSeconds))
+                source = built.source
             }
         }
         let studentStart = Date()

@@ -97,5 +97,17 @@ final class JobConfigTests: XCTestCase {
         job.loop.seed = 2
         _ = try JobRunner.run(job, data: data, cache: cache, progress: { lines.append($0) })
         XCTAssertEqual(lines.filter { $0.contains("training model-level teachers") }.count, 2, "another seed, other teachers")
+
+        // CSRec-T: α changes the main teacher g1 (seed + 100) but not the side teacher g2 (seed + 200)
+        lines = []
+        job.loop.seed = 1
+        var t = CSRecConfig(); t.teachers = .training; t.noiseRank = 2; t.alpha = 0.25
+        job.methods = JobMethods(csrec: t)
+        let a = try JobRunner.run(job, data: data, cache: cache, progress: { lines.append($0) })
+        job.methods.csrec!.alpha = 0.75
+        let b = try JobRunner.run(job, data: data, cache: cache, progress: { lines.append($0) })
+        XCTAssertEqual(lines.filter { $0.contains("teacher 201:") }.count, 1, "g2 trained once: \(lines)")
+        XCTAssertEqual(lines.filter { $0.contains("teacher 101:") }.count, 2, "g1 trained per α")
+        XCTAssertGreaterThan(b.teacherSeconds, 0); XCTAssertGreaterThan(a.teacherSeconds, 0)
     }
 }
