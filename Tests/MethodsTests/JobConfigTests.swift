@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import Data
+import Numerics
 import Training
 @testable import Methods
 
@@ -26,6 +27,35 @@ final class JobConfigTests: XCTestCase {
         XCTAssertEqual(job.methods.name, "WSLRec+CSRec-D")
         XCTAssertEqual(try JobConfig.parse(Data(#"{"backbone": "sasrec"}"#.utf8)).methods.name, "base")
         XCTAssertEqual(UFNRecConfig(), try JSONDecoder().decode(UFNRecConfig.self, from: Data("{}".utf8)))
+    }
+
+    /// The loop stops after `patience` epochs without a better validation score and leaves the
+    /// best epoch's weights in the model.
+    func testLoopStopsOnPatienceAndRestoresTheBestWeights() throws {
+        let data = cyclicDataset(users: 30, items: 16, length: 10)
+        var c = LoopConfig(); c.maxEpochs = 10; c.patience = 2; c.batchSize = 64; c.maxLength = 6
+        let loop = LabelLoop(data: data, config: c)
+        let model = labelsSASRec(items: data.itemCount, maxLength: 6)
+        let scripted = [0.1, 0.3, 0.2, 0.25, 0.9]
+        var epoch = 0
+        var snapshots: [ParameterSet] = []
+        let fit = try loop.fit(model: model, instances: LeaveOneOut(data).train, objective: CrossEntropyObjective(),
+                               validate: { m in
+                                   snapshots.append(m.parameters.clone())
+                                   defer { epoch += 1 }
+                                   return ["ndcg@10": scripted[epoch]]
+                               })
+        XCTAssertEqual(fit.epochs, 4, "epochs 3 and 4 are not better than 2")
+        XCTAssertEqual(fit.bestEpoch, 2)
+        XCTAssertEqual(fit.bestValid["ndcg@10"], 0.3)
+        let best = snapshots[1], last = snapshots[3]
+        var sameAsBest = true, sameAsLast = true
+        for i in 0..<best.count {
+            if model.parameters.values[i] != best.values[i] { sameAsBest = false }
+            if model.parameters.values[i] != last.values[i] { sameAsLast = false }
+        }
+        XCTAssertTrue(sameAsBest)
+        XCTAssertFalse(sameAsLast)
     }
 
     func testTheDocumentedExampleJobParses() throws {
