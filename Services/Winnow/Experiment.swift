@@ -5,6 +5,6 @@ struct Experiment: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "experiment",
         abstract: "Run an experiment: train methods over seeds and write JSON, tables and plots.",
-        subcommands: [ExperimentRobustness.self]
+        subcommands: [ExperimentLabels.self, ExperimentJob.self, ExperimentRobustness.self]
     )
 }

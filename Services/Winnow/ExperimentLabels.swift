@@ -1,0 +1,318 @@
+import ArgumentParser
+import Foundation
+import Numerics
+import Data
+import Training
+import Evaluation
+import Methods
+
+/// `winnow experiment job`: one training job from a job file (JSON, the flow-style YAML subset;
+/// see docs/METHODS.md): a backbone, a protocol, the loop and any composition of label methods.
+struct ExperimentJob: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "job",
+        abstract: "Run one training job described by a job file and print or write its result JSON."
+    )
+
+    @Option(help: "The job file (.json, or .yaml in JSON/flow style).")
+    var config: String
+
+    @Option(help: "ml-100k (the cache of scripts/fetch-ml100k) or a RecBole .inter file.")
+    var dataset: String
+
+    @Option(help: "Write the result JSON here (default: stdout).")
+    var json: String?
+
+    @Option(help: "Threads (OpenBLAS and Winnow's loops).") var threads = 2
+    @Flag(help: "No per-epoch progress on stderr.") var quiet = false
+
+    func run() throws {
+        Threads.set(max(1, threads))
+        let job = try JobConfig.load(path: config)
+        let path = try LabelData.resolve(dataset)
+        let data = SequenceDataset(try InterReader().read(path: path))
+        guard data.userCount > 0, data.itemCount > 0 else { throw ValidationError("\(path): nothing left after 5-core filtering") }
+        let err = FileHandle.standardError
+        let result = try JobRunner.run(job, data: data, progress: quiet ? nil : { err.write(($0 + "\n").data(using: .utf8)!) })
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let bytes = try enc.encode(result)
+        if let json { try bytes.write(to: URL(fileURLWithPath: json), options: .atomic) }
+        else { print(String(decoding: bytes, as: UTF8.self)) }
+    }
+}
+
+/// Where `--dataset` points.
+enum LabelData {
+    static func resolve(_ dataset: String) throws -> String {
+        if dataset == "ml-100k" {
+            let env = ProcessInfo.processInfo.environment
+            let dir = env["WINNOW_DATA_DIR"] ?? (NSHomeDirectory() + "/.cache/winnow/data")
+            let path = dir + "/ml-100k/ml-100k.inter"
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw ValidationError("ml-100k is not in the cache (\(path)); run scripts/fetch-ml100k first")
+            }
+            return path
+        }
+        guard FileManager.default.fileExists(atPath: dataset) else { throw ValidationError("dataset \(dataset): no such file") }
+        return dataset
+    }
+}
+
+/// `winnow experiment labels`: base and the label methods (WSLRec, CSRec-M/D/T, UFNRec, the
+/// WSLRec + CSRec composition) on one dataset, each backbone, several seeds. Hyper-parameters
+/// are chosen on validation only (the papers' grids with `--grid`), with the first seed; the
+/// chosen setting then runs every seed. Writes DIR/grid/…, DIR/runs/<model>/<method>/seed<k>.json
+/// and DIR/summary.json (mean ± std of the test metrics, wall time relative to base).
+struct ExperimentLabels: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "labels",
+        abstract: "Base vs WSLRec, CSRec-M/D/T, UFNRec and WSLRec+CSRec, selected on validation."
+    )
+
+    @Option(help: "ml-100k (the cache of scripts/fetch-ml100k) or a RecBole .inter file.")
+    var dataset: String
+
+    @Option(help: "Comma-separated backbones: sasrec, gru4rec.")
+    var models = "sasrec,gru4rec"
+
+    @Option(help: "Comma-separated methods: base, wslrec, csrec-m, csrec-d, csrec-t, ufnrec, wslrec+csrec.")
+    var methods = "base,wslrec,csrec-m,csrec-d,csrec-t,ufnrec,wslrec+csrec"
+
+    @Option(help: "Comma-separated seeds; the first one selects hyper-parameters.")
+    var seeds = "1,2,3"
+
+    @Flag(help: "Search the papers' grids on validation (otherwise the papers' defaults).")
+    var grid = false
+
+    @Option(help: "loo (leave-one-out, full ranking) or user_split (WSLRec's protocol).")
+    var `protocol` = "loo"
+
+    @Option(help: "Output directory.")
+    var out: String
+
+    @Option(help: "Maximum epochs per fit.") var epochs = 200
+    @Option(help: "Early-stopping patience.") var patience = 10
+    @Option(name: .customLong("max-length"), help: "Positions per sequence.") var maxLength = 50
+    @Option(name: .customLong("batch-size"), help: "Batch size.") var batchSize = 256
+    @Option(help: "Threads (OpenBLAS and Winnow's loops).") var threads = 2
+    @Flag(help: "No per-epoch progress on stderr.") var quiet = false
+
+    func validate() throws {
+        guard epochs >= 1, patience >= 1, threads >= 1, maxLength >= 1, batchSize >= 1 else {
+            throw ValidationError("--epochs, --patience, --threads, --max-length and --batch-size must be >= 1")
+        }
+        guard JobProtocol(rawValue: `protocol`) != nil else { throw ValidationError("--protocol must be loo or user_split") }
+        for m in list(models) where ModelKind(rawValue: m) == nil { throw ValidationError("--models: unknown backbone '\(m)'") }
+        for m in list(methods) where !LabelGrid.known.contains(m) {
+            throw ValidationError("--methods: unknown method '\(m)' (known: \(LabelGrid.known.joined(separator: ", ")))")
+        }
+        guard !list(seeds).isEmpty, list(seeds).allSatisfy({ UInt64($0) != nil }) else { throw ValidationError("--seeds: comma-separated integers") }
+    }
+
+    private func list(_ s: String) -> [String] { s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+
+    func run() throws {
+        Threads.set(threads)
+        let path = try LabelData.resolve(dataset)
+        let data = SequenceDataset(try InterReader().read(path: path))
+        guard data.userCount > 0, data.itemCount > 0 else { throw ValidationError("\(path): nothing left after 5-core filtering") }
+        let err = FileHandle.standardError
+        func log(_ s: String) { err.write((s + "\n").data(using: .utf8)!) }
+        log("data: \(data.userCount) users, \(data.itemCount) items, \(data.interactionCount) interactions")
+        let proto = JobProtocol(rawValue: `protocol`)!
+        let seedList = list(seeds).map { UInt64($0)! }
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        func write<T: Encodable>(_ value: T, _ relative: String) throws {
+            let p = out + "/" + relative
+            try fm.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try enc.encode(value).write(to: URL(fileURLWithPath: p), options: .atomic)
+        }
+        var rows: [SummaryRow] = []
+        // WSLRec's protocol: HDR (Eq. 11–12) of each method's test top lists against base, BR and ItemCF.
+        var reference: (br: [[Int32]], itemCF: [[Int32]], truths: [Set<Int32>])? = nil
+        if proto == .userSplit {
+            let split = UserSplit(data, seed: 0)
+            let lists = try WSLRec.modelFreeLists(data: data, instances: split.test, trainUsers: split.trainUsers, k: min(50, data.itemCount))
+            let sets = split.test.futureSets(in: data)
+            reference = (lists.br, lists.itemCF, (0..<split.test.count).map { Set(sets.items[sets.offsets[$0] ..< sets.offsets[$0 + 1]]) })
+        }
+        for modelName in list(models) {
+            let kind = ModelKind(rawValue: modelName)!
+            let cache = TeacherCache()
+            var base = JobConfig(backbone: kind)
+            base.protocol = proto
+            base.loop.maxEpochs = epochs; base.loop.patience = patience; base.loop.maxLength = maxLength
+            base.loop.batchSize = batchSize; base.loop.selectMetric = proto == .loo ? "ndcg@10" : "recall@50"
+            var chosen: [String: (methods: JobMethods, valid: Double)] = [:]
+            var baseSeconds: Double? = nil
+            var baseLists: [UInt64: [[Int32]]] = [:]
+            for method in list(methods) {
+                var candidates = grid ? LabelGrid.candidates(method) : [LabelGrid.defaults(method)]
+                if method == "wslrec+csrec" {
+                    // the composition takes the settings selected for its parts (or their defaults)
+                    let w = chosen["wslrec"]?.methods.wslrec ?? WSLRecConfig()
+                    let bestCS = ["csrec-m", "csrec-d", "csrec-t"].compactMap { chosen[$0] }.max { $0.valid < $1.valid }
+                    candidates = [JobMethods(wslrec: w, csrec: bestCS?.methods.csrec ?? CSRecConfig())]
+                }
+                // selection on validation with the first seed
+                var best = candidates[0], bestScore = -Double.infinity
+                var firstSeedRun: JobResult? = nil
+                if candidates.count > 1 {
+                    for (i, m) in candidates.enumerated() {
+                        var job = base; job.methods = m; job.loop.seed = seedList[0]
+                        log("[\(modelName) \(method)] grid \(i + 1)/\(candidates.count): \(LabelGrid.describe(m))")
+                        let r = try JobRunner.run(job, data: data, cache: cache, progress: quiet ? nil : log)
+                        try write(r, "grid/\(modelName)/\(method)/\(i).json")
+                        let score = r.valid[base.loop.selectMetric] ?? 0
+                        if score > bestScore { bestScore = score; best = m; firstSeedRun = r }
+                    }
+                }
+                var results: [JobResult] = []
+                for seed in seedList {
+                    let r: JobResult
+                    if seed == seedList[0], let f = firstSeedRun { r = f } else {
+                        var job = base; job.methods = best; job.loop.seed = seed
+                        log("[\(modelName) \(method)] seed \(seed): \(LabelGrid.describe(best))")
+                        r = try JobRunner.run(job, data: data, cache: cache, progress: quiet ? nil : log)
+                    }
+                    try write(r, "runs/\(modelName)/\(method)/seed\(seed).json")
+                    results.append(r)
+                }
+                let meanValid = results.map { $0.valid[base.loop.selectMetric] ?? 0 }.reduce(0, +) / Double(results.count)
+                chosen[method] = (best, candidates.count > 1 ? bestScore : meanValid)
+                var row = SummaryRow(model: modelName, method: method, protocol: proto.rawValue, results: results,
+                                     searched: candidates.count > 1 ? LabelGrid.searched(method) : "none (defaults)",
+                                     chosen: LabelGrid.describe(best), baseSeconds: baseSeconds)
+                if method == "base" { baseSeconds = row.secondsMean }
+                if let ref = reference {
+                    if method == "base" { for r in results { baseLists[r.seed] = r.testLists } }
+                    var hdr: [String: Double] = [:]
+                    for k in [20, 50] {
+                        for r in results {
+                            guard let l = r.testLists else { continue }
+                            let n = Double(results.count)
+                            hdr["vs_br@\(k)", default: 0] += hitsDifferenceRate(lists1: l, lists2: ref.br, truths: ref.truths, k: k) / n
+                            hdr["vs_itemcf@\(k)", default: 0] += hitsDifferenceRate(lists1: l, lists2: ref.itemCF, truths: ref.truths, k: k) / n
+                            if method != "base", let b = baseLists[r.seed] {
+                                hdr["vs_base@\(k)", default: 0] += hitsDifferenceRate(lists1: l, lists2: b, truths: ref.truths, k: k) / n
+                            }
+                        }
+                    }
+                    row.hdr = hdr
+                }
+                rows.append(row)
+                try write(rows, "summary.json")
+                print(row.line)
+            }
+        }
+    }
+}
+
+/// One line of the results table: test metrics as mean ± std over seeds.
+struct SummaryRow: Codable {
+    var model: String
+    var method: String
+    var `protocol`: String
+    var seeds: [UInt64]
+    var mean: [String: Double]
+    var std: [String: Double]
+    var secondsMean: Double
+    /// Wall time relative to base (method ÷ base); nil when base was not run first.
+    var timeVsBase: Double?
+    var searched: String
+    var chosen: String
+    /// user_split only: mean HDR@k over seeds against base, BR and ItemCF.
+    var hdr: [String: Double]? = nil
+
+    init(model: String, method: String, protocol: String, results: [JobResult], searched: String, chosen: String, baseSeconds: Double?) {
+        self.model = model; self.method = method; self.protocol = `protocol`
+        self.searched = searched; self.chosen = chosen
+        seeds = results.map(\.seed)
+        var mean: [String: Double] = [:], std: [String: Double] = [:]
+        for key in results.first?.test.keys.sorted() ?? [] {
+            let xs = results.map { $0.test[key] ?? 0 }
+            let m = xs.reduce(0, +) / Double(xs.count)
+            mean[key] = m
+            std[key] = xs.count > 1 ? (xs.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(xs.count - 1)).squareRoot() : 0
+        }
+        self.mean = mean; self.std = std
+        secondsMean = results.map(\.seconds).reduce(0, +) / Double(max(results.count, 1))
+        timeVsBase = baseSeconds.map { secondsMean / $0 }
+    }
+
+    var line: String {
+        let keys = `protocol` == "loo" ? ["ndcg@10", "hr@10", "mrr@10"] : ["recall@20", "ndcg@20", "recall@50", "ndcg@50"]
+        let cells = keys.map { String(format: "%@ %.4f ± %.4f", $0, mean[$0] ?? 0, std[$0] ?? 0) }.joined(separator: "  ")
+        return "\(model) \(method): \(cells)  time \(String(format: "%.0f", secondsMean)) s" +
+            (timeVsBase.map { String(format: " (%.2f× base)", $0) } ?? "") + "  [\(chosen)]"
+    }
+}
+
+/// The papers' hyper-parameter grids and defaults.
+enum LabelGrid {
+    static let known = ["base", "wslrec", "csrec-m", "csrec-d", "csrec-t", "ufnrec", "wslrec+csrec"]
+
+    static func defaults(_ method: String) -> JobMethods {
+        switch method {
+        case "wslrec": return JobMethods(wslrec: WSLRecConfig())
+        case "csrec-m", "csrec-d", "csrec-t":
+            var c = CSRecConfig(); c.teachers = teacherKind(method); return JobMethods(csrec: c)
+        case "ufnrec": return JobMethods(ufnrec: UFNRecConfig())
+        case "wslrec+csrec": return JobMethods(wslrec: WSLRecConfig(), csrec: CSRecConfig())
+        default: return JobMethods()
+        }
+    }
+
+    static func teacherKind(_ method: String) -> CSRecTeacherKind {
+        method == "csrec-d" ? .data : method == "csrec-t" ? .training : .model
+    }
+
+    /// WSLRec: pre-training sources as in its Table 8 (without Original, which §6.3.2 finds
+    /// worse); CSRec: β ∈ {0.25, 0.5, 0.75} × τ ∈ {1, 3, 6, 9} (× α for CSRec-T); UFNRec: one
+    /// parameter at a time around the official defaults over m, α, d's grids (§4.3).
+    static func candidates(_ method: String) -> [JobMethods] {
+        switch method {
+        case "wslrec":
+            return [[WSLRecSource.br], [.itemcf], [.br, .itemcf]].map { s in var w = WSLRecConfig(); w.sources = s; return JobMethods(wslrec: w) }
+        case "csrec-m", "csrec-d", "csrec-t":
+            var out: [JobMethods] = []
+            let alphas: [Float] = method == "csrec-t" ? [0.25, 0.5, 0.75] : [0.5]
+            for a in alphas { for beta: Float in [0.25, 0.5, 0.75] { for t: Float in [1, 3, 6, 9] {
+                var c = CSRecConfig(); c.teachers = teacherKind(method); c.alpha = a; c.beta = beta; c.temperature = t
+                out.append(JobMethods(csrec: c))
+            } } }
+            return out
+        case "ufnrec":
+            var out: [JobMethods] = [JobMethods(ufnrec: UFNRecConfig())]
+            for m in [1, 2, 3, 4, 6, 8, 10] where m != 5 { var u = UFNRecConfig(); u.m = m; out.append(JobMethods(ufnrec: u)) }
+            for a: Float in [0.01, 0.05, 0.1, 0.2, 0.4, 0.5] { var u = UFNRecConfig(); u.alpha = a; out.append(JobMethods(ufnrec: u)) }
+            for d: Float in [0.9, 0.99, 0.995] { var u = UFNRecConfig(); u.decay = d; out.append(JobMethods(ufnrec: u)) }
+            return out
+        default: return [defaults(method)]
+        }
+    }
+
+    static func searched(_ method: String) -> String {
+        switch method {
+        case "wslrec": return "sources ∈ {BR, ItemCF, BR∪ItemCF}"
+        case "csrec-m", "csrec-d": return "β ∈ {0.25,0.5,0.75} × τ ∈ {1,3,6,9}"
+        case "csrec-t": return "α × β ∈ {0.25,0.5,0.75}² × τ ∈ {1,3,6,9}"
+        case "ufnrec": return "one at a time from (m 5, α 0.3, d 0.999): m ∈ {1,2,3,4,6,8,10}, α ∈ {0.01,…,0.5}, d ∈ {0.9,0.99,0.995,0.999}"
+        default: return "none"
+        }
+    }
+
+    static func describe(_ m: JobMethods) -> String {
+        var parts: [String] = []
+        if let w = m.wslrec { parts.append("wslrec sources=\(w.sources.map(\.rawValue).joined(separator: "+")) k=\(w.weakK) mining=\(w.miningK)") }
+        if let c = m.csrec {
+            parts.append("csrec \(c.teachers.rawValue) m=\(c.m) p=\(c.p) β=\(c.beta) τ=\(c.temperature)" + (c.teachers == .training ? " α=\(c.alpha)" : ""))
+        }
+        if let u = m.ufnrec { parts.append("ufnrec n=\(u.negatives) m=\(u.m) α=\(u.alpha) d=\(u.decay)") }
+        return parts.isEmpty ? "base" : parts.joined(separator: "; ")
+    }
+}

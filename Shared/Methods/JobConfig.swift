@@ -1,0 +1,258 @@
+// A training job: a backbone, a protocol, the loop's settings and any composable set of label
+// methods with their hyper-parameters.
+//
+// Format: JSON — which is also valid YAML 1.2 (flow style), so a `.yaml` job file written in
+// that subset is read unchanged; block-style YAML is not parsed (no YAML library is used).
+//
+//   {"backbone": "sasrec", "protocol": "loo", "loop": {"max_epochs": 200, "seed": 1},
+//    "methods": {"wslrec": {"sources": ["br", "itemcf"]},
+//                "csrec": {"teachers": "model", "beta": 0.5, "temperature": 3}}}
+//
+// Compositions: none (base), csrec, wslrec, ufnrec, wslrec + csrec (CSRec's soft labels in
+// WSLRec's fine-tuning), ufnrec + csrec (CSRec's KL beside UFNRec's BCE). CSRec's student loss
+// wraps whatever hard-label objective the other method uses.
+import Foundation
+import Numerics
+import Models
+import Data
+import Evaluation
+import Training
+
+/// Bad job configuration; names the key.
+public enum JobConfigError: Error, CustomStringConvertible, Equatable {
+    /// A value is out of range or inconsistent.
+    case invalid(key: String, reason: String)
+    /// The file could not be read or parsed.
+    case unreadable(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .invalid(let k, let r): return "job config: \(k): \(r)"
+        case .unreadable(let p, let r): return "job config \(p): \(r)"
+        }
+    }
+}
+
+/// Which evaluation protocol a job follows.
+public enum JobProtocol: String, Sendable, Codable, CaseIterable {
+    /// Leave-one-out, full ranking (the ML-100K protocol).
+    case loo
+    /// WSLRec's user split 8:1:1, last 20 % as the ground-truth set.
+    case userSplit = "user_split"
+}
+
+/// The label methods a job composes.
+public struct JobMethods: Sendable, Codable, Equatable {
+    public var wslrec: WSLRecConfig?
+    public var csrec: CSRecConfig?
+    public var ufnrec: UFNRecConfig?
+    public init(wslrec: WSLRecConfig? = nil, csrec: CSRecConfig? = nil, ufnrec: UFNRecConfig? = nil) {
+        self.wslrec = wslrec; self.csrec = csrec; self.ufnrec = ufnrec
+    }
+    /// "base", or the method names joined by "+".
+    public var name: String {
+        var parts: [String] = []
+        if wslrec != nil { parts.append("WSLRec") }
+        if let c = csrec { parts.append("CSRec-" + ["model": "M", "data": "D", "training": "T"][c.teachers.rawValue]!) }
+        if ufnrec != nil { parts.append("UFNRec") }
+        return parts.isEmpty ? "base" : parts.joined(separator: "+")
+    }
+}
+
+/// One training job.
+public struct JobConfig: Sendable, Codable, Equatable {
+    public var backbone: ModelKind
+    public var `protocol`: JobProtocol = .loo
+    public var loop = LoopConfig()
+    public var methods = JobMethods()
+    /// Seed of the user split (user_split protocol).
+    public var splitSeed: UInt64 = 0
+
+    public init(backbone: ModelKind) { self.backbone = backbone }
+
+    enum CodingKeys: String, CodingKey { case backbone, `protocol`, loop, methods, splitSeed = "split_seed" }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        backbone = try c.decode(ModelKind.self, forKey: .backbone)
+        `protocol` = try c.decodeIfPresent(JobProtocol.self, forKey: .protocol) ?? .loo
+        loop = try c.decodeIfPresent(LoopConfig.self, forKey: .loop) ?? LoopConfig()
+        methods = try c.decodeIfPresent(JobMethods.self, forKey: .methods) ?? JobMethods()
+        splitSeed = try c.decodeIfPresent(UInt64.self, forKey: .splitSeed) ?? 0
+    }
+
+    /// Parses a job from JSON bytes (flow-style YAML in the JSON subset).
+    public static func parse(_ bytes: Data, path: String = "<memory>") throws -> JobConfig {
+        let job: JobConfig
+        do { job = try JSONDecoder().decode(JobConfig.self, from: bytes) }
+        catch let e as DecodingError { throw JobConfigError.unreadable(path: path, reason: describe(e)) }
+        try job.validate()
+        return job
+    }
+
+    public static func load(path: String) throws -> JobConfig {
+        guard let d = FileManager.default.contents(atPath: path) else {
+            throw JobConfigError.unreadable(path: path, reason: "cannot read file")
+        }
+        return try parse(d, path: path)
+    }
+
+    /// Range and composition checks.
+    public func validate() throws {
+        if loop.maxEpochs < 1 { throw JobConfigError.invalid(key: "loop.max_epochs", reason: "must be at least 1") }
+        if loop.patience < 1 { throw JobConfigError.invalid(key: "loop.patience", reason: "must be at least 1") }
+        if loop.batchSize < 1 { throw JobConfigError.invalid(key: "loop.batch_size", reason: "must be at least 1") }
+        if loop.maxLength < 1 { throw JobConfigError.invalid(key: "loop.max_length", reason: "must be at least 1") }
+        if !(loop.learningRate > 0) { throw JobConfigError.invalid(key: "loop.learning_rate", reason: "must be positive") }
+        try methods.wslrec?.validate()
+        try methods.csrec?.validate()
+        try methods.ufnrec?.validate()
+        if methods.wslrec != nil && methods.ufnrec != nil {
+            throw JobConfigError.invalid(key: "methods", reason: "wslrec and ufnrec cannot be composed (both replace the hard labels)")
+        }
+    }
+
+    private static func describe(_ e: DecodingError) -> String {
+        func path(_ c: [CodingKey]) -> String { c.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".") }
+        switch e {
+        case .keyNotFound(let k, let ctx): return "missing key \(path(ctx.codingPath + [k]))"
+        case .typeMismatch(_, let ctx), .valueNotFound(_, let ctx): return "\(path(ctx.codingPath)): \(ctx.debugDescription)"
+        case .dataCorrupted(let ctx): return "\(path(ctx.codingPath)): \(ctx.debugDescription)"
+        @unknown default: return "\(e)"
+        }
+    }
+}
+
+/// The outcome of a job: the protocol's run JSON plus the method and its stages.
+public struct JobResult: Codable, Sendable {
+    public var model: String
+    public var method: String
+    public var seed: UInt64
+    public var epochs: Int
+    public var bestEpoch: Int
+    public var valid: [String: Double]
+    public var test: [String: Double]
+    public var seconds: Double
+    public var `protocol`: String
+    /// Seconds spent training CSRec teachers (included in `seconds`).
+    public var teacherSeconds: Double
+    /// Per stage: name → fit.
+    public var stages: [String: FitResult]
+    public var config: JobConfig
+    /// user_split only: each test instance's top-50 list (for HDR, Eq. 11–12).
+    public var testLists: [[Int32]]?
+    enum CodingKeys: String, CodingKey {
+        case model, method, seed, epochs, valid, test, seconds, `protocol`, stages, config
+        case bestEpoch = "best_epoch", teacherSeconds = "teacher_seconds", testLists = "test_lists"
+    }
+}
+
+/// Trained CSRec teacher modules kept across jobs that share them (a hyper-parameter grid over
+/// β and τ reuses one module: those only change the student).
+public final class TeacherCache {
+    private var sources: [String: (source: ModelSoftLabelSource, seconds: Double)] = [:]
+    public init() {}
+    /// What identifies a teacher module: everything its training depends on.
+    static func key(_ job: JobConfig, _ c: CSRecConfig) -> String {
+        var k = "\(job.backbone.rawValue)|\(job.protocol.rawValue)|\(job.splitSeed)|\(c.teachers.rawValue)|m\(c.m)|p\(c.p)"
+        if c.teachers == .training { k += "|a\(c.alpha)|r\(c.noiseRank)" }
+        let l = job.loop
+        return k + "|\(l.maxEpochs)|\(l.patience)|\(l.batchSize)|\(l.maxLength)|\(l.learningRate)|\(l.seed)|\(l.selectMetric)"
+    }
+    private var sides: [String: (side: Backbone, seconds: Double)] = [:]
+    func get(_ key: String) -> (source: ModelSoftLabelSource, seconds: Double)? { sources[key] }
+    func put(_ key: String, _ value: (source: ModelSoftLabelSource, seconds: Double)) { sources[key] = value }
+    /// CSRec-T's side teacher depends on neither α nor the noise rank: one per seed and p.
+    static func sideKey(_ job: JobConfig, _ c: CSRecConfig) -> String {
+        var plain = c; plain.alpha = 0; plain.noiseRank = 0
+        return "side|" + key(job, plain)
+    }
+    func side(_ key: String) -> (side: Backbone, seconds: Double)? { sides[key] }
+    func putSide(_ key: String, _ value: (side: Backbone, seconds: Double)) { sides[key] = value }
+}
+
+/// Runs a job in this process.
+public enum JobRunner {
+    /// Runs `job`; CSRec teachers come from `cache` when it holds them (their training time is
+    /// still reported in `teacher_seconds`, as measured when they were built).
+    public static func run(_ job: JobConfig, data: SequenceDataset, cache: TeacherCache? = nil,
+                           progress: ((String) -> Void)? = nil) throws -> JobResult {
+        try job.validate()
+        let start = Date()
+        let T = job.loop.maxLength, seed = job.loop.seed
+        let loop = LabelLoop(data: data, config: job.loop)
+        loop.progress = progress
+        // Protocol: training instances, validation/test evaluations, training ends per user.
+        let train: InstanceSet, trainEnds: [Int], trainUsers: [Int32]?
+        let validate: ModelEvaluation, test: ModelEvaluation
+        switch job.protocol {
+        case .loo:
+            let s = LeaveOneOut(data)
+            train = s.train; trainEnds = WSLRec.leaveOneOutTrainEnds(data); trainUsers = nil
+            validate = { LabelEvaluation.fullRanking($0, data: data, instances: s.validation, maxLength: T) }
+            test = { LabelEvaluation.fullRanking($0, data: data, instances: s.test, maxLength: T) }
+        case .userSplit:
+            let s = UserSplit(data, seed: job.splitSeed)
+            train = s.train; trainUsers = s.trainUsers
+            var ends = [Int](repeating: 0, count: data.userCount)
+            for u in s.trainUsers { ends[Int(u)] = data.length(Int(u)) }
+            trainEnds = ends
+            validate = { LabelEvaluation.sets($0, data: data, instances: s.validation, maxLength: T) }
+            test = { LabelEvaluation.sets($0, data: data, instances: s.test, maxLength: T) }
+        }
+        var stages: [String: FitResult] = [:]
+        // Teachers first (CSRec).
+        var source: SoftLabelSource? = nil
+        var teacherSeconds = 0.0
+        if let c = job.methods.csrec {
+            let key = TeacherCache.key(job, c)
+            if let hit = cache?.get(key) {
+                source = hit.source; teacherSeconds = hit.seconds
+            } else {
+                progress?("CSRec: training \(c.teachers.rawValue)-level teachers")
+                let sideKey = TeacherCache.sideKey(job, c)
+                let side = c.teachers == .training ? cache?.side(sideKey) : nil
+                let t0 = Date()
+                let N = data.itemCount, kind = job.backbone
+                let built = try CSRecTeachers.module(c, make: { kind.make(itemCount: N, maxLength: T, seed: $0) }, loop: loop,
+                                                     instances: train, validate: validate, seed: seed, side: side?.side)
+                // a reused side teacher is still charged at the time it took to train
+                teacherSeconds = Date().timeIntervalSince(t0) + (side?.seconds ?? 0)
+                if side == nil, let g2 = built.side { cache?.putSide(sideKey, (g2, built.sideSeconds)) }
+                cache?.put(key, (built.source, teacherSeconds))
+                source = built.source
+            }
+        }
+        let studentStart = Date()
+        func student(_ hard: LabelObjective) -> LabelObjective {
+            guard let c = job.methods.csrec, let source else { return hard }
+            return CSRecStudentObjective(source: source, hard: hard, beta: c.beta, temperature: c.temperature,
+                                         direction: c.direction.direction)
+        }
+        let model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+        let final: FitResult
+        if let w = job.methods.wslrec {
+            let r = try WSLRec.train(w, model: model, loop: loop, instances: train, trainEnds: trainEnds, trainUsers: trainUsers,
+                                     validate: validate, fineTune: student)
+            stages["pretrain"] = r.pre
+            final = r.fine
+        } else if let u = job.methods.ufnrec {
+            let teacher = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+            final = try loop.fit(model: model, instances: train,
+                                 objective: student(UFNRecObjective(config: u, student: model, teacher: teacher, seed: seed)),
+                                 validate: validate)
+        } else {
+            final = try loop.fit(model: model, instances: train, objective: student(CrossEntropyObjective()), validate: validate)
+        }
+        stages["final"] = final
+        let valid = validate(model), testMetrics = test(model)
+        var lists: [[Int32]]? = nil
+        if job.protocol == .userSplit {
+            lists = try LabelEvaluation.topLists(model, data: data, instances: UserSplit(data, seed: job.splitSeed).test,
+                                                 k: min(50, data.itemCount), maxLength: T)
+        }
+        return JobResult(model: model.name, method: job.methods.name, seed: seed, epochs: final.epochs, bestEpoch: final.bestEpoch,
+                         valid: valid, test: testMetrics, seconds: teacherSeconds + Date().timeIntervalSince(studentStart),
+                         protocol: job.protocol.rawValue, teacherSeconds: teacherSeconds, stages: stages, config: job,
+                         testLists: lists)
+    }
+}

@@ -1,0 +1,120 @@
+// The seam between a student and its teachers: soft labels and top-k mining for a batch of
+// sequences. The in-process implementation runs teacher backbones here; a remote one (a teacher
+// process behind the broker) implements the same protocol, and no method changes when it moves.
+//
+// Shapes: B batch, T positions, N items; logits and labels are (B, N), column j = item j + 1.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Numerics
+import Models
+
+/// Why a soft-label source could not answer.
+public struct SoftLabelError: Error, CustomStringConvertible {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { "soft-label source: \(reason)" }
+}
+
+/// Teacher outputs for batches of right-padded sequences.
+public protocol SoftLabelSource: AnyObject {
+    /// Items N; every answer covers ids 1...N.
+    var itemCount: Int { get }
+    /// The teacher's logits e (B, N) for sequences items (B, T), lengths (B), into `out`.
+    func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, out: Floats) throws
+    /// The top-k item ids by teacher logit (B, k), best first, ties to the lower id.
+    func topK(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, k: Int,
+              out: UnsafeMutablePointer<Int32>) throws
+}
+
+extension SoftLabelSource {
+    /// CSRec's soft labels (Eq. 14) r = ½ (softmax(e / τ) + onehot(target)) into `out` (B, N).
+    public func softLabels(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
+                           B: Int, T: Int, temperature: Float, out: Floats) throws {
+        try logits(items: items, lengths: lengths, B: B, T: T, out: out)
+        SoftLabels.fromLogits(out, logits: UnsafePointer(out), targets: targets, temperature: temperature, B: B, N: itemCount)
+    }
+}
+
+/// The soft-label formula, free of any teacher.
+public enum SoftLabels {
+    /// r (B, N) = ½ (softmax(e / τ) + onehot(target)); `r` may alias `logits`. A target ≤ 0
+    /// leaves the row as softmax(e / τ) alone (no observed item).
+    public static func fromLogits(_ r: Floats, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>?,
+                                  temperature: Float, B: Int, N: Int) {
+        precondition(temperature > 0, "temperature must be positive")
+        for b in 0..<B {
+            let x = logits + b * N, out = r + b * N
+            var m = -Float.infinity
+            for j in 0..<N { m = max(m, x[j]) }
+            var s: Float = 0
+            for j in 0..<N { let e = expf((x[j] - m) / temperature); out[j] = e; s += e }
+            let target = targets.map { Int($0[b]) } ?? 0
+            let half: Float = target >= 1 ? 0.5 : 1
+            for j in 0..<N { out[j] = out[j] / s * half }
+            if target >= 1 { out[target - 1] += 0.5 }
+        }
+    }
+
+    /// Top-k of one row (best first; equal scores to the lower id): a k-sized selection.
+    static func topK(row: UnsafePointer<Float>, N: Int, k: Int, out: UnsafeMutablePointer<Int32>) {
+        // insertion into a sorted list of k: fine for the k ≤ a few hundred used here
+        var n = 0
+        for j in 0..<N {
+            let s = row[j].isNaN ? -Float.infinity : row[j]
+            if n == k {
+                let last = out[k - 1]
+                let ls = row[Int(last) - 1].isNaN ? -Float.infinity : row[Int(last) - 1]
+                if !(s > ls) { continue }
+                n -= 1
+            }
+            var p = n
+            while p > 0 {
+                let prev = out[p - 1]
+                let ps = row[Int(prev) - 1].isNaN ? -Float.infinity : row[Int(prev) - 1]
+                if s > ps { out[p] = prev; p -= 1 } else { break }
+            }
+            out[p] = Int32(j + 1)
+            n += 1
+        }
+    }
+}
+
+/// In-process teachers: the mean of the teacher backbones' logits (CSRec's ensembles,
+/// e = Σ g_k(s) / m, Algorithms 1–2; one backbone for a single teacher such as CSRec-T's g1 or
+/// WSLRec's pre-trained model). Teachers run in eval mode (no dropout).
+public final class ModelSoftLabelSource: SoftLabelSource {
+    public let teachers: [Backbone]
+    public var itemCount: Int { teachers[0].itemCount }
+
+    public init(teachers: [Backbone]) {
+        precondition(!teachers.isEmpty, "at least one teacher")
+        precondition(teachers.allSatisfy { $0.itemCount == teachers[0].itemCount && $0.interests == 1 },
+                     "teachers share the item set and give one user vector")
+        self.teachers = teachers
+    }
+
+    public func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, out: Floats) throws {
+        let N = itemCount
+        let m = Float(teachers.count)
+        for (k, g) in teachers.enumerated() {
+            precondition(g.maxLength == T, "teacher positions \(g.maxLength) differ from the batch's \(T)")
+            let user = g.forward(items: items, lengths: lengths, B: B, training: false)
+            // out (B, N) (+)= user (B, C) · table[1...N]ᵀ / m
+            sgemm(transB: true, M: B, N: N, K: g.dim, alpha: 1 / m, A: user, lda: g.dim, B: g.scoringTable, ldb: g.dim,
+                  beta: k == 0 ? 0 : 1, C: out, ldc: N)
+        }
+    }
+
+    public func topK(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, k: Int,
+                     out: UnsafeMutablePointer<Int32>) throws {
+        let N = itemCount
+        precondition(k >= 1 && k <= N, "k \(k) outside 1...\(N)")
+        let e = Floats.allocate(capacity: B * N)
+        defer { e.deallocate() }
+        try logits(items: items, lengths: lengths, B: B, T: T, out: e)
+        for b in 0..<B { SoftLabels.topK(row: e + b * N, N: N, k: k, out: out + b * k) }
+    }
+}

@@ -1,0 +1,199 @@
+// UFNRec (ufnrec.md §3): BCE with n sampled negatives (Eq. 2–4); after a warm-up that ends when
+// the basic loss plateaus, negatives scoring above the positive are recorded per training
+// instance (user, position) and re-fed next epoch with n − |N_rec| fresh random ones (Eq. 5);
+// a negative recorded more than m times is reversed into a positive (FMR); an EMA copy of the
+// student (decay d, Eq. 6) gives soft labels ŷ = σ(teacher score) for the reversed items, and a
+// consistency BCE weighted α applies to those entries only (FCR, Eq. 7–9).
+// Official defaults: n = 100, m = 5, d = 0.999, α = 0.3.
+//
+// Shapes: B batch, n negatives per row, N items (score column j = item j + 1).
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Numerics
+import Models
+import Data
+
+/// UFNRec's hyper-parameters.
+public struct UFNRecConfig: Sendable, Codable, Equatable {
+    /// Negatives per positive (n).
+    public var negatives = 100
+    /// Reversal threshold m: recorded more than m times → positive. Grid {1, 2, 3, 4, 6, 8, 10}.
+    public var m = 5
+    /// EMA decay d of the teacher. Grid {0.9, 0.99, 0.995, 0.999}.
+    public var decay: Float = 0.999
+    /// Weight α of the consistency loss. Grid {0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5}.
+    public var alpha: Float = 0.3
+    /// Warm-up ends after the first epoch whose mean loss fell by less than this fraction.
+    public var plateau: Float = 0.01
+    /// ... or after this many epochs, whichever comes first.
+    public var maxWarmupEpochs = 50
+    public init() {}
+    enum CodingKeys: String, CodingKey {
+        case negatives, m, decay, alpha, plateau, maxWarmupEpochs = "max_warmup_epochs"
+    }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        negatives = try c.decodeIfPresent(Int.self, forKey: .negatives) ?? 100
+        m = try c.decodeIfPresent(Int.self, forKey: .m) ?? 5
+        decay = try c.decodeIfPresent(Float.self, forKey: .decay) ?? 0.999
+        alpha = try c.decodeIfPresent(Float.self, forKey: .alpha) ?? 0.3
+        plateau = try c.decodeIfPresent(Float.self, forKey: .plateau) ?? 0.01
+        maxWarmupEpochs = try c.decodeIfPresent(Int.self, forKey: .maxWarmupEpochs) ?? 50
+    }
+    public func validate() throws {
+        func bad(_ k: String, _ r: String) -> JobConfigError { .invalid(key: "ufnrec.\(k)", reason: r) }
+        if negatives < 1 { throw bad("negatives", "must be at least 1, got \(negatives)") }
+        if m < 0 { throw bad("m", "must be at least 0, got \(m)") }
+        if !(decay >= 0 && decay <= 1) { throw bad("decay", "must be in [0, 1], got \(decay)") }
+        if !(alpha >= 0) { throw bad("alpha", "must be non-negative, got \(alpha)") }
+        if !(plateau >= 0) { throw bad("plateau", "must be non-negative, got \(plateau)") }
+        if maxWarmupEpochs < 0 { throw bad("max_warmup_epochs", "must be non-negative, got \(maxWarmupEpochs)") }
+    }
+}
+
+/// Per-instance records of false-negative candidates (FMR's N_rec) and reversed items (N_false).
+public struct FalseNegativeRecords: Sendable {
+    public let m: Int
+    /// instance → item → times it scored above the positive (not yet reversed)
+    public private(set) var counts: [Int32: [Int32: Int]] = [:]
+    /// instance → reversed items (now positives)
+    public private(set) var reversed: [Int32: [Int32]] = [:]
+
+    public init(m: Int) { self.m = m }
+
+    /// Records one observation of instance `k`: every negative whose score exceeds the
+    /// positive's is counted; one counted more than m times moves to the reversed set.
+    public mutating func observe(instance k: Int32, positiveScore: Float, negatives: [(item: Int32, score: Float)]) {
+        for (item, s) in negatives where s > positiveScore {
+            let c = (counts[k]?[item] ?? 0) + 1
+            if c > m {
+                counts[k]?[item] = nil
+                reversed[k, default: []].append(item)
+            } else {
+                counts[k, default: [:]][item] = c
+            }
+        }
+    }
+
+    /// Recorded (not reversed) negatives of instance `k`, lowest id first.
+    public func recorded(_ k: Int32) -> [Int32] { (counts[k]?.keys).map { $0.sorted() } ?? [] }
+    /// Reversed items of instance `k`, in reversal order.
+    public func reversedItems(_ k: Int32) -> [Int32] { reversed[k] ?? [] }
+    public func isReversed(_ k: Int32, _ item: Int32) -> Bool { reversed[k]?.contains(item) ?? false }
+    public var reversedCount: Int { reversed.values.reduce(0) { $0 + $1.count } }
+}
+
+/// ω' ← d·ω' + (1 − d)·ω over a whole parameter set (Eq. 6).
+public final class ExponentialMovingAverage {
+    public let average: ParameterSet
+    public let decay: Float
+    public init(average: ParameterSet, decay: Float) { self.average = average; self.decay = decay }
+    /// Starts the average at the current values of `source`.
+    public func reset(to source: ParameterSet) { average.copyValues(from: source) }
+    public func update(from source: ParameterSet) {
+        precondition(source.entries == average.entries, "parameter sets differ")
+        let a = average.values, w = source.values, d = decay
+        for i in 0..<average.count { a[i] = d * a[i] + (1 - d) * w[i] }
+    }
+}
+
+/// UFNRec's loss on a batch; `teacher` is a second instance of the student's architecture that
+/// holds the EMA weights.
+public final class UFNRecObjective: LabelObjective {
+    public let config: UFNRecConfig
+    public let student: Backbone
+    public let teacher: Backbone
+    public let ema: ExponentialMovingAverage
+    public private(set) var records: FalseNegativeRecords
+    /// True until the basic loss plateaus.
+    public private(set) var warmingUp = true
+    public private(set) var warmupEpochs = 0
+    private var previousLoss: Double? = nil
+    private var rng: RNG
+
+    public init(config: UFNRecConfig, student: Backbone, teacher: Backbone, seed: UInt64) {
+        precondition(student.parameters.entries == teacher.parameters.entries, "teacher must share the student's architecture")
+        self.config = config; self.student = student; self.teacher = teacher
+        ema = ExponentialMovingAverage(average: teacher.parameters, decay: config.decay)
+        records = FalseNegativeRecords(m: config.m)
+        rng = RNG(seed: seed).derived(0xF4E)
+    }
+
+    public func afterUpdate() { if !warmingUp { ema.update(from: student.parameters) } }
+
+    public func endEpoch(_ epoch: Int, meanLoss: Double) {
+        guard warmingUp else { return }
+        warmupEpochs = epoch
+        if let prev = previousLoss, prev > 0,
+           (prev - meanLoss) / prev < Double(config.plateau) || epoch >= config.maxWarmupEpochs {
+            warmingUp = false
+            ema.reset(to: student.parameters)
+        }
+        previousLoss = meanLoss
+    }
+
+    /// Ends the warm-up now (tests; a job that resumes from a warmed-up model).
+    public func endWarmup() { warmingUp = false; ema.reset(to: student.parameters) }
+
+    public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
+        let B = batch.B, N = batch.N, n = config.negatives
+        dlogits.update(repeating: 0, count: B * N)
+        let scale = 1 / Float(B)
+        // Teacher scores are needed only for rows with reversed items.
+        var teacherUser: UnsafePointer<Float>? = nil
+        if !warmingUp && (0..<B).contains(where: { !records.reversedItems(batch.instances[$0]).isEmpty }) {
+            teacherUser = teacher.forward(items: batch.items, lengths: batch.lengths, B: B, training: false)
+        }
+        var total = 0.0
+        var negs: [Int32] = []
+        negs.reserveCapacity(n)
+        for b in 0..<B {
+            let k = batch.instances[b], pos = batch.targets[b]
+            let x = logits + b * N, d = dlogits + b * N
+            let rev = warmingUp ? [] : records.reversedItems(k)
+            // Negatives: recorded ones first (Eq. 5), then random, never the positive or a reversed item.
+            negs.removeAll(keepingCapacity: true)
+            var taken = Set<Int32>()
+            if !warmingUp { for i in records.recorded(k).prefix(n) where taken.insert(i).inserted { negs.append(i) } }
+            var guardCount = 0
+            while negs.count < n && guardCount < 20 * n {
+                guardCount += 1
+                let i = Int32(1 + rng.below(N))
+                if i == pos || rev.contains(i) || !taken.insert(i).inserted { continue }
+                negs.append(i)
+            }
+            // basic loss (Eq. 4) with the reversed items as positives
+            let sp = x[Int(pos) - 1]
+            var l = softplus(-sp)
+            d[Int(pos) - 1] += (sigmoid(sp) - 1) * scale
+            for i in rev {
+                let s = x[Int(i) - 1]
+                l += softplus(-s); d[Int(i) - 1] += (sigmoid(s) - 1) * scale
+            }
+            for i in negs {
+                let s = x[Int(i) - 1]
+                l += softplus(s); d[Int(i) - 1] += sigmoid(s) * scale
+            }
+            // consistency (Eq. 7–8) on reversed entries: BCE(ŷ, σ(s)) = softplus(s) − ŷ·s
+            if let tu = teacherUser, !rev.isEmpty {
+                let C = teacher.dim, u = tu + b * C
+                for i in rev {
+                    let e = teacher.itemTable + Int(i) * C
+                    var ts: Float = 0
+                    for c in 0..<C { ts += u[c] * e[c] }
+                    let yHat = sigmoid(ts), s = x[Int(i) - 1]
+                    l += config.alpha * (softplus(s) - yHat * s)
+                    d[Int(i) - 1] += config.alpha * (sigmoid(s) - yHat) * scale
+                }
+            }
+            total += Double(l)
+            if !warmingUp {
+                records.observe(instance: k, positiveScore: sp, negatives: negs.map { ($0, x[Int($0) - 1]) })
+            }
+        }
+        return total * Double(scale)
+    }
+}

@@ -1,0 +1,102 @@
+import XCTest
+import Numerics
+import Models
+import Data
+@testable import Methods
+
+final class UFNRecTests: XCTestCase {
+    func testANegativeOutscoringThePositiveMorePlusOneTimesIsReversedAndOneThatDoesNotIsNot() {
+        let m = 3
+        var r = FalseNegativeRecords(m: m)
+        for round in 1...(m + 1) {
+            r.observe(instance: 0, positiveScore: 1.0, negatives: [(7, 2.0), (9, 0.5), (8, round <= m ? 1.5 : 0.1)])
+            XCTAssertEqual(r.isReversed(0, 7), round == m + 1, "round \(round)")
+        }
+        XCTAssertFalse(r.isReversed(0, 8), "outscored exactly m times")
+        XCTAssertEqual(r.recorded(0), [8], "still a recorded candidate")
+        XCTAssertFalse(r.isReversed(0, 9))
+        XCTAssertEqual(r.reversedItems(0), [7])
+        // per (user, position): another instance is unaffected
+        XCTAssertTrue(r.reversedItems(1).isEmpty)
+        XCTAssertEqual(r.reversedCount, 1)
+    }
+
+    func testEMATeacherEqualsTheClosedFormAverage() {
+        let d: Float = 0.9
+        let student = ParameterSet([("w", [4])]), teacher = ParameterSet([("w", [4])])
+        let ema = ExponentialMovingAverage(average: teacher, decay: d)
+        let steps: [[Float]] = [[1, 2, 3, 4], [0, -1, 2, 5], [3, 3, 3, 3], [-2, 0, 1, 7]]
+        for i in 0..<4 { student.values[i] = steps[0][i] }
+        ema.reset(to: student)
+        for s in steps.dropFirst() {
+            for i in 0..<4 { student.values[i] = s[i] }
+            ema.update(from: student)
+        }
+        // ω'_3 = d³ ω_0 + (1 − d)(d² ω_1 + d ω_2 + ω_3)
+        for i in 0..<4 {
+            let expected = powf(d, 3) * steps[0][i] + (1 - d) * (d * d * steps[1][i] + d * steps[2][i] + steps[3][i])
+            XCTAssertEqual(teacher.values[i], expected, accuracy: 1e-5)
+        }
+    }
+
+    /// Drives the objective with fixed scores where item 3 beats the positive every time: it is
+    /// pushed down as a negative until recorded more than m times, then pulled up as a positive
+    /// with the consistency term added.
+    func testReversedItemTurnsFromNegativeToPositiveInTheLoss() throws {
+        let N = 6, T = 4
+        var c = UFNRecConfig(); c.negatives = 5; c.m = 2; c.alpha = 0.3
+        let student = labelsSASRec(items: N, maxLength: T, seed: 1), teacher = labelsSASRec(items: N, maxLength: T, seed: 1)
+        let objective = UFNRecObjective(config: c, student: student, teacher: teacher, seed: 1)
+        objective.endWarmup()
+        let items: [Int32] = [1, 2, 0, 0], lengths: [Int32] = [2], targets: [Int32] = [5], rows: [Int32] = [0]
+        let logits: [Float] = [0, 0, 4, 0, 1, 0]   // item 3 scores 4, the positive (5) scores 1
+        var dlogits = [Float](repeating: 0, count: N)
+        var signs: [Float] = []
+        for _ in 0..<(c.m + 2) {
+            try items.withUnsafeBufferPointer { ib in try lengths.withUnsafeBufferPointer { lb in
+                try targets.withUnsafeBufferPointer { tb in try rows.withUnsafeBufferPointer { rb in
+                    let batch = LabelBatch(items: ib.baseAddress!, lengths: lb.baseAddress!, targets: tb.baseAddress!,
+                                           instances: rb.baseAddress!, B: 1, T: T, N: N)
+                    _ = try objective.loss(batch: batch, logits: logits, dlogits: &dlogits)
+                }}
+            }}
+            signs.append(dlogits[2])
+        }
+        // calls 1...m+1 treat item 3 as a negative (gradient > 0); it is reversed after call m+1
+        for i in 0...c.m { XCTAssertGreaterThan(signs[i], 0, "call \(i + 1)") }
+        XCTAssertTrue(objective.records.isReversed(0, 3))
+        let s: Float = 4
+        let sig = 1 / (1 + expf(-s))
+        // teacher = student's EMA start; its score for item 3 gives ŷ
+        let u = teacher.forward(items: items, lengths: lengths, B: 1, training: false)
+        var ts: Float = 0
+        for k in 0..<teacher.dim { ts += u[k] * teacher.itemTable[3 * teacher.dim + k] }
+        let yHat = 1 / (1 + expf(-ts))
+        XCTAssertEqual(signs[c.m + 1], (sig - 1) + c.alpha * (sig - yHat), accuracy: 1e-5)
+        XCTAssertFalse(objective.records.isReversed(0, 1))
+    }
+
+    /// The loss is only comparable within a phase (after warm-up, re-fed hard negatives and
+    /// reversed positives change its terms): warm-up lowers it, and so does the mining phase
+    /// while nothing is reversed; with m = 1 reversals happen.
+    func testWarmupEndsOnAPlateauAndEachPhaseLowersTheLoss() throws {
+        let data = cyclicDataset()
+        let train = LeaveOneOut(data).train
+        for m in [1, 100] {
+            var c = UFNRecConfig(); c.negatives = 10; c.m = m; c.maxWarmupEpochs = 3; c.decay = 0.9
+            let student = labelsSASRec(items: data.itemCount), teacher = labelsSASRec(items: data.itemCount)
+            let objective = UFNRecObjective(config: c, student: student, teacher: teacher, seed: 1)
+            let fit = try quickLoop(data, epochs: 8).fit(model: student, instances: train, objective: objective, validate: nil)
+            XCTAssertFalse(objective.warmingUp)
+            let w = objective.warmupEpochs
+            XCTAssertLessThanOrEqual(w, 3)
+            XCTAssertLessThan(fit.losses[w - 1], fit.losses[0], "warm-up: \(fit.losses)")
+            if m == 1 {
+                XCTAssertGreaterThan(objective.records.reversedCount, 0, "m = 1 on a small catalogue reverses some negatives")
+            } else {
+                XCTAssertEqual(objective.records.reversedCount, 0)
+                XCTAssertLessThan(fit.losses.last!, fit.losses[w], "mining phase: \(fit.losses)")
+            }
+        }
+    }
+}
