@@ -1,14 +1,17 @@
 import ArgumentParser
 import Foundation
 import RPC
+import Stack
 import ServiceKit
 import SwiftProtobuf
 
 /// Where a CLI command sends its calls: the broker (default) or a service's own endpoint.
 struct ConnectionOptions: ParsableArguments {
-    @Option(help: "Broker endpoint (env WINNOW_BROKER).")
-    var broker: String = ProcessInfo.processInfo.environment["WINNOW_BROKER"].flatMap { $0.isEmpty ? nil : $0 }
-        ?? ServiceOptions.defaultBroker
+    @Option(help: "Broker endpoint (env WINNOW_BROKER; else the broker of the stack `winnow up` started in --state-dir; else \(ServiceOptions.defaultBroker)).")
+    var broker: String?
+
+    @Option(name: .customLong("state-dir"), help: "State directory of a stack started by `winnow up` (env WINNOW_STATE_DIR, default ./.state).")
+    var stateDirectory: String?
 
     @Option(help: "Call this endpoint directly instead of going through the broker.")
     var direct: String?
@@ -16,7 +19,18 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("timeout-ms"), help: "Deadline of each call, in milliseconds.")
     var timeoutMilliseconds: Int = 5000
 
-    var target: String { direct ?? broker }
+    var target: String { direct ?? resolvedBroker }
+
+    /// The flag, then the environment, then the record of a stack brought up in the state
+    /// directory (so `winnow up --broker-port P` needs no `--broker` afterwards), then the default.
+    var resolvedBroker: String {
+        let environment = ProcessInfo.processInfo.environment
+        if let broker { return broker }
+        if let fromEnvironment = environment["WINNOW_BROKER"], !fromEnvironment.isEmpty { return fromEnvironment }
+        let state = stateDirectory ?? environment["WINNOW_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? ".state"
+        if let record = StackRecord.load(StackLayout(stateDirectory: state)) { return record.brokerEndpoint }
+        return ServiceOptions.defaultBroker
+    }
     var timeout: Duration { .milliseconds(timeoutMilliseconds) }
 
     func validate() throws {

@@ -93,6 +93,10 @@ final class StackCommandTests: XCTestCase {
         }
         XCTAssertEqual(lines.filter { $0.hasPrefix("teacher ") }.count, 2, status.output)
         XCTAssertTrue(status.output.contains("6 workers"), status.output)
+        // Without --broker, status finds the broker of the stack brought up in --state-dir.
+        let byState = try winnow(["status", "--state-dir", state.path])
+        XCTAssertEqual(byState.status, 0, byState.output)
+        XCTAssertTrue(byState.output.contains("6 workers"), byState.output)
 
         // A crashed service is restarted, and the restart is logged.
         let teacher = try XCTUnwrap(record.children.first { $0.name == "teacher-2" })
