@@ -29,7 +29,7 @@ struct ExperimentJob: ParsableCommand {
     func run() throws {
         Threads.set(max(1, threads))
         let job = try JobConfig.load(path: config)
-        let path = try LabelData.resolve(dataset)
+        let path = try Train.resolve(dataset)
         let data = SequenceDataset(try InterReader().read(path: path))
         guard data.userCount > 0, data.itemCount > 0 else { throw ValidationError("\(path): nothing left after 5-core filtering") }
         let err = FileHandle.standardError
@@ -39,23 +39,6 @@ struct ExperimentJob: ParsableCommand {
         let bytes = try enc.encode(result)
         if let json { try bytes.write(to: URL(fileURLWithPath: json), options: .atomic) }
         else { print(String(decoding: bytes, as: UTF8.self)) }
-    }
-}
-
-/// Where `--dataset` points.
-enum LabelData {
-    static func resolve(_ dataset: String) throws -> String {
-        if dataset == "ml-100k" {
-            let env = ProcessInfo.processInfo.environment
-            let dir = env["WINNOW_DATA_DIR"] ?? (NSHomeDirectory() + "/.cache/winnow/data")
-            let path = dir + "/ml-100k/ml-100k.inter"
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw ValidationError("ml-100k is not in the cache (\(path)); run scripts/fetch-ml100k first")
-            }
-            return path
-        }
-        guard FileManager.default.fileExists(atPath: dataset) else { throw ValidationError("dataset \(dataset): no such file") }
-        return dataset
     }
 }
 
@@ -114,7 +97,7 @@ struct ExperimentLabels: ParsableCommand {
 
     func run() throws {
         Threads.set(threads)
-        let path = try LabelData.resolve(dataset)
+        let path = try Train.resolve(dataset)
         let data = SequenceDataset(try InterReader().read(path: path))
         guard data.userCount > 0, data.itemCount > 0 else { throw ValidationError("\(path): nothing left after 5-core filtering") }
         let err = FileHandle.standardError
