@@ -60,8 +60,11 @@ enum Subprocess {
 /// glibc's `posix_spawn_file_actions_addclosefrom_np` and `..._addchdir_np` (glibc 2.34 and
 /// 2.29) are declared only under `_GNU_SOURCE`, which Swift's Glibc module does not set; they are
 /// looked up by name instead. Where missing, spawned children inherit descriptors not marked
-/// close-on-exec, and start in our working directory.
-enum SpawnExtensions {
+/// close-on-exec, and start in our working directory. Shared with the stack's supervisor.
+public enum SpawnExtensions {
+    /// `POSIX_SPAWN_SETSID` (glibc 2.26).
+    public static let setsidFlag: Int32 = 0x80
+
     private typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
     private typealias ChangeDirectory = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
 
@@ -70,11 +73,11 @@ enum SpawnExtensions {
     private static let changeDirectoryFunction: ChangeDirectory? = dlsym(nil, "posix_spawn_file_actions_addchdir_np")
         .map { unsafeBitCast($0, to: ChangeDirectory.self) }
 
-    static func closeFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ fd: Int32) {
+    public static func closeFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ fd: Int32) {
         _ = closeFromFunction?(actions, fd)
     }
 
-    static func changeDirectory(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ path: String) {
+    public static func changeDirectory(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ path: String) {
         _ = changeDirectoryFunction?(actions, path)
     }
 }

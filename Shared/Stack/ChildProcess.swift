@@ -1,6 +1,7 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
+import Postgres
 #endif
 
 /// How a child process ended.
@@ -74,8 +75,8 @@ public final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        SpawnGlibc.closeFrom(&actions, 3)
-        if let workingDirectory { SpawnGlibc.changeDirectory(&actions, workingDirectory) }
+        SpawnExtensions.closeFrom(&actions, 3)
+        if let workingDirectory { SpawnExtensions.changeDirectory(&actions, workingDirectory) }
 
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
@@ -89,7 +90,7 @@ public final class ChildProcess: @unchecked Sendable {
         posix_spawnattr_setsigmask(&attr, &none)
         var flags = Int32(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
         if newSession {
-            flags |= Int32(SpawnGlibc.setsidFlag)
+            flags |= Int32(SpawnExtensions.setsidFlag)
         } else {
             flags |= Int32(POSIX_SPAWN_SETPGROUP)
             posix_spawnattr_setpgroup(&attr, 0)
@@ -155,28 +156,4 @@ public struct SpawnError: Error, CustomStringConvertible {
     public let executable: String
     public let code: Int32
     public var description: String { "cannot start \(executable): \(String(cString: strerror(code))) (errno \(code))" }
-}
-
-/// glibc spawn extensions declared only under `_GNU_SOURCE` (which Swift's Glibc module does
-/// not set): looked up by name; where missing, children keep descriptors not marked
-/// close-on-exec and start in our working directory.
-enum SpawnGlibc {
-    /// `POSIX_SPAWN_SETSID` (glibc 2.26).
-    static let setsidFlag: Int32 = 0x80
-
-    private typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-    private typealias ChangeDirectory = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
-
-    private static let closeFromFunction: CloseFrom? = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np")
-        .map { unsafeBitCast($0, to: CloseFrom.self) }
-    private static let changeDirectoryFunction: ChangeDirectory? = dlsym(nil, "posix_spawn_file_actions_addchdir_np")
-        .map { unsafeBitCast($0, to: ChangeDirectory.self) }
-
-    static func closeFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ fd: Int32) {
-        _ = closeFromFunction?(actions, fd)
-    }
-
-    static func changeDirectory(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ path: String) {
-        _ = changeDirectoryFunction?(actions, path)
-    }
 }
