@@ -39,7 +39,7 @@ public final class DSSEncoder: Backbone {
     private struct Block { var qkvW, qkvB, outW, outB, ln1W, ln1B, ff1W, ff1B, ff2W, ff2B, ln2W, ln2B: Floats }
     private let pBlocks: [Block], gBlocks: [Block]
     private struct Acts { var qkv, att, attD, ctx, ao, aoMask, r1, a, ln1Mean, ln1Rstd, f1, g, f2, f2Mask, r2, h, ln2Mean, ln2Rstd: Floats }
-    private let work = ScratchSlab()
+    private let work = Workspace()
     private var x0: Floats! = nil, h0: Floats! = nil, mask0: Floats! = nil, ln0Mean: Floats! = nil, ln0Rstd: Floats! = nil
     private var acts: [Acts] = []
     private var dhA: Floats! = nil, dhB: Floats! = nil, dr: Floats! = nil, da: Floats! = nil, dtmp: Floats! = nil

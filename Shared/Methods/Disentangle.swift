@@ -15,6 +15,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Models
 import Numerics
 
 public final class DisentangleLayer {
@@ -32,7 +33,7 @@ public final class DisentangleLayer {
          (prefix + "beta.input", [K, C]), (prefix + "beta.label", [K, C]), (prefix + "ln5.weight", [C]), (prefix + "ln5.bias", [C])]
     }
 
-    private let work = ScratchSlab()
+    private let work = Workspace()
     private var zn: Floats! = nil, m1: Floats! = nil, r1: Floats! = nil        // (BT, C), (BT), (BT)
     private var cn: Floats! = nil, m2: Floats! = nil, r2: Floats! = nil        // (K, C), (K), (K)
     private var pk: Floats! = nil                                               // (BT, K)

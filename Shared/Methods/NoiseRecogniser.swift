@@ -10,6 +10,7 @@
 // Label 1 = clean (original sequence), 0 = noisy (randomly replaced), as the paper's Eq. 2.
 // Shapes: B rows, T = maxLength positions, D = dim, A = attention hidden, N = itemCount.
 // Forward / backward pairs follow Numerics: backward accumulates into `parameters.grads`.
+import Models
 import Numerics
 
 public struct NoiseRecogniserConfig: Sendable, Equatable, Codable {
@@ -44,7 +45,7 @@ public final class NoiseRecogniser {
 
     private let T: Int, D: Int, A: Int
     private let hidden: [Int]           // output MLP widths: [2D, h1, h2, ..., 1]
-    private let work = ScratchSlab()
+    private let work = Workspace()
     // activations (for the largest batch seen)
     private var eh: Floats! = nil, et: Floats! = nil, x: Floats! = nil        // (B·T, D), (B, D), (B·T, 4D)
     private var a1: Floats! = nil, p1: Floats! = nil, m1: Floats! = nil       // (B·T, A) pre-PReLU, dropped PReLU out, mask
@@ -262,19 +263,5 @@ public final class NoiseRecogniser {
         let dTable = ps.grad("embedding")
         embeddingBackward(dtable: dTable, dout: dEh, ids: items, N: BT, C: D)
         embeddingBackward(dtable: dTable, dout: dEt, ids: targets, N: B, C: D)
-    }
-}
-
-/// Grows-only storage for per-batch activations of the methods' own layers: allocated for the
-/// largest batch seen and reused by every smaller one (nothing is allocated per step).
-final class ScratchSlab {
-    private(set) var capacity = 0
-    private(set) var slab: Slab? = nil
-    /// Returns true when it (re)allocated: the caller then re-carves its views.
-    func ensure(_ B: Int, sizes: (Int) -> [Int]) -> Bool {
-        if B <= capacity, slab != nil { return false }
-        capacity = B
-        slab = Slab(sizes(B))
-        return true
     }
 }

@@ -38,10 +38,13 @@ extension Backbone {
 
 /// Grows-only storage for per-batch activations: allocated for the largest batch seen, reused by
 /// every later batch of that size or smaller (nothing is allocated per step).
-final class Workspace {
-    private(set) var capacity = 0
-    private(set) var slab: Slab? = nil
-    func ensure(_ B: Int, sizes: (Int) -> [Int]) -> Bool {
+/// Shared with the methods' own layers.
+public final class Workspace {
+    public private(set) var capacity = 0
+    public private(set) var slab: Slab? = nil
+    public init() {}
+    /// Returns true when it (re)allocated: the caller then re-carves its views.
+    public func ensure(_ B: Int, sizes: (Int) -> [Int]) -> Bool {
         if B <= capacity, slab != nil { return false }
         capacity = B
         slab = Slab(sizes(B))
