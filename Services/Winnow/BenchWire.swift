@@ -96,6 +96,9 @@ struct BenchWire: AsyncParsableCommand {
                 var merged = next
                 if let reference {
                     for (size, result) in next.bySize { merged.bySize[size] = Self.best(reference.bySize[size], result) }
+                    for (size, result) in next.relayBySize {
+                        merged.relayBySize[size] = Self.best(reference.relayBySize[size], result)
+                    }
                 }
                 reference = merged
             }
@@ -213,7 +216,11 @@ struct BenchWire: AsyncParsableCommand {
 
     struct Reference {
         var version: String
+        /// pyzmq REQ straight to a REP echo server.
         var bySize: [Int: Sequential]
+        /// The same REQ through libzmq's `zmq_proxy` relay to a REP echo server: the floor of
+        /// what any relaying broker adds on this machine.
+        var relayBySize: [Int: Sequential]
     }
 
     private func runReference() throws -> Reference {
@@ -233,17 +240,22 @@ struct BenchWire: AsyncParsableCommand {
                                                "--counts", "\(smallCount),\(largeCount)"])
         guard let line = output.split(separator: "\n").last, let data = line.data(using: .utf8),
               let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let results = object["results"] as? [[String: Any]] else {
+              let results = object["results"] as? [[String: Any]],
+              let relayResults = object["relay_results"] as? [[String: Any]] else {
             throw ValidationError("wire_pyzmq.py printed no result: \(output)")
         }
-        var bySize: [Int: Sequential] = [:]
-        for result in results {
-            guard let size = result["size"] as? Int, let p50 = result["p50_us"] as? Double,
-                  let p99 = result["p99_us"] as? Double, let rate = result["msgs_per_s"] as? Double,
-                  let bytes = result["bytes_per_s"] as? Double else { continue }
-            bySize[size] = Sequential(p50: p50, p99: p99, messagesPerSecond: rate, bytesPerSecond: bytes)
+        func bySize(_ results: [[String: Any]]) -> [Int: Sequential] {
+            var bySize: [Int: Sequential] = [:]
+            for result in results {
+                guard let size = result["size"] as? Int, let p50 = result["p50_us"] as? Double,
+                      let p99 = result["p99_us"] as? Double, let rate = result["msgs_per_s"] as? Double,
+                      let bytes = result["bytes_per_s"] as? Double else { continue }
+                bySize[size] = Sequential(p50: p50, p99: p99, messagesPerSecond: rate, bytesPerSecond: bytes)
+            }
+            return bySize
         }
-        return Reference(version: "pyzmq \(object["pyzmq"] ?? "?") (libzmq \(object["libzmq"] ?? "?"))", bySize: bySize)
+        return Reference(version: "pyzmq \(object["pyzmq"] ?? "?") (libzmq \(object["libzmq"] ?? "?"))",
+                         bySize: bySize(results), relayBySize: bySize(relayResults))
     }
 
     // MARK: rows
@@ -251,11 +263,12 @@ struct BenchWire: AsyncParsableCommand {
     private func makeRows(_ winnow: [String: Measurement], reference: Reference?) -> [BenchRow] {
         var rows: [BenchRow] = []
         func label(_ size: Int) -> String { size == Self.small ? "2KB" : "200KB" }
-        // Broker rows compare with pyzmq REQ/REP direct: pyzmq has no broker.
+        // Direct rows compare with pyzmq REQ/REP direct; broker rows with the same REQ/REP through
+        // libzmq's zmq_proxy, a relay that makes no decisions (the floor for any broker).
         for route in ["direct", "broker", "direct_pooled"] {
             for size in [Self.small, Self.large] {
                 guard let measured = winnow["\(route).\(size)"] else { continue }
-                let ref = reference?.bySize[size]
+                let ref = route == "broker" ? reference?.relayBySize[size] : reference?.bySize[size]
                 let name = "wire.\(route).\(label(size))"
                 rows.append(.time("\(name).p50", winnow: measured.sequential.p50, reference: ref?.p50,
                                   goal: route == "direct" && size == Self.small ? 1.0 : nil, unit: "us"))
@@ -270,8 +283,12 @@ struct BenchWire: AsyncParsableCommand {
         }
         for size in [Self.small, Self.large] {
             if let direct = winnow["direct.\(size)"], let broker = winnow["broker.\(size)"] {
+                var added: Double?
+                if let direct = reference?.bySize[size], let relayed = reference?.relayBySize[size] {
+                    added = relayed.p50 - direct.p50
+                }
                 rows.append(.time("wire.broker_hop.\(label(size)).p50_added",
-                                  winnow: broker.sequential.p50 - direct.sequential.p50, reference: nil,
+                                  winnow: broker.sequential.p50 - direct.sequential.p50, reference: added,
                                   budget: size == Self.small ? 40 : nil, unit: "us"))
             }
         }

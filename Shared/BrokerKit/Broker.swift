@@ -10,7 +10,8 @@ public final class Broker: @unchecked Sendable {
     public let configuration: BrokerConfiguration
     public var logger: Logger
     private let socket: ZMQSocket
-    private let wakeup: ZMQWakeup
+    /// An in-process endpoint the ROUTER also binds, so `shutdown()` can wake a blocked receive.
+    private let wakeEndpoint: String
     private let lock = NSLock()
     private let stopped = DispatchSemaphore(value: 0)
     private var stopping = false
@@ -37,7 +38,8 @@ public final class Broker: @unchecked Sendable {
         try socket.setRouterHandover(true)
         try socket.bind(endpoint)
         self.endpoint = try socket.lastEndpoint
-        wakeup = try ZMQWakeup()
+        wakeEndpoint = "inproc://winnow-broker-wake-\(UInt(bitPattern: ObjectIdentifier(socket).hashValue))"
+        try socket.bind(wakeEndpoint)
         machine = BrokerMachine(configuration: configuration, now: WallClock.nowMicros())
     }
 
@@ -52,39 +54,40 @@ public final class Broker: @unchecked Sendable {
     /// Stops the loop and closes the socket.
     public func shutdown() {
         lock.withLock { stopping = true }
-        wakeup.signal()
+        // Any message wakes the loop, which looks at `stopping` before parsing what it got.
+        if let waker = try? ZMQSocket(.dealer) {
+            try? waker.connect(wakeEndpoint)
+            _ = try? waker.send([UInt8](), flags: .dontWait)
+            waker.close()
+        }
         stopped.wait()
         stopped.signal()
     }
 
     private func run() {
-        var poller = ZMQPoller([.socket(socket, .pollIn), .fileDescriptor(wakeup.fileDescriptor, .pollIn)])
         // Timers run at a tenth of the heartbeat, so a dead worker is noticed within liveness
         // intervals plus a tenth.
         let tickMicros = max(1_000, configuration.heartbeatMicros / 10)
         var nextTick = WallClock.nowMicros() + tickMicros
-        while !lock.withLock({ stopping }) {
-            let now = WallClock.nowMicros()
-            let timeout = max(0, Int((nextTick - now + 999) / 1000))
-            let events: [ZMQPollEvents]
-            do { events = try poller.poll(timeoutMilliseconds: min(timeout, 1000)) } catch {
-                logger.error("poll failed: \(error)")
+        // The loop blocks in libzmq's own receive, bounded by the tick, rather than in zmq_poll:
+        // a receive waits on the socket's mailbox once per message, where zmq_poll over the
+        // socket and a wake-up pipe costs three polls and three getpid calls more. Syscalls are
+        // what a relay hop is made of on a virtual machine.
+        do { try socket.setReceiveTimeout(milliseconds: Int32(max(1, tickMicros / 1000))) } catch {
+            logger.error("cannot set the receive timeout: \(error)")
+        }
+        while true {
+            let frames: [Frame]?
+            do { frames = try socket.receiveMultipart() } catch {
+                logger.error("receive failed: \(error)")
                 break
             }
-            if events[1].contains(.pollIn) { wakeup.drain() }
-            if events[0].contains(.pollIn) {
-                for _ in 0..<4096 {
-                    let frames: [Frame]?
-                    do { frames = try socket.receiveMultipart(flags: .dontWait) } catch {
-                        logger.error("receive failed: \(error)")
-                        break
-                    }
-                    guard let frames else { break }
-                    guard let event = BrokerEvent(frames: frames) else {
-                        machine.malformedMessage()
-                        continue
-                    }
+            if lock.withLock({ stopping }) { break }
+            if let frames {
+                if let event = BrokerEvent(frames: frames) {
                     execute(machine.handle(event, now: WallClock.nowMicros()))
+                } else {
+                    machine.malformedMessage()
                 }
             }
             let after = WallClock.nowMicros()
@@ -98,6 +101,7 @@ public final class Broker: @unchecked Sendable {
             }
         }
         try? socket.unbind(endpoint)
+        try? socket.unbind(wakeEndpoint)
         socket.close()
         stopped.signal()
     }

@@ -146,6 +146,8 @@ public final class ZMQSocket: @unchecked Sendable {
     public func setRouterHandover(_ on: Bool) throws { try setOption(ZMQ_ROUTER_HANDOVER, Int32(on ? 1 : 0)) }
     /// Queue messages only to completed connections.
     public func setImmediate(_ on: Bool) throws { try setOption(ZMQ_IMMEDIATE, Int32(on ? 1 : 0)) }
+    /// How long a blocking receive waits before failing with `EAGAIN` (-1: forever).
+    public func setReceiveTimeout(milliseconds: Int32) throws { try setOption(ZMQ_RCVTIMEO, milliseconds) }
     public func setReconnectInterval(milliseconds: Int32, max: Int32) throws {
         try setOption(ZMQ_RECONNECT_IVL, milliseconds)
         try setOption(ZMQ_RECONNECT_IVL_MAX, max)
@@ -211,7 +213,8 @@ public final class ZMQSocket: @unchecked Sendable {
         return true
     }
 
-    /// Receives one whole multipart message; nil when `.dontWait` was given and none is waiting.
+    /// Receives one whole multipart message; nil when none came: `.dontWait` was given and none
+    /// is waiting, or the receive timeout (`setReceiveTimeout`) passed.
     public func receiveMultipart(flags: ZMQFlags = []) throws -> [Frame]? {
         let socket = try live("zmq_msg_recv")
         var frames: [Frame] = []
@@ -224,7 +227,7 @@ public final class ZMQSocket: @unchecked Sendable {
                 try zmqCall("zmq_msg_recv") {
                     zmq_msg_recv(&message, socket, first ? flags.rawValue : 0)
                 }
-            } catch let error as ZMQError where error.isWouldBlock && first && flags.contains(.dontWait) {
+            } catch let error as ZMQError where error.isWouldBlock && first {
                 return nil
             }
             first = false

@@ -157,6 +157,20 @@ final class BrokerSocketTests: XCTestCase {
     }
 }
 
+/// The broker's loop blocks in a receive bounded by its timer tick; stopping must not wait for it.
+final class BrokerShutdownTests: XCTestCase {
+    func testShutdownWakesALoopBlockedInItsReceiveAtOnce() throws {
+        // A 20 s heartbeat makes the tick, and so the receive timeout, 2 s.
+        let broker = try Broker(endpoint: "tcp://127.0.0.1:*",
+                                configuration: BrokerConfiguration(heartbeatMicros: 20_000_000, liveness: 3))
+        broker.start()
+        Thread.sleep(forTimeInterval: 0.05) // let the loop block
+        let start = ContinuousClock.now
+        broker.shutdown()
+        XCTAssertLessThan(ContinuousClock.now - start, .milliseconds(500), "shutdown waited for the receive timeout")
+    }
+}
+
 struct SplitMix64 {
     private var state: UInt64
     init(seed: UInt64) { state = seed }

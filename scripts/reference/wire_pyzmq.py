@@ -5,9 +5,14 @@ An echo REP server runs in its own process; a REQ client in this process sends P
 messages one at a time (REQ/REP is lockstep) over tcp loopback and times each round trip.
 Zero-copy sends and receives (copy=False) on both sides: pyzmq at its best.
 
-Prints one JSON object: {"pyzmq": ..., "libzmq": ..., "results": [{"size", "count",
-"p50_us", "p99_us", "mean_us", "msgs_per_s", "bytes_per_s"}]} where bytes_per_s counts the
-payload both ways (request and echoed reply), as the Winnow side does.
+The same client also goes through a relay: libzmq's own `zmq_proxy` (ROUTER front, DEALER back,
+the loop in C with the GIL released) in a third process, with a second REP echo server connected
+to its back. That is the least any relaying broker can add on this machine: two more trips over
+loopback and one more process woken per direction, with no routing decisions at all.
+
+Prints one JSON object: {"pyzmq": ..., "libzmq": ..., "results": [...], "relay_results": [...]},
+each result {"size", "count", "p50_us", "p99_us", "mean_us", "msgs_per_s", "bytes_per_s"}, where
+bytes_per_s counts the payload both ways (request and echoed reply), as the Winnow side does.
 """
 import argparse
 import json
@@ -25,11 +30,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve(endpoint, ready):
+def serve(endpoint, ready, bind=True):
     context = zmq.Context()
     rep = context.socket(zmq.REP)
     rep.setsockopt(zmq.LINGER, 0)
-    rep.bind(endpoint)
+    if bind:
+        rep.bind(endpoint)
+    else:
+        rep.connect(endpoint)
     ready.set()
     while True:
         message = rep.recv(copy=False)
@@ -39,6 +47,18 @@ def serve(endpoint, ready):
         rep.send(message, copy=False)
     rep.close()
     context.term()
+
+
+def relay(front, back, ready):
+    context = zmq.Context()
+    frontend = context.socket(zmq.ROUTER)
+    frontend.setsockopt(zmq.LINGER, 0)
+    frontend.bind(front)
+    backend = context.socket(zmq.DEALER)
+    backend.setsockopt(zmq.LINGER, 0)
+    backend.bind(back)
+    ready.set()
+    zmq.proxy(frontend, backend)  # runs until the process is terminated
 
 
 def percentile(sorted_values, q):
@@ -83,23 +103,45 @@ def main():
     if len(counts) != len(sizes):
         parser.error("--counts needs one count per size")
 
-    endpoint = "tcp://127.0.0.1:%d" % free_port()
-    ready = multiprocessing.Event()
-    server = multiprocessing.Process(target=serve, args=(endpoint, ready), daemon=True)
-    server.start()
-    ready.wait(10)
+    def start(target, *arguments):
+        ready = multiprocessing.Event()
+        process = multiprocessing.Process(target=target, args=arguments + (ready,), daemon=True)
+        process.start()
+        if not ready.wait(10):
+            raise SystemExit("wire_pyzmq.py: %s did not start" % target.__name__)
+        return process
 
-    context = zmq.Context()
-    req = context.socket(zmq.REQ)
-    req.setsockopt(zmq.LINGER, 0)
-    req.connect(endpoint)
-    results = [measure(req, size, count, args.warmup) for size, count in zip(sizes, counts)]
-    req.send(b"STOP")
-    req.recv()
-    req.close()
-    context.term()
+    def run(endpoint):
+        context = zmq.Context()
+        req = context.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(endpoint)
+        results = [measure(req, size, count, args.warmup) for size, count in zip(sizes, counts)]
+        req.send(b"STOP")
+        req.recv()
+        req.close()
+        context.term()
+        return results
+
+    endpoint = "tcp://127.0.0.1:%d" % free_port()
+    server = start(serve, endpoint)
+    results = run(endpoint)
     server.join(5)
-    print(json.dumps({"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "results": results}))
+
+    front, back = ("tcp://127.0.0.1:%d" % free_port() for _ in range(2))
+    proxy = start(relay, front, back)
+    relayed = multiprocessing.Event()
+    relayed_server = multiprocessing.Process(target=serve, args=(back, relayed, False), daemon=True)
+    relayed_server.start()
+    relayed.wait(10)
+    relay_results = run(front)
+    relayed_server.join(5)
+    # SIGKILL: zmq_proxy never returns, and a parent that ignores SIGTERM (as a process handling
+    # it through a dispatch source does) passes that on, so terminate() would not end it.
+    proxy.kill()
+    proxy.join(5)
+    print(json.dumps({"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "results": results,
+                      "relay_results": relay_results}))
 
 
 if __name__ == "__main__":
