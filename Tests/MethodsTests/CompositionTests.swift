@@ -1,0 +1,264 @@
+import XCTest
+import Foundation
+import Numerics
+import Models
+import Data
+import Training
+@testable import Methods
+
+/// DSS and ATJT composed with CSRec: each composition reduces exactly to its parts at the edges
+/// (β = 0, w ≡ 1), the new gradient matches finite differences, unsupported ones are refused.
+final class CompositionTests: XCTestCase {
+    /// An untrained teacher is enough: these tests check arithmetic, not distillation quality.
+    func teacher(items: Int, T: Int) -> ModelSoftLabelSource {
+        ModelSoftLabelSource(teachers: [tinySASRec(items: items, T: T, seed: 77)])
+    }
+
+    func assertSameParameters(_ a: ParameterSet, _ b: ParameterSet, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.count, b.count, file: file, line: line)
+        XCTAssertEqual(memcmp(a.values, b.values, a.count * 4), 0, "\(what): parameters differ bitwise", file: file, line: line)
+    }
+
+    func testATJTWithCSRecAtBetaZeroEqualsATJTAloneBitForBit() throws {
+        let world = AuxWorld(users: 30, items: 40, perUser: 12, noise: 0.1)
+        let inst = world.split.train, T = 8, B = 16
+        var c = ATJTConfig(itemCount: 40, maxLength: T)
+        c.recogniser.dim = 8; c.recogniser.attentionHidden = 8; c.recogniser.outputHidden = [16]; c.recogniserBatch = 16
+        let alone = tinySASRec(items: 40, T: T, seed: 3), composed = tinySASRec(items: 40, T: T, seed: 3)
+        let wa = ATJTWeigher(config: c, data: world.data, instances: inst), wc = ATJTWeigher(config: c, data: world.data, instances: inst)
+        let a = ATJTTrainer(model: alone, weigher: wa, maxBatch: B)
+        let student = WeightedCSRecStudent(source: teacher(items: 40, T: T), beta: 0, temperature: 3)
+        let k = ATJTTrainer(model: composed, weigher: wc, maxBatch: B, loss: student)
+        let buf = AuxBatches(B: B, T: T)
+        for s in 0..<6 {
+            let g = s % 2, members = wa.partition.members[g]
+            let ids = (0..<B).map { members[($0 * 5 + s * 11) % members.count] }
+            let la = try a.step(buf.fill(world.data, inst, ids[...]), group: g)
+            let lk = try k.step(buf.fill(world.data, inst, ids[...]), group: g)
+            XCTAssertEqual(la, lk, "step \(s): L_R")
+            for b in 0..<B { XCTAssertEqual(a.losses[b], k.losses[b], "step \(s) row \(b): ℓ") }
+        }
+        assertSameParameters(alone.parameters, composed.parameters, "recommender")
+        for g in 0..<2 { assertSameParameters(wa.recognisers[g].parameters, wc.recognisers[g].parameters, "recogniser \(g)") }
+    }
+
+    func testATJTWithCSRecUnderUnitWeightsEqualsTheCSRecStudentAlone() throws {
+        let data = cyclicDataset(users: 30, items: 24, length: 10)
+        let T = 8, inst = LeaveOneOut(data).train
+        let loop = quickLoop(data, epochs: 1, maxLength: T)
+        let source = teacher(items: 24, T: T)
+        // the CSRec student as `JobRunner` trains it: one epoch of the label loop
+        let reference = labelsSASRec(items: 24, maxLength: T, seed: 5)
+        let objective = CSRecStudentObjective(source: source, beta: 0.4, temperature: 2)
+        let fit = try loop.fit(model: reference, instances: inst, objective: objective, validate: nil)
+        // ATJT + CSRec with w ≡ 1 (α is then irrelevant: the weigher learns nothing), fed the loop's batches
+        let model = labelsSASRec(items: 24, maxLength: T, seed: 5)
+        let weigher = ConstantWeigher(value: 1)
+        let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: loop.config.learningRate, maxBatch: loop.config.batchSize,
+                                  loss: WeightedCSRecStudent(source: source, beta: 0.4, temperature: 2))
+        var batcher = Batcher(data: data, instances: inst, maxLength: T, batchSize: loop.config.batchSize, padding: .right, seed: loop.config.seed)
+        batcher.shuffle()
+        let buf = AuxBatches(B: loop.config.batchSize, T: T)
+        var sum = 0.0
+        for i in 0..<batcher.batchCount {
+            let n = batcher.fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
+            sum += try trainer.step(SequenceBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids, B: n, T: T), group: 0)
+        }
+        XCTAssertEqual(weigher.feedbackCalls, batcher.batchCount)
+        XCTAssertEqual(sum / Double(batcher.batchCount), fit.losses[0], accuracy: 1e-12)
+        assertSameParameters(reference.parameters, model.parameters, "ATJT+CSRec (w ≡ 1) vs CSRec student")
+    }
+
+    func testATJTWithCSRecWeightGradientIsTheDerivativeOfTheWeightedStudentLoss() throws {
+        // dL_R/dw_b = (ℓ_b − L_R)/Σw with ℓ_b = (1 − β)·CE_b + β·KL_b, checked against Σ w ℓ / Σ w
+        final class Fixed: SequenceWeigher {
+            let w: [Float]; var dW: [Float] = []
+            init(_ w: [Float]) { self.w = w }
+            var groups: Int { 1 }
+            func group(ofInstance instance: Int) -> Int { 0 }
+            func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws { for b in 0..<batch.B { weights[b] = w[b] } }
+            func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws { dW = Array(UnsafeBufferPointer(start: dWeights, count: B)) }
+        }
+        let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0)
+        let T = 6, B = 6
+        let weights: [Float] = [0.9, 0.1, 0.5, 0.7, 0.3, 1.0]
+        let weigher = Fixed(weights)
+        let source = teacher(items: 30, T: T)
+        var c = SASRecConfig(itemCount: 30); c.maxLength = T; c.dim = 8; c.blocks = 1; c.heads = 2; c.inner = 16
+        c.hiddenDropout = 0; c.attentionDropout = 0
+        let model = SASRec(c)
+        let trainer = ATJTTrainer(model: model, weigher: weigher, maxBatch: B, loss: WeightedCSRecStudent(source: source, beta: 0.5, temperature: 2))
+        let buf = AuxBatches(B: B, T: T)
+        let batch = buf.fill(world.data, world.split.train, Array(0..<Int32(B))[...])
+        // ℓ_b before the step, computed independently: CE and KL of the model's scores
+        let user = model.forward(items: batch.items, lengths: batch.lengths, B: B, training: false)
+        let head = FullSoftmaxHead(itemCount: 30, dim: 8)
+        head.scores(user: user, table: model.itemTable, B: B)
+        let logits = AuxFloats(B * 30), labels = AuxFloats(B * 30), ce = AuxFloats(B), kl = AuxFloats(B)
+        logits.p.update(from: head.logits, count: B * 30)
+        try source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: B, T: T, temperature: 2, out: labels.p)
+        let cols = AuxInts((0..<B).map { batch.targets[$0] - 1 })
+        softmaxCrossEntropy(losses: ce.p, dlogits: nil, logits: logits.p, targets: cols.p, weights: nil, scale: 1, B: B, V: 30)
+        softmaxKL(losses: kl.p, dlogits: nil, logits: logits.p, target: labels.p, direction: .targetToModel, weights: nil, scale: 1, B: B, V: 30)
+        let l = (0..<B).map { 0.5 * Double(ce.p[$0]) + 0.5 * Double(kl.p[$0]) }
+        let loss = try trainer.step(batch, group: 0)
+        func L(_ w: [Double]) -> Double { zip(w, l).map(*).reduce(0, +) / w.reduce(0, +) }
+        XCTAssertEqual(loss, L(weights.map(Double.init)), accuracy: 1e-4)
+        for b in 0..<B {
+            var wp = weights.map(Double.init), wm = wp
+            wp[b] += 1e-4; wm[b] -= 1e-4
+            XCTAssertEqual(Double(weigher.dW[b]), (L(wp) - L(wm)) / 2e-4, accuracy: 1e-3, "row \(b)")
+        }
+    }
+
+    func testDSSSoftLabelKLGradientMatchesCentralFiniteDifferences() {
+        let B = 3, K = 3, C = 5, M = 7
+        var r = RNG(seed: 11)
+        let user = AuxFloats(random: B * K * C, rng: &r), cand = AuxFloats(random: M * C, rng: &r)
+        // soft labels as CSRec makes them: rows summing to 1, half the mass on the target
+        let labels = AuxFloats(random: B * M, rng: &r), targets = AuxInts([2, 7, 4])
+        SoftLabels.fromLogits(labels.p, logits: UnsafePointer(labels.p), targets: targets.p, temperature: 1.5, B: B, N: M)
+        let losses = AuxFloats(B), logits = AuxFloats(B * K * M), scores = AuxFloats(B * M), dScores = AuxFloats(B * M)
+        let argmax = AuxInts([Int32](repeating: 0, count: B * M))
+        for direction in KLDirection.allCases {
+            let dUser = AuxFloats(B * K * C), dCand = AuxFloats(M * C)
+            let f: () -> Double = {
+                DSSLoss.softLabelKL(losses: losses.p, dUser: nil, dCand: nil, user: user.p, cand: cand.p, labels: labels.p,
+                                    direction: direction, logits: logits.p, scores: scores.p, dScores: dScores.p, argmax: argmax.p,
+                                    temperature: 1.3, scale: 0.4, B: B, K: K, C: C, M: M)
+            }
+            let total = DSSLoss.softLabelKL(losses: losses.p, dUser: dUser.p, dCand: dCand.p, user: user.p, cand: cand.p, labels: labels.p,
+                                            direction: direction, logits: logits.p, scores: scores.p, dScores: dScores.p, argmax: argmax.p,
+                                            temperature: 1.3, scale: 0.4, B: B, K: K, C: C, M: M)
+            XCTAssertGreaterThan(total, 0)
+            // the scores are the max over K of the scaled inner products
+            for b in 0..<B {
+                for j in 0..<M {
+                    var best = -Float.infinity
+                    for k in 0..<K {
+                        var s: Float = 0
+                        for ch in 0..<C { s += user.p[(b * K + k) * C + ch] * cand.p[j * C + ch] }
+                        best = max(best, s / 1.3)
+                    }
+                    XCTAssertEqual(scores.p[b * M + j], best, accuracy: 1e-5)
+                }
+            }
+            for (name, x, d) in [("user", user, dUser), ("cand", cand, dCand)] {
+                let res = GradientCheck.check("softLabelKL \(direction) d\(name)", x: x.p, analytic: d.p, count: x.n, eps: 1e-2, tolerance: 2e-2, f: f)
+                XCTAssertTrue(res.passed, res.description)
+            }
+        }
+    }
+
+    func dssConfig(items: Int, T: Int) -> DSSConfig {
+        var config = DSSConfig(itemCount: items)
+        config.encoder.maxLength = T; config.encoder.dim = 8; config.encoder.blocks = 1; config.encoder.inner = 16
+        config.encoder.interests = 2; config.learningRate = 5e-3
+        return config
+    }
+
+    func testDSSWithCSRecAtBetaZeroEqualsDSSAloneBitForBit() throws {
+        let world = AuxWorld(users: 30, items: 30, perUser: 10, noise: 0.1)
+        let inst = world.split.train, T = 6, B = 12
+        let alone = DSSTrainer(config: dssConfig(items: 30, T: T), data: world.data, instances: inst, maxBatch: B)
+        let composed = DSSTrainer(config: dssConfig(items: 30, T: T), data: world.data, instances: inst, maxBatch: B,
+                                  distillation: CSRecDistillation(source: teacher(items: 30, T: T), beta: 0, temperature: 3))
+        let buf = AuxBatches(B: B, T: T)
+        for s in 0..<4 {
+            let ids = (0..<Int32(B)).map { Int32((Int($0) * 7 + s * 13) % inst.count) }
+            let la = try alone.step(buf.fill(world.data, inst, ids[...]))
+            let lc = try composed.step(buf.fill(world.data, inst, ids[...]))
+            XCTAssertEqual(la, lc, "step \(s)")
+            XCTAssertGreaterThan(composed.lastSoftLabelKL, -1e-12)
+        }
+        assertSameParameters(alone.model.parameters, composed.model.parameters, "DSS+CSRec (β = 0) vs DSS")
+    }
+
+    func testDSSWithCSRecAddsTheWeightedKLToSeq2Item() throws {
+        // with β > 0 the step's seq2item is (1 − β)·Eq. 6 + β·KL; the KL part is positive and the
+        // Eq. 6 part equals DSS alone's on the same first batch (same initial weights, same dropout)
+        let world = AuxWorld(users: 30, items: 30, perUser: 10, noise: 0.1)
+        let inst = world.split.train, T = 6, B = 12, beta: Float = 0.3
+        let alone = DSSTrainer(config: dssConfig(items: 30, T: T), data: world.data, instances: inst, maxBatch: B)
+        let composed = DSSTrainer(config: dssConfig(items: 30, T: T), data: world.data, instances: inst, maxBatch: B,
+                                  distillation: CSRecDistillation(source: teacher(items: 30, T: T), beta: beta, temperature: 3))
+        let buf = AuxBatches(B: B, T: T)
+        let ids = Array(0..<Int32(B))
+        try alone.step(buf.fill(world.data, inst, ids[...]))
+        try composed.step(buf.fill(world.data, inst, ids[...]))
+        XCTAssertGreaterThan(composed.lastSoftLabelKL, 0)
+        XCTAssertEqual(composed.lastSeq2Item - composed.lastSoftLabelKL, Double(1 - beta) * alone.lastSeq2Item, accuracy: 1e-6)
+        XCTAssertEqual(composed.lastSeq2Seq, alone.lastSeq2Seq)
+    }
+
+    func testUnsupportedCompositionsAreRejectedNamingTheKeys() {
+        func message(_ json: String) -> String {
+            do { _ = try JobConfig.parse(Data(json.utf8)); return "" } catch { return "\(error)" }
+        }
+        for (a, b) in [("atjt", "wslrec"), ("atjt", "ufnrec"), ("dss", "wslrec"), ("dss", "ufnrec"), ("dss", "atjt")] {
+            let m = message(#"{"backbone": "sasrec", "methods": {"\#(a)": {}, "\#(b)": {}}}"#)
+            XCTAssertTrue(m.contains("methods") && m.contains(a) && m.contains(b) && m.contains("cannot be composed"), m)
+            XCTAssertThrowsError(try RobustnessMethod.parse("\(a)+\(b)")) {
+                XCTAssertTrue("\($0)".contains("\(a)+\(b)") && "\($0)".contains("not supported"), "\($0)")
+            }
+        }
+        XCTAssertTrue(message(#"{"backbone": "gru4rec", "methods": {"dss": {}}}"#).contains("backbone"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"dss": {"candidates": "in_batch"}, "csrec": {}}}"#).contains("dss.candidates"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "protocol": "user_split", "methods": {"atjt": {}}}"#).contains("protocol"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"atjt": {"groups": 1}}}"#).contains("atjt.groups"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"dss": {"lambda": 2}}}"#).contains("dss.lambda"))
+        XCTAssertThrowsError(try RobustnessMethod.parse("atjt+bert"))
+        XCTAssertEqual(try RobustnessMethod.parse("CSRec+ATJT"), .atjtCSRec)
+        XCTAssertEqual(try RobustnessMethod.parse("dss+csrec"), .dssCSRec)
+        XCTAssertEqual(try RobustnessMethod.parse("atjt"), .atjt)
+    }
+
+    func testJobsNamingDSSOrATJTWithCSRecParseAndRun() throws {
+        let job = try JobConfig.parse(Data(#"""
+        {"backbone": "sasrec", "methods": {"atjt": {"alpha": 5, "recogniser_lr": 0.1}, "csrec": {"beta": 0.25}}}
+        """#.utf8))
+        XCTAssertEqual(job.methods.name, "ATJT+CSRec-M")
+        XCTAssertEqual(job.methods.atjt?.alpha, 5); XCTAssertEqual(job.methods.atjt?.groups, 2)
+        XCTAssertEqual(job.methods.atjt?.recogniserLearningRate, 0.1)
+        // a job without the new keys encodes as before (no "dss" / "atjt")
+        let plain = try JSONSerialization.jsonObject(with: JSONEncoder().encode(JobConfig(backbone: .sasrec))) as! [String: Any]
+        XCTAssertEqual(Set((plain["methods"] as! [String: Any]).keys), [])
+
+        let data = cyclicDataset(users: 30, items: 16, length: 10)
+        for methods in [JobMethods(csrec: CSRecConfig(), atjt: ATJTJobConfig()), JobMethods(csrec: CSRecConfig(), dss: {
+            var d = DSSJobConfig(); d.interests = 2; return d }())] {
+            var j = JobConfig(backbone: methods.dss != nil ? .sasrec : .gru4rec)
+            j.loop.maxEpochs = 1; j.loop.maxLength = 6; j.loop.batchSize = 64
+            j.methods = methods
+            let r = try JobRunner.run(j, data: data)
+            XCTAssertEqual(r.method, methods.dss != nil ? "DSS+CSRec-M" : "ATJT+CSRec-M")
+            XCTAssertEqual(r.model, methods.dss != nil ? "DSS-SASRec" : "GRU4Rec")
+            XCTAssertEqual(r.epochs, 1)
+            XCTAssertGreaterThan(r.teacherSeconds, 0)
+            XCTAssertNotNil(r.test["ndcg@10"])
+        }
+    }
+
+    func testRobustnessRunsTheCompositionsOnSharedTeachersAndChargesTheirTime() throws {
+        let data = cyclicDataset(users: 30, items: 16, length: 10)
+        let split = LeaveOneOut(data)
+        let groups = RobustnessData.popularityGroups(data, split: split)
+        var cfg = RobustnessConfig()
+        cfg.maxLength = 6; cfg.batchSize = 64; cfg.maxEpochs = 1; cfg.dim = 8; cfg.blocks = 1; cfg.interests = 2
+        let teachers = try RobustnessTrainer.teachers(data: data, cfg: cfg)
+        let noisy = [Bool](repeating: false, count: data.interactionCount)
+        for method in [RobustnessMethod.csrec, .atjtCSRec, .dssCSRec] {
+            let r = try RobustnessTrainer.run(method, data: data, corruption: 0, noisy: noisy, groups: groups, cfg: cfg, teachers: teachers)
+            XCTAssertEqual(r.method, method.rawValue)
+            XCTAssertEqual(r.epochs, 1)
+            XCTAssertEqual(r.teacherSeconds, teachers.seconds)
+            XCTAssertGreaterThanOrEqual(r.seconds, teachers.seconds)
+            XCTAssertNotNil(r.test["ndcg@10"])
+        }
+        // runs without CSRec keep their JSON shape: no teacher time
+        let base = try RobustnessTrainer.run(.base, data: data, corruption: 0, noisy: noisy, groups: groups, cfg: cfg)
+        let object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(base)) as! [String: Any]
+        XCTAssertNil(object["teacherSeconds"])
+        XCTAssertEqual(Set(object.keys), ["method", "model", "corruption", "seed", "epochs", "bestEpoch", "seconds", "valid", "test", "popular", "niche"])
+    }
+}
