@@ -109,7 +109,10 @@ public enum RobustnessMethod: String, Sendable, CaseIterable, Codable {
         }
         let aux = parts.filter { $0 == "dss" || $0 == "atjt" }.sorted()
         let label = parts.filter { $0 != "dss" && $0 != "atjt" && $0 != "base" }.sorted()
-        if set.contains("base") && parts.count > 1 { throw RobustnessMethodError.unsupported(name, reason: "base composes with nothing") }
+        if set.contains("base") {
+            guard parts.count == 1 else { throw RobustnessMethodError.unsupported(name, reason: "base composes with nothing") }
+            return .base
+        }
         guard label.allSatisfy({ $0 == "csrec" }) else {
             throw RobustnessMethodError.unsupported(name, reason: "the robustness suite runs CSRec as its label method (wslrec and ufnrec run in `winnow experiment labels`)")
         }

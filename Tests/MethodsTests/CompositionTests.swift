@@ -210,7 +210,8 @@ final class CompositionTests: XCTestCase {
         XCTAssertThrowsError(try RobustnessMethod.parse("atjt+bert"))
         XCTAssertEqual(try RobustnessMethod.parse("CSRec+ATJT"), .atjtCSRec)
         XCTAssertEqual(try RobustnessMethod.parse("dss+csrec"), .dssCSRec)
-        XCTAssertEqual(try RobustnessMethod.parse("atjt"), .atjt)
+        for m in RobustnessMethod.allCases { XCTAssertEqual(try RobustnessMethod.parse(m.rawValue), m) }
+        XCTAssertThrowsError(try RobustnessMethod.parse("base+csrec"))
     }
 
     func testJobsNamingDSSOrATJTWithCSRecParseAndRun() throws {
