@@ -19,27 +19,44 @@ final class CompositionTests: XCTestCase {
         XCTAssertEqual(memcmp(a.values, b.values, a.count * 4), 0, "\(what): parameters differ bitwise", file: file, line: line)
     }
 
+    /// β = 0: ATJT + CSRec is ATJT alone. Bit for bit against ATJT's cross-entropy through the same
+    /// seam (`WeightedCrossEntropy`, the arithmetic the composition shares); against the trainer's
+    /// default head path to rounding (today also bit for bit; a fused head may sum in another order).
     func testATJTWithCSRecAtBetaZeroEqualsATJTAloneBitForBit() throws {
         let world = AuxWorld(users: 30, items: 40, perUser: 12, noise: 0.1)
         let inst = world.split.train, T = 8, B = 16
         var c = ATJTConfig(itemCount: 40, maxLength: T)
         c.recogniser.dim = 8; c.recogniser.attentionHidden = 8; c.recogniser.outputHidden = [16]; c.recogniserBatch = 16
-        let alone = tinySASRec(items: 40, T: T, seed: 3), composed = tinySASRec(items: 40, T: T, seed: 3)
-        let wa = ATJTWeigher(config: c, data: world.data, instances: inst), wc = ATJTWeigher(config: c, data: world.data, instances: inst)
-        let a = ATJTTrainer(model: alone, weigher: wa, maxBatch: B)
-        let student = WeightedCSRecStudent(source: teacher(items: 40, T: T), beta: 0, temperature: 3)
-        let k = ATJTTrainer(model: composed, weigher: wc, maxBatch: B, loss: student)
-        let buf = AuxBatches(B: B, T: T)
-        for s in 0..<6 {
-            let g = s % 2, members = wa.partition.members[g]
-            let ids = (0..<B).map { members[($0 * 5 + s * 11) % members.count] }
-            let la = try a.step(buf.fill(world.data, inst, ids[...]), group: g)
-            let lk = try k.step(buf.fill(world.data, inst, ids[...]), group: g)
-            XCTAssertEqual(la, lk, "step \(s): L_R")
-            for b in 0..<B { XCTAssertEqual(a.losses[b], k.losses[b], "step \(s) row \(b): ℓ") }
+        let source = teacher(items: 40, T: T)
+        let runs: [(name: String, loss: WeightedSequenceLoss?)] = [
+            ("ATJT + CSRec (β = 0)", WeightedCSRecStudent(source: source, beta: 0, temperature: 3)),
+            ("ATJT (cross-entropy seam)", WeightedCrossEntropy()),
+            ("ATJT (head)", nil),
+        ]
+        var models: [Backbone] = [], weighers: [ATJTWeigher] = [], losses: [[Double]] = [], rows: [[Float]] = []
+        for run in runs {
+            let model = tinySASRec(items: 40, T: T, seed: 3)
+            let weigher = ATJTWeigher(config: c, data: world.data, instances: inst)
+            let trainer = ATJTTrainer(model: model, weigher: weigher, maxBatch: B, loss: run.loss)
+            let buf = AuxBatches(B: B, T: T)
+            var l: [Double] = [], r: [Float] = []
+            for s in 0..<6 {
+                let g = s % 2, members = weigher.partition.members[g]
+                let ids = (0..<B).map { members[($0 * 5 + s * 11) % members.count] }
+                l.append(try trainer.step(buf.fill(world.data, inst, ids[...]), group: g))
+                r += (0..<B).map { trainer.losses[$0] }
+            }
+            models.append(model); weighers.append(weigher); losses.append(l); rows.append(r)
         }
-        assertSameParameters(alone.parameters, composed.parameters, "recommender")
-        for g in 0..<2 { assertSameParameters(wa.recognisers[g].parameters, wc.recognisers[g].parameters, "recogniser \(g)") }
+        XCTAssertEqual(losses[0], losses[1], "L_R per step")
+        XCTAssertEqual(rows[0], rows[1], "ℓ per row")
+        assertSameParameters(models[0].parameters, models[1].parameters, "recommender")
+        for g in 0..<2 { assertSameParameters(weighers[0].recognisers[g].parameters, weighers[1].recognisers[g].parameters, "recogniser \(g)") }
+        for (x, y) in zip(losses[0], losses[2]) { XCTAssertEqual(x, y, accuracy: 1e-6 * abs(y)) }
+        let p = models[0].parameters, q = models[2].parameters
+        var worst: Float = 0
+        for i in 0..<p.count { worst = max(worst, abs(p.values[i] - q.values[i])) }
+        XCTAssertLessThan(worst, 1e-5, "the head's path")
     }
 
     func testATJTWithCSRecUnderUnitWeightsEqualsTheCSRecStudentAlone() throws {
