@@ -143,7 +143,8 @@ final class DSSTests: XCTestCase {
         model.parameters.zeroGrad()
         _ = model.forward(items: items.p, lengths: lengths.p, labelFrom: 2, B: B, training: true)
         model.backward(dUser: w.p)
-        assertParameterGradients(model.parameters, eps: 3e-3, tolerance: 3e-2, skip: ["dss.ln2.bias"], f: f)
+        // eps 1e-2: the float32 forward's rounding swamps smaller steps on the layer's ~1e-3 gradients
+        assertParameterGradients(model.parameters, eps: 1e-2, tolerance: 3e-2, skip: ["dss.ln2.bias"], f: f)
     }
 
     func testTinyEndToEndRunDecreasesTheLossAndServesMaxOverK() throws {
