@@ -238,6 +238,11 @@ final class CompositionTests: XCTestCase {
         XCTAssertEqual(job.methods.name, "ATJT+CSRec-M")
         XCTAssertEqual(job.methods.atjt?.alpha, 5); XCTAssertEqual(job.methods.atjt?.groups, 2)
         XCTAssertEqual(job.methods.atjt?.recogniserLearningRate, 0.1)
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for (file, name) in [("atjt-csrec-example-job.json", "ATJT+CSRec-M"), ("dss-csrec-example-job.json", "DSS+CSRec-M")] {
+            let example = try JobConfig.load(path: root.appendingPathComponent("scripts/experiments/" + file).path)
+            XCTAssertEqual(example.methods.name, name, file)
+        }
         // a job without the new keys encodes as before (no "dss" / "atjt")
         let plain = try JSONSerialization.jsonObject(with: JSONEncoder().encode(JobConfig(backbone: .sasrec))) as! [String: Any]
         XCTAssertEqual(Set((plain["methods"] as! [String: Any]).keys), [])
