@@ -229,7 +229,7 @@ public enum RobustnessTrainer {
     public static func teachers(data: SequenceDataset, cfg: RobustnessConfig) throws -> RobustnessTeachers {
         let split = LeaveOneOut(data), T = cfg.maxLength, started = Date()
         let loop = LabelLoop(data: data, config: cfg.loop)
-        loop.progress = cfg.log.map { log in { log("  CSRec teacher: \($0)") } }
+        loop.progress = cfg.log.map { log in { log("csrec" + $0) } }
         let source = try CSRecTeachers.build(cfg.csrec, make: { backbone(cfg, itemCount: data.itemCount, seed: $0) }, loop: loop,
                                              instances: split.train,
                                              validate: { evaluate($0, data: data, instances: split.validation, maxLength: T) },
@@ -254,7 +254,8 @@ public enum RobustnessTrainer {
         }
         let validate: ModelEvaluation = { evaluate($0, data: data, instances: split.validation, maxLength: T) }
         let model: Backbone
-        var epoch: (Int) throws -> Double
+        var epoch: ((Int) throws -> Double)? = nil
+        var trained: FitResult? = nil      // a method that runs its own loop (csrec: LabelLoop)
         var atjtWeigher: ATJTWeigher? = nil
         var note: () -> String = { "" }   // extra per-epoch log text (ATJT: weight statistics)
         switch method {
@@ -262,14 +263,12 @@ public enum RobustnessTrainer {
             let m = backbone(cfg, itemCount: data.itemCount)
             model = m
             if method == .csrec, let d = distillation {
-                // the CSRec student as `winnow experiment labels` trains it: LabelLoop's epochs
+                // the CSRec student as `winnow experiment labels` trains it: LabelLoop, whose early
+                // stopping is `EpochLoop`'s rule
                 let objective = CSRecStudentObjective(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
-                let adam = Adam(parameters: m.parameters, learningRate: cfg.learningRate)
-                epoch = { e in
-                    var l = cfg.loop; l.maxEpochs = 1; l.seed = cfg.seed &+ UInt64(e)
-                    return try LabelLoop(data: data, config: l).fit(model: m, instances: split.train, objective: objective,
-                                                                    validate: nil, optimizer: adam).losses[0]
-                }
+                let loop = LabelLoop(data: data, config: cfg.loop)
+                loop.progress = cfg.log.map { log in { log("\(method.rawValue) corruption \(corruption) \($0)") } }
+                trained = try loop.fit(model: m, instances: split.train, objective: objective, validate: validate)
             } else {
                 let step = TrainStep(model: m, learningRate: cfg.learningRate, seed: cfg.seed)
                 var batcher = Batcher(data: data, instances: split.train, maxLength: T, batchSize: B, seed: cfg.seed)
@@ -312,7 +311,7 @@ public enum RobustnessTrainer {
             epoch = { try epochs.run(epoch: $0) }
             note = { epochs.summary }
         }
-        let fit = try EpochLoop.fit(model: model, config: cfg.loop, epoch: epoch, validate: validate) { e, loss, valid in
+        let fit = try trained ?? EpochLoop.fit(model: model, config: cfg.loop, epoch: epoch!, validate: validate) { e, loss, valid in
             cfg.log?("\(method.rawValue) corruption \(corruption) epoch \(e): loss \(String(format: "%.4f", loss)) valid ndcg@10 \(String(format: "%.4f", valid["ndcg@10"] ?? 0))\(note())")
         }
         let test = evaluate(model, data: data, instances: split.test, maxLength: T)

@@ -284,4 +284,29 @@ final class CompositionTests: XCTestCase {
         XCTAssertNil(object["teacherSeconds"])
         XCTAssertEqual(Set(object.keys), ["method", "model", "corruption", "seed", "epochs", "bestEpoch", "seconds", "valid", "test", "popular", "niche"])
     }
+
+    func testBothCompositionsLowerTheirLossOverEpochs() throws {
+        let world = AuxWorld(users: 40, items: 30, perUser: 10, noise: 0.1)
+        let inst = world.split.train, T = 8, B = 32
+        let source = teacher(items: 30, T: T)
+        var config = dssConfig(items: 30, T: T)
+        config.encoder.hiddenDropout = 0.1; config.encoder.attentionDropout = 0.1
+        let dss = DSSEpochs(trainer: DSSTrainer(config: config, data: world.data, instances: inst, maxBatch: B,
+                                                distillation: CSRecDistillation(source: source, beta: 0.5, temperature: 2)),
+                            batchSize: B, seed: 1)
+        var c = ATJTConfig(itemCount: 30, maxLength: T)
+        c.recogniser.dim = 8; c.recogniser.attentionHidden = 8; c.recogniser.outputHidden = [16]; c.recogniserBatch = B
+        let weigher = ATJTWeigher(config: c, data: world.data, instances: inst)
+        let model = labelsSASRec(items: 30, maxLength: T, seed: 2)
+        let atjt = ATJTEpochs(trainer: ATJTTrainer(model: model, weigher: weigher, learningRate: 5e-3, maxBatch: B,
+                                                   loss: WeightedCSRecStudent(source: source, beta: 0.5, temperature: 2)),
+                              weigher: weigher, batchSize: B, seed: 1)
+        for (name, run) in [("DSS+CSRec", dss.run), ("ATJT+CSRec", atjt.run)] {
+            var losses: [Double] = []
+            for e in 0..<5 { losses.append(try run(e)) }
+            XCTAssertLessThan(losses.last!, losses.first! - 0.05, "\(name): \(losses)")
+        }
+        XCTAssertGreaterThan(dss.trainer.lastSoftLabelKL, 0)
+        XCTAssertTrue(atjt.summary.contains("w mean"))
+    }
 }
