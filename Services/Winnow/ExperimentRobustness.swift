@@ -6,7 +6,7 @@ import Training
 import Methods
 
 /// `winnow experiment robustness`: corrupt a fraction of the training clicks with uniformly random
-/// items, train base, DSS and ATJT (and CSRec, alone or composed with them) on each copy, and
+/// items, train base, DSS and ATJT (and CSRec or UFNRec, alone or composed with them) on each copy, and
 /// report test metrics, the relative drop against the clean run, popular- vs niche-user groups and
 /// the recogniser's AUC.
 struct ExperimentRobustness: ParsableCommand {
@@ -30,7 +30,7 @@ struct ExperimentRobustness: ParsableCommand {
     @Option(help: "RecBole .inter file (5-core applied).") var dataset: String?
     @Option(help: "Synthetic data USERS,ITEMS,INTERACTIONS instead of --dataset.") var synthetic: String?
     @Option(help: "Corruption levels, comma-separated fractions.") var levels: String = "0,0.1,0.2,0.3,0.5"
-    @Option(help: "Methods, comma-separated: base, dss, atjt, csrec, dss+csrec, atjt+csrec.") var methods: String = "base,dss,atjt"
+    @Option(help: "Methods, comma-separated: base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec.") var methods: String = "base,dss,atjt"
     @Option(help: "Backbone: sasrec or gru4rec (DSS always uses its SASRec encoder).") var model: String = "sasrec"
     @Option(help: "Seeds, comma-separated.") var seeds: String = "1"
     @Option(help: "Maximum epochs.") var epochs: Int = 200
@@ -48,12 +48,19 @@ struct ExperimentRobustness: ParsableCommand {
     @Option(help: "CSRec: teacher module, model, data or training.") var teachers: String = "model"
     @Option(help: "CSRec: weight β of the soft-label KL.") var beta: Float = 0.5
     @Option(help: "CSRec: soft-label temperature τ.") var temperature: Float = 1
+    @Option(name: .customLong("ufnrec-m"), help: "UFNRec: reversal threshold m.") var ufnrecM: Int = 5
+    @Option(name: .customLong("ufnrec-alpha"), help: "UFNRec: weight α of the consistency loss.") var ufnrecAlpha: Float = 0.3
+    @Option(name: .customLong("ufnrec-decay"), help: "UFNRec: EMA decay d of the teacher.") var ufnrecDecay: Float = 0.999
     @Option(help: "Threads for BLAS and parallel loops.") var threads: Int = 1
     @Option(help: "Output directory.") var out: String
     @Flag(help: "Print only the summary.") var quiet = false
 
     var levelList: [Double] { levels.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) } }
     var methodList: [RobustnessMethod] { methods.split(separator: ",").compactMap { try? RobustnessMethod.parse(String($0)) } }
+    var ufnrecConfig: UFNRecConfig {
+        var u = UFNRecConfig(); u.m = ufnrecM; u.alpha = ufnrecAlpha; u.decay = ufnrecDecay
+        return u
+    }
     var seedList: [UInt64] { seeds.split(separator: ",").compactMap { UInt64($0.trimmingCharacters(in: .whitespaces)) } }
 
     func validate() throws {
@@ -68,10 +75,10 @@ struct ExperimentRobustness: ParsableCommand {
         for name in methods.split(separator: ",") {
             do { _ = try RobustnessMethod.parse(String(name)) } catch { throw ValidationError("--methods: \(error)") }
         }
-        guard !methodList.isEmpty else { throw ValidationError("--methods must be a list of base, dss, atjt, csrec, dss+csrec, atjt+csrec, got '\(methods)'") }
+        guard !methodList.isEmpty else { throw ValidationError("--methods must be a list of base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec, got '\(methods)'") }
         guard CSRecTeacherKind(rawValue: teachers) != nil else { throw ValidationError("--teachers must be model, data or training, got '\(teachers)'") }
         var c = CSRecConfig(); c.teachers = CSRecTeacherKind(rawValue: teachers)!; c.beta = beta; c.temperature = temperature
-        do { try c.validate() } catch { throw ValidationError("\(error)") }
+        do { try c.validate(); try ufnrecConfig.validate() } catch { throw ValidationError("\(error)") }
         guard ModelKind(rawValue: model) != nil else { throw ValidationError("--model must be sasrec or gru4rec, got '\(model)'") }
         guard !seedList.isEmpty, seedList.count == seeds.split(separator: ",").count else { throw ValidationError("--seeds must be integers, got '\(seeds)'") }
         guard epochs >= 1, patience >= 1, batchSize >= 2, maxLength >= 1 else { throw ValidationError("epochs, patience, max-length >= 1 and batch-size >= 2") }
@@ -125,6 +132,7 @@ struct ExperimentRobustness: ParsableCommand {
                     cfg.interests = interests; cfg.lambda = lambda; cfg.alpha = alpha; cfg.groups = groups
                     cfg.recogniserLearningRate = recogniserLR
                     cfg.csrec.teachers = CSRecTeacherKind(rawValue: teachers)!; cfg.csrec.beta = beta; cfg.csrec.temperature = temperature
+                    cfg.ufnrec = ufnrecConfig
                     if !quiet { cfg.log = { print($0) } }
                     if method.usesCSRec && teacherModule == nil {
                         teacherModule = try RobustnessTrainer.teachers(data: data, cfg: cfg)
@@ -184,7 +192,7 @@ enum RobustnessReport {
                 if relative { guard let c = clean, c > 0 else { return nil }; return (p, v / c) }
                 return (p, v)
             }
-            return SVGPlot.Series(name: m == "base" ? "base" : m.uppercased().replacingOccurrences(of: "CSREC", with: "CSRec"), points: points)
+            return SVGPlot.Series(name: m == "base" ? "base" : m.uppercased().replacingOccurrences(of: "CSREC", with: "CSRec").replacingOccurrences(of: "UFNREC", with: "UFNRec"), points: points)
         }
     }
 

@@ -318,6 +318,7 @@ public final class ATJTTrainer {
         }
         model.backward(dUser: head.dUser)
         optimizer.update()
+        sequenceLoss?.afterUpdate()
         // dL_R/dw_b = (ℓ_b − L_R) / Σ w
         let l = losses
         for b in 0..<B { dW[b] = (l[b] - Float(loss)) / S }

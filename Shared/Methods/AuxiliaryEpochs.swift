@@ -99,8 +99,10 @@ public final class ATJTEpochs {
         buf = InstanceBatchBuffers(B: B, T: T)
     }
 
-    /// One epoch; returns the mean of the batches' L_R.
+    /// One epoch (0-based `epoch`); returns the mean of the batches' L_R. The loss's epoch hooks
+    /// (UFNRec's warm-up) get the 1-based epoch and that mean, as `LabelLoop` gives them.
     public func run(epoch: Int) throws -> Double {
+        trainer.sequenceLoss?.beginEpoch(epoch + 1)
         var sum = 0.0, count = 0
         var wSum = 0.0, wSq = 0.0, wMin = Float.infinity, wMax = -Float.infinity, wN = 0
         for g in 0..<batchers.count {
@@ -121,6 +123,8 @@ public final class ATJTEpochs {
         let mean = wSum / Double(max(wN, 1))
         summary = String(format: " w mean %.3f std %.3f min %.3f max %.3f, recogniser loss %.4f", mean,
                          (max(wSq / Double(max(wN, 1)) - mean * mean, 0)).squareRoot(), wMin, wMax, weigher.lastRecogniserLoss)
-        return sum / Double(max(count, 1))
+        let meanLoss = sum / Double(max(count, 1))
+        trainer.sequenceLoss?.endEpoch(epoch + 1, meanLoss: meanLoss)
+        return meanLoss
     }
 }

@@ -4,9 +4,11 @@
 //   {"backbone": "sasrec", "methods": {"dss": {"lambda": 0.5, "interests": 4}, "csrec": {}}}
 //
 // Supported: dss, atjt, dss + csrec (CSRec's KL beside DSS's seq2item, scores = max over the K
-// intentions), atjt + csrec (the recogniser's w scales CSRec's per-sequence student loss).
-// Refused, with the reason (`AuxiliaryComposition.whyNot`): dss + atjt, and either with wslrec
-// or ufnrec. Both run under leave-one-out (the robustness protocol).
+// intentions), atjt + csrec (the recogniser's w scales CSRec's per-sequence student loss),
+// atjt + ufnrec (w scales UFNRec's row loss) and atjt + ufnrec + csrec (w scales CSRec's student
+// loss around UFNRec's, as `ufnrec + csrec` composes them without ATJT). Refused, with the reason
+// (`AuxiliaryComposition.whyNot`): dss + atjt, atjt + wslrec, dss + wslrec, dss + ufnrec. Both
+// run under leave-one-out (the robustness protocol).
 import Foundation
 import Numerics
 import Models
@@ -107,15 +109,15 @@ public enum AuxiliaryComposition {
         case ["atjt", "wslrec"]:
             return "the recogniser judges a (history, next item) pair, but WSLRec's rows learn from weak positive sets "
                 + "(BR / ItemCF / mined top-k), so a recogniser weight has no meaning for them"
-        case ["atjt", "ufnrec"]:
-            return "UFNRec's loss needs its epoch hooks (warm-up plateau, reversed negatives per instance) and an EMA "
-                + "teacher stepped after every update, which ATJT's joint step does not run; it is not implemented"
         default:
             return "not a supported composition"
         }
     }
 
-    /// Checks a job's methods: at most one auxiliary-task method, composed with CSRec at most.
+    /// Pairs of job keys that are not composed.
+    static let refused: [(String, String)] = [("dss", "atjt"), ("dss", "wslrec"), ("dss", "ufnrec"), ("atjt", "wslrec")]
+
+    /// Checks a job's methods: at most one auxiliary-task method, with the label methods it composes with.
     static func validate(_ job: JobConfig) throws {
         let m = job.methods
         guard m.dss != nil || m.atjt != nil else { return }
@@ -126,10 +128,8 @@ public enum AuxiliaryComposition {
         if m.atjt != nil { present.append("atjt") }
         if m.wslrec != nil { present.append("wslrec") }
         if m.ufnrec != nil { present.append("ufnrec") }
-        for (i, a) in present.enumerated() {
-            for b in present[(i + 1)...] where a == "dss" || a == "atjt" {
-                throw JobConfigError.invalid(key: "methods", reason: "\(a) and \(b) cannot be composed: \(whyNot(a, b))")
-            }
+        for (a, b) in refused where present.contains(a) && present.contains(b) {
+            throw JobConfigError.invalid(key: "methods", reason: "\(a) and \(b) cannot be composed: \(whyNot(a, b))")
         }
         if job.protocol != .loo {
             throw JobConfigError.invalid(key: "protocol", reason: "\(present[0]) runs under loo (the robustness protocol), got \(job.protocol.rawValue)")
@@ -145,7 +145,8 @@ public enum AuxiliaryComposition {
 }
 
 /// Trains a job's auxiliary-task method (with CSRec's soft labels from `source` when the job
-/// names csrec) and returns the trained recommender and its fit.
+/// names csrec, with UFNRec's loss when it names ufnrec) and returns the trained recommender and
+/// its fit.
 enum AuxiliaryJob {
     static func train(_ job: JobConfig, data: SequenceDataset, instances: InstanceSet, source: SoftLabelSource?,
                       validate: @escaping ModelEvaluation, progress: ((String) -> Void)?) throws -> (model: Backbone, fit: FitResult) {
@@ -167,7 +168,17 @@ enum AuxiliaryJob {
         guard let a = job.methods.atjt else { preconditionFailure("no auxiliary-task method in the job") }
         let model = job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed)
         let weigher = ATJTWeigher(config: a.trainerConfig(itemCount: N, loop: loop), data: data, instances: instances)
-        let loss = distillation.map { WeightedCSRecStudent(source: $0.source, beta: $0.beta, temperature: $0.temperature, direction: $0.direction) }
+        // ℓ_b: UFNRec's row loss or the next-item CE, inside CSRec's student loss when the job names csrec
+        var hard: WeightedSequenceLoss? = nil
+        if let u = job.methods.ufnrec {
+            hard = UFNRecObjective(config: u, student: model, teacher: job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed),
+                                   seed: loop.seed)
+        }
+        var loss = hard
+        if let d = distillation {
+            loss = WeightedCSRecStudent(source: d.source, hard: hard ?? WeightedCrossEntropy(), beta: d.beta, temperature: d.temperature,
+                                        direction: d.direction)
+        }
         let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss)
         let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: loop.batchSize, seed: loop.seed)
         let fit = try EpochLoop.fit(model: model, config: loop, epoch: { try epochs.run(epoch: $0) }, validate: validate) { e, l, v in

@@ -82,14 +82,16 @@ public func binaryAUC(scores: [Float], positive: [Bool]) -> Double? {
 
 // MARK: - Training runs
 
-/// Which training method a robustness run uses: base, an auxiliary-task method, CSRec, or an
-/// auxiliary-task method composed with CSRec (the name joins them with "+").
+/// Which training method a robustness run uses: base, an auxiliary-task method, a label method
+/// (CSRec, UFNRec), or an auxiliary-task method composed with one (the name joins them with "+").
 public enum RobustnessMethod: String, Sendable, CaseIterable, Codable {
-    case base, dss, atjt, csrec
+    case base, dss, atjt, csrec, ufnrec
     /// DSS whose seq2item part also fits CSRec's soft labels.
     case dssCSRec = "dss+csrec"
     /// ATJT whose weights scale CSRec's per-sequence student loss.
     case atjtCSRec = "atjt+csrec"
+    /// ATJT whose weights scale UFNRec's row loss.
+    case atjtUFNRec = "atjt+ufnrec"
 
     /// Whether the run needs CSRec's teachers.
     public var usesCSRec: Bool { self == .csrec || self == .dssCSRec || self == .atjtCSRec }
@@ -103,8 +105,7 @@ public enum RobustnessMethod: String, Sendable, CaseIterable, Codable {
         let known: Set<String> = ["base", "dss", "atjt", "csrec", "wslrec", "ufnrec"]
         guard !parts.isEmpty, parts.allSatisfy(known.contains) else { throw RobustnessMethodError.unknown(name) }
         let set = Set(parts)
-        for (a, b) in [("dss", "atjt"), ("dss", "wslrec"), ("dss", "ufnrec"), ("atjt", "wslrec"), ("atjt", "ufnrec")]
-        where set.contains(a) && set.contains(b) {
+        for (a, b) in AuxiliaryComposition.refused where set.contains(a) && set.contains(b) {
             throw RobustnessMethodError.unsupported(name, reason: AuxiliaryComposition.whyNot(a, b))
         }
         let aux = parts.filter { $0 == "dss" || $0 == "atjt" }.sorted()
@@ -113,8 +114,11 @@ public enum RobustnessMethod: String, Sendable, CaseIterable, Codable {
             guard parts.count == 1 else { throw RobustnessMethodError.unsupported(name, reason: "base composes with nothing") }
             return .base
         }
-        guard label.allSatisfy({ $0 == "csrec" }) else {
-            throw RobustnessMethodError.unsupported(name, reason: "the robustness suite runs CSRec as its label method (wslrec and ufnrec run in `winnow experiment labels`)")
+        guard !label.contains("wslrec") else {
+            throw RobustnessMethodError.unsupported(name, reason: "WSLRec has its own protocol and stages; it runs in `winnow experiment labels`")
+        }
+        guard Set(label).count <= 1 else {
+            throw RobustnessMethodError.unsupported(name, reason: "the robustness suite composes at most one label method (ufnrec + csrec and atjt + ufnrec + csrec run as jobs: `winnow experiment job`)")
         }
         guard let m = RobustnessMethod(rawValue: (aux + Array(Set(label))).joined(separator: "+")) else {
             throw RobustnessMethodError.unknown(name)
@@ -131,7 +135,7 @@ public enum RobustnessMethodError: Error, CustomStringConvertible, Equatable {
     case unsupported(String, reason: String)
     public var description: String {
         switch self {
-        case .unknown(let n): return "unknown method '\(n)' (base, dss, atjt, csrec, dss+csrec, atjt+csrec)"
+        case .unknown(let n): return "unknown method '\(n)' (base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec)"
         case .unsupported(let n, let r): return "method '\(n)' is not supported: \(r)"
         }
     }
@@ -158,6 +162,8 @@ public struct RobustnessConfig {
     public var recogniserLearningRate: Float = 0.01
     /// CSRec (csrec, dss+csrec, atjt+csrec): teachers, β, τ, KL direction.
     public var csrec = CSRecConfig()
+    /// UFNRec (ufnrec, atjt+ufnrec).
+    public var ufnrec = UFNRecConfig()
     public var log: ((String) -> Void)? = nil
     public init() {}
 
@@ -259,10 +265,16 @@ public enum RobustnessTrainer {
         var atjtWeigher: ATJTWeigher? = nil
         var note: () -> String = { "" }   // extra per-epoch log text (ATJT: weight statistics)
         switch method {
-        case .base, .csrec:
+        case .base, .csrec, .ufnrec:
             let m = backbone(cfg, itemCount: data.itemCount)
             model = m
-            if method == .csrec, let d = distillation {
+            if method == .ufnrec {
+                // UFNRec as `winnow experiment labels` trains it (LabelLoop), its EMA teacher the same backbone
+                let objective = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed)
+                let loop = LabelLoop(data: data, config: cfg.loop)
+                loop.progress = cfg.log.map { log in { log("\(method.rawValue) corruption \(corruption) \($0)") } }
+                trained = try loop.fit(model: m, instances: split.train, objective: objective, validate: validate)
+            } else if method == .csrec, let d = distillation {
                 // the CSRec student as `winnow experiment labels` trains it: LabelLoop, whose early
                 // stopping is `EpochLoop`'s rule
                 let objective = CSRecStudentObjective(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
@@ -295,7 +307,7 @@ public enum RobustnessTrainer {
             model = trainer.model
             let epochs = DSSEpochs(trainer: trainer, batchSize: B, seed: cfg.seed)
             epoch = { try epochs.run(epoch: $0) }
-        case .atjt, .atjtCSRec:
+        case .atjt, .atjtCSRec, .atjtUFNRec:
             let m = backbone(cfg, itemCount: data.itemCount)
             model = m
             var c = ATJTConfig(itemCount: data.itemCount, maxLength: T)
@@ -303,9 +315,12 @@ public enum RobustnessTrainer {
             c.seed = cfg.seed; c.recogniserBatch = B
             let weigher = ATJTWeigher(config: c, data: data, instances: split.train)
             atjtWeigher = weigher
-            let loss: WeightedSequenceLoss? = method == .atjtCSRec ? distillation.map {
-                WeightedCSRecStudent(source: $0.source, beta: $0.beta, temperature: $0.temperature, direction: $0.direction)
-            } : nil
+            var loss: WeightedSequenceLoss? = nil
+            if method == .atjtCSRec, let d = distillation {
+                loss = WeightedCSRecStudent(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
+            } else if method == .atjtUFNRec {
+                loss = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed)
+            }
             let trainer = ATJTTrainer(model: m, weigher: weigher, learningRate: cfg.learningRate, maxBatch: B, loss: loss)
             let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: B, seed: cfg.seed)
             epoch = { try epochs.run(epoch: $0) }

@@ -212,7 +212,7 @@ final class CompositionTests: XCTestCase {
         func message(_ json: String) -> String {
             do { _ = try JobConfig.parse(Data(json.utf8)); return "" } catch { return "\(error)" }
         }
-        for (a, b) in [("atjt", "wslrec"), ("atjt", "ufnrec"), ("dss", "wslrec"), ("dss", "ufnrec"), ("dss", "atjt")] {
+        for (a, b) in [("atjt", "wslrec"), ("dss", "wslrec"), ("dss", "ufnrec"), ("dss", "atjt")] {
             let m = message(#"{"backbone": "sasrec", "methods": {"\#(a)": {}, "\#(b)": {}}}"#)
             XCTAssertTrue(m.contains("methods") && m.contains(a) && m.contains(b) && m.contains("cannot be composed"), m)
             XCTAssertThrowsError(try RobustnessMethod.parse("\(a)+\(b)")) {
@@ -229,6 +229,9 @@ final class CompositionTests: XCTestCase {
         XCTAssertEqual(try RobustnessMethod.parse("dss+csrec"), .dssCSRec)
         for m in RobustnessMethod.allCases { XCTAssertEqual(try RobustnessMethod.parse(m.rawValue), m) }
         XCTAssertThrowsError(try RobustnessMethod.parse("base+csrec"))
+        XCTAssertThrowsError(try RobustnessMethod.parse("csrec+ufnrec")) { XCTAssertTrue("\($0)".contains("one label method"), "\($0)") }
+        XCTAssertEqual(try RobustnessMethod.parse("ufnrec+atjt"), .atjtUFNRec)
+        XCTAssertEqual(message(#"{"backbone": "sasrec", "methods": {"atjt": {}, "ufnrec": {}, "csrec": {}}}"#), "")
     }
 
     func testJobsNamingDSSOrATJTWithCSRecParseAndRun() throws {
@@ -249,12 +252,12 @@ final class CompositionTests: XCTestCase {
 
         let data = cyclicDataset(users: 30, items: 16, length: 10)
         for methods in [JobMethods(csrec: CSRecConfig(), atjt: ATJTJobConfig()), JobMethods(csrec: CSRecConfig(), dss: {
-            var d = DSSJobConfig(); d.interests = 2; return d }())] {
+            var d = DSSJobConfig(); d.interests = 2; return d }()), JobMethods(csrec: CSRecConfig(), ufnrec: UFNRecConfig(), atjt: ATJTJobConfig())] {
             var j = JobConfig(backbone: methods.dss != nil ? .sasrec : .gru4rec)
             j.loop.maxEpochs = 1; j.loop.maxLength = 6; j.loop.batchSize = 64
             j.methods = methods
             let r = try JobRunner.run(j, data: data)
-            XCTAssertEqual(r.method, methods.dss != nil ? "DSS+CSRec-M" : "ATJT+CSRec-M")
+            XCTAssertEqual(r.method, methods.dss != nil ? "DSS+CSRec-M" : methods.ufnrec != nil ? "ATJT+CSRec-M+UFNRec" : "ATJT+CSRec-M")
             XCTAssertEqual(r.model, methods.dss != nil ? "DSS-SASRec" : "GRU4Rec")
             XCTAssertEqual(r.epochs, 1)
             XCTAssertGreaterThan(r.teacherSeconds, 0)
@@ -270,12 +273,13 @@ final class CompositionTests: XCTestCase {
         cfg.maxLength = 6; cfg.batchSize = 64; cfg.maxEpochs = 1; cfg.dim = 8; cfg.blocks = 1; cfg.interests = 2
         let teachers = try RobustnessTrainer.teachers(data: data, cfg: cfg)
         let noisy = [Bool](repeating: false, count: data.interactionCount)
-        for method in [RobustnessMethod.csrec, .atjtCSRec, .dssCSRec] {
-            let r = try RobustnessTrainer.run(method, data: data, corruption: 0, noisy: noisy, groups: groups, cfg: cfg, teachers: teachers)
+        for method in [RobustnessMethod.csrec, .atjtCSRec, .dssCSRec, .ufnrec, .atjtUFNRec] {
+            let r = try RobustnessTrainer.run(method, data: data, corruption: 0, noisy: noisy, groups: groups, cfg: cfg,
+                                              teachers: method.usesCSRec ? teachers : nil)
             XCTAssertEqual(r.method, method.rawValue)
             XCTAssertEqual(r.epochs, 1)
-            XCTAssertEqual(r.teacherSeconds, teachers.seconds)
-            XCTAssertGreaterThanOrEqual(r.seconds, teachers.seconds)
+            XCTAssertEqual(r.teacherSeconds, method.usesCSRec ? teachers.seconds : nil)
+            XCTAssertGreaterThanOrEqual(r.seconds, r.teacherSeconds ?? 0)
             XCTAssertNotNil(r.test["ndcg@10"])
         }
         // runs without CSRec keep their JSON shape: no teacher time
@@ -308,5 +312,92 @@ final class CompositionTests: XCTestCase {
         }
         XCTAssertGreaterThan(dss.trainer.lastSoftLabelKL, 0)
         XCTAssertTrue(atjt.summary.contains("w mean"))
+    }
+
+    func testATJTWithUFNRecUnderUnitWeightsEqualsUFNRecAloneThroughWarmupRecordsAndTeacher() throws {
+        let data = cyclicDataset(users: 30, items: 24, length: 10)
+        let T = 8, inst = LeaveOneOut(data).train
+        let loop = quickLoop(data, epochs: 3, maxLength: T)
+        // warm-up ends after epoch 1, every negative above the positive is reversed at once (m = 0):
+        // epoch 2 records, epoch 3 trains on reversed items with the EMA teacher's soft labels
+        var u = UFNRecConfig(); u.negatives = 8; u.m = 0; u.maxWarmupEpochs = 1; u.decay = 0.9
+        let reference = labelsSASRec(items: 24, maxLength: T, seed: 5)
+        let alone = UFNRecObjective(config: u, student: reference, teacher: labelsSASRec(items: 24, maxLength: T, seed: 5), seed: 4)
+        let fit = try loop.fit(model: reference, instances: inst, objective: alone, validate: nil)
+        XCTAssertFalse(alone.warmingUp)
+        XCTAssertTrue((0..<Int32(inst.count)).contains { !alone.records.reversedItems($0).isEmpty }, "some items were reversed")
+        let model = labelsSASRec(items: 24, maxLength: T, seed: 5)
+        let composed = UFNRecObjective(config: u, student: model, teacher: labelsSASRec(items: 24, maxLength: T, seed: 5), seed: 4)
+        let trainer = ATJTTrainer(model: model, weigher: ConstantWeigher(value: 1), learningRate: loop.config.learningRate,
+                                  maxBatch: loop.config.batchSize, loss: composed)
+        // `LabelLoop`'s batches and hooks, with the weighted trainer's step
+        var batcher = Batcher(data: data, instances: inst, maxLength: T, batchSize: loop.config.batchSize, padding: .right, seed: loop.config.seed)
+        let buf = AuxBatches(B: loop.config.batchSize, T: T)
+        for epoch in 1...3 {
+            batcher.shuffle()
+            composed.beginEpoch(epoch)
+            var total = 0.0
+            for i in 0..<batcher.batchCount {
+                let n = batcher.fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
+                total += try trainer.step(SequenceBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids, B: n, T: T), group: 0)
+            }
+            let mean = total / Double(batcher.batchCount)
+            XCTAssertEqual(mean, fit.losses[epoch - 1], "epoch \(epoch) mean loss")
+            composed.endEpoch(epoch, meanLoss: mean)
+        }
+        assertSameParameters(reference.parameters, model.parameters, "ATJT+UFNRec (w ≡ 1) vs UFNRec, student")
+        assertSameParameters(alone.teacher.parameters, composed.teacher.parameters, "EMA teacher")
+    }
+
+    func testUFNRecRowLossWeightedByWIsEachRowScaledByWOverNorm() {
+        let B = 4, N = 20
+        let data = cyclicDataset(users: 10, items: N, length: 8)
+        let inst = LeaveOneOut(data).train
+        let buf = AuxBatches(B: B, T: 6)
+        let batch = buf.fill(data, inst, Array(0..<Int32(B))[...])
+        let lb = LabelBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances, B: B, T: 6, N: N)
+        var r = RNG(seed: 2)
+        let logits = AuxFloats(random: B * N, rng: &r), d1 = AuxFloats(B * N), d2 = AuxFloats(B * N), l1 = AuxFloats(B), l2 = AuxFloats(B)
+        let w = AuxFloats(B)
+        for b in 0..<B { w.p[b] = [0.2, 0.9, 0.5, 0.05][b] }
+        let norm: Float = 1.65
+        var u = UFNRecConfig(); u.negatives = 6
+        // two objectives with one seed draw the same negatives
+        let a = UFNRecObjective(config: u, student: labelsSASRec(items: N, maxLength: 6), teacher: labelsSASRec(items: N, maxLength: 6), seed: 9)
+        let b = UFNRecObjective(config: u, student: labelsSASRec(items: N, maxLength: 6), teacher: labelsSASRec(items: N, maxLength: 6), seed: 9)
+        let weighted = a.rowLoss(batch: lb, logits: logits.p, dlogits: d1.p, weights: w.p, norm: norm, losses: l1.p)
+        let plain = b.rowLoss(batch: lb, logits: logits.p, dlogits: d2.p, weights: nil, norm: 1, losses: l2.p)
+        XCTAssertEqual(l1.array, l2.array)
+        XCTAssertEqual(plain, (0..<B).map { Double(l2.p[$0]) }.reduce(0, +), accuracy: 1e-5)
+        XCTAssertEqual(weighted, (0..<B).map { Double(w.p[$0]) * Double(l2.p[$0]) }.reduce(0, +) / Double(norm), accuracy: 1e-5)
+        for row in 0..<B { for j in 0..<N {
+            XCTAssertEqual(d1.p[row * N + j], w.p[row] / norm * d2.p[row * N + j], accuracy: 1e-6)
+        } }
+    }
+
+    func testATJTEpochsRunTheLossHooksAsTheLabelLoopDoes() throws {
+        final class Spy: WeightedSequenceLoss {
+            let ce = WeightedCrossEntropy()
+            var calls: [String] = []
+            func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats, weights: UnsafePointer<Float>,
+                      norm: Float, losses: Floats) throws -> Double {
+                calls.append("loss")
+                return try ce.loss(batch: batch, logits: logits, dlogits: dlogits, weights: weights, norm: norm, losses: losses)
+            }
+            func beginEpoch(_ epoch: Int) { calls.append("begin \(epoch)") }
+            func afterUpdate() { calls.append("update") }
+            func endEpoch(_ epoch: Int, meanLoss: Double) { calls.append("end \(epoch)") }
+        }
+        let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0)
+        var c = ATJTConfig(itemCount: 30, maxLength: 6)
+        c.recogniser.dim = 8; c.recogniser.attentionHidden = 8; c.recogniser.outputHidden = [16]; c.recogniserBatch = 32
+        let weigher = ATJTWeigher(config: c, data: world.data, instances: world.split.train)
+        let spy = Spy()
+        let epochs = ATJTEpochs(trainer: ATJTTrainer(model: tinySASRec(items: 30, T: 6, seed: 1), weigher: weigher, maxBatch: 32, loss: spy),
+                                weigher: weigher, batchSize: 32, seed: 1)
+        try epochs.run(epoch: 0)
+        let steps = spy.calls.filter { $0 == "loss" }.count
+        XCTAssertGreaterThan(steps, 1)
+        XCTAssertEqual(spy.calls, ["begin 1"] + Array(repeating: ["loss", "update"], count: steps).flatMap { $0 } + ["end 1"])
     }
 }
