@@ -6,12 +6,13 @@ import Training
 import Methods
 
 /// `winnow experiment robustness`: corrupt a fraction of the training clicks with uniformly random
-/// items, train base, DSS and ATJT on each copy, and report test metrics, the relative drop
-/// against the clean run, popular- vs niche-user groups and the recogniser's AUC.
+/// items, train base, DSS and ATJT (and CSRec or UFNRec, alone or composed with them) on each copy, and
+/// report test metrics, the relative drop against the clean run, popular- vs niche-user groups and
+/// the recogniser's AUC.
 struct ExperimentRobustness: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "robustness",
-        abstract: "Robustness to corrupted training clicks: base vs DSS vs ATJT (leave-one-out, full ranking).",
+        abstract: "Robustness to corrupted training clicks: base vs DSS vs ATJT, alone or with CSRec (leave-one-out, full ranking).",
         discussion: """
         Data: --dataset FILE.inter (RecBole atomic file, iterative 5-core, the experiment protocol) or \
         --synthetic USERS,ITEMS,INTERACTIONS (generated in process, no injected noise of its own). \
@@ -20,14 +21,16 @@ struct ExperimentRobustness: ParsableCommand {
         stopping on validation NDCG@10 and is tested with its best weights. Writes runs.jsonl (one \
         run per line), robustness.md (means ± std over seeds, relative drop vs p = 0, popular / niche \
         users — test item in / outside the top 20 % of items by training frequency — recogniser AUC \
-        for clean vs corrupted-target training sequences, wall time relative to base) and SVG plots.
+        for clean vs corrupted-target training sequences, wall time relative to base) and SVG plots. \
+        Methods with CSRec (csrec, dss+csrec, atjt+csrec) share one teacher module per seed and \
+        level, trained on the same corrupted copy; its time is charged to each of them.
         """
     )
 
     @Option(help: "RecBole .inter file (5-core applied).") var dataset: String?
     @Option(help: "Synthetic data USERS,ITEMS,INTERACTIONS instead of --dataset.") var synthetic: String?
     @Option(help: "Corruption levels, comma-separated fractions.") var levels: String = "0,0.1,0.2,0.3,0.5"
-    @Option(help: "Methods, comma-separated: base, dss, atjt.") var methods: String = "base,dss,atjt"
+    @Option(help: "Methods, comma-separated: base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec.") var methods: String = "base,dss,atjt"
     @Option(help: "Backbone: sasrec or gru4rec (DSS always uses its SASRec encoder).") var model: String = "sasrec"
     @Option(help: "Seeds, comma-separated.") var seeds: String = "1"
     @Option(help: "Maximum epochs.") var epochs: Int = 200
@@ -42,12 +45,22 @@ struct ExperimentRobustness: ParsableCommand {
     @Option(help: "ATJT: weight α of the recogniser loss.") var alpha: Float = 10
     @Option(help: "ATJT: number of groups N.") var groups: Int = 2
     @Option(name: .customLong("recogniser-lr"), help: "ATJT: Adagrad learning rate of the recogniser.") var recogniserLR: Float = 0.01
+    @Option(help: "CSRec: teacher module, model, data or training.") var teachers: String = "model"
+    @Option(help: "CSRec: weight β of the soft-label KL.") var beta: Float = 0.5
+    @Option(help: "CSRec: soft-label temperature τ.") var temperature: Float = 1
+    @Option(name: .customLong("ufnrec-m"), help: "UFNRec: reversal threshold m.") var ufnrecM: Int = 5
+    @Option(name: .customLong("ufnrec-alpha"), help: "UFNRec: weight α of the consistency loss.") var ufnrecAlpha: Float = 0.3
+    @Option(name: .customLong("ufnrec-decay"), help: "UFNRec: EMA decay d of the teacher.") var ufnrecDecay: Float = 0.999
     @Option(help: "Threads for BLAS and parallel loops.") var threads: Int = 1
     @Option(help: "Output directory.") var out: String
     @Flag(help: "Print only the summary.") var quiet = false
 
     var levelList: [Double] { levels.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) } }
-    var methodList: [RobustnessMethod] { methods.split(separator: ",").compactMap { RobustnessMethod(rawValue: $0.trimmingCharacters(in: .whitespaces).lowercased()) } }
+    var methodList: [RobustnessMethod] { methods.split(separator: ",").compactMap { try? RobustnessMethod.parse(String($0)) } }
+    var ufnrecConfig: UFNRecConfig {
+        var u = UFNRecConfig(); u.m = ufnrecM; u.alpha = ufnrecAlpha; u.decay = ufnrecDecay
+        return u
+    }
     var seedList: [UInt64] { seeds.split(separator: ",").compactMap { UInt64($0.trimmingCharacters(in: .whitespaces)) } }
 
     func validate() throws {
@@ -59,9 +72,13 @@ struct ExperimentRobustness: ParsableCommand {
         guard !l.isEmpty, levelList.count == l.count, levelList.allSatisfy({ $0 >= 0 && $0 <= 1 }) else {
             throw ValidationError("--levels must be fractions in 0...1, got '\(levels)'")
         }
-        guard methodList.count == methods.split(separator: ",").count, !methodList.isEmpty else {
-            throw ValidationError("--methods must be a list of base, dss, atjt, got '\(methods)'")
+        for name in methods.split(separator: ",") {
+            do { _ = try RobustnessMethod.parse(String(name)) } catch { throw ValidationError("--methods: \(error)") }
         }
+        guard !methodList.isEmpty else { throw ValidationError("--methods must be a list of base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec, got '\(methods)'") }
+        guard CSRecTeacherKind(rawValue: teachers) != nil else { throw ValidationError("--teachers must be model, data or training, got '\(teachers)'") }
+        var c = CSRecConfig(); c.teachers = CSRecTeacherKind(rawValue: teachers)!; c.beta = beta; c.temperature = temperature
+        do { try c.validate(); try ufnrecConfig.validate() } catch { throw ValidationError("\(error)") }
         guard ModelKind(rawValue: model) != nil else { throw ValidationError("--model must be sasrec or gru4rec, got '\(model)'") }
         guard !seedList.isEmpty, seedList.count == seeds.split(separator: ",").count else { throw ValidationError("--seeds must be integers, got '\(seeds)'") }
         guard epochs >= 1, patience >= 1, batchSize >= 2, maxLength >= 1 else { throw ValidationError("epochs, patience, max-length >= 1 and batch-size >= 2") }
@@ -103,9 +120,10 @@ struct ExperimentRobustness: ParsableCommand {
         for seed in seedList {
             for level in levelList {
                 let (data, flags) = RobustnessData.corruptTrainingClicks(clean, fraction: level, seed: seed)
+                var teacherModule: RobustnessTeachers? = nil   // CSRec's, trained once for this copy
                 for method in methodList {
-                    if method == .dss && kind != .sasrec {
-                        if !quiet { print("dss: skipped for \(model) (DSS's encoder is SASRec)") }
+                    if method.usesDSS && kind != .sasrec {
+                        if !quiet { print("\(method.rawValue): skipped for \(model) (DSS's encoder is SASRec)") }
                         continue
                     }
                     var cfg = RobustnessConfig()
@@ -113,8 +131,15 @@ struct ExperimentRobustness: ParsableCommand {
                     cfg.patience = patience; cfg.learningRate = lr; cfg.seed = seed; cfg.dim = dim; cfg.blocks = blocks
                     cfg.interests = interests; cfg.lambda = lambda; cfg.alpha = alpha; cfg.groups = groups
                     cfg.recogniserLearningRate = recogniserLR
+                    cfg.csrec.teachers = CSRecTeacherKind(rawValue: teachers)!; cfg.csrec.beta = beta; cfg.csrec.temperature = temperature
+                    cfg.ufnrec = ufnrecConfig
                     if !quiet { cfg.log = { print($0) } }
-                    let r = try RobustnessTrainer.run(method, data: data, corruption: level, noisy: flags, groups: groupsByPopularity, cfg: cfg)
+                    if method.usesCSRec && teacherModule == nil {
+                        teacherModule = try RobustnessTrainer.teachers(data: data, cfg: cfg)
+                        if !quiet { print("csrec teachers p=\(level) seed=\(seed): \(String(format: "%.1f", teacherModule!.seconds)) s") }
+                    }
+                    let r = try RobustnessTrainer.run(method, data: data, corruption: level, noisy: flags, groups: groupsByPopularity, cfg: cfg,
+                                                      teachers: method.usesCSRec ? teacherModule : nil)
                     runs.append(r)
                     var line = try encoder.encode(r); line.append(0x0A)
                     handle.write(line)
@@ -167,7 +192,7 @@ enum RobustnessReport {
                 if relative { guard let c = clean, c > 0 else { return nil }; return (p, v / c) }
                 return (p, v)
             }
-            return SVGPlot.Series(name: m == "base" ? "base" : m.uppercased(), points: points)
+            return SVGPlot.Series(name: m == "base" ? "base" : m.uppercased().replacingOccurrences(of: "CSREC", with: "CSRec").replacingOccurrences(of: "UFNREC", with: "UFNRec"), points: points)
         }
     }
 

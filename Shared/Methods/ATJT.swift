@@ -259,29 +259,36 @@ public final class ATJTWeigher: SequenceWeigher {
 }
 
 /// The recommender side of ATJT: one Adam step on Σ w ℓ / Σ w with w from a `SequenceWeigher`,
-/// then dL/dw back to the weigher. Works with any backbone (full-softmax head, K >= 1).
+/// then dL/dw back to the weigher. Works with any backbone (full-softmax head, K >= 1). ℓ_b is the
+/// next-item cross-entropy, or any `WeightedSequenceLoss` (ATJT + CSRec: CSRec's student loss).
 public final class ATJTTrainer {
     public let model: Backbone
     public let optimizer: Adam
     public let weigher: SequenceWeigher
+    /// The per-sequence loss w multiplies; nil = the next-item cross-entropy of the head.
+    public let sequenceLoss: WeightedSequenceLoss?
     private let head: FullSoftmaxHead
     private let w: Floats, dW: Floats
+    private let scores: Floats?, rowLosses: Floats?   // (B, N), (B): only with a `sequenceLoss`
     private let capacity: Int
 
-    public init(model: Backbone, weigher: SequenceWeigher, learningRate: Float = 1e-3, maxBatch: Int = 256) {
-        self.model = model; self.weigher = weigher
+    public init(model: Backbone, weigher: SequenceWeigher, learningRate: Float = 1e-3, maxBatch: Int = 256,
+                loss: WeightedSequenceLoss? = nil) {
+        self.model = model; self.weigher = weigher; sequenceLoss = loss
         optimizer = Adam(parameters: model.parameters, learningRate: learningRate)
         head = FullSoftmaxHead(itemCount: model.itemCount, dim: model.dim, interests: model.interests)
         capacity = maxBatch
         w = .allocate(capacity: maxBatch); dW = .allocate(capacity: maxBatch)
+        scores = loss == nil ? nil : .allocate(capacity: maxBatch * model.itemCount)
+        rowLosses = loss == nil ? nil : .allocate(capacity: maxBatch)
     }
 
-    deinit { w.deallocate(); dW.deallocate() }
+    deinit { w.deallocate(); dW.deallocate(); scores?.deallocate(); rowLosses?.deallocate() }
 
     /// The weights of the last step (B).
     public var weights: UnsafePointer<Float> { UnsafePointer(w) }
     /// Per-sequence losses ℓ (B) of the last step.
-    public var losses: UnsafePointer<Float> { UnsafePointer(head.losses) }
+    public var losses: UnsafePointer<Float> { UnsafePointer(rowLosses ?? head.losses) }
 
     /// One joint step on a batch of group `group`; returns L_R = Σ w ℓ / Σ w.
     @discardableResult
@@ -295,12 +302,25 @@ public final class ATJTTrainer {
         let ps = model.parameters
         ps.zeroGrad()
         let user = model.forward(items: batch.items, lengths: batch.lengths, B: B, training: true)
-        let loss = head.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, targets: batch.targets,
+        let loss: Double
+        if let sequenceLoss, let scores, let rowLosses {
+            // as `LabelLoop`: scores copied, the loss's gradient written over the head's logits
+            let N = model.itemCount
+            head.scores(user: user, table: model.itemTable, B: B)
+            scores.update(from: head.logits, count: B * N)
+            let lb = LabelBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
+                                B: B, T: batch.T, N: N)
+            loss = try sequenceLoss.loss(batch: lb, logits: scores, dlogits: head.logits, weights: w, norm: S, losses: rowLosses)
+            head.backward(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, B: B)
+        } else {
+            loss = head.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, targets: batch.targets,
                                      weights: w, scale: 1 / S, B: B)
+        }
         model.backward(dUser: head.dUser)
         optimizer.update()
+        sequenceLoss?.afterUpdate()
         // dL_R/dw_b = (ℓ_b − L_R) / Σ w
-        let l = head.losses!
+        let l = losses
         for b in 0..<B { dW[b] = (l[b] - Float(loss)) / S }
         try weigher.feedback(dWeights: dW, B: B, group: group)
         return loss

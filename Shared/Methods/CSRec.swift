@@ -123,14 +123,27 @@ public final class CSRecStudentObjective: LabelObjective {
     }
 
     /// (1 − β)·hardLoss + β·mean KL, given the hard loss's gradient already in `dlogits`
-    /// (scaled here by 1 − β) and soft labels (B, N).
+    /// (scaled here by 1 − β) and soft labels (B, N). With `weights` (ATJT's), the KL term is
+    /// Σ_b w_b KL_b / norm instead of the mean, as the hard loss then is.
     public static func combine(hardLoss: Double, dlogits: Floats, logits: UnsafePointer<Float>, labels: UnsafePointer<Float>,
-                               beta: Float, direction: KLDirection, losses: UnsafeMutablePointer<Float>, B: Int, N: Int) -> Double {
+                               beta: Float, direction: KLDirection, losses: UnsafeMutablePointer<Float>, B: Int, N: Int,
+                               weights: UnsafePointer<Float>? = nil, norm: Float? = nil) -> Double {
         let keep = 1 - beta
         for i in 0..<(B * N) { dlogits[i] *= keep }
         let kl = softmaxKL(losses: losses, dlogits: dlogits, logits: logits, target: labels, direction: direction,
-                           weights: nil, scale: beta / Float(B), accumulate: true, B: B, V: N)
+                           weights: weights, scale: beta / (norm ?? Float(B)), accumulate: true, B: B, V: N)
         return Double(keep) * hardLoss + kl
+    }
+}
+
+/// CSRec's soft-label term as another method's trainer takes it (DSS + CSRec): soft labels r from
+/// `source` (Eq. 14, temperature τ), weight β and KL direction of Eq. 15.
+public struct CSRecDistillation {
+    public var source: SoftLabelSource
+    public var beta: Float, temperature: Float
+    public var direction: KLDirection
+    public init(source: SoftLabelSource, beta: Float, temperature: Float, direction: KLDirection = .targetToModel) {
+        self.source = source; self.beta = beta; self.temperature = temperature; self.direction = direction
     }
 }
 

@@ -9,6 +9,8 @@
 //                      ψ = the encoder on the reversed future with the label β set
 //   (Eq. 4):           L_s2s = Σ over the ⌈λ·B·K⌉ smallest ℓ_{b,k}
 //   L = (L_s2i + w_s2s · L_s2s) / B  (both as sums over the batch, as Eq. 7, divided by B)
+//   DSS + CSRec:       seq2item becomes (1 − β)·ℓ_b + β·KL(r_b ‖ softmax_j max_k s(b, k, j)) with
+//                      CSRec's soft labels r (Eq. 14 / 15), over all N items
 // τ = √D as the paper. The future of a training instance (u, t) is the rest of u's *training*
 // sequence from t on (the next item included), never validation or test items; reversed, it is
 // truncated to the maxLength items nearest to t.
@@ -96,6 +98,38 @@ public enum DSSLoss {
         return total * Double(scale)
     }
 
+    /// CSRec's soft-label term on DSS's seq2item scores (DSS + CSRec): x_bj = max_k s(b, k, j),
+    /// s = cand_j · user_{b,k} / temperature (the scores Eq. 6 uses, max over the K intentions as
+    /// serving scores), ℓ_b = KL between softmax(x_b) and labels r_b (M) in `direction`. The
+    /// gradient of scale · Σ ℓ_b reaches each (b, j) through its arg-max intention (ties to the
+    /// lower k, as `FullSoftmaxHead`) and accumulates into dUser (B, K, C) and dCand (M, C).
+    /// logits (B, K, M), scores and dScores (B, M) and argmax (B, M) are work buffers.
+    /// Returns scale · Σ ℓ_b.
+    @discardableResult
+    public static func softLabelKL(losses: Floats, dUser: Floats?, dCand: Floats?, user: UnsafePointer<Float>, cand: UnsafePointer<Float>,
+                                   labels: UnsafePointer<Float>, direction: KLDirection, logits: Floats, scores: Floats, dScores: Floats,
+                                   argmax: UnsafeMutablePointer<Int32>, temperature: Float, scale: Float,
+                                   B: Int, K: Int, C: Int, M: Int) -> Double {
+        let inv = 1 / temperature
+        sgemm(transB: true, M: B * K, N: M, K: C, alpha: inv, A: user, lda: C, B: cand, ldb: C, C: logits, ldc: M)
+        for b in 0..<B {
+            for j in 0..<M {
+                var best = logits[b * K * M + j], arg: Int32 = 0
+                for k in 1..<max(K, 1) { let v = logits[(b * K + k) * M + j]; if v > best { best = v; arg = Int32(k) } }
+                scores[b * M + j] = best; argmax[b * M + j] = arg
+            }
+        }
+        let total = softmaxKL(losses: losses, dlogits: dScores, logits: scores, target: labels, direction: direction,
+                              weights: nil, scale: scale, B: B, V: M)
+        guard dUser != nil || dCand != nil else { return total }
+        // route d scores back to the arg-max intention of each (b, j)
+        logits.update(repeating: 0, count: B * K * M)
+        for b in 0..<B { for j in 0..<M { logits[(b * K + Int(argmax[b * M + j])) * M + j] = dScores[b * M + j] } }
+        if let dUser { sgemm(M: B * K, N: C, K: M, alpha: inv, A: logits, lda: M, B: cand, ldb: C, beta: 1, C: dUser, ldc: C) }
+        if let dCand { sgemm(transA: true, M: M, N: C, K: B * K, alpha: inv, A: logits, lda: M, B: user, ldb: C, beta: 1, C: dCand, ldc: C) }
+        return total
+    }
+
     /// Eq. 3–4: φ (B, K, C) inputs, ψ (B, K, C) encoded reversed futures. Keeps the
     /// ⌈λ·B·K⌉ smallest terms (mask (B·K) says which) and accumulates the gradient of
     /// scale · Σ_kept ℓ into dPhi, dPsi. losses (B·K); scores is a (B·K, B·K) work buffer.
@@ -158,11 +192,19 @@ public final class DSSTrainer {
     private let items2: UnsafeMutablePointer<Int32>, lengths2: UnsafeMutablePointer<Int32>
     private let posCol: UnsafeMutablePointer<Int32>
     private let slab: Slab
-    /// Losses of the last step, divided by B: seq2item and seq2seq (kept terms).
-    public private(set) var lastSeq2Item = 0.0, lastSeq2Seq = 0.0
+    /// DSS + CSRec: CSRec's soft-label KL beside seq2item (nil: DSS alone).
+    public let distillation: CSRecDistillation?
+    // with `distillation`: labels, scores, dScores (B, N) | KL losses (B); arg-max intentions (B, N)
+    private let kdSlab: Slab?, kdArgmax: UnsafeMutablePointer<Int32>?
+    /// Losses of the last step, divided by B: seq2item (with CSRec's KL when composed) and
+    /// seq2seq (kept terms); the KL part alone.
+    public private(set) var lastSeq2Item = 0.0, lastSeq2Seq = 0.0, lastSoftLabelKL = 0.0
 
-    public init(config: DSSConfig, data: SequenceDataset, instances: InstanceSet, maxBatch: Int = 256) {
-        self.config = config; self.data = data; self.instances = instances
+    public init(config: DSSConfig, data: SequenceDataset, instances: InstanceSet, maxBatch: Int = 256,
+                distillation: CSRecDistillation? = nil) {
+        // soft labels cover all N items; in-batch candidates score only the batch's targets
+        precondition(distillation == nil || config.candidates == .full, "DSS + CSRec needs seq2item over all items (.full)")
+        self.config = config; self.data = data; self.instances = instances; self.distillation = distillation
         model = DSSEncoder(config.encoder)
         optimizer = Adam(parameters: model.parameters, learningRate: config.learningRate)
         futures = DSSFutures(users: data.userCount, instances: instances)
@@ -173,9 +215,11 @@ public final class DSSTrainer {
         items2 = .allocate(capacity: 2 * B * T); lengths2 = .allocate(capacity: 2 * B); posCol = .allocate(capacity: B)
         // dOut (2B, K, C) | s2i losses (B) | logits (B, K, M) | cand (B, C) | dCand (B, C) | s2s losses (BK) | mask (BK) | scores (BK)²
         slab = Slab([2 * B * K * C, B, B * K * M, B * C, B * C, B * K, B * K, B * K * B * K])
+        kdSlab = distillation == nil ? nil : Slab([B * N, B * N, B * N, B])
+        kdArgmax = distillation == nil ? nil : .allocate(capacity: B * N)
     }
 
-    deinit { items2.deallocate(); lengths2.deallocate(); posCol.deallocate() }
+    deinit { items2.deallocate(); lengths2.deallocate(); posCol.deallocate(); kdArgmax?.deallocate() }
 
     /// Updates the phase for `epoch` (0-based) under the configured schedule.
     public func beginEpoch(_ epoch: Int) {
@@ -185,9 +229,10 @@ public final class DSSTrainer {
         }
     }
 
-    /// One step on a batch (instances must index `instances`); returns the batch loss.
+    /// One step on a batch (instances must index `instances`); returns the batch loss. Throws
+    /// only what the soft-label source throws (DSS + CSRec).
     @discardableResult
-    public func step(_ batch: SequenceBatch) -> Double {
+    public func step(_ batch: SequenceBatch) throws -> Double {
         let B = batch.B, T = batch.T, K = config.encoder.interests, C = config.encoder.dim, N = config.encoder.itemCount
         precondition(B <= capacity && T == config.encoder.maxLength, "batch exceeds the trainer's shape")
         let useS2S = phase != .finetune, useS2I = phase != .pretrain
@@ -207,13 +252,24 @@ public final class DSSTrainer {
         let dOut = v[0]
         dOut.update(repeating: 0, count: rows * K * C)
         let tau = Float(C).squareRoot(), scale = 1 / Float(B)
-        var s2i = 0.0, s2s = 0.0
+        var s2i = 0.0, s2s = 0.0, kl = 0.0
         if useS2I {
             switch config.candidates {
             case .full:
                 for b in 0..<B { posCol[b] = batch.targets[b] - 1 }
+                // (1 − β)·seq2item + β·KL with CSRec; keep = 1 exactly for DSS alone
+                let keep = distillation.map { 1 - $0.beta } ?? 1
                 s2i = DSSLoss.seq2item(losses: v[1], dUser: dOut, dCand: model.itemTableGrad + C, user: out, cand: model.itemTable + C,
-                                       pos: posCol, logits: v[2], temperature: tau, scale: scale, B: B, K: K, C: C, M: N)
+                                       pos: posCol, logits: v[2], temperature: tau, scale: scale * keep, B: B, K: K, C: C, M: N)
+                if let d = distillation, let kd = kdSlab?.views, let argmax = kdArgmax {
+                    try d.source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: B, T: T,
+                                            temperature: d.temperature, out: kd[0])
+                    kl = DSSLoss.softLabelKL(losses: kd[3], dUser: dOut, dCand: model.itemTableGrad + C, user: out,
+                                             cand: model.itemTable + C, labels: kd[0], direction: d.direction, logits: v[2],
+                                             scores: kd[1], dScores: kd[2], argmax: argmax, temperature: tau,
+                                             scale: scale * d.beta, B: B, K: K, C: C, M: N)
+                    s2i += kl
+                }
             case .inBatch:
                 let cand = v[3], dCand = v[4]
                 for b in 0..<B {
@@ -234,7 +290,7 @@ public final class DSSTrainer {
         }
         model.backward(dUser: dOut)
         optimizer.update()
-        lastSeq2Item = s2i; lastSeq2Seq = s2s
+        lastSeq2Item = s2i; lastSeq2Seq = s2s; lastSoftLabelKL = kl
         return s2i + s2s
     }
 }

@@ -10,7 +10,8 @@
 //
 // Compositions: none (base), csrec, wslrec, ufnrec, wslrec + csrec (CSRec's soft labels in
 // WSLRec's fine-tuning), ufnrec + csrec (CSRec's KL beside UFNRec's BCE). CSRec's student loss
-// wraps whatever hard-label objective the other method uses.
+// wraps whatever hard-label objective the other method uses. The auxiliary-task methods dss and
+// atjt, alone or with csrec: JobConfigAuxiliary.swift.
 import Foundation
 import Numerics
 import Models
@@ -41,17 +42,22 @@ public enum JobProtocol: String, Sendable, Codable, CaseIterable {
     case userSplit = "user_split"
 }
 
-/// The label methods a job composes.
+/// The methods a job composes: label methods, and at most one auxiliary-task method.
 public struct JobMethods: Sendable, Codable, Equatable {
     public var wslrec: WSLRecConfig?
     public var csrec: CSRecConfig?
     public var ufnrec: UFNRecConfig?
-    public init(wslrec: WSLRecConfig? = nil, csrec: CSRecConfig? = nil, ufnrec: UFNRecConfig? = nil) {
-        self.wslrec = wslrec; self.csrec = csrec; self.ufnrec = ufnrec
+    public var dss: DSSJobConfig?
+    public var atjt: ATJTJobConfig?
+    public init(wslrec: WSLRecConfig? = nil, csrec: CSRecConfig? = nil, ufnrec: UFNRecConfig? = nil,
+                dss: DSSJobConfig? = nil, atjt: ATJTJobConfig? = nil) {
+        self.wslrec = wslrec; self.csrec = csrec; self.ufnrec = ufnrec; self.dss = dss; self.atjt = atjt
     }
     /// "base", or the method names joined by "+".
     public var name: String {
         var parts: [String] = []
+        if dss != nil { parts.append("DSS") }
+        if atjt != nil { parts.append("ATJT") }
         if wslrec != nil { parts.append("WSLRec") }
         if let c = csrec { parts.append("CSRec-" + ["model": "M", "data": "D", "training": "T"][c.teachers.rawValue]!) }
         if ufnrec != nil { parts.append("UFNRec") }
@@ -109,6 +115,7 @@ public struct JobConfig: Sendable, Codable, Equatable {
         if methods.wslrec != nil && methods.ufnrec != nil {
             throw JobConfigError.invalid(key: "methods", reason: "wslrec and ufnrec cannot be composed (both replace the hard labels)")
         }
+        try AuxiliaryComposition.validate(self)
     }
 
     private static func describe(_ e: DecodingError) -> String {
@@ -228,19 +235,25 @@ public enum JobRunner {
             return CSRecStudentObjective(source: source, hard: hard, beta: c.beta, temperature: c.temperature,
                                          direction: c.direction.direction)
         }
-        let model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+        let model: Backbone
         let final: FitResult
-        if let w = job.methods.wslrec {
+        if job.methods.dss != nil || job.methods.atjt != nil {
+            let trained = try AuxiliaryJob.train(job, data: data, instances: train, source: source, validate: validate, progress: progress)
+            model = trained.model; final = trained.fit
+        } else if let w = job.methods.wslrec {
+            model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             let r = try WSLRec.train(w, model: model, loop: loop, instances: train, trainEnds: trainEnds, trainUsers: trainUsers,
                                      validate: validate, fineTune: student)
             stages["pretrain"] = r.pre
             final = r.fine
         } else if let u = job.methods.ufnrec {
+            model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             let teacher = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             final = try loop.fit(model: model, instances: train,
                                  objective: student(UFNRecObjective(config: u, student: model, teacher: teacher, seed: seed)),
                                  validate: validate)
         } else {
+            model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             final = try loop.fit(model: model, instances: train, objective: student(CrossEntropyObjective()), validate: validate)
         }
         stages["final"] = final

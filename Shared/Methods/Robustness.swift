@@ -82,9 +82,63 @@ public func binaryAUC(scores: [Float], positive: [Bool]) -> Double? {
 
 // MARK: - Training runs
 
-/// Which training method a robustness run uses.
+/// Which training method a robustness run uses: base, an auxiliary-task method, a label method
+/// (CSRec, UFNRec), or an auxiliary-task method composed with one (the name joins them with "+").
 public enum RobustnessMethod: String, Sendable, CaseIterable, Codable {
-    case base, dss, atjt
+    case base, dss, atjt, csrec, ufnrec
+    /// DSS whose seq2item part also fits CSRec's soft labels.
+    case dssCSRec = "dss+csrec"
+    /// ATJT whose weights scale CSRec's per-sequence student loss.
+    case atjtCSRec = "atjt+csrec"
+    /// ATJT whose weights scale UFNRec's row loss.
+    case atjtUFNRec = "atjt+ufnrec"
+
+    /// Whether the run needs CSRec's teachers.
+    public var usesCSRec: Bool { self == .csrec || self == .dssCSRec || self == .atjtCSRec }
+    /// Whether the recommender is DSS's encoder (SASRec only).
+    public var usesDSS: Bool { self == .dss || self == .dssCSRec }
+
+    /// Parses a method name; parts may come in any order ("csrec+atjt"). Compositions that exist
+    /// as words but are not supported are refused with the reason.
+    public static func parse(_ name: String) throws -> RobustnessMethod {
+        let parts = name.lowercased().split(separator: "+").map { $0.trimmingCharacters(in: .whitespaces) }
+        let known: Set<String> = ["base", "dss", "atjt", "csrec", "wslrec", "ufnrec"]
+        guard !parts.isEmpty, parts.allSatisfy(known.contains) else { throw RobustnessMethodError.unknown(name) }
+        let set = Set(parts)
+        for (a, b) in AuxiliaryComposition.refused where set.contains(a) && set.contains(b) {
+            throw RobustnessMethodError.unsupported(name, reason: AuxiliaryComposition.whyNot(a, b))
+        }
+        let aux = parts.filter { $0 == "dss" || $0 == "atjt" }.sorted()
+        let label = parts.filter { $0 != "dss" && $0 != "atjt" && $0 != "base" }.sorted()
+        if set.contains("base") {
+            guard parts.count == 1 else { throw RobustnessMethodError.unsupported(name, reason: "base composes with nothing") }
+            return .base
+        }
+        guard !label.contains("wslrec") else {
+            throw RobustnessMethodError.unsupported(name, reason: "WSLRec has its own protocol and stages; it runs in `winnow experiment labels`")
+        }
+        guard Set(label).count <= 1 else {
+            throw RobustnessMethodError.unsupported(name, reason: "the robustness suite composes at most one label method (ufnrec + csrec and atjt + ufnrec + csrec run as jobs: `winnow experiment job`)")
+        }
+        guard let m = RobustnessMethod(rawValue: (aux + Array(Set(label))).joined(separator: "+")) else {
+            throw RobustnessMethodError.unknown(name)
+        }
+        return m
+    }
+}
+
+/// A `--methods` entry that is not a robustness method.
+public enum RobustnessMethodError: Error, CustomStringConvertible, Equatable {
+    /// Not a method name.
+    case unknown(String)
+    /// Known methods whose composition is not supported, and why.
+    case unsupported(String, reason: String)
+    public var description: String {
+        switch self {
+        case .unknown(let n): return "unknown method '\(n)' (base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec)"
+        case .unsupported(let n, let r): return "method '\(n)' is not supported: \(r)"
+        }
+    }
 }
 
 /// Settings of one robustness experiment (every method shares them).
@@ -106,8 +160,20 @@ public struct RobustnessConfig {
     public var alpha: Float = 10
     public var groups = 2
     public var recogniserLearningRate: Float = 0.01
+    /// CSRec (csrec, dss+csrec, atjt+csrec): teachers, β, τ, KL direction.
+    public var csrec = CSRecConfig()
+    /// UFNRec (ufnrec, atjt+ufnrec).
+    public var ufnrec = UFNRecConfig()
     public var log: ((String) -> Void)? = nil
     public init() {}
+
+    /// The loop settings the teachers and the early stopping share.
+    var loop: LoopConfig {
+        var l = LoopConfig()
+        l.maxEpochs = maxEpochs; l.patience = patience; l.batchSize = batchSize; l.maxLength = maxLength
+        l.learningRate = learningRate; l.seed = seed; l.selectMetric = "ndcg@10"
+        return l
+    }
 }
 
 /// What one training run produced.
@@ -118,6 +184,7 @@ public struct RobustnessRun: Sendable, Codable {
     public var seed: UInt64
     public var epochs: Int
     public var bestEpoch: Int
+    /// Wall time of the run, CSRec's teachers included.
     public var seconds: Double
     public var valid: [String: Double]
     public var test: [String: Double]
@@ -126,18 +193,26 @@ public struct RobustnessRun: Sendable, Codable {
     /// ATJT: AUC of w for clean vs corrupted-target training sequences (each weighed by the
     /// recogniser that never trained on it).
     public var recogniserAUC: Double?
+    /// With CSRec: seconds its teachers took (included in `seconds`; absent otherwise).
+    public var teacherSeconds: Double?
+}
+
+/// CSRec's trained teachers for one corrupted copy, shared by every method that uses them.
+public struct RobustnessTeachers {
+    public let source: SoftLabelSource
+    public let seconds: Double
 }
 
 public enum RobustnessTrainer {
-    static func backbone(_ cfg: RobustnessConfig, itemCount: Int) -> Backbone {
+    static func backbone(_ cfg: RobustnessConfig, itemCount: Int, seed: UInt64? = nil) -> Backbone {
         switch cfg.model {
         case .sasrec:
-            var c = SASRecConfig(itemCount: itemCount); c.maxLength = cfg.maxLength; c.seed = cfg.seed
+            var c = SASRecConfig(itemCount: itemCount); c.maxLength = cfg.maxLength; c.seed = seed ?? cfg.seed
             if let d = cfg.dim { c.dim = d; c.inner = 4 * d }
             if let b = cfg.blocks { c.blocks = b }
             return SASRec(c)
         case .gru4rec:
-            var c = GRU4RecConfig(itemCount: itemCount); c.maxLength = cfg.maxLength; c.seed = cfg.seed
+            var c = GRU4RecConfig(itemCount: itemCount); c.maxLength = cfg.maxLength; c.seed = seed ?? cfg.seed
             if let d = cfg.dim { c.embedding = d; c.hidden = 2 * d }
             return GRU4Rec(c)
         }
@@ -155,57 +230,84 @@ public enum RobustnessTrainer {
         return report.metrics.filter { ["ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20", "mrr@20"].contains($0.key) }
     }
 
+    /// Trains CSRec's teachers (`cfg.csrec`, the run's backbone) on `data` (already corrupted:
+    /// the teachers see the same noisy clicks as the student), early-stopped on validation NDCG@10.
+    public static func teachers(data: SequenceDataset, cfg: RobustnessConfig) throws -> RobustnessTeachers {
+        let split = LeaveOneOut(data), T = cfg.maxLength, started = Date()
+        let loop = LabelLoop(data: data, config: cfg.loop)
+        loop.progress = cfg.log.map { log in { log("csrec" + $0) } }
+        let source = try CSRecTeachers.build(cfg.csrec, make: { backbone(cfg, itemCount: data.itemCount, seed: $0) }, loop: loop,
+                                             instances: split.train,
+                                             validate: { evaluate($0, data: data, instances: split.validation, maxLength: T) },
+                                             seed: cfg.seed)
+        return RobustnessTeachers(source: source, seconds: Date().timeIntervalSince(started))
+    }
+
     /// Trains `method` on `data` (already corrupted) with early stopping on validation NDCG@10 and
     /// evaluates the best weights on the test split and its popular / niche groups. `noisy` flags
-    /// corrupted interactions (for the recogniser's AUC).
+    /// corrupted interactions (for the recogniser's AUC). Methods with CSRec need `teachers`
+    /// (trained on the same `data`); their time is added to the run's.
     public static func run(_ method: RobustnessMethod, data: SequenceDataset, corruption: Double, noisy: [Bool],
-                           groups: (popular: InstanceSet, niche: InstanceSet), cfg: RobustnessConfig) throws -> RobustnessRun {
+                           groups: (popular: InstanceSet, niche: InstanceSet), cfg: RobustnessConfig,
+                           teachers: RobustnessTeachers? = nil) throws -> RobustnessRun {
         let split = LeaveOneOut(data)
         let T = cfg.maxLength, B = cfg.batchSize
         let started = Date()
+        precondition(!method.usesCSRec || teachers != nil, "\(method.rawValue) needs CSRec's teachers")
+        let distillation = teachers.map {
+            CSRecDistillation(source: $0.source, beta: cfg.csrec.beta, temperature: cfg.csrec.temperature,
+                              direction: cfg.csrec.direction.direction)
+        }
+        let validate: ModelEvaluation = { evaluate($0, data: data, instances: split.validation, maxLength: T) }
         let model: Backbone
-        var epochStep: (Int) throws -> Double
+        var epoch: ((Int) throws -> Double)? = nil
+        var trained: FitResult? = nil      // a method that runs its own loop (csrec: LabelLoop)
         var atjtWeigher: ATJTWeigher? = nil
-        var note = ""   // extra per-epoch log text (ATJT: weight statistics)
-        let items = UnsafeMutablePointer<Int32>.allocate(capacity: B * T), lengths = UnsafeMutablePointer<Int32>.allocate(capacity: B)
-        let targets = UnsafeMutablePointer<Int32>.allocate(capacity: B), ids = UnsafeMutablePointer<Int32>.allocate(capacity: B)
-        defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); ids.deallocate() }
+        var note: () -> String = { "" }   // extra per-epoch log text (ATJT: weight statistics)
         switch method {
-        case .base:
+        case .base, .csrec, .ufnrec:
             let m = backbone(cfg, itemCount: data.itemCount)
             model = m
-            let step = TrainStep(model: m, learningRate: cfg.learningRate, seed: cfg.seed)
-            var batcher = Batcher(data: data, instances: split.train, maxLength: T, batchSize: B, seed: cfg.seed)
-            epochStep = { _ in
-                batcher.shuffle()
-                var sum = 0.0
-                for i in 0..<batcher.batchCount {
-                    let n = batcher.fill(batch: i, items: items, lengths: lengths, targets: targets)
-                    sum += step.step(items: items, lengths: lengths, targets: targets, B: n)
+            if method == .ufnrec {
+                // UFNRec as `winnow experiment labels` trains it (LabelLoop), its EMA teacher the same backbone
+                let objective = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed)
+                let loop = LabelLoop(data: data, config: cfg.loop)
+                loop.progress = cfg.log.map { log in { log("\(method.rawValue) corruption \(corruption) \($0)") } }
+                trained = try loop.fit(model: m, instances: split.train, objective: objective, validate: validate)
+            } else if method == .csrec, let d = distillation {
+                // the CSRec student as `winnow experiment labels` trains it: LabelLoop, whose early
+                // stopping is `EpochLoop`'s rule
+                let objective = CSRecStudentObjective(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
+                let loop = LabelLoop(data: data, config: cfg.loop)
+                loop.progress = cfg.log.map { log in { log("\(method.rawValue) corruption \(corruption) \($0)") } }
+                trained = try loop.fit(model: m, instances: split.train, objective: objective, validate: validate)
+            } else {
+                let step = TrainStep(model: m, learningRate: cfg.learningRate, seed: cfg.seed)
+                var batcher = Batcher(data: data, instances: split.train, maxLength: T, batchSize: B, seed: cfg.seed)
+                let buf = InstanceBatchBuffers(B: B, T: T)
+                epoch = { _ in
+                    batcher.shuffle()
+                    var sum = 0.0
+                    for i in 0..<batcher.batchCount {
+                        let n = batcher.fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets)
+                        sum += step.step(items: buf.items, lengths: buf.lengths, targets: buf.targets, B: n)
+                    }
+                    return sum / Double(max(batcher.batchCount, 1))
                 }
-                return sum / Double(max(batcher.batchCount, 1))
             }
-        case .dss:
+        case .dss, .dssCSRec:
             precondition(cfg.model == .sasrec, "DSS is built on SASRec")
             var c = DSSConfig(itemCount: data.itemCount)
             c.encoder.maxLength = T; c.encoder.seed = cfg.seed; c.encoder.interests = cfg.interests
             if let d = cfg.dim { c.encoder.dim = d; c.encoder.inner = 4 * d }
             if let b = cfg.blocks { c.encoder.blocks = b }
             c.lambda = cfg.lambda; c.learningRate = cfg.learningRate
-            let trainer = DSSTrainer(config: c, data: data, instances: split.train, maxBatch: B)
+            let trainer = DSSTrainer(config: c, data: data, instances: split.train, maxBatch: B,
+                                     distillation: method == .dssCSRec ? distillation : nil)
             model = trainer.model
-            var batcher = Batcher(data: data, instances: split.train, maxLength: T, batchSize: B, seed: cfg.seed)
-            epochStep = { e in
-                trainer.beginEpoch(e)
-                batcher.shuffle()
-                var sum = 0.0
-                for i in 0..<batcher.batchCount {
-                    let n = batcher.fill(batch: i, items: items, lengths: lengths, targets: targets, instances: ids)
-                    sum += trainer.step(SequenceBatch(items: items, lengths: lengths, targets: targets, instances: ids, B: n, T: T))
-                }
-                return sum / Double(max(batcher.batchCount, 1))
-            }
-        case .atjt:
+            let epochs = DSSEpochs(trainer: trainer, batchSize: B, seed: cfg.seed)
+            epoch = { try epochs.run(epoch: $0) }
+        case .atjt, .atjtCSRec, .atjtUFNRec:
             let m = backbone(cfg, itemCount: data.itemCount)
             model = m
             var c = ATJTConfig(itemCount: data.itemCount, maxLength: T)
@@ -213,48 +315,20 @@ public enum RobustnessTrainer {
             c.seed = cfg.seed; c.recogniserBatch = B
             let weigher = ATJTWeigher(config: c, data: data, instances: split.train)
             atjtWeigher = weigher
-            let trainer = ATJTTrainer(model: m, weigher: weigher, learningRate: cfg.learningRate, maxBatch: B)
-            var batchers = (0..<c.groups).map { g in
-                Batcher(data: data, instances: weigher.partition.instanceSet(g, of: split.train), maxLength: T, batchSize: B,
-                        seed: cfg.seed &+ UInt64(g))
+            var loss: WeightedSequenceLoss? = nil
+            if method == .atjtCSRec, let d = distillation {
+                loss = WeightedCSRecStudent(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
+            } else if method == .atjtUFNRec {
+                loss = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed)
             }
-            epochStep = { _ in
-                var sum = 0.0, count = 0
-                var wSum = 0.0, wSq = 0.0, wMin = Float.infinity, wMax = -Float.infinity, wN = 0
-                defer {
-                    let mean = wSum / Double(max(wN, 1))
-                    note = String(format: " w mean %.3f std %.3f min %.3f max %.3f, recogniser loss %.4f", mean,
-                                  (max(wSq / Double(max(wN, 1)) - mean * mean, 0)).squareRoot(), wMin, wMax, weigher.lastRecogniserLoss)
-                }
-                for g in 0..<batchers.count {
-                    batchers[g].shuffle()
-                    let members = weigher.partition.members[g]
-                    for i in 0..<batchers[g].batchCount {
-                        let n = batchers[g].fill(batch: i, items: items, lengths: lengths, targets: targets, instances: ids)
-                        for b in 0..<n { ids[b] = members[Int(ids[b])] }   // local -> global instance index
-                        sum += try trainer.step(SequenceBatch(items: items, lengths: lengths, targets: targets, instances: ids, B: n, T: T), group: g)
-                        count += 1
-                        for b in 0..<n {
-                            let w = trainer.weights[b]
-                            wSum += Double(w); wSq += Double(w) * Double(w); wMin = min(wMin, w); wMax = max(wMax, w); wN += 1
-                        }
-                    }
-                }
-                return sum / Double(max(count, 1))
-            }
+            let trainer = ATJTTrainer(model: m, weigher: weigher, learningRate: cfg.learningRate, maxBatch: B, loss: loss)
+            let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: B, seed: cfg.seed)
+            epoch = { try epochs.run(epoch: $0) }
+            note = { epochs.summary }
         }
-        let best = model.parameters.clone()
-        var bestScore = -Double.infinity, bestEpoch = 0, epochs = 0, bestValid: [String: Double] = [:]
-        for e in 0..<cfg.maxEpochs {
-            let loss = try epochStep(e)
-            epochs = e + 1
-            let valid = evaluate(model, data: data, instances: split.validation, maxLength: T)
-            let score = valid["ndcg@10"] ?? 0
-            cfg.log?("\(method.rawValue) corruption \(corruption) epoch \(e + 1): loss \(String(format: "%.4f", loss)) valid ndcg@10 \(String(format: "%.4f", score))\(note)")
-            if score > bestScore { bestScore = score; bestEpoch = e + 1; bestValid = valid; best.copyValues(from: model.parameters) }
-            else if e + 1 - bestEpoch >= cfg.patience { break }
+        let fit = try trained ?? EpochLoop.fit(model: model, config: cfg.loop, epoch: epoch!, validate: validate) { e, loss, valid in
+            cfg.log?("\(method.rawValue) corruption \(corruption) epoch \(e): loss \(String(format: "%.4f", loss)) valid ndcg@10 \(String(format: "%.4f", valid["ndcg@10"] ?? 0))\(note())")
         }
-        model.parameters.copyValues(from: best)
         let test = evaluate(model, data: data, instances: split.test, maxLength: T)
         let popular = evaluate(model, data: data, instances: groups.popular, maxLength: T)
         let niche = evaluate(model, data: data, instances: groups.niche, maxLength: T)
@@ -268,9 +342,11 @@ public enum RobustnessTrainer {
             }
             auc = binaryAUC(scores: w, positive: clean)
         }
-        return RobustnessRun(method: method.rawValue, model: model.name, corruption: corruption, seed: cfg.seed, epochs: epochs,
-                             bestEpoch: bestEpoch, seconds: Date().timeIntervalSince(started), valid: bestValid, test: test,
-                             popular: popular, niche: niche, recogniserAUC: auc)
+        let teacherSeconds = method.usesCSRec ? teachers?.seconds : nil
+        return RobustnessRun(method: method.rawValue, model: model.name, corruption: corruption, seed: cfg.seed, epochs: fit.epochs,
+                             bestEpoch: fit.bestEpoch, seconds: Date().timeIntervalSince(started) + (teacherSeconds ?? 0),
+                             valid: fit.bestValid, test: test, popular: popular, niche: niche, recogniserAUC: auc,
+                             teacherSeconds: teacherSeconds)
     }
 }
 

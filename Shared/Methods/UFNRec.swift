@@ -122,6 +122,7 @@ public final class UFNRecObjective: LabelObjective {
         rng = RNG(seed: seed).derived(0xF4E)
     }
 
+    public func beginEpoch(_ epoch: Int) {}
     public func afterUpdate() { if !warmingUp { ema.update(from: student.parameters) } }
 
     public func endEpoch(_ epoch: Int, meanLoss: Double) {
@@ -139,9 +140,16 @@ public final class UFNRecObjective: LabelObjective {
     public func endWarmup() { warmingUp = false; ema.reset(to: student.parameters) }
 
     public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
+        rowLoss(batch: batch, logits: logits, dlogits: dlogits, weights: nil, norm: Float(batch.B), losses: nil)
+    }
+
+    /// The loss with row b weighted w_b / norm (nil weights: 1): returns Σ_b w_b ℓ_b / norm, writes
+    /// its gradient over `dlogits` and the unweighted ℓ_b into `losses` (ATJT + UFNRec).
+    func rowLoss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats, weights: UnsafePointer<Float>?,
+                 norm: Float, losses: Floats?) -> Double {
         let B = batch.B, N = batch.N, n = config.negatives
         dlogits.update(repeating: 0, count: B * N)
-        let scale = 1 / Float(B)
+        let inv = 1 / norm
         // Teacher scores are needed only for rows with reversed items.
         var teacherUser: UnsafePointer<Float>? = nil
         if !warmingUp && (0..<B).contains(where: { !records.reversedItems(batch.instances[$0]).isEmpty }) {
@@ -153,6 +161,7 @@ public final class UFNRecObjective: LabelObjective {
         for b in 0..<B {
             let k = batch.instances[b], pos = batch.targets[b]
             let x = logits + b * N, d = dlogits + b * N
+            let scale = weights.map { $0[b] * inv } ?? inv
             let rev = warmingUp ? [] : records.reversedItems(k)
             // Negatives: recorded ones first (Eq. 5), then random, never the positive or a reversed item.
             negs.removeAll(keepingCapacity: true)
@@ -189,11 +198,21 @@ public final class UFNRecObjective: LabelObjective {
                     d[Int(i) - 1] += config.alpha * (sigmoid(s) - yHat) * scale
                 }
             }
-            total += Double(l)
+            total += Double(l) * Double(weights?[b] ?? 1)
+            losses?[b] = l
             if !warmingUp {
                 records.observe(instance: k, positiveScore: sp, negatives: negs.map { ($0, x[Int($0) - 1]) })
             }
         }
-        return total * Double(scale)
+        return total * Double(inv)
+    }
+}
+
+/// ATJT + UFNRec: the recogniser's w scales UFNRec's row loss; the warm-up, records and EMA
+/// teacher run through the hooks as in `LabelLoop`.
+extension UFNRecObjective: WeightedSequenceLoss {
+    public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats, weights: UnsafePointer<Float>,
+                     norm: Float, losses: Floats) throws -> Double {
+        rowLoss(batch: batch, logits: logits, dlogits: dlogits, weights: weights, norm: norm, losses: losses)
     }
 }

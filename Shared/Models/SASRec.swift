@@ -5,6 +5,8 @@
 // vector is the last block's output at the last real position. Only that row of the last block
 // is ever read, so the last block computes its query, attention output, feed-forward and
 // LayerNorms for that row alone (keys and values for all rows): the same function, less work.
+// Built with `.everyPosition`, it returns the last block's output at every position instead (a
+// building block: DSS's encoder reads z₁…z_t), and can carry a wrapper's parameters in its set.
 // Shapes: B batch, T = maxLength, C = dim, H heads, F = inner size, N = itemCount, BT = B·T.
 import Numerics
 
@@ -23,8 +25,19 @@ public struct SASRecConfig: Sendable, Equatable, Codable {
     public init(itemCount: Int) { self.itemCount = itemCount }
 }
 
+/// What a SASRec forward returns.
+public enum SASRecOutput: Sendable, Equatable {
+    /// The user vectors (B, C): the last block's output at each sequence's last real position.
+    case lastPosition
+    /// The last block's output at every position (B, T, C), padding positions included; `backward`
+    /// then takes a (B, T, C) gradient. Not a `Backbone` to score with: a layer for encoders
+    /// that read every position (DSS).
+    case everyPosition
+}
+
 public final class SASRec: Backbone {
     public let config: SASRecConfig
+    public let output: SASRecOutput
     public let parameters: ParameterSet
     public var rng: RNG
     public var name: String { "SASRec" }
@@ -60,9 +73,11 @@ public final class SASRec: Backbone {
     // the last training forward's inputs
     private var lastItems: UnsafePointer<Int32>? = nil, lastLengths: UnsafePointer<Int32>? = nil, lastB = 0
 
-    public init(_ config: SASRecConfig) {
+    /// `extraParameters` are appended to the set (after SASRec's own, left zero here) for a
+    /// wrapper whose layers train with the transformer under one optimiser.
+    public init(_ config: SASRecConfig, output: SASRecOutput = .lastPosition, extraParameters: [(name: String, shape: [Int])] = []) {
         precondition(config.dim % config.heads == 0, "dim must divide into heads")
-        self.config = config
+        self.config = config; self.output = output
         let C = config.dim, F = config.inner, N = config.itemCount, T = config.maxLength
         var specs: [(name: String, shape: [Int])] = [("item_embedding", [N + 1, C]), ("position_embedding", [T, C]),
                                                       ("ln0.weight", [C]), ("ln0.bias", [C])]
@@ -72,7 +87,7 @@ public final class SASRec: Backbone {
                       (p + "ln1.weight", [C]), (p + "ln1.bias", [C]), (p + "ff1.weight", [F, C]), (p + "ff1.bias", [F]),
                       (p + "ff2.weight", [C, F]), (p + "ff2.bias", [C]), (p + "ln2.weight", [C]), (p + "ln2.bias", [C])]
         }
-        let ps = ParameterSet(specs)
+        let ps = ParameterSet(specs + extraParameters)
         parameters = ps
         pItem = ps.value("item_embedding"); gItem = ps.grad("item_embedding")
         pPos = ps.value("position_embedding"); gPos = ps.grad("position_embedding")
@@ -142,7 +157,7 @@ public final class SASRec: Backbone {
             precondition(lengths[b] >= 1 && Int(lengths[b]) <= T, "sequence length must be in 1...maxLength")
         }
         for (l, w) in pBlocks.enumerated() {
-            let a = acts[l], last = l == config.blocks - 1
+            let a = acts[l], last = l == config.blocks - 1 && output == .lastPosition
             linearForward(out: a.qkv, inp: hIn, weight: w.qkvW, bias: w.qkvB, N: BT, C: C, OC: 3 * C)
             let seed = rng.next()
             attentionForward(out: a.ctx, att: a.att, attDrop: a.attD, qkv: a.qkv, ids: items, rows: lengths, dropout: pAtt,
@@ -169,9 +184,10 @@ public final class SASRec: Backbone {
             layerNormForward(out: a.h, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.r2, weight: w.ln2W, bias: w.ln2B, N: R, C: C, eps: config.layerNormEps)
             hIn = a.h
         }
+        lastItems = items; lastLengths = lengths; lastB = B
+        if output == .everyPosition { return UnsafePointer(hIn) }
         // the last block's output rows are the user vectors (B, C)
         user.update(from: hIn, count: B * C)
-        lastItems = items; lastLengths = lengths; lastB = B
         return UnsafePointer(user)
     }
 
@@ -179,11 +195,11 @@ public final class SASRec: Backbone {
         guard let items = lastItems, let lengths = lastLengths else { preconditionFailure("backward before forward") }
         let B = lastB, T = config.maxLength, C = config.dim, F = config.inner, H = config.heads, BT = B * T
         let pHidden = config.hiddenDropout, pAtt = config.attentionDropout
-        // gradient on the last block's output rows (B, C): the user vectors
+        // gradient on the last block's output rows: (B, C), the user vectors, or (B, T, C)
         var dOut: Floats = dhA, dIn: Floats = dhB
-        dOut.update(from: dUser, count: B * C)
+        dOut.update(from: dUser, count: output == .everyPosition ? BT * C : B * C)
         for l in stride(from: config.blocks - 1, through: 0, by: -1) {
-            let a = acts[l], w = pBlocks[l], g = gBlocks[l], last = l == config.blocks - 1
+            let a = acts[l], w = pBlocks[l], g = gBlocks[l], last = l == config.blocks - 1 && output == .lastPosition
             let hIn: Floats = l == 0 ? h0 : acts[l - 1].h
             let R = last ? B : BT
             // h = LN2(r2), r2 = Dropout(f2) + a

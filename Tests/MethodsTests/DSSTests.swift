@@ -143,10 +143,11 @@ final class DSSTests: XCTestCase {
         model.parameters.zeroGrad()
         _ = model.forward(items: items.p, lengths: lengths.p, labelFrom: 2, B: B, training: true)
         model.backward(dUser: w.p)
-        assertParameterGradients(model.parameters, eps: 3e-3, tolerance: 3e-2, skip: ["dss.ln2.bias"], f: f)
+        // eps 1e-2: the float32 forward's rounding swamps smaller steps on the layer's ~1e-3 gradients
+        assertParameterGradients(model.parameters, eps: 1e-2, tolerance: 3e-2, skip: ["dss.ln2.bias"], f: f)
     }
 
-    func testTinyEndToEndRunDecreasesTheLossAndServesMaxOverK() {
+    func testTinyEndToEndRunDecreasesTheLossAndServesMaxOverK() throws {
         let world = AuxWorld(users: 50, items: 40, perUser: 12, noise: 0.1)
         let inst = world.split.train, T = 10, B = 32
         var config = DSSConfig(itemCount: 40)
@@ -162,7 +163,7 @@ final class DSSTests: XCTestCase {
             let all = Array(0..<Int32(inst.count))
             while start < all.count {
                 let end = min(start + B, all.count)
-                sum += trainer.step(buf.fill(world.data, inst, all[start..<end])); n += 1
+                sum += try trainer.step(buf.fill(world.data, inst, all[start..<end])); n += 1
                 start = end
             }
             XCTAssertGreaterThan(trainer.lastSeq2Seq, 0)
@@ -188,7 +189,7 @@ final class DSSTests: XCTestCase {
         }
     }
 
-    func testPretrainThenFinetuneUsesOneLossPerPhase() {
+    func testPretrainThenFinetuneUsesOneLossPerPhase() throws {
         let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0)
         var config = DSSConfig(itemCount: 30)
         config.encoder.maxLength = 6; config.encoder.dim = 8; config.encoder.blocks = 1; config.encoder.inner = 16; config.encoder.interests = 2
@@ -196,10 +197,10 @@ final class DSSTests: XCTestCase {
         let trainer = DSSTrainer(config: config, data: world.data, instances: world.split.train, maxBatch: 8)
         let buf = AuxBatches(B: 8, T: 6)
         trainer.beginEpoch(0)
-        trainer.step(buf.fill(world.data, world.split.train, Array(0..<Int32(8))[...]))
+        try trainer.step(buf.fill(world.data, world.split.train, Array(0..<Int32(8))[...]))
         XCTAssertEqual(trainer.lastSeq2Item, 0); XCTAssertGreaterThan(trainer.lastSeq2Seq, 0)
         trainer.beginEpoch(1)
-        trainer.step(buf.fill(world.data, world.split.train, Array(0..<Int32(8))[...]))
+        try trainer.step(buf.fill(world.data, world.split.train, Array(0..<Int32(8))[...]))
         XCTAssertGreaterThan(trainer.lastSeq2Item, 0); XCTAssertEqual(trainer.lastSeq2Seq, 0)
     }
 }

@@ -39,6 +39,43 @@ final class SASRecReferenceTests: XCTestCase {
                 let t = Int(lengths[b]) - 1
                 for c in 0..<C { XCTAssertEqual(user[b * C + c], h[(b * T + t) * C + c], accuracy: 1e-5, "sequence \(b) channel \(c)") }
             }
+            // `.everyPosition` (DSS's encoder reads it): the same composition at every real position
+            let every = SASRec(cfg, output: .everyPosition)
+            let z = every.forward(items: it.baseAddress!, lengths: ln.baseAddress!, B: B, training: false)
+            for b in 0..<B {
+                for t in 0..<Int(lengths[b]) {
+                    for c in 0..<C { XCTAssertEqual(z[(b * T + t) * C + c], h[(b * T + t) * C + c], accuracy: 1e-5, "sequence \(b) position \(t)") }
+                }
+            }
         } }
+    }
+
+    /// A gradient on the last real positions alone, through `.everyPosition`, gives the
+    /// parameter gradients of the user vectors' backward (dropout off: the last block draws
+    /// masks for B rows in one mode and B·T in the other).
+    func testEveryPositionBackwardAtTheLastPositionsEqualsTheUserVectorBackward() {
+        var cfg = SASRecConfig(itemCount: 11)
+        cfg.maxLength = 6; cfg.dim = 8; cfg.heads = 2; cfg.blocks = 2; cfg.inner = 12; cfg.initStd = 0.3; cfg.seed = 7
+        cfg.hiddenDropout = 0; cfg.attentionDropout = 0
+        let last = SASRec(cfg), every = SASRec(cfg, output: .everyPosition)
+        let B = 3, T = 6, C = 8
+        let items: [Int32] = [1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 9, 10, 11, 0, 0, 0]
+        let lengths: [Int32] = [6, 2, 3]
+        var rng = RNG(seed: 3)
+        let dUser = Buf(random: B * C, rng: &rng), dz = Buf(B * T * C)
+        for b in 0..<B { for c in 0..<C { dz[(b * T + Int(lengths[b]) - 1) * C + c] = dUser[b * C + c] } }
+        items.withUnsafeBufferPointer { it in lengths.withUnsafeBufferPointer { ln in
+            last.parameters.zeroGrad(); every.parameters.zeroGrad()
+            _ = last.forward(items: it.baseAddress!, lengths: ln.baseAddress!, B: B, training: true)
+            last.backward(dUser: dUser.p)
+            _ = every.forward(items: it.baseAddress!, lengths: ln.baseAddress!, B: B, training: true)
+            every.backward(dUser: dz.p)
+        } }
+        var worst: Float = 0, scale: Float = 0
+        for i in 0..<last.parameters.count {
+            worst = max(worst, abs(last.parameters.grads[i] - every.parameters.grads[i])); scale = max(scale, abs(last.parameters.grads[i]))
+        }
+        XCTAssertGreaterThan(scale, 0)
+        XCTAssertLessThan(worst, 1e-5 * scale)
     }
 }

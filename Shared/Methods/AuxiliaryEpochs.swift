@@ -1,0 +1,130 @@
+// Epochs of the auxiliary-task trainers (DSS, ATJT — alone or composed with CSRec) and the
+// early-stopping loop around them. `LabelLoop` owns its batches because every label method is a
+// loss on the same forward; DSS and ATJT own their steps (two encodes per batch; a weigher
+// between batch and loss), so here an epoch is a closure and the loop only selects on validation.
+import Foundation
+import Numerics
+import Models
+import Data
+import Training
+
+/// Early stopping over epochs of any trainer: `epoch(e)` (0-based) trains one epoch and returns
+/// its mean loss; validation after every epoch, stop after `patience` epochs without a better
+/// `selectMetric`, best-validation weights restored (`LabelLoop.fit`'s rule).
+public enum EpochLoop {
+    @discardableResult
+    public static func fit(model: Backbone, config: LoopConfig, epoch: (Int) throws -> Double, validate: ModelEvaluation,
+                           report: ((_ epoch: Int, _ loss: Double, _ valid: [String: Double]) -> Void)? = nil) throws -> FitResult {
+        let start = Date()
+        let best = model.parameters.clone()
+        var bestScore = -Double.infinity, bestEpoch = 0, bad = 0, epochs = 0
+        var bestValid: [String: Double] = [:], losses: [Double] = []
+        for e in 0..<max(1, config.maxEpochs) {
+            let loss = try epoch(e)
+            losses.append(loss)
+            epochs = e + 1
+            let valid = validate(model)
+            report?(e + 1, loss, valid)
+            let score = valid[config.selectMetric] ?? 0
+            if score > bestScore {
+                bestScore = score; bestEpoch = e + 1; bad = 0; bestValid = valid
+                best.copyValues(from: model.parameters)
+            } else {
+                bad += 1
+                if bad >= config.patience { break }
+            }
+        }
+        model.parameters.copyValues(from: best)
+        return FitResult(epochs: epochs, bestEpoch: bestEpoch, bestValid: bestValid, losses: losses,
+                         seconds: Date().timeIntervalSince(start))
+    }
+}
+
+/// Right-padded batch rows with their instance indices, allocated once.
+final class InstanceBatchBuffers {
+    let items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>
+    let targets: UnsafeMutablePointer<Int32>, ids: UnsafeMutablePointer<Int32>
+    init(B: Int, T: Int) {
+        items = .allocate(capacity: B * T); lengths = .allocate(capacity: B)
+        targets = .allocate(capacity: B); ids = .allocate(capacity: B)
+    }
+    deinit { items.deallocate(); lengths.deallocate(); targets.deallocate(); ids.deallocate() }
+}
+
+/// DSS's epochs: shuffled batches of the training instances, one `DSSTrainer.step` each.
+public final class DSSEpochs {
+    public let trainer: DSSTrainer
+    private var batcher: Batcher
+    private let buf: InstanceBatchBuffers
+    private let T: Int
+
+    public init(trainer: DSSTrainer, batchSize B: Int, seed: UInt64) {
+        self.trainer = trainer
+        T = trainer.config.encoder.maxLength
+        batcher = Batcher(data: trainer.data, instances: trainer.instances, maxLength: T, batchSize: B, seed: seed)
+        buf = InstanceBatchBuffers(B: B, T: T)
+    }
+
+    /// One epoch (0-based `epoch`, for the schedule); returns the mean batch loss.
+    public func run(epoch: Int) throws -> Double {
+        trainer.beginEpoch(epoch)
+        batcher.shuffle()
+        var sum = 0.0
+        for i in 0..<batcher.batchCount {
+            let n = batcher.fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
+            sum += try trainer.step(SequenceBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids, B: n, T: T))
+        }
+        return sum / Double(max(batcher.batchCount, 1))
+    }
+}
+
+/// ATJT's epochs: each group's shuffled batches in turn (a batch holds one group's sequences, so
+/// it is weighed by the recogniser that never trained on it), one `ATJTTrainer.step` each.
+public final class ATJTEpochs {
+    public let trainer: ATJTTrainer
+    public let weigher: ATJTWeigher
+    private var batchers: [Batcher]
+    private let buf: InstanceBatchBuffers
+    private let T: Int
+    /// Weight statistics and the recogniser loss of the last epoch, for logs.
+    public private(set) var summary = ""
+
+    public init(trainer: ATJTTrainer, weigher: ATJTWeigher, batchSize B: Int, seed: UInt64) {
+        self.trainer = trainer; self.weigher = weigher
+        T = weigher.config.recogniser.maxLength
+        batchers = (0..<weigher.groups).map { g in
+            Batcher(data: weigher.data, instances: weigher.partition.instanceSet(g, of: weigher.instances), maxLength: weigher.config.recogniser.maxLength,
+                    batchSize: B, seed: seed &+ UInt64(g))
+        }
+        buf = InstanceBatchBuffers(B: B, T: T)
+    }
+
+    /// One epoch (0-based `epoch`); returns the mean of the batches' L_R. The loss's epoch hooks
+    /// (UFNRec's warm-up) get the 1-based epoch and that mean, as `LabelLoop` gives them.
+    public func run(epoch: Int) throws -> Double {
+        trainer.sequenceLoss?.beginEpoch(epoch + 1)
+        var sum = 0.0, count = 0
+        var wSum = 0.0, wSq = 0.0, wMin = Float.infinity, wMax = -Float.infinity, wN = 0
+        for g in 0..<batchers.count {
+            batchers[g].shuffle()
+            let members = weigher.partition.members[g]
+            for i in 0..<batchers[g].batchCount {
+                let n = batchers[g].fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
+                for b in 0..<n { buf.ids[b] = members[Int(buf.ids[b])] }   // local -> global instance index
+                sum += try trainer.step(SequenceBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids, B: n, T: T),
+                                        group: g)
+                count += 1
+                for b in 0..<n {
+                    let w = trainer.weights[b]
+                    wSum += Double(w); wSq += Double(w) * Double(w); wMin = min(wMin, w); wMax = max(wMax, w); wN += 1
+                }
+            }
+        }
+        let mean = wSum / Double(max(wN, 1))
+        summary = String(format: " w mean %.3f std %.3f min %.3f max %.3f, recogniser loss %.4f", mean,
+                         (max(wSq / Double(max(wN, 1)) - mean * mean, 0)).squareRoot(), wMin, wMax, weigher.lastRecogniserLoss)
+        let meanLoss = sum / Double(max(count, 1))
+        trainer.sequenceLoss?.endEpoch(epoch + 1, meanLoss: meanLoss)
+        return meanLoss
+    }
+}

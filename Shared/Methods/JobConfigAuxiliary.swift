@@ -1,0 +1,189 @@
+// The auxiliary-task methods in a job: DSS or ATJT, alone or composed with CSRec.
+//
+//   {"backbone": "sasrec", "methods": {"atjt": {"alpha": 10}, "csrec": {"beta": 0.5}}}
+//   {"backbone": "sasrec", "methods": {"dss": {"lambda": 0.5, "interests": 4}, "csrec": {}}}
+//
+// Supported: dss, atjt, dss + csrec (CSRec's KL beside DSS's seq2item, scores = max over the K
+// intentions), atjt + csrec (the recogniser's w scales CSRec's per-sequence student loss),
+// atjt + ufnrec (w scales UFNRec's row loss) and atjt + ufnrec + csrec (w scales CSRec's student
+// loss around UFNRec's, as `ufnrec + csrec` composes them without ATJT). Refused, with the reason
+// (`AuxiliaryComposition.whyNot`): dss + atjt, atjt + wslrec, dss + wslrec, dss + ufnrec. Both
+// run under leave-one-out (the robustness protocol).
+import Foundation
+import Numerics
+import Models
+import Data
+import Training
+
+/// DSS's settings in a job (`"dss": {...}`); the encoder is the protocol's SASRec with one head.
+public struct DSSJobConfig: Sendable, Codable, Equatable {
+    /// λ ∈ [0, 1]: fraction of seq2seq terms kept (grid 0.05 … 1.0).
+    public var lambda: Float = 0.5
+    /// K, the number of intentions (grid 1 … 8).
+    public var interests = 4
+    /// seq2item candidates: "full" (all items, default) or "in_batch" (Eq. 6 as printed).
+    public var candidates = "full"
+    public var seq2seqWeight: Float = 1
+    /// 0 = joint training (the paper); e > 0 = seq2seq alone for e epochs, then seq2item alone.
+    public var pretrainEpochs = 0
+    public init() {}
+    enum CodingKeys: String, CodingKey {
+        case lambda, interests, candidates, seq2seqWeight = "seq2seq_weight", pretrainEpochs = "pretrain_epochs"
+    }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        lambda = try c.decodeIfPresent(Float.self, forKey: .lambda) ?? 0.5
+        interests = try c.decodeIfPresent(Int.self, forKey: .interests) ?? 4
+        candidates = try c.decodeIfPresent(String.self, forKey: .candidates) ?? "full"
+        seq2seqWeight = try c.decodeIfPresent(Float.self, forKey: .seq2seqWeight) ?? 1
+        pretrainEpochs = try c.decodeIfPresent(Int.self, forKey: .pretrainEpochs) ?? 0
+    }
+    public func validate() throws {
+        func bad(_ k: String, _ r: String) -> JobConfigError { .invalid(key: "dss.\(k)", reason: r) }
+        if !(lambda >= 0 && lambda <= 1) { throw bad("lambda", "must be in [0, 1], got \(lambda)") }
+        if interests < 1 { throw bad("interests", "must be at least 1, got \(interests)") }
+        if candidates != "full" && candidates != "in_batch" { throw bad("candidates", "must be full or in_batch, got \(candidates)") }
+        if !(seq2seqWeight >= 0) { throw bad("seq2seq_weight", "must be non-negative, got \(seq2seqWeight)") }
+        if pretrainEpochs < 0 { throw bad("pretrain_epochs", "must be non-negative, got \(pretrainEpochs)") }
+    }
+    /// The trainer's configuration for a job's loop.
+    func trainerConfig(itemCount: Int, loop: LoopConfig) -> DSSConfig {
+        var c = DSSConfig(itemCount: itemCount)
+        c.lambda = lambda; c.seq2seqWeight = seq2seqWeight; c.learningRate = loop.learningRate
+        c.candidates = candidates == "in_batch" ? .inBatch : .full
+        c.schedule = pretrainEpochs > 0 ? .pretrainThenFinetune(pretrainEpochs: pretrainEpochs) : .joint
+        c.encoder.maxLength = loop.maxLength; c.encoder.interests = interests; c.encoder.seed = loop.seed
+        return c
+    }
+}
+
+/// ATJT's settings in a job (`"atjt": {...}`); the recommender is the job's backbone.
+public struct ATJTJobConfig: Sendable, Codable, Equatable {
+    /// Groups N of the cross-fitting (>= 2).
+    public var groups = 2
+    /// Weight α of the recogniser's own loss (grid 1, 10, 100).
+    public var alpha: Float = 10
+    /// Items replaced in a noisy recogniser sequence.
+    public var replaced = 1
+    /// Adagrad learning rate of the recogniser (grid 0.1 … 0.0001).
+    public var recogniserLearningRate: Float = 0.01
+    public init() {}
+    enum CodingKeys: String, CodingKey { case groups, alpha, replaced, recogniserLearningRate = "recogniser_lr" }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        groups = try c.decodeIfPresent(Int.self, forKey: .groups) ?? 2
+        alpha = try c.decodeIfPresent(Float.self, forKey: .alpha) ?? 10
+        replaced = try c.decodeIfPresent(Int.self, forKey: .replaced) ?? 1
+        recogniserLearningRate = try c.decodeIfPresent(Float.self, forKey: .recogniserLearningRate) ?? 0.01
+    }
+    public func validate() throws {
+        func bad(_ k: String, _ r: String) -> JobConfigError { .invalid(key: "atjt.\(k)", reason: r) }
+        if groups < 2 { throw bad("groups", "must be at least 2, got \(groups)") }
+        if !(alpha >= 0) { throw bad("alpha", "must be non-negative, got \(alpha)") }
+        if replaced < 1 { throw bad("replaced", "must be at least 1, got \(replaced)") }
+        if !(recogniserLearningRate > 0) { throw bad("recogniser_lr", "must be positive, got \(recogniserLearningRate)") }
+    }
+    func trainerConfig(itemCount: Int, loop: LoopConfig) -> ATJTConfig {
+        var c = ATJTConfig(itemCount: itemCount, maxLength: loop.maxLength)
+        c.groups = groups; c.alpha = alpha; c.replaced = replaced; c.recogniserLearningRate = recogniserLearningRate
+        c.seed = loop.seed; c.recogniserBatch = loop.batchSize
+        return c
+    }
+}
+
+/// Which auxiliary-task and label methods compose, and why the others do not.
+public enum AuxiliaryComposition {
+    /// The reason methods `a` and `b` (job keys) are not composed.
+    public static func whyNot(_ a: String, _ b: String) -> String {
+        switch Set([a, b]) {
+        case ["dss", "atjt"]:
+            return "ATJT weighs one loss per sequence, while DSS's seq2seq terms are per (sequence, intention) pair and are "
+                + "already filtered by its own confidence selection (Eq. 4); the two ways of discounting noise are not combined"
+        case ["dss", "wslrec"]:
+            return "WSLRec pre-trains and fine-tunes a K = 1 backbone on sets of weak positives in three stages; DSS trains its "
+                + "own K-intention encoder with seq2seq supervision, and no stage of one is defined in the other"
+        case ["dss", "ufnrec"]:
+            return "UFNRec's loss is a BCE over sampled negatives with an EMA teacher of the same backbone and reversed "
+                + "negatives per instance; DSS's seq2item is a softmax over all items with max over K, and the EMA teacher "
+                + "would need DSS's whole encoder"
+        case ["atjt", "wslrec"]:
+            return "the recogniser judges a (history, next item) pair, but WSLRec's rows learn from weak positive sets "
+                + "(BR / ItemCF / mined top-k), so a recogniser weight has no meaning for them"
+        default:
+            return "not a supported composition"
+        }
+    }
+
+    /// Pairs of job keys that are not composed.
+    static let refused: [(String, String)] = [("dss", "atjt"), ("dss", "wslrec"), ("dss", "ufnrec"), ("atjt", "wslrec")]
+
+    /// Checks a job's methods: at most one auxiliary-task method, with the label methods it composes with.
+    static func validate(_ job: JobConfig) throws {
+        let m = job.methods
+        guard m.dss != nil || m.atjt != nil else { return }
+        try m.dss?.validate()
+        try m.atjt?.validate()
+        var present: [String] = []
+        if m.dss != nil { present.append("dss") }
+        if m.atjt != nil { present.append("atjt") }
+        if m.wslrec != nil { present.append("wslrec") }
+        if m.ufnrec != nil { present.append("ufnrec") }
+        for (a, b) in refused where present.contains(a) && present.contains(b) {
+            throw JobConfigError.invalid(key: "methods", reason: "\(a) and \(b) cannot be composed: \(whyNot(a, b))")
+        }
+        if job.protocol != .loo {
+            throw JobConfigError.invalid(key: "protocol", reason: "\(present[0]) runs under loo (the robustness protocol), got \(job.protocol.rawValue)")
+        }
+        if m.dss != nil && job.backbone != .sasrec {
+            throw JobConfigError.invalid(key: "backbone", reason: "dss needs sasrec (its encoder is a single-head SASRec), got \(job.backbone.rawValue)")
+        }
+        if let d = m.dss, m.csrec != nil, d.candidates != "full" {
+            throw JobConfigError.invalid(key: "dss.candidates",
+                                         reason: "dss + csrec needs full (soft labels cover all items, in_batch scores only the batch's targets)")
+        }
+    }
+}
+
+/// Trains a job's auxiliary-task method (with CSRec's soft labels from `source` when the job
+/// names csrec, with UFNRec's loss when it names ufnrec) and returns the trained recommender and
+/// its fit.
+enum AuxiliaryJob {
+    static func train(_ job: JobConfig, data: SequenceDataset, instances: InstanceSet, source: SoftLabelSource?,
+                      validate: @escaping ModelEvaluation, progress: ((String) -> Void)?) throws -> (model: Backbone, fit: FitResult) {
+        let loop = job.loop, N = data.itemCount
+        var distillation: CSRecDistillation? = nil
+        if let c = job.methods.csrec, let source {
+            distillation = CSRecDistillation(source: source, beta: c.beta, temperature: c.temperature, direction: c.direction.direction)
+        }
+        let report: (Int, Double, [String: Double]) -> Void = { e, loss, valid in
+            progress?(String(format: "epoch %d  loss %.4f  valid %@ %.4f", e, loss, loop.selectMetric, valid[loop.selectMetric] ?? 0))
+        }
+        if let d = job.methods.dss {
+            let trainer = DSSTrainer(config: d.trainerConfig(itemCount: N, loop: loop), data: data, instances: instances,
+                                     maxBatch: loop.batchSize, distillation: distillation)
+            let epochs = DSSEpochs(trainer: trainer, batchSize: loop.batchSize, seed: loop.seed)
+            let fit = try EpochLoop.fit(model: trainer.model, config: loop, epoch: { try epochs.run(epoch: $0) }, validate: validate, report: report)
+            return (trainer.model, fit)
+        }
+        guard let a = job.methods.atjt else { preconditionFailure("no auxiliary-task method in the job") }
+        let model = job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed)
+        let weigher = ATJTWeigher(config: a.trainerConfig(itemCount: N, loop: loop), data: data, instances: instances)
+        // ℓ_b: UFNRec's row loss or the next-item CE, inside CSRec's student loss when the job names csrec
+        var hard: WeightedSequenceLoss? = nil
+        if let u = job.methods.ufnrec {
+            hard = UFNRecObjective(config: u, student: model, teacher: job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed),
+                                   seed: loop.seed)
+        }
+        var loss = hard
+        if let d = distillation {
+            loss = WeightedCSRecStudent(source: d.source, hard: hard ?? WeightedCrossEntropy(), beta: d.beta, temperature: d.temperature,
+                                        direction: d.direction)
+        }
+        let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss)
+        let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: loop.batchSize, seed: loop.seed)
+        let fit = try EpochLoop.fit(model: model, config: loop, epoch: { try epochs.run(epoch: $0) }, validate: validate) { e, l, v in
+            report(e, l, v); progress?("  " + epochs.summary)
+        }
+        return (model, fit)
+    }
+}
