@@ -89,8 +89,12 @@ let package = Package(
                           path: "Services/Winnow"),
 
         // Tests mirror the libraries; integration tests start real processes and a real Postgres.
-        .testTarget(name: "RPCTests", dependencies: ["RPC", "ZeroMQ", "WinnowProto"], path: "Tests/RPCTests"),
-        .testTarget(name: "BrokerKitTests", dependencies: ["BrokerKit", "RPC"], path: "Tests/BrokerKitTests"),
+        // Helpers shared by test targets (buffers for gradient checks, a seeded generator).
+        .target(name: "WinnowTestSupport", dependencies: ["Numerics"], path: "Tests/TestSupport"),
+        .testTarget(name: "RPCTests", dependencies: ["RPC", "ZeroMQ", "WinnowProto", "WinnowTestSupport"],
+                    path: "Tests/RPCTests"),
+        .testTarget(name: "BrokerKitTests", dependencies: ["BrokerKit", "RPC", "WinnowTestSupport"],
+                    path: "Tests/BrokerKitTests"),
         .testTarget(name: "ServiceKitTests", dependencies: ["ServiceKit", "RPC", "WinnowProto", "Postgres"],
                     path: "Tests/ServiceKitTests"),
         .testTarget(name: "StackTests", dependencies: ["Stack", "Postgres", "RPC"], path: "Tests/StackTests"),
@@ -98,11 +102,11 @@ let package = Package(
                     dependencies: ["Store", "Postgres", "Data", "RPC", "WinnowProto", "ServiceKit", "BrokerKit",
                                    .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                     path: "Tests/StoreTests"),
-        .testTarget(name: "NumericsTests", dependencies: ["Numerics"], path: "Tests/NumericsTests"),
+        .testTarget(name: "NumericsTests", dependencies: ["Numerics", "WinnowTestSupport"], path: "Tests/NumericsTests"),
         .testTarget(name: "DataTests", dependencies: ["Data"], path: "Tests/DataTests"),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Numerics", "Data"],
                     path: "Tests/EvaluationTests"),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "Numerics"], path: "Tests/ModelsTests"),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Numerics", "WinnowTestSupport"], path: "Tests/ModelsTests"),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Models", "Data", "Evaluation", "Numerics"],
                     path: "Tests/TrainingTests"),
         .testTarget(name: "MethodsTests", dependencies: ["Methods", "Training", "Models", "Data", "Evaluation", "Numerics"],

@@ -2,6 +2,7 @@ import BrokerKit
 import Foundation
 import RPC
 import WinnowProto
+import WinnowTestSupport
 import XCTest
 import ZeroMQ
 
@@ -168,17 +169,5 @@ final class BrokerShutdownTests: XCTestCase {
         let start = ContinuousClock.now
         broker.shutdown()
         XCTAssertLessThan(ContinuousClock.now - start, .milliseconds(500), "shutdown waited for the receive timeout")
-    }
-}
-
-struct SplitMix64 {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

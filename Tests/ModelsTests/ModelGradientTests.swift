@@ -1,3 +1,4 @@
+import WinnowTestSupport
 import XCTest
 import Numerics
 @testable import Models

@@ -1,3 +1,4 @@
+import WinnowTestSupport
 import XCTest
 @testable import Numerics
 

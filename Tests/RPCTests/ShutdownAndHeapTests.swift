@@ -1,6 +1,7 @@
 import Foundation
 @testable import RPC
 import WinnowProto
+import WinnowTestSupport
 import XCTest
 
 final class ServerShutdownTests: XCTestCase {
