@@ -6,6 +6,9 @@
 // Buffers are row-major; a comment on each gives its shape.
 import CBLAS
 import Dispatch
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
 
 /// A pointer to float32 storage; every layer function takes and returns these.
 public typealias Floats = UnsafeMutablePointer<Float>
@@ -211,4 +214,16 @@ public func scaleInPlace(_ x: Floats, _ k: Float, _ n: Int) {
         i += 8
     }
     while i < n { x[i] *= k; i += 1 }
+}
+
+/// √x for eight lanes. SIMD8's `squareRoot()` goes lane by lane through libm's sqrtf (errno
+/// semantics keep it from vectorising); on x86-64 this is two SSE sqrtps, which are exactly
+/// rounded like sqrtf.
+@inline(__always)
+public func sqrt8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    #if arch(x86_64)
+    return SIMD8(lowHalf: _mm_sqrt_ps(x.lowHalf), highHalf: _mm_sqrt_ps(x.highHalf))
+    #else
+    return x.squareRoot()
+    #endif
 }
