@@ -5,6 +5,10 @@
 import PackageDescription
 
 let releaseSpeed: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+/// Numerics' kernels are SIMD8 code (exp8, the GRU gates, softmax), which at -Onone runs some 100×
+/// slower than scalar code (every vector op spills to the stack): debug builds optimise this one
+/// module so that debug test runs that train models stay quick. Other modules stay -Onone.
+let numericsSpeed: [SwiftSetting] = releaseSpeed + [.unsafeFlags(["-O"], .when(configuration: .debug))]
 
 let package = Package(
     name: "Winnow",
@@ -62,7 +66,7 @@ let package = Package(
                 path: "Shared/Stack"),
 
         // Numerics, data, models, evaluation, training.
-        .target(name: "Numerics", dependencies: ["CBLAS"], path: "Shared/Numerics", swiftSettings: releaseSpeed),
+        .target(name: "Numerics", dependencies: ["CBLAS"], path: "Shared/Numerics", swiftSettings: numericsSpeed),
         .target(name: "Data", dependencies: [], path: "Shared/Data"),
         .target(name: "Evaluation", dependencies: ["Numerics", "Data"], path: "Shared/Evaluation",
                 swiftSettings: releaseSpeed),

@@ -73,7 +73,7 @@ public final class GRU4Rec: Backbone {
         let T = config.maxLength, E = config.embedding, Hd = config.hidden, L = config.layers, BT = B * T
         guard work.ensure(B, sizes: { _ in
             [BT * E, BT * E] + Array([[Int]](repeating: [BT * Hd, BT * 3 * Hd, BT * 3 * Hd], count: L).joined())
-                + [B * Hd, B * E, B * Hd, BT * Hd, BT * Hd, BT * E, BT * 3 * Hd, B * 3 * Hd, B * Hd]
+                + [B * Hd, B * E, B * Hd, BT * Hd, BT * Hd, BT * E, BT * 3 * Hd, BT * 3 * Hd, B * Hd]
         }) else { return }
         let v = work.slab!.views
         emb = v[0]; mask = v[1]

@@ -14,16 +14,25 @@ public final class FullSoftmaxHead {
     /// gradient on the user vectors (B, K, C) of the last call
     public private(set) var dUser: Floats! = nil
     private var argmaxStorage: [Int32] = [], colsStorage: [Int32] = []
+    private var fusedScratch: Floats! = nil   // tableSoftmaxCrossEntropy's, when K = 1
+    /// Items per tile of the fused cross-entropy (K = 1, with gradients); nil picks
+    /// `tableSoftmaxTile(B:)`. Set before the first call (tests use small tiles to cover many
+    /// tiles on small tables).
+    public var tile: Int? = nil
 
     public init(itemCount: Int, dim: Int, interests: Int = 1) {
         self.itemCount = itemCount; self.dim = dim; self.interests = interests
     }
 
+    private func tileSize(_ B: Int) -> Int { tile ?? tableSoftmaxTile(B: B) }
+
     private func allocate(_ B: Int) {
         let N = itemCount, C = dim, K = interests
-        if work.ensure(B, sizes: { B in [B * N, K > 1 ? B * K * N : 0, B, B * K * C] }) {
+        // the fused scratch for the capacity B also fits smaller batches (their tiles are no smaller)
+        if work.ensure(B, sizes: { B in [B * N, K > 1 ? B * K * N : 0, B, B * K * C,
+                                         K == 1 ? tableSoftmaxScratchCount(B: B, N: N, tile: tileSize(B)) : 0] }) {
             let v = work.slab!.views
-            logits = v[0]; logitsK = v[1]; losses = v[2]; dUser = v[3]
+            logits = v[0]; logitsK = v[1]; losses = v[2]; dUser = v[3]; fusedScratch = v[4]
             argmaxStorage = [Int32](repeating: 0, count: K > 1 ? B * N : 1)
             colsStorage = [Int32](repeating: 0, count: B)
         }
@@ -56,8 +65,18 @@ public final class FullSoftmaxHead {
     @discardableResult
     public func crossEntropy(user: UnsafePointer<Float>, table: UnsafePointer<Float>, tableGrad: Floats?,
                              targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>?, scale: Float, B: Int) -> Double {
-        scores(user: user, table: table, B: B)
         let N = itemCount
+        if interests == 1, let tableGrad {
+            // forward and backward fused, tile by tile over the items (see tableSoftmaxCrossEntropy)
+            allocate(B)
+            return colsStorage.withUnsafeMutableBufferPointer { cols -> Double in
+                for b in 0..<B { cols[b] = targets[b] - 1 }
+                return tableSoftmaxCrossEntropy(losses: losses, scores: logits, dUser: dUser, dTable: tableGrad + dim,
+                                                user: user, table: table + dim, targets: cols.baseAddress!, weights: weights,
+                                                scale: scale, scratch: fusedScratch, B: B, N: N, C: dim, tile: tileSize(B))
+            }
+        }
+        scores(user: user, table: table, B: B)
         let total = colsStorage.withUnsafeMutableBufferPointer { cols -> Double in
             for b in 0..<B { cols[b] = targets[b] - 1 }
             return softmaxCrossEntropy(losses: losses, dlogits: tableGrad == nil ? nil : logits, logits: logits, targets: cols.baseAddress!,

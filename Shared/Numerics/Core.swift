@@ -6,6 +6,9 @@
 // Buffers are row-major; a comment on each gives its shape.
 import CBLAS
 import Dispatch
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
 
 /// A pointer to float32 storage; every layer function takes and returns these.
 public typealias Floats = UnsafeMutablePointer<Float>
@@ -53,6 +56,27 @@ public enum Threads {
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let lo = n * c / chunks, hi = n * (c + 1) / chunks
             if lo < hi { body(lo, hi) }
+        }
+    }
+}
+
+extension Threads {
+    /// How many chunks `parallelFor` and `parallelForSerialBLAS` split `0..<n` into.
+    public static func chunks(_ n: Int, minPerChunk: Int = 1) -> Int { min(count, max(1, n / max(minPerChunk, 1))) }
+
+    /// As `parallelFor`, but `body(chunk, lo, hi)` also gets its chunk's index, and OpenBLAS is
+    /// held at one thread while the chunks run, so that each chunk can call `sgemm` on its own
+    /// part of the work. (Otherwise every chunk's sgemm would hand work to OpenBLAS's threads,
+    /// which then spin in sched_yield for the cores the chunks run on.) Chunks are
+    /// `parallelFor`'s: fixed for a thread count, so results are reproducible.
+    public static func parallelForSerialBLAS(_ n: Int, minPerChunk: Int = 1, _ body: (Int, Int, Int) -> Void) {
+        let chunks = chunks(n, minPerChunk: minPerChunk)
+        if chunks <= 1 { body(0, 0, n); return }
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(Int32(count)) }
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            let lo = n * c / chunks, hi = n * (c + 1) / chunks
+            if lo < hi { body(c, lo, hi) }
         }
     }
 }
@@ -110,11 +134,22 @@ public func sum(_ a: UnsafePointer<Float>, _ n: Int) -> Float {
 
 /// e^x for eight lanes (Cephes expf: range reduction by ln 2, degree-6 polynomial; relative
 /// error ~1 ulp); lanes below −87.3 (including −∞) give 0.
+///
+/// Written with adds, multiplies, compares and selects only, so it compiles to straight-line
+/// vector code on baseline x86-64: the standard library's `clamped`, `rounded(.down)` and
+/// `SIMD8<Int32>(_:rounding:)` go lane by lane through generic conversions (they were most of
+/// the time of a full softmax). Floor and float → int use the 1.5 · 2²³ trick, exact for the
+/// clamped range, so results equal the lane-wise version bit for bit.
 @inline(__always)
 public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let lo = SIMD8<Float>(repeating: -87.3), hi = SIMD8<Float>(repeating: 88.3)
-    let xc = x.clamped(lowerBound: lo, upperBound: hi)
-    let fx = (xc * 1.44269504088896341 + 0.5).rounded(.down)
+    let magic = SIMD8<Float>(repeating: 12_582_912)   // 1.5 · 2²³: adding it rounds to an integer
+    var xc = x.replacing(with: lo, where: x .< lo)
+    xc.replace(with: hi, where: xc .> hi)
+    // fx = floor(xc · log2 e + 0.5): round to nearest, then step down where that rounded up
+    let v = xc * 1.44269504088896341 + 0.5
+    var fx = (v + magic) - magic
+    fx.replace(with: fx - 1, where: fx .> v)
     var r = xc - fx * 0.693359375
     r = r - fx * -2.12194440e-4
     let z = r * r
@@ -125,7 +160,8 @@ public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
     y = y * r + 1.6666665459e-1
     y = y * r + 5.0000001201e-1
     y = y * z + r + 1
-    let n = SIMD8<Int32>(fx, rounding: .towardZero) &+ 127
+    // fx + 1.5 · 2²³ holds fx in its low mantissa bits: 2^fx = ((fx + 127) << 23) as float bits
+    let n = unsafeBitCast(fx + magic, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127
     let pow2 = unsafeBitCast(n &<< 23, to: SIMD8<Float>.self)
     return (y * pow2).replacing(with: 0, where: x .< lo)
 }
@@ -136,7 +172,12 @@ public func maxElement(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     var i = 0
     var acc = SIMD8<Float>(repeating: -.infinity)
     let rx = UnsafeRawPointer(x)
-    while i + 8 <= n { acc = pointwiseMax(acc, rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)); i += 8 }
+    // a compare and select, not pointwiseMax (lane by lane: it orders NaNs)
+    while i + 8 <= n {
+        let v = rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+        acc.replace(with: v, where: v .> acc)
+        i += 8
+    }
     var m = acc.max()
     while i < n { m = Swift.max(m, x[i]); i += 1 }
     return m
@@ -161,4 +202,28 @@ public func expShifted(out: Floats?, _ x: UnsafePointer<Float>, shift: Float, _ 
         out?[i] = e; s += e; i += 1
     }
     return s
+}
+
+/// x[i] *= k (SIMD lanes).
+@inline(__always)
+public func scaleInPlace(_ x: Floats, _ k: Float, _ n: Int) {
+    var i = 0
+    let rx = UnsafeMutableRawPointer(x)
+    while i + 8 <= n {
+        rx.storeBytes(of: rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * k, toByteOffset: 4 * i, as: SIMD8<Float>.self)
+        i += 8
+    }
+    while i < n { x[i] *= k; i += 1 }
+}
+
+/// √x for eight lanes. SIMD8's `squareRoot()` goes lane by lane through libm's sqrtf (errno
+/// semantics keep it from vectorising); on x86-64 this is two SSE sqrtps, which are exactly
+/// rounded like sqrtf.
+@inline(__always)
+public func sqrt8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    #if arch(x86_64)
+    return SIMD8(lowHalf: _mm_sqrt_ps(x.lowHalf), highHalf: _mm_sqrt_ps(x.highHalf))
+    #else
+    return x.squareRoot()
+    #endif
 }

@@ -5,11 +5,44 @@
 // caches gates (B, T, 3H) = r | z | n after activation, gh (B, T, 3H) = h·W_hᵀ + b_h.
 // Only the first `steps` positions are computed (steps = longest sequence in a right-padded
 // batch); later outputs stay 0. Multi-layer GRUs chain layers (out of one is inp of the next).
+//
+// Rows of the batch never mix in the recurrence, so forward and backward split the batch into
+// one contiguous chunk per thread, and each thread runs every time step of its chunk on its
+// own: one small sgemm per step (OpenBLAS single-threaded, see Threads.parallelForSerialBLAS)
+// and the gate arithmetic, with no synchronisation between steps. Everything that mixes rows
+// is done outside the recurrence, over all steps at once: the input projections (forward),
+// and the weight and bias gradients (backward: one sgemm for W_hh over all steps instead of
+// one per step).
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+
+/// σ(x) for eight lanes.
+@inline(__always) func sigmoid8(_ x: SIMD8<Float>) -> SIMD8<Float> { 1 / (1 + exp8(-x)) }
+
+/// tanh(x) = 1 − 2 / (1 + e^(2x)) for eight lanes (absolute error ~1e-7; exp8 saturates for
+/// large |x|, giving ±1).
+@inline(__always) func tanh8(_ x: SIMD8<Float>) -> SIMD8<Float> { 1 - 2 / (1 + exp8(x + x)) }
+
+@inline(__always) private func load8(_ p: UnsafePointer<Float>, _ j: Int) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
+}
+@inline(__always) private func store8(_ p: Floats, _ j: Int, _ v: SIMD8<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, toByteOffset: 4 * j, as: SIMD8<Float>.self)
+}
+/// Eight lanes from p[j...] (fewer when j + 8 > n; missing lanes are 0).
+@inline(__always) private func load(_ p: UnsafePointer<Float>, _ j: Int, _ n: Int) -> SIMD8<Float> {
+    if j + 8 <= n { return load8(p, j) }
+    var v = SIMD8<Float>()
+    for l in 0..<(n - j) { v[l] = p[j + l] }
+    return v
+}
+@inline(__always) private func store(_ p: Floats, _ j: Int, _ n: Int, _ v: SIMD8<Float>) {
+    if j + 8 <= n { store8(p, j, v); return }
+    for l in 0..<(n - j) { p[j + l] = v[l] }
+}
 
 public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointer<Float>,
                        wih: UnsafePointer<Float>, whh: UnsafePointer<Float>,
@@ -17,32 +50,33 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
                        steps: Int, B: Int, T: Int, I: Int, H: Int) {
     let H3 = 3 * H
     out.update(repeating: 0, count: B * T * H)
-    // input projections for every position at once
+    // input projections for every position at once (rows mix here: OpenBLAS's own threads)
     linearForward(out: gates, inp: inp, weight: wih, bias: bih, N: B * T, C: I, OC: H3)
-    for t in 0..<steps {
-        let ght = gh + t * H3
-        if t == 0 {
-            for b in 0..<B {
+    Threads.parallelForSerialBLAS(B, minPerChunk: 16) { _, lo, hi in
+        let rows = hi - lo
+        for t in 0..<steps {
+            // gh_t = b_hh + h_{t−1} · W_hhᵀ for this chunk's rows (h_{−1} = 0)
+            let ght = gh + (lo * T + t) * H3
+            for b in 0..<rows {
                 if let bhh { (ght + b * T * H3).update(from: bhh, count: H3) } else { (ght + b * T * H3).update(repeating: 0, count: H3) }
             }
-        } else {
-            for b in 0..<B {
-                if let bhh { (ght + b * T * H3).update(from: bhh, count: H3) } else { (ght + b * T * H3).update(repeating: 0, count: H3) }
+            if t > 0 {
+                sgemm(transB: true, M: rows, N: H3, K: H, A: out + (lo * T + t - 1) * H, lda: T * H, B: whh, ldb: H,
+                      beta: 1, C: ght, ldc: T * H3)
             }
-            sgemm(transB: true, M: B, N: H3, K: H, A: out + (t - 1) * H, lda: T * H, B: whh, ldb: H,
-                  beta: 1, C: ght, ldc: T * H3)
-        }
-        Threads.parallelFor(B, minPerChunk: 32) { lo, hi in
             for b in lo..<hi {
-                let g = gates + (b * T + t) * H3, hh = gh + (b * T + t) * H3
+                let g = gates + (b * T + t) * H3, hh = UnsafePointer(gh + (b * T + t) * H3)
                 let o = out + (b * T + t) * H
-                let hp: UnsafePointer<Float>? = t > 0 ? UnsafePointer(out + (b * T + t - 1) * H) : nil
-                for j in 0..<H {
-                    let r = 1 / (1 + expf(-(g[j] + hh[j])))
-                    let z = 1 / (1 + expf(-(g[H + j] + hh[H + j])))
-                    let n = tanhf(g[2 * H + j] + r * hh[2 * H + j])
-                    g[j] = r; g[H + j] = z; g[2 * H + j] = n
-                    o[j] = (1 - z) * n + z * (hp?[j] ?? 0)
+                let hp = UnsafePointer(out + (b * T + max(t - 1, 0)) * H)   // read only when t > 0
+                var j = 0
+                while j < H {
+                    let r = sigmoid8(load(g, j, H) + load(hh, j, H))
+                    let z = sigmoid8(load(g + H, j, H) + load(hh + H, j, H))
+                    let n = tanh8(load(g + 2 * H, j, H) + r * load(hh + 2 * H, j, H))
+                    let h = t > 0 ? load(hp, j, H) : SIMD8<Float>()
+                    store(g, j, H, r); store(g + H, j, H, z); store(g + 2 * H, j, H, n)
+                    store(o, j, H, (1 - z) * n + z * h)
+                    j += 8
                 }
             }
         }
@@ -50,7 +84,7 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
 }
 
 /// Accumulates dinp (may be nil), dwih, dwhh, dbih, dbhh from dout (B, T, H). Work buffers:
-/// dgi (B, T, 3H), dgh (B, 3H), dh (B, H), overwritten.
+/// dgi (B, T, 3H), dgh (B, T, 3H), dh (B, H), overwritten.
 public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?, dbhh: Floats?,
                         dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, out: UnsafePointer<Float>,
                         gates: UnsafePointer<Float>, gh: UnsafePointer<Float>,
@@ -58,36 +92,55 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
                         dgi: Floats, dgh: Floats, dh: Floats,
                         steps: Int, B: Int, T: Int, I: Int, H: Int) {
     let H3 = 3 * H
-    dgi.update(repeating: 0, count: B * T * H3)
+    // positions from `steps` on get no gradient (the loop writes all others); the products
+    // after it read all B·T rows
+    if steps < T {
+        for b in 0..<B {
+            (dgi + (b * T + steps) * H3).update(repeating: 0, count: (T - steps) * H3)
+            (dgh + (b * T + steps) * H3).update(repeating: 0, count: (T - steps) * H3)
+        }
+    }
     dh.update(repeating: 0, count: B * H)
-    var t = steps - 1
-    while t >= 0 {
-        Threads.parallelFor(B, minPerChunk: 32) { lo, hi in
+    // the recurrence, per chunk of rows: dgi = d(input pre-activations), dgh = d(gh), and
+    // dh ← dh_t · ∂h_t/∂h_{t−1} = dh_t ⊙ z + dgh_t · W_hh
+    Threads.parallelForSerialBLAS(B, minPerChunk: 16) { _, lo, hi in
+        var t = steps - 1
+        while t >= 0 {
             for b in lo..<hi {
                 let g = gates + (b * T + t) * H3, hh = gh + (b * T + t) * H3
-                let hp: UnsafePointer<Float>? = t > 0 ? out + (b * T + t - 1) * H : nil
+                let hp = out + (b * T + max(t - 1, 0)) * H   // read only when t > 0
                 let go = dout + (b * T + t) * H, dhb = dh + b * H
-                let di = dgi + (b * T + t) * H3, dg = dgh + b * H3
-                for j in 0..<H {
-                    let r = g[j], z = g[H + j], n = g[2 * H + j]
-                    let dht = go[j] + dhb[j]
-                    let hprev = hp?[j] ?? 0
+                let di = dgi + (b * T + t) * H3, dg = dgh + (b * T + t) * H3
+                var j = 0
+                while j < H {
+                    let r = load(g, j, H), z = load(g + H, j, H), n = load(g + 2 * H, j, H)
+                    let dht = load(go, j, H) + load(dhb, j, H)
+                    let hprev = t > 0 ? load(hp, j, H) : SIMD8<Float>()
                     let dn = dht * (1 - z), dz = dht * (hprev - n)
                     let dnp = dn * (1 - n * n), dzp = dz * z * (1 - z)
-                    let drp = dnp * hh[2 * H + j] * r * (1 - r)
-                    di[j] = drp; di[H + j] = dzp; di[2 * H + j] = dnp
-                    dg[j] = drp; dg[H + j] = dzp; dg[2 * H + j] = dnp * r
-                    dhb[j] = dht * z
+                    let drp = dnp * load(hh + 2 * H, j, H) * r * (1 - r)
+                    store(di, j, H, drp); store(di + H, j, H, dzp); store(di + 2 * H, j, H, dnp)
+                    store(dg, j, H, drp); store(dg + H, j, H, dzp); store(dg + 2 * H, j, H, dnp * r)
+                    store(dhb, j, H, dht * z)
+                    j += 8
                 }
             }
+            if t > 0 {
+                sgemm(M: hi - lo, N: H, K: H3, A: dgh + (lo * T + t) * H3, lda: T * H3, B: whh, ldb: H,
+                      beta: 1, C: dh + lo * H, ldc: H)
+            }
+            t -= 1
         }
-        if let dbhh { for b in 0..<B { let dg = dgh + b * H3; for k in 0..<H3 { dbhh[k] += dg[k] } } }
-        if t > 0 {
-            sgemm(M: B, N: H, K: H3, A: dgh, lda: H3, B: whh, ldb: H, beta: 1, C: dh, ldc: H)
-            sgemm(transA: true, M: H3, N: H, K: B, A: dgh, lda: H3, B: out + (t - 1) * H, ldb: T * H,
-                  beta: 1, C: dwhh, ldc: H)
-        }
-        t -= 1
+    }
+    if let dbhh {
+        for r in 0..<(B * T) { let dg = dgh + r * H3; for k in 0..<H3 { dbhh[k] += dg[k] } }
+    }
+    // dW_hh = Σ_{b, t ≥ 1} dgh(b, t)ᵀ · h(b, t − 1) in one product: row i + 1 of dgh against row
+    // i of out pairs (b, t) with (b, t − 1), except at t = 0, where h_{−1} = 0: those rows of
+    // dgh (used above for the bias) are zeroed so the pairs across sequences add nothing.
+    for b in 0..<B { (dgh + b * T * H3).update(repeating: 0, count: H3) }
+    if B * T > 1 {
+        sgemm(transA: true, M: H3, N: H, K: B * T - 1, A: dgh + H3, lda: H3, B: out, ldb: H, beta: 1, C: dwhh, ldc: H)
     }
     linearBackward(dinp: dinp, dweight: dwih, dbias: dbih, dout: dgi, inp: inp, weight: wih, N: B * T, C: I, OC: H3)
 }

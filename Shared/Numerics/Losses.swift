@@ -72,6 +72,87 @@ public func softmaxCrossEntropy(losses: Floats, dlogits: Floats?, logits: Unsafe
     return total(losses, weights, scale, B)
 }
 
+/// Items per tile of `tableSoftmaxCrossEntropy` for B rows: a (B, tile) block of scores is
+/// about 512 KB, so it stays in a core's L2 between the steps that produce and consume it.
+public func tableSoftmaxTile(B: Int) -> Int { max(16, ((1 << 17) / max(B, 1)) & ~15) }
+
+/// Floats of scratch `tableSoftmaxCrossEntropy` needs: per row and tile a max and a sum, per
+/// row the target's score.
+public func tableSoftmaxScratchCount(B: Int, N: Int, tile: Int) -> Int { B * (2 * ((N + tile - 1) / tile) + 1) }
+
+/// Full softmax cross-entropy of user vectors (B, C) against every row of a table (N, C), with
+/// the gradients into both. The same loss and gradients as
+///   scores = user · tableᵀ;  softmaxCrossEntropy on scores (gradient left in them);
+///   dUser = dscores · table;  dTable += dscoresᵀ · user
+/// but computed tile by tile over the table's rows, so that each (B, tile) block of scores is
+/// produced, turned into its gradient and used by both products while it is still in cache:
+///   pass 1, per tile: scores, then e^(s − m) in place, keeping per row the tile's max m and Σ;
+///   per row: lse from the tiles' (m, Σ), loss = lse − s[target];
+///   pass 2, per tile: gradient = e^(s − m) · w · e^(m − lse) − w · onehot in place, then
+///     dTable[tile] += gradientᵀ · user and dUser += gradient · table[tile].
+/// The B·N scores are written once and read once (the unfused path writes them in one product,
+/// passes over them three times for the softmax and reads them in two more products).
+/// Tiles are split over threads with OpenBLAS single-threaded inside (see
+/// `Threads.parallelForSerialBLAS`); each thread chunk sums its own dUser, and the chunks' sums
+/// are added in chunk order, so results are reproducible for a thread count.
+/// targets (B) are row indices 0..<N, or < 0 to skip a row (loss 0, no gradient). scores (B, N)
+/// is left holding the gradient on the scores; dUser (B, C) is overwritten; dTable accumulates.
+/// `scratch` holds `tableSoftmaxScratchCount(B:N:tile:)` floats. Returns Σ_b scale · w_b · losses[b].
+@discardableResult
+public func tableSoftmaxCrossEntropy(losses: Floats, scores: Floats, dUser: Floats, dTable: Floats,
+                                     user: UnsafePointer<Float>, table: UnsafePointer<Float>,
+                                     targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>?, scale: Float,
+                                     scratch: Floats, B: Int, N: Int, C: Int, tile: Int) -> Double {
+    let tiles = (N + tile - 1) / tile
+    // (B, tiles) maxima; (B, tiles) sums, then each tile's factor w · e^(m − lse); (B) target scores
+    let tm = scratch, ts = scratch + B * tiles, ty = scratch + 2 * B * tiles
+    ty.update(repeating: 0, count: B)
+    Threads.parallelForSerialBLAS(tiles) { _, lo, hi in
+        for t in lo..<hi {
+            let j0 = t * tile, nb = min(tile, N - j0)
+            sgemm(transB: true, M: B, N: nb, K: C, A: user, lda: C, B: table + j0 * C, ldb: C, C: scores + j0, ldc: N)
+            for b in 0..<B {
+                let x = scores + b * N + j0, y = Int(targets[b]) - j0
+                if y >= 0 && y < nb { ty[b] = x[y] }
+                let m = maxElement(x, nb)
+                tm[b * tiles + t] = m
+                ts[b * tiles + t] = expShifted(out: x, x, shift: m, nb)
+            }
+        }
+    }
+    for b in 0..<B {
+        let m = tm + b * tiles, s = ts + b * tiles
+        if targets[b] < 0 { losses[b] = 0; s.update(repeating: 0, count: tiles); continue }
+        var mx = -Float.infinity
+        for t in 0..<tiles { mx = max(mx, m[t]) }
+        var sum: Float = 0
+        for t in 0..<tiles { sum += s[t] * expf(m[t] - mx) }
+        let lse = mx + logf(sum), w = rowWeight(weights, b, scale)
+        losses[b] = lse - ty[b]
+        for t in 0..<tiles { s[t] = w * expf(m[t] - lse) }
+    }
+    let chunks = Threads.chunks(tiles)
+    let partials: Floats? = chunks > 1 ? .allocate(capacity: (chunks - 1) * B * C) : nil
+    defer { partials?.deallocate() }
+    Threads.parallelForSerialBLAS(tiles) { c, lo, hi in
+        let du = c == 0 ? dUser : partials! + (c - 1) * B * C
+        for t in lo..<hi {
+            let j0 = t * tile, nb = min(tile, N - j0)
+            for b in 0..<B {
+                let x = scores + b * N + j0, y = Int(targets[b]) - j0
+                scaleInPlace(x, ts[b * tiles + t], nb)
+                if y >= 0 && y < nb { x[y] -= rowWeight(weights, b, scale) }
+            }
+            sgemm(transA: true, M: nb, N: C, K: B, A: scores + j0, lda: N, B: user, ldb: C,
+                  beta: 1, C: dTable + j0 * C, ldc: C)
+            sgemm(M: B, N: C, K: nb, A: scores + j0, lda: N, B: table + j0 * C, ldb: C,
+                  beta: t == lo ? 0 : 1, C: du, ldc: C)
+        }
+    }
+    if let partials { for c in 1..<chunks { addInPlace(dUser, partials + (c - 1) * B * C, B * C) } }
+    return total(losses, weights, scale, B)
+}
+
 /// Multi-positive cross-entropy: losses[b] = −Σ_{j ∈ P_b} log softmax(logits[b])[j], where the
 /// positive set of row b is cols[offsets[b] ..< offsets[b+1]] (CSR). An empty set contributes 0.
 @discardableResult

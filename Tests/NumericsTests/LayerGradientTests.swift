@@ -181,7 +181,7 @@ final class LayerGradientTests: XCTestCase {
         let bih = Buf(random: 3 * H, rng: &rng, scale: 0.3), bhh = Buf(random: 3 * H, rng: &rng, scale: 0.3)
         let out = Buf(B * T * H), gates = Buf(B * T * 3 * H), gh = Buf(B * T * 3 * H), c = Buf(random: B * T * H, rng: &rng)
         let dinp = Buf(B * T * I), dwih = Buf(3 * H * I), dwhh = Buf(3 * H * H), dbih = Buf(3 * H), dbhh = Buf(3 * H)
-        let dgi = Buf(B * T * 3 * H), dgh = Buf(B * 3 * H), dh = Buf(B * H)
+        let dgi = Buf(B * T * 3 * H), dgh = Buf(B * T * 3 * H), dh = Buf(B * H)
         let f = { () -> Double in
             gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inp.p, wih: wih.p, whh: whh.p, bih: bih.p, bhh: bhh.p, steps: steps, B: B, T: T, I: I, H: H)
             return out.dot(c)
@@ -195,4 +195,130 @@ final class LayerGradientTests: XCTestCase {
         assertGradient(GradientCheck.check("dbih", x: bih.p, analytic: dbih.p, count: bih.n, f: f))
         assertGradient(GradientCheck.check("dbhh", x: bhh.p, analytic: dbhh.p, count: bhh.n, f: f))
     }
+
+    /// The GRU with batch chunks per thread, vector gates and one W_hh product over all steps
+    /// equals the straightforward step-by-step version (below), with and without biases, with
+    /// fewer steps than positions, H not a multiple of 8, and one or two threads.
+    func testGRUEqualsStepByStepReference() {
+        var rng = RNG(seed: 12)
+        let B = 40, T = 6, I = 5, H = 11, steps = 5, H3 = 3 * H
+        let inp = Buf(random: B * T * I, rng: &rng, scale: 0.8)
+        let wih = Buf(random: H3 * I, rng: &rng, scale: 0.5), whh = Buf(random: H3 * H, rng: &rng, scale: 0.5)
+        let bih = Buf(random: H3, rng: &rng, scale: 0.3), bhh = Buf(random: H3, rng: &rng, scale: 0.3)
+        let dout = Buf(random: B * T * H, rng: &rng)
+        for b in 0..<B { for t in steps..<T { for j in 0..<H { dout[(b * T + t) * H + j] = 0 } } }
+        for withBias in [true, false] {
+            let rOut = Buf(B * T * H), rGates = Buf(B * T * H3), rGh = Buf(B * T * H3)
+            let rDinp = Buf(B * T * I), rDwih = Buf(H3 * I), rDwhh = Buf(H3 * H), rDbih = Buf(H3), rDbhh = Buf(H3)
+            let rDgi = Buf(B * T * H3), rDgh = Buf(B * H3), rDh = Buf(B * H)
+            Threads.set(1)
+            referenceGRUForward(out: rOut.p, gates: rGates.p, gh: rGh.p, inp: inp.p, wih: wih.p, whh: whh.p,
+                                bih: withBias ? bih.p : nil, bhh: withBias ? bhh.p : nil, steps: steps, B: B, T: T, I: I, H: H)
+            referenceGRUBackward(dinp: rDinp.p, dwih: rDwih.p, dwhh: rDwhh.p, dbih: withBias ? rDbih.p : nil, dbhh: withBias ? rDbhh.p : nil,
+                                 dout: dout.p, inp: inp.p, out: rOut.p, gates: rGates.p, gh: rGh.p, wih: wih.p, whh: whh.p,
+                                 dgi: rDgi.p, dgh: rDgh.p, dh: rDh.p, steps: steps, B: B, T: T, I: I, H: H)
+            for threads in [1, 2] {
+                Threads.set(threads)
+                let out = Buf(B * T * H, fill: 7), gates = Buf(B * T * H3), gh = Buf(B * T * H3)
+                let dinp = Buf(B * T * I), dwih = Buf(H3 * I), dwhh = Buf(H3 * H), dbih = Buf(H3), dbhh = Buf(H3)
+                let dgi = Buf(B * T * H3, fill: 5), dgh = Buf(B * T * H3, fill: 5), dh = Buf(B * H, fill: 5)
+                gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inp.p, wih: wih.p, whh: whh.p,
+                           bih: withBias ? bih.p : nil, bhh: withBias ? bhh.p : nil, steps: steps, B: B, T: T, I: I, H: H)
+                gruBackward(dinp: dinp.p, dwih: dwih.p, dwhh: dwhh.p, dbih: withBias ? dbih.p : nil, dbhh: withBias ? dbhh.p : nil,
+                            dout: dout.p, inp: inp.p, out: out.p, gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p,
+                            dgi: dgi.p, dgh: dgh.p, dh: dh.p, steps: steps, B: B, T: T, I: I, H: H)
+                let label = "bias \(withBias), \(threads) threads"
+                for i in 0..<out.n { XCTAssertEqual(out[i], rOut[i], accuracy: 2e-6, "out \(i) \(label)") }
+                for i in 0..<dinp.n { XCTAssertEqual(dinp[i], rDinp[i], accuracy: 2e-5, "dinp \(i) \(label)") }
+                for i in 0..<dwih.n { XCTAssertEqual(dwih[i], rDwih[i], accuracy: 1e-4, "dwih \(i) \(label)") }
+                for i in 0..<dwhh.n { XCTAssertEqual(dwhh[i], rDwhh[i], accuracy: 1e-4, "dwhh \(i) \(label)") }
+                for i in 0..<H3 { XCTAssertEqual(dbih[i], rDbih[i], accuracy: 1e-4, "dbih \(i) \(label)") }
+                for i in 0..<H3 { XCTAssertEqual(dbhh[i], rDbhh[i], accuracy: 1e-4, "dbhh \(i) \(label)") }
+            }
+        }
+        Threads.set(1)
+    }
+}
+
+// The step-by-step GRU the Numerics one is checked against: every step's recurrent product
+// over the whole batch, scalar gates, W_hh's gradient accumulated one step at a time.
+func referenceGRUForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointer<Float>,
+                       wih: UnsafePointer<Float>, whh: UnsafePointer<Float>,
+                       bih: UnsafePointer<Float>?, bhh: UnsafePointer<Float>?,
+                       steps: Int, B: Int, T: Int, I: Int, H: Int) {
+    let H3 = 3 * H
+    out.update(repeating: 0, count: B * T * H)
+    // input projections for every position at once
+    linearForward(out: gates, inp: inp, weight: wih, bias: bih, N: B * T, C: I, OC: H3)
+    for t in 0..<steps {
+        let ght = gh + t * H3
+        if t == 0 {
+            for b in 0..<B {
+                if let bhh { (ght + b * T * H3).update(from: bhh, count: H3) } else { (ght + b * T * H3).update(repeating: 0, count: H3) }
+            }
+        } else {
+            for b in 0..<B {
+                if let bhh { (ght + b * T * H3).update(from: bhh, count: H3) } else { (ght + b * T * H3).update(repeating: 0, count: H3) }
+            }
+            sgemm(transB: true, M: B, N: H3, K: H, A: out + (t - 1) * H, lda: T * H, B: whh, ldb: H,
+                  beta: 1, C: ght, ldc: T * H3)
+        }
+        Threads.parallelFor(B, minPerChunk: 32) { lo, hi in
+            for b in lo..<hi {
+                let g = gates + (b * T + t) * H3, hh = gh + (b * T + t) * H3
+                let o = out + (b * T + t) * H
+                let hp: UnsafePointer<Float>? = t > 0 ? UnsafePointer(out + (b * T + t - 1) * H) : nil
+                for j in 0..<H {
+                    let r = 1 / (1 + expf(-(g[j] + hh[j])))
+                    let z = 1 / (1 + expf(-(g[H + j] + hh[H + j])))
+                    let n = tanhf(g[2 * H + j] + r * hh[2 * H + j])
+                    g[j] = r; g[H + j] = z; g[2 * H + j] = n
+                    o[j] = (1 - z) * n + z * (hp?[j] ?? 0)
+                }
+            }
+        }
+    }
+}
+
+/// Accumulates dinp (may be nil), dwih, dwhh, dbih, dbhh from dout (B, T, H). Work buffers:
+/// dgi (B, T, 3H), dgh (B, 3H), dh (B, H), overwritten.
+func referenceGRUBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?, dbhh: Floats?,
+                        dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, out: UnsafePointer<Float>,
+                        gates: UnsafePointer<Float>, gh: UnsafePointer<Float>,
+                        wih: UnsafePointer<Float>, whh: UnsafePointer<Float>,
+                        dgi: Floats, dgh: Floats, dh: Floats,
+                        steps: Int, B: Int, T: Int, I: Int, H: Int) {
+    let H3 = 3 * H
+    dgi.update(repeating: 0, count: B * T * H3)
+    dh.update(repeating: 0, count: B * H)
+    var t = steps - 1
+    while t >= 0 {
+        Threads.parallelFor(B, minPerChunk: 32) { lo, hi in
+            for b in lo..<hi {
+                let g = gates + (b * T + t) * H3, hh = gh + (b * T + t) * H3
+                let hp: UnsafePointer<Float>? = t > 0 ? out + (b * T + t - 1) * H : nil
+                let go = dout + (b * T + t) * H, dhb = dh + b * H
+                let di = dgi + (b * T + t) * H3, dg = dgh + b * H3
+                for j in 0..<H {
+                    let r = g[j], z = g[H + j], n = g[2 * H + j]
+                    let dht = go[j] + dhb[j]
+                    let hprev = hp?[j] ?? 0
+                    let dn = dht * (1 - z), dz = dht * (hprev - n)
+                    let dnp = dn * (1 - n * n), dzp = dz * z * (1 - z)
+                    let drp = dnp * hh[2 * H + j] * r * (1 - r)
+                    di[j] = drp; di[H + j] = dzp; di[2 * H + j] = dnp
+                    dg[j] = drp; dg[H + j] = dzp; dg[2 * H + j] = dnp * r
+                    dhb[j] = dht * z
+                }
+            }
+        }
+        if let dbhh { for b in 0..<B { let dg = dgh + b * H3; for k in 0..<H3 { dbhh[k] += dg[k] } } }
+        if t > 0 {
+            sgemm(M: B, N: H, K: H3, A: dgh, lda: H3, B: whh, ldb: H, beta: 1, C: dh, ldc: H)
+            sgemm(transA: true, M: H3, N: H, K: B, A: dgh, lda: H3, B: out + (t - 1) * H, ldb: T * H,
+                  beta: 1, C: dwhh, ldc: H)
+        }
+        t -= 1
+    }
+    linearBackward(dinp: dinp, dweight: dwih, dbias: dbih, dout: dgi, inp: inp, weight: wih, N: B * T, C: I, OC: H3)
 }

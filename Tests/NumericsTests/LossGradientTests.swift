@@ -27,6 +27,39 @@ final class LossGradientTests: XCTestCase {
         for i in 0..<B * V { XCTAssertEqual(d2[i], d[i] + 1, accuracy: 1e-6) }
     }
 
+    /// The tiled, fused cross-entropy against a table equals scores = user · tableᵀ, then
+    /// softmaxCrossEntropy, then both products over the whole table — with weights, a skipped
+    /// row, a last tile shorter than the others, and one or two threads.
+    func testTableSoftmaxCrossEntropyEqualsUnfusedComposition() {
+        var rng = RNG(seed: 21)
+        let B = 5, N = 75, C = 12, tile = 16
+        let user = Buf(random: B * C, rng: &rng), table = Buf(random: N * C, rng: &rng, scale: 0.7)
+        let targets = IntBuf([3, 74, -1, 0, 40]), w = Buf(B)
+        for b in 0..<B { w[b] = 0.5 + Float(b) }
+        // unfused reference
+        let refScores = Buf(B * N), refLosses = Buf(B), refDUser = Buf(B * C), refDTable = Buf(N * C, fill: 0.25)
+        sgemm(transB: true, M: B, N: N, K: C, A: user.p, lda: C, B: table.p, ldb: C, C: refScores.p, ldc: N)
+        let refTotal = softmaxCrossEntropy(losses: refLosses.p, dlogits: refScores.p, logits: refScores.p, targets: targets.p,
+                                           weights: w.p, scale: 0.2, B: B, V: N)
+        sgemm(M: B, N: C, K: N, A: refScores.p, lda: N, B: table.p, ldb: C, C: refDUser.p, ldc: C)
+        sgemm(transA: true, M: N, N: C, K: B, A: refScores.p, lda: N, B: user.p, ldb: C, beta: 1, C: refDTable.p, ldc: C)
+        for threads in [1, 2] {
+            Threads.set(threads)
+            let scores = Buf(B * N), losses = Buf(B), dUser = Buf(B * C, fill: 9), dTable = Buf(N * C, fill: 0.25)
+            let scratch = Buf(tableSoftmaxScratchCount(B: B, N: N, tile: tile))
+            let total = tableSoftmaxCrossEntropy(losses: losses.p, scores: scores.p, dUser: dUser.p, dTable: dTable.p,
+                                                 user: user.p, table: table.p, targets: targets.p, weights: w.p, scale: 0.2,
+                                                 scratch: scratch.p, B: B, N: N, C: C, tile: tile)
+            XCTAssertEqual(total, refTotal, accuracy: 1e-5)
+            XCTAssertEqual(losses[2], 0)
+            for b in 0..<B { XCTAssertEqual(losses[b], refLosses[b], accuracy: 1e-5, "loss \(b)") }
+            for i in 0..<(B * N) { XCTAssertEqual(scores[i], refScores[i], accuracy: 1e-6, "dscores \(i)") }
+            for i in 0..<(B * C) { XCTAssertEqual(dUser[i], refDUser[i], accuracy: 1e-5, "dUser \(i)") }
+            for i in 0..<(N * C) { XCTAssertEqual(dTable[i], refDTable[i], accuracy: 1e-5, "dTable \(i)") }
+        }
+        Threads.set(1)
+    }
+
     func testMultiPositiveCrossEntropy() {
         var rng = RNG(seed: 12)
         let B = 3, V = 8
@@ -110,6 +143,38 @@ final class LossGradientTests: XCTestCase {
 }
 
 final class VectorMathTests: XCTestCase {
+    /// The Cephes steps one lane at a time with libm's floor and a float → int conversion: the
+    /// vector exp8 (selects and the 1.5 · 2²³ trick instead) must give the same bits.
+    func testExp8EqualsLaneWiseCephesBitForBit() {
+        func cephes(_ x: Float) -> Float {
+            if x < -87.3 { return 0 }
+            let xc = min(max(x, -87.3), 88.3)
+            let fx = floorf(xc * 1.44269504088896341 + 0.5)
+            var r = xc - fx * 0.693359375
+            r = r - fx * -2.12194440e-4
+            let z = r * r
+            var y: Float = 1.9875691500e-4
+            y = y * r + 1.3981999507e-3
+            y = y * r + 8.3334519073e-3
+            y = y * r + 4.1665795894e-2
+            y = y * r + 1.6666665459e-1
+            y = y * r + 5.0000001201e-1
+            y = y * z + r + 1
+            return y * Float(bitPattern: UInt32(Int32(fx) + 127) << 23)
+        }
+        var rng = RNG(seed: 3)
+        var xs: [Float] = [-.infinity, -100, -87.3, -87.29, -0.5, 0, 0.5, 1, 88.3, 100, .infinity]
+        for k in -200...200 { xs.append(Float(k) * 0.34657359) }   // near the ties of x · log2 e + 0.5
+        for _ in 0..<20_000 { xs.append(rng.normal() * 30) }
+        while xs.count % 8 != 0 { xs.append(0) }
+        for i in stride(from: 0, to: xs.count, by: 8) {
+            var v = SIMD8<Float>()
+            for l in 0..<8 { v[l] = xs[i + l] }
+            let e = exp8(v)
+            for l in 0..<8 { XCTAssertEqual(e[l].bitPattern, cephes(v[l]).bitPattern, "exp(\(v[l]))") }
+        }
+    }
+
     func testExp8MatchesLibmWithinTwoUlpAndUnderflowsToZero() {
         var x: Float = -87
         while x < 88 {

@@ -23,6 +23,35 @@ final class OptimizerTests: XCTestCase {
         XCTAssertEqual(Double(ps.values[1]), p[1], accuracy: 1e-5)
     }
 
+    /// The eight-lane update equals torch.optim.Adam's per-element formula, in Float and in the
+    /// same order, bit for bit — in the lanes and in the tail, without weight decay, with L2
+    /// decay and decoupled (AdamW).
+    func testAdamLanesEqualTheScalarFormulaBitForBit() {
+        let n = 21
+        for (wd, decoupled) in [(Float(0), false), (0.01, false), (0.01, true)] {
+            var rng = RNG(seed: 4)
+            let ps = ParameterSet([("w", [n])])
+            for i in 0..<n { ps.values[i] = rng.normal() }
+            var p = (0..<n).map { ps.values[$0] }, m = [Float](repeating: 0, count: n), v = m
+            let adam = Adam(parameters: ps, learningRate: 0.01, weightDecay: wd, decoupled: decoupled)
+            for step in 1...3 {
+                let g = (0..<n).map { _ in rng.normal() }
+                for i in 0..<n { ps.grads[i] = g[i] }
+                adam.update()
+                let c1 = 1 - powf(0.9, Float(step)), c2 = 1 - powf(0.999, Float(step))
+                let stepSize = Float(0.01) / c1, c2s = c2.squareRoot()
+                for i in 0..<n {
+                    var gi = g[i]
+                    if wd != 0 { if decoupled { p[i] -= 0.01 * wd * p[i] } else { gi += wd * p[i] } }
+                    m[i] = 0.9 * m[i] + (1 - 0.9) * gi
+                    v[i] = 0.999 * v[i] + (1 - 0.999) * gi * gi
+                    p[i] -= stepSize * m[i] / (v[i].squareRoot() / c2s + 1e-8)
+                    XCTAssertEqual(ps.values[i].bitPattern, p[i].bitPattern, "element \(i), step \(step), wd \(wd), decoupled \(decoupled)")
+                }
+            }
+        }
+    }
+
     func testAdagradMatchesClosedForm() {
         let ps = ParameterSet([("w", [1])])
         ps.values[0] = 1
