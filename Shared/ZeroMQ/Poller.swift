@@ -1,4 +1,9 @@
 import CZeroMQ
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Events a poll item waits for or reports.
 public struct ZMQPollEvents: OptionSet, Sendable {
@@ -19,6 +24,10 @@ public struct ZMQPoller {
 
     private var items: [zmq_pollitem_t]
     private let sockets: [ZMQSocket?] // keeps the sockets alive while polled
+    /// Set when every item is a plain descriptor: then the OS's poll is called directly, because
+    /// zmq_poll always makes a first zero-timeout pass before it waits (one system call more per
+    /// wake-up, on every message of a server's or client's receiving thread).
+    private var descriptors: [pollfd]?
 
     public init(_ items: [Item]) {
         var raw: [zmq_pollitem_t] = []
@@ -35,11 +44,15 @@ public struct ZMQPoller {
         }
         self.items = raw
         self.sockets = sockets
+        if sockets.allSatisfy({ $0 == nil }) {
+            descriptors = raw.map { pollfd(fd: $0.fd, events: Self.systemEvents($0.events), revents: 0) }
+        }
     }
 
     /// Waits up to `timeoutMilliseconds` (-1: forever, 0: do not wait). Returns the events seen
     /// for each item, in the order given. An interrupted wait (`EINTR`) returns no events.
     public mutating func poll(timeoutMilliseconds: Int) throws -> [ZMQPollEvents] {
+        if descriptors != nil { return try pollDescriptors(timeoutMilliseconds: timeoutMilliseconds) }
         let count = Int32(items.count)
         let result = items.withUnsafeMutableBufferPointer { buffer in
             zmq_poll(buffer.baseAddress, count, timeoutMilliseconds)
@@ -51,4 +64,37 @@ public struct ZMQPoller {
         }
         return items.map { ZMQPollEvents(rawValue: $0.revents) }
     }
+
+    private mutating func pollDescriptors(timeoutMilliseconds: Int) throws -> [ZMQPollEvents] {
+        let result = descriptors!.withUnsafeMutableBufferPointer { buffer in
+            systemPoll(buffer.baseAddress, nfds_t(buffer.count), Int32(clamping: timeoutMilliseconds))
+        }
+        if result == -1 {
+            if errno == EINTR { return Array(repeating: [], count: descriptors!.count) }
+            throw ZMQError(code: errno, function: "poll")
+        }
+        return descriptors!.map { Self.zmqEvents($0.revents) }
+    }
+
+    // libzmq's event bits are its own (ZMQ_POLLOUT is 2, the OS's POLLOUT 4): translate both ways.
+    private static func systemEvents(_ events: Int16) -> Int16 {
+        var out: Int32 = 0
+        if Int32(events) & ZMQ_POLLIN != 0 { out |= Int32(POLLIN) }
+        if Int32(events) & ZMQ_POLLOUT != 0 { out |= Int32(POLLOUT) }
+        return Int16(out)
+    }
+
+    private static func zmqEvents(_ revents: Int16) -> ZMQPollEvents {
+        var out: ZMQPollEvents = []
+        if Int32(revents) & Int32(POLLIN) != 0 { out.insert(.pollIn) }
+        if Int32(revents) & Int32(POLLOUT) != 0 { out.insert(.pollOut) }
+        // A closed or failed descriptor reads as input, so the caller looks and finds out.
+        if Int32(revents) & Int32(POLLERR | POLLHUP | POLLNVAL) != 0 { out.insert(.pollIn) }
+        return out
+    }
+}
+
+/// The OS's poll, under a name the poller's own `poll` method does not shadow.
+private func systemPoll(_ fds: UnsafeMutablePointer<pollfd>?, _ count: nfds_t, _ timeout: Int32) -> Int32 {
+    poll(fds, count, timeout)
 }
