@@ -149,6 +149,9 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
     private var receiverDone = false
     /// A send on the receiving thread found input waiting: look again before sleeping.
     private var inputPending = false
+    /// Receiving thread only: false after it sent without the readable check, until it has
+    /// received again; it must not sleep before that.
+    private var receivedSinceSend = true
 
     init(endpoint: String) throws {
         self.endpoint = endpoint
@@ -162,8 +165,6 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
     }
 
     var droppedReplies: UInt64 { lock.withLock { dropped } }
-
-    static let drainLimit = 1024
 
     private func allocateID() -> UInt64 {
         lock.withLock {
@@ -206,12 +207,13 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
                 let onReceiver = receiverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
                 lock.unlock()
                 do {
-                    let (sent, readable) = try socket.send(multipart: frames)
+                    // On the receiving thread the ZMQ_EVENTS query is skipped: that thread
+                    // receives again before it sleeps (`receivedSinceSend`), which looks for
+                    // input and re-arms the descriptor's edge at the same cost.
+                    let (sent, readable) = try socket.send(multipart: frames, checkReadable: !onReceiver)
                     if !sent { finish(id: id, with: .failure(RPCError(.unavailable, "send queue to \(endpoint) is full"))) }
                     if onReceiver {
-                        // The receiving thread recomputes its timeout before sleeping; it only
-                        // needs to know when this send consumed the descriptor's edge.
-                        if readable { lock.withLock { inputPending = true } }
+                        receivedSinceSend = false
                     } else if readable || wakeEarlier {
                         wakeup.signal()
                     }
@@ -320,6 +322,7 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
             receiveAll()
             expire(now: WallClock.nowMicros())
             runJobs()
+            if !receivedSinceSend { receiveAll() }
         }
         socket.close()
         lock.lock()
@@ -336,23 +339,25 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
         finished.signal()
     }
 
+    /// Receives replies one at a time, running the tasks each resumes (on this executor) before
+    /// the next receive: a request such a task sends then needs no readable check, since the
+    /// receive after it looks for input anyway; the one that ends on EAGAIN re-arms the
+    /// edge-triggered descriptor.
     private func receiveAll() {
         while true {
-            let messages: [[Frame]]
-            do { messages = try socket.receiveAvailable(limit: ClientCore.drainLimit) } catch { return }
-            for frames in messages {
-                // [WRP1 ReplyHeader, payload]; anything else is not for us and is dropped.
-                guard frames.count == 2, let headerBytes = WireProtocol.headerBytes(frames[0], tag: WireProtocol.reply),
-                      let header = try? Winnow_V1_ReplyHeader(serializedBytes: headerBytes) else { continue }
-                if header.code == .ok {
-                    finish(id: header.requestID, with: .success(frames[1]))
-                } else {
-                    finish(id: header.requestID, with: .failure(RPCError(header.code, header.message)))
-                }
+            let frames: [Frame]?
+            do { frames = try socket.receiveOne() } catch { frames = nil }
+            receivedSinceSend = true
+            guard let frames else { return }
+            // [WRP1 ReplyHeader, payload]; anything else is not for us and is dropped.
+            guard frames.count == 2, let headerBytes = WireProtocol.headerBytes(frames[0], tag: WireProtocol.reply),
+                  let header = try? Winnow_V1_ReplyHeader(serializedBytes: headerBytes) else { continue }
+            if header.code == .ok {
+                finish(id: header.requestID, with: .success(frames[1]))
+            } else {
+                finish(id: header.requestID, with: .failure(RPCError(header.code, header.message)))
             }
-            // A drain that ended on EAGAIN has processed libzmq's commands, which re-arms the
-            // edge-triggered descriptor; only a drain cut short by the limit must go on.
-            if messages.count < ClientCore.drainLimit { return }
+            runJobs()
         }
     }
 

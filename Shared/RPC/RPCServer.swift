@@ -307,15 +307,11 @@ public final class RPCServer: @unchecked Sendable {
         stopped.signal()
     }
 
+    /// Handles each message before receiving the next: a reply sent while handling (inline
+    /// handlers, rejections) then needs no `ZMQ_EVENTS` query, because the receive after it looks
+    /// for input anyway, and the one that ends on EAGAIN re-arms the edge-triggered descriptor.
     private func drain(_ socket: ZMQSharedSocket, _ handle: ([Frame]) -> Void) {
-        let limit = 1024
-        while true {
-            let messages: [[Frame]]
-            do { messages = try socket.receiveAvailable(limit: limit) } catch { return }
-            for frames in messages { handle(frames) }
-            // Ending on EAGAIN processed libzmq's commands and re-armed the descriptor.
-            if messages.count < limit { return }
-        }
+        while let frames = try? socket.receiveOne() { handle(frames) }
     }
 
     private func receiveDirect(_ frames: [Frame]) {
@@ -351,9 +347,10 @@ public final class RPCServer: @unchecked Sendable {
     private func handle(header: Winnow_V1_RequestHeader, payload: Frame, route: Route) {
         let id = header.requestID
         let name = configuration.name
+        // Called from `drain` on the receiving thread: replies sent here skip the readable check.
         func reject(_ code: Winnow_V1_StatusCode, _ message: String) {
             lock.withLock { statsValue.rejected += 1 }
-            send(route, WireProtocol.replyHeader(id: id, code: code, message: message), [])
+            send(route, WireProtocol.replyHeader(id: id, code: code, message: message), [], inDrain: true)
         }
         let kind = name.split(separator: "/", maxSplits: 1).first.map(String.init) ?? name
         if !header.service.isEmpty && header.service != name && header.service != kind {
@@ -388,7 +385,7 @@ public final class RPCServer: @unchecked Sendable {
                 Self.fail(&reply, &body, error, method)
             }
             lock.withLock { statsValue.served += 1 }
-            send(route, reply, body)
+            send(route, reply, body, inDrain: true)
         case .pooled(let run):
             if busy >= configuration.maxInFlight {
                 return reject(.resourceExhausted, "\(name) already holds \(busy) requests")
@@ -446,25 +443,30 @@ public final class RPCServer: @unchecked Sendable {
         if draining { wakeup.signal() } // let a draining loop see it
     }
 
-    private func send(_ route: Route, _ header: Winnow_V1_ReplyHeader, _ payload: Frame) {
+    /// `inDrain`: sent by the receiving thread while draining, which receives again right after.
+    private func send(_ route: Route, _ header: Winnow_V1_ReplyHeader, _ payload: Frame, inDrain: Bool = false) {
         var header = header
         if header.code == .ok, payload.count > configuration.maxPayloadBytes {
             header.code = .resourceExhausted
             header.message = "reply is \(payload.count) bytes, over the cap of \(configuration.maxPayloadBytes)"
-            return send(route, header, [])
+            return send(route, header, [], inDrain: inDrain)
         }
         do {
             switch route {
             case let .direct(peer, _):
                 guard let router else { return }
-                let result = try router.send(multipart: [peer, WireProtocol.head(WireProtocol.reply, header), payload])
+                let result = try router.send(multipart: [peer, WireProtocol.head(WireProtocol.reply, header), payload],
+                                             checkReadable: !inDrain)
                 if result.readable { inputPending(router: true) }
             case let .broker(client, _, generation):
                 // A reply for a broker connection we have since replaced is dropped: that broker
                 // already failed or re-routed the request.
                 guard let current = lock.withLock({ brokerSocket }), current.generation == generation else { return }
+                // A request that came through the broker is answered on the broker socket, the
+                // one being drained when `inDrain` is set.
                 let result = try current.socket.send(multipart: [WireProtocol.head(WireProtocol.workerReply, header),
-                                                                 client, payload])
+                                                                 client, payload],
+                                                     checkReadable: !inDrain)
                 if result.readable { inputPending(router: false) }
             }
         } catch {

@@ -24,13 +24,24 @@ public final class ZMQSharedSocket: @unchecked Sendable {
     }
 
     /// Sends a message without blocking. `sent` is false when the send queue is full; `readable`
-    /// says input is waiting, which the receiving thread must be woken for.
-    public func send(multipart frames: [Frame]) throws -> (sent: Bool, readable: Bool) {
+    /// says input is waiting, which the receiving thread must be woken for. The receiving thread
+    /// itself, about to receive again anyway, passes `checkReadable: false` and saves the
+    /// `ZMQ_EVENTS` query (a `getpid` and a `poll`); `readable` is then false.
+    public func send(multipart frames: [Frame], checkReadable: Bool = true) throws -> (sent: Bool, readable: Bool) {
         lock.lock()
         defer { lock.unlock() }
         guard !closed else { throw ZMQError(code: ENOTSOCK, function: "zmq_send") }
         let sent = try socket.send(multipart: frames, flags: .dontWait)
-        return (sent, try readableLocked())
+        return (sent, checkReadable ? try readableLocked() : false)
+    }
+
+    /// Receives one message if one is waiting; nil when none is (which also re-arms the
+    /// edge-triggered descriptor) or the socket is closed.
+    public func receiveOne() throws -> [Frame]? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !closed else { return nil }
+        return try socket.receiveMultipart(flags: .dontWait)
     }
 
     /// Receives every message waiting now (at most `limit`).
