@@ -94,7 +94,7 @@ let package = Package(
 
         // Tests mirror the libraries; integration tests start real processes and a real Postgres.
         // Helpers shared by test targets (buffers for gradient checks, a seeded generator).
-        .target(name: "WinnowTestSupport", dependencies: ["Numerics"], path: "Tests/TestSupport"),
+        .target(name: "WinnowTestSupport", dependencies: ["Numerics", "Data"], path: "Tests/TestSupport"),
         .testTarget(name: "RPCTests", dependencies: ["RPC", "ZeroMQ", "WinnowProto", "WinnowTestSupport"],
                     path: "Tests/RPCTests"),
         .testTarget(name: "BrokerKitTests", dependencies: ["BrokerKit", "RPC", "WinnowTestSupport"],

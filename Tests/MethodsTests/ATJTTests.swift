@@ -78,18 +78,10 @@ final class ATJTTests: XCTestCase {
     }
 
     func testWeightGradientIsTheDerivativeOfTheNormalisedWeightedLoss() throws {
-        final class Fixed: SequenceWeigher {
-            let w: [Float]; var dW: [Float] = []
-            init(_ w: [Float]) { self.w = w }
-            var groups: Int { 1 }
-            func group(ofInstance instance: Int) -> Int { 0 }
-            func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws { for b in 0..<batch.B { weights[b] = w[b] } }
-            func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws { dW = Array(UnsafeBufferPointer(start: dWeights, count: B)) }
-        }
         let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0)
         let B = 6, T = 6
         let w: [Float] = [0.9, 0.2, 0.5, 0.7, 0.05, 0.6]
-        let weigher = Fixed(w)
+        let weigher = FixedWeigher(w)
         let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: T, seed: 2), weigher: weigher, maxBatch: B)
         let buf = AuxBatches(B: B, T: T)
         let loss = try trainer.step(buf.fill(world.data, world.split.train, Array(0..<Int32(B))[...]), group: 0)

@@ -88,18 +88,10 @@ final class CompositionTests: XCTestCase {
 
     func testATJTWithCSRecWeightGradientIsTheDerivativeOfTheWeightedStudentLoss() throws {
         // dL_R/dw_b = (ℓ_b − L_R)/Σw with ℓ_b = (1 − β)·CE_b + β·KL_b, checked against Σ w ℓ / Σ w
-        final class Fixed: SequenceWeigher {
-            let w: [Float]; var dW: [Float] = []
-            init(_ w: [Float]) { self.w = w }
-            var groups: Int { 1 }
-            func group(ofInstance instance: Int) -> Int { 0 }
-            func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws { for b in 0..<batch.B { weights[b] = w[b] } }
-            func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws { dW = Array(UnsafeBufferPointer(start: dWeights, count: B)) }
-        }
         let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0)
         let T = 6, B = 6
         let weights: [Float] = [0.9, 0.1, 0.5, 0.7, 0.3, 1.0]
-        let weigher = Fixed(weights)
+        let weigher = FixedWeigher(weights)
         let source = teacher(items: 30, T: T)
         var c = SASRecConfig(itemCount: 30); c.maxLength = T; c.dim = 8; c.blocks = 1; c.heads = 2; c.inner = 16
         c.hiddenDropout = 0; c.attentionDropout = 0

@@ -48,3 +48,16 @@ func quickLoop(_ data: SequenceDataset, epochs: Int, maxLength: Int = 8, lr: Flo
     c.maxEpochs = epochs; c.batchSize = 32; c.maxLength = maxLength; c.learningRate = lr; c.seed = 3
     return LabelLoop(data: data, config: c)
 }
+
+/// A weigher that hands out fixed weights and records the gradient it gets back (one group).
+final class FixedWeigher: SequenceWeigher {
+    let w: [Float]
+    var dW: [Float] = []
+    init(_ w: [Float]) { self.w = w }
+    var groups: Int { 1 }
+    func group(ofInstance instance: Int) -> Int { 0 }
+    func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws { for b in 0..<batch.B { weights[b] = w[b] } }
+    func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws {
+        dW = Array(UnsafeBufferPointer(start: dWeights, count: B))
+    }
+}

@@ -1,5 +1,6 @@
-// Helpers shared by the test targets: test-owned buffers for gradient checks, and a seeded
-// generator for reproducible random input.
+// Helpers shared by the test targets: test-owned buffers for gradient checks, and the seeded
+// generator of Shared/Data for reproducible random input.
+@_exported import struct Data.SplitMix64
 import Numerics
 import XCTest
 
