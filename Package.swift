@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 // Winnow: sequential recommenders trained on noisy implicit feedback, served over ZeroMQ.
 // Libraries live under Shared/ and know nothing of processes; every process under Services/
-// only wires libraries to sockets. See docs/ARCHITECTURE-NOTES.md for decisions.
+// only wires libraries to sockets. See docs/DECISIONS.md for decisions.
 import PackageDescription
 
 let releaseSpeed: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
