@@ -147,20 +147,13 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
     private var jobs: [UnownedJob] = []
     private var receiverThread: pthread_t?
     private var receiverDone = false
-    /// A send on the receiving thread found input waiting: look again before sleeping.
-    private var inputPending = false
     /// Receiving thread only: false after it sent without the readable check, until it has
     /// received again; it must not sleep before that.
     private var receivedSinceSend = true
 
     init(endpoint: String) throws {
         self.endpoint = endpoint
-        let dealer = try ZMQSocket(.dealer)
-        try dealer.setMaxMessageSize(Int64(WireProtocol.defaultMaxPayloadBytes + WireProtocol.hardLimitSlack))
-        try dealer.setHighWaterMarks(send: 100_000, receive: 100_000)
-        try dealer.setReconnectInterval(milliseconds: 50, max: 500)
-        try dealer.connect(endpoint)
-        socket = try ZMQSharedSocket(dealer)
+        socket = try WireProtocol.connectedDealer(endpoint, maxPayloadBytes: WireProtocol.defaultMaxPayloadBytes)
         wakeup = try ZMQWakeup()
     }
 
@@ -310,8 +303,7 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
                 if let next = deadlines.peek {
                     timeout = max(0, min(1000, Int((next.deadline - now + 999) / 1000)))
                 }
-                if !jobs.isEmpty || inputPending { timeout = 0 }
-                inputPending = false
+                if !jobs.isEmpty { timeout = 0 }
                 plannedWake = now + Int64(timeout) * 1000
                 return timeout
             }

@@ -545,12 +545,7 @@ final class BrokerLink {
         lastHeard = now
         nextSend = now
         do {
-            let fresh = try ZMQSocket(.dealer)
-            try fresh.setMaxMessageSize(Int64(configuration.maxPayloadBytes + WireProtocol.hardLimitSlack))
-            try fresh.setHighWaterMarks(send: 100_000, receive: 100_000)
-            try fresh.setReconnectInterval(milliseconds: 50, max: 500)
-            try fresh.connect(endpoint)
-            socket = try ZMQSharedSocket(fresh)
+            socket = try WireProtocol.connectedDealer(endpoint, maxPayloadBytes: configuration.maxPayloadBytes)
         } catch {
             logger.error("cannot connect to broker \(endpoint): \(error)")
         }

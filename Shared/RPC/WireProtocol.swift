@@ -53,6 +53,18 @@ public enum WireProtocol {
         return Array(frame[tag.count...])
     }
 
+    /// A DEALER connected to `endpoint` as clients and workers use one: libzmq drops a peer whose
+    /// frame is far over `maxPayloadBytes`, queues are deep enough for pipelined callers, and a
+    /// lost connection is retried quickly (50 ms, backing off to 500 ms).
+    static func connectedDealer(_ endpoint: String, maxPayloadBytes: Int) throws -> ZMQSharedSocket {
+        let dealer = try ZMQSocket(.dealer)
+        try dealer.setMaxMessageSize(Int64(maxPayloadBytes + hardLimitSlack))
+        try dealer.setHighWaterMarks(send: 100_000, receive: 100_000)
+        try dealer.setReconnectInterval(milliseconds: 50, max: 500)
+        try dealer.connect(endpoint)
+        return try ZMQSharedSocket(dealer)
+    }
+
     /// A reply header with no payload, for errors.
     public static func replyHeader(id: UInt64, code: Winnow_V1_StatusCode, message: String = "") -> Winnow_V1_ReplyHeader {
         var header = Winnow_V1_ReplyHeader()

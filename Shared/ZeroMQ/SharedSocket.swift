@@ -5,13 +5,14 @@ import Foundation
 /// directly under a lock, and one thread waits for input on the socket's `ZMQ_FD` and drains it.
 ///
 /// `ZMQ_FD` is edge-triggered and only says "look at ZMQ_EVENTS": a send or receive can consume
-/// its signal. So every send checks `ZMQ_EVENTS` afterwards and reports whether input is waiting
-/// (the caller then wakes the receiving thread), and `receiveAvailable` drains until nothing is left.
+/// its signal. So a send checks `ZMQ_EVENTS` afterwards and reports whether input is waiting (the
+/// caller then wakes the receiving thread), and the receiving thread calls `receiveOne` until it
+/// returns nil.
 public final class ZMQSharedSocket: @unchecked Sendable {
     private let socket: ZMQSocket
     private let lock = NSLock()
     private var closed = false
-    /// The descriptor to poll (for `.pollIn`) before calling `receiveAvailable`.
+    /// The descriptor to poll (for `.pollIn`) before calling `receiveOne`.
     public let fileDescriptor: Int32
 
     public init(_ socket: ZMQSocket) throws {
@@ -42,18 +43,6 @@ public final class ZMQSharedSocket: @unchecked Sendable {
         defer { lock.unlock() }
         guard !closed else { return nil }
         return try socket.receiveMultipart(flags: .dontWait)
-    }
-
-    /// Receives every message waiting now (at most `limit`).
-    public func receiveAvailable(limit: Int = 1024) throws -> [[Frame]] {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !closed else { return [] }
-        var messages: [[Frame]] = []
-        while messages.count < limit, let frames = try socket.receiveMultipart(flags: .dontWait) {
-            messages.append(frames)
-        }
-        return messages
     }
 
     /// Whether a message is waiting (also re-arms the edge-triggered descriptor).
