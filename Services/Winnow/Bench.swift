@@ -1,4 +1,5 @@
 import ArgumentParser
+import Data
 import Foundation
 
 /// `winnow bench`: benchmarks, each beside a named reference measured in the same run.
@@ -156,3 +157,25 @@ enum BenchProcess {
 
 /// Monotonic seconds since an arbitrary start.
 func benchNow() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+/// Synthetic `.inter` files the benches share, generated once into DATA_DIR/synth under a name
+/// that spells the spec, so `bench ingest` and `bench itemcf` reuse each other's files.
+enum BenchSynthetic {
+    /// The file's path, and what generating it took when this call generated it.
+    static func file(_ spec: SyntheticSpec, dataDir: String) throws
+        -> (path: String, generated: (interactions: Int, seconds: Double)?) {
+        let folder = (dataDir as NSString).appendingPathComponent("synth")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let name = "synth-u\(spec.users)-i\(spec.items)-n\(spec.interactions)-noise\(spec.noiseRate)-seed\(spec.seed).inter"
+        let path = (folder as NSString).appendingPathComponent(name)
+        if FileManager.default.fileExists(atPath: path) { return (path, nil) }
+        print("generating \(path)")
+        // Written under another name and moved, so an interrupted run never leaves a partial file
+        // that the next run would take for the whole.
+        let partial = path + ".partial"
+        let start = benchNow()
+        let summary = try Synthetic.write(spec, interPath: partial, noisePath: Synthetic.noisePath(forInter: path))
+        try FileManager.default.moveItem(atPath: partial, toPath: path)
+        return (path, (summary.interactions, benchNow() - start))
+    }
+}

@@ -46,7 +46,10 @@ struct BenchIngest: AsyncParsableCommand {
         let dir = dataDir ?? ProcessInfo.processInfo.environment["WINNOW_DATA_DIR"]
             ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/winnow/data").path
         let ml100k = try ML100K.path(dataDir: dir)
-        let synth = try syntheticFile(dataDir: dir)
+        // The same file `winnow bench itemcf --quick` uses.
+        let synthSpec = SyntheticSpec(users: synthInteractions / 20, items: synthInteractions / 100,
+                                      interactions: synthInteractions, noiseRate: 0.1, seed: 1)
+        let synth = try BenchSynthetic.file(synthSpec, dataDir: dir).path
 
         var embedded: EmbeddedPostgres?
         var stateDir: String?
@@ -208,19 +211,4 @@ struct BenchIngest: AsyncParsableCommand {
         return n
     }
 
-    /// The synthetic file of `winnow bench itemcf --quick` (same name), written once.
-    private func syntheticFile(dataDir: String) throws -> String {
-        let spec = SyntheticSpec(users: synthInteractions / 20, items: synthInteractions / 100, interactions: synthInteractions,
-                                 noiseRate: 0.1, seed: 1)
-        let folder = (dataDir as NSString).appendingPathComponent("synth")
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let name = "synth-u\(spec.users)-i\(spec.items)-n\(spec.interactions)-noise\(spec.noiseRate)-seed\(spec.seed).inter"
-        let path = (folder as NSString).appendingPathComponent(name)
-        if FileManager.default.fileExists(atPath: path) { return path }
-        print("generating \(path)")
-        let partial = path + ".partial"
-        _ = try Synthetic.write(spec, interPath: partial, noisePath: Synthetic.noisePath(forInter: path))
-        try FileManager.default.moveItem(atPath: partial, toPath: path)
-        return path
-    }
 }

@@ -47,7 +47,11 @@ struct BenchItemCF: ParsableCommand {
         let spec = quick
             ? SyntheticSpec(users: 100_000, items: 20_000, interactions: 2_000_000, noiseRate: 0.1, seed: 1)
             : SyntheticSpec(users: 1_000_000, items: 100_000, interactions: 20_000_000, noiseRate: 0.1, seed: 1)
-        let synth = try synthetic(spec, dataDir: dir)
+        let (synth, generated) = try BenchSynthetic.file(spec, dataDir: dir)
+        if let generated {
+            print(String(format: "  %d interactions in %.2f s (%.2f M/s)", generated.interactions, generated.seconds,
+                         Double(generated.interactions) / generated.seconds / 1e6))
+        }
         let cores = ProcessInfo.processInfo.activeProcessorCount
         let workers = threads ?? cores
         print("ItemCF, K = \(k), Winnow threads = \(workers) (\(cores) cores); times are the computation only")
@@ -68,24 +72,6 @@ struct BenchItemCF: ParsableCommand {
             print("error: Winnow and the reference disagree: \(disagreeing.map(\.name).joined(separator: ", "))")
             throw ExitCode.failure
         }
-    }
-
-    /// Generates the synthetic set once into DATA_DIR/synth and returns its path.
-    private func synthetic(_ spec: SyntheticSpec, dataDir: String) throws -> String {
-        let folder = (dataDir as NSString).appendingPathComponent("synth")
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let name = "synth-u\(spec.users)-i\(spec.items)-n\(spec.interactions)-noise\(spec.noiseRate)-seed\(spec.seed).inter"
-        let path = (folder as NSString).appendingPathComponent(name)
-        if FileManager.default.fileExists(atPath: path) { return path }
-        print("generating \(path)")
-        let partial = path + ".partial"
-        let start = benchNow()
-        let summary = try Synthetic.write(spec, interPath: partial, noisePath: Synthetic.noisePath(forInter: path))
-        try FileManager.default.moveItem(atPath: partial, toPath: path)
-        let seconds = benchNow() - start
-        print(String(format: "  %d interactions in %.2f s (%.2f M/s)", summary.interactions, seconds,
-                     Double(summary.interactions) / seconds / 1e6))
-        return path
     }
 
     private func measure(name: String, path: String, repeats: Int, workers: Int, python: String?) throws -> [BenchRow] {

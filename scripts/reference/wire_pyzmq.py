@@ -30,7 +30,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve(endpoint, ready, bind=True):
+def serve(endpoint, bind, ready):
     context = zmq.Context()
     rep = context.socket(zmq.REP)
     rep.setsockopt(zmq.LINGER, 0)
@@ -124,16 +124,13 @@ def main():
         return results
 
     endpoint = "tcp://127.0.0.1:%d" % free_port()
-    server = start(serve, endpoint)
+    server = start(serve, endpoint, True)
     results = run(endpoint)
     server.join(5)
 
     front, back = ("tcp://127.0.0.1:%d" % free_port() for _ in range(2))
     proxy = start(relay, front, back)
-    relayed = multiprocessing.Event()
-    relayed_server = multiprocessing.Process(target=serve, args=(back, relayed, False), daemon=True)
-    relayed_server.start()
-    relayed.wait(10)
+    relayed_server = start(serve, back, False)  # connects to the proxy's back
     relay_results = run(front)
     relayed_server.join(5)
     # SIGKILL: zmq_proxy never returns, and a parent that ignores SIGTERM (as a process handling
