@@ -86,13 +86,8 @@ final class ATJTTests: XCTestCase {
         let buf = AuxBatches(B: B, T: T)
         let loss = try trainer.step(buf.fill(world.data, world.split.train, Array(0..<Int32(B))[...]), group: 0)
         let l = (0..<B).map { Double(trainer.losses[$0]) }
-        func L(_ w: [Double]) -> Double { zip(w, l).map(*).reduce(0, +) / w.reduce(0, +) }
-        XCTAssertEqual(loss, L(w.map(Double.init)), accuracy: 1e-5)
-        for b in 0..<B {
-            var wp = w.map(Double.init), wm = wp
-            wp[b] += 1e-4; wm[b] -= 1e-4
-            XCTAssertEqual(Double(weigher.dW[b]), (L(wp) - L(wm)) / 2e-4, accuracy: 1e-4, "dL/dw[\(b)]")
-        }
+        assertNormalisedWeightGradient(loss: loss, dW: weigher.dW, weights: w, rowLosses: l,
+                                       lossAccuracy: 1e-5, gradientAccuracy: 1e-4)
     }
 
     func testRecogniserNeverWeighsItsOwnTrainingGroup() throws {

@@ -111,13 +111,8 @@ final class CompositionTests: XCTestCase {
         softmaxKL(losses: kl.p, dlogits: nil, logits: logits.p, target: labels.p, direction: .targetToModel, weights: nil, scale: 1, B: B, V: 30)
         let l = (0..<B).map { 0.5 * Double(ce.p[$0]) + 0.5 * Double(kl.p[$0]) }
         let loss = try trainer.step(batch, group: 0)
-        func L(_ w: [Double]) -> Double { zip(w, l).map(*).reduce(0, +) / w.reduce(0, +) }
-        XCTAssertEqual(loss, L(weights.map(Double.init)), accuracy: 1e-4)
-        for b in 0..<B {
-            var wp = weights.map(Double.init), wm = wp
-            wp[b] += 1e-4; wm[b] -= 1e-4
-            XCTAssertEqual(Double(weigher.dW[b]), (L(wp) - L(wm)) / 2e-4, accuracy: 1e-3, "row \(b)")
-        }
+        assertNormalisedWeightGradient(loss: loss, dW: weigher.dW, weights: weights, rowLosses: l,
+                                       lossAccuracy: 1e-4, gradientAccuracy: 1e-3)
     }
 
     func testDSSSoftLabelKLGradientMatchesCentralFiniteDifferences() {

@@ -61,3 +61,18 @@ final class FixedWeigher: SequenceWeigher {
         dW = Array(UnsafeBufferPointer(start: dWeights, count: B))
     }
 }
+
+/// Checks a weighted step against L(w) = Σ w_b ℓ_b / Σ w_b over the rows' own losses ℓ: the loss
+/// itself, and each dL/dw_b the weigher got back against central differences of L.
+func assertNormalisedWeightGradient(loss: Double, dW: [Float], weights: [Float], rowLosses l: [Double],
+                                    lossAccuracy: Double, gradientAccuracy: Double,
+                                    file: StaticString = #filePath, line: UInt = #line) {
+    func L(_ w: [Double]) -> Double { zip(w, l).map(*).reduce(0, +) / w.reduce(0, +) }
+    XCTAssertEqual(loss, L(weights.map(Double.init)), accuracy: lossAccuracy, file: file, line: line)
+    for b in 0..<weights.count {
+        var wp = weights.map(Double.init), wm = wp
+        wp[b] += 1e-4; wm[b] -= 1e-4
+        XCTAssertEqual(Double(dW[b]), (L(wp) - L(wm)) / 2e-4, accuracy: gradientAccuracy, "dL/dw[\(b)]",
+                       file: file, line: line)
+    }
+}
