@@ -31,11 +31,15 @@ struct Train: ParsableCommand {
     @Option(help: "Early-stopping patience in epochs without a better validation NDCG@10.")
     var patience = 10
 
-    @Option(help: "Threads (OpenBLAS and Winnow's loops); results are reproducible for a fixed count.")
+    @Option(help: "Threads of Winnow's loops and products; results are reproducible for a fixed count.")
     var threads = 2
 
     @Option(help: "Write the result JSON to this file.")
     var json: String?
+
+    @Option(help: ArgumentHelp("Save the run's state to this file after every epoch; when the file exists, continue from it.",
+                               discussion: "A continued run gives the figures of one that never stopped (same seed and --threads)."))
+    var checkpoint: String?
 
     @Flag(help: "No per-epoch progress on stderr.")
     var quiet = false
@@ -78,7 +82,9 @@ struct Train: ParsableCommand {
         let err = FileHandle.standardError
         err.write("data: \(data.userCount) users, \(data.itemCount) items, \(data.interactionCount) interactions, \(training.split.train.count) training instances\n".data(using: .utf8)!)
         if !quiet { training.progress = { err.write(($0 + "\n").data(using: .utf8)!) } }
-        let result = training.run()
+        let result: TrainingResult
+        do { result = try training.run(checkpoint: checkpoint) }
+        catch { throw ValidationError("\(error)") }
         let keys = ["ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20", "mrr@20"]
         print("\(model.rawValue) seed \(seed): \(result.epochs) epochs, best \(result.bestEpoch), \(String(format: "%.1f", result.seconds)) s")
         for (name, m) in [("valid", result.valid), ("test", result.test)] {

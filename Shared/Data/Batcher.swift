@@ -7,6 +7,9 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
 
     public init(seed: UInt64) { state = seed }
 
+    /// The generator's state; `SplitMix64(seed: g.position)` continues g's sequence exactly.
+    public var position: UInt64 { state }
+
     @inline(__always)
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
@@ -83,6 +86,24 @@ public struct Batcher: Sendable {
 
     /// Draws the next epoch's order from the seeded generator (reshuffles the current order).
     public mutating func shuffle() { rng.shuffle(&order) }
+
+    /// The shuffle generator's state, for checkpoints (see `restore(order:shufflePosition:)`).
+    public var shufflePosition: UInt64 { rng.position }
+
+    /// Puts back an order and a shuffle generator saved from a batcher over the same instances,
+    /// so that the following epochs draw the orders an uninterrupted run would have. Returns
+    /// false (and changes nothing) when `order` is not a permutation of this batcher's instances.
+    public mutating func restore(order saved: [Int32], shufflePosition: UInt64) -> Bool {
+        guard saved.count == order.count else { return false }
+        var seen = [Bool](repeating: false, count: saved.count)
+        for i in saved {
+            guard i >= 0, Int(i) < seen.count, !seen[Int(i)] else { return false }
+            seen[Int(i)] = true
+        }
+        order = saved
+        rng = SplitMix64(seed: shufflePosition)
+        return true
+    }
 
     /// Restores file order (for evaluation passes).
     public mutating func resetOrder() { for k in 0..<order.count { order[k] = Int32(k) } }

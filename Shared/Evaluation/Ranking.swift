@@ -1,4 +1,4 @@
-// Full ranking over the catalogue: one cblas_sgemm per batch of users, then per user a counting
+// Full ranking over the catalogue: one sgemm per batch of users, then per user a counting
 // pass (the target's rank is the number of items ahead of it) and, where lists are needed, a
 // k-sized heap — never a sort of the catalogue.
 //
@@ -6,7 +6,7 @@
 // N items. users (B·K, d) row-major, user b's interests at rows b·K ..< (b+1)·K;
 // items (N, d) row-major with row j holding item j + 1 (for a table with a padding row 0, pass
 // table + d); scores (B, N), column j = item j + 1. Multi-interest score = max over interests.
-import CBLAS
+import Numerics
 
 /// Scores and ranks users against the catalogue, reusing one workspace.
 public final class RankingEvaluator {
@@ -41,8 +41,7 @@ public final class RankingEvaluator {
         precondition(B >= 0 && B <= maxBatch, "batch \(B) exceeds maxBatch \(maxBatch)")
         let N = itemCount, K = interests, rowsBK = B * K
         if rowsBK > 0 {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rowsBK), Int32(N), Int32(dim),
-                        1, users, Int32(dim), items, Int32(dim), 0, scores, Int32(N))
+            sgemm(transB: true, M: rowsBK, N: N, K: dim, A: users, lda: dim, B: items, ldb: dim, C: scores, ldc: N)
         }
         if K > 1 {
             // Max over interests, written into rows 0..<B (row b reads rows bK..<bK+K, bK >= b).
@@ -106,21 +105,33 @@ public final class RankingEvaluator {
                             targets: UnsafePointer<Int32>, history: ((Int) -> ArraySlice<Int32>)? = nil,
                             into acc: inout MetricAccumulator, ranksOut: UnsafeMutablePointer<Int32>? = nil) {
         let N = itemCount
+        for b in 0..<B {
+            precondition(targets[b] >= 1 && Int(targets[b]) <= N, "target \(targets[b]) outside 1...\(N)")
+        }
+        let found = UnsafeMutablePointer<(rank: Int, greater: Int, equal: Int, candidates: Int)>.allocate(capacity: max(B, 1))
+        defer { found.deallocate() }
         withScores(users: users, count: B, items: items) { s in
-            for b in 0..<B {
-                let row = s + b * N, target = targets[b]
-                precondition(target >= 1 && Int(target) <= N, "target \(target) outside 1...\(N)")
-                var candidates = N
-                if maskHistory, let history {
-                    mask(row, history: history(b), target: target)
-                    candidates = 0
-                    for j in 0..<N where row[j] != -.infinity || j == Int(target) - 1 { candidates += 1 }
+            // users' rows are independent: rank them on all threads, then add their metrics in
+            // user order, so the sums are the same for every thread count
+            Threads.parallelFor(B, minPerChunk: max(1, 65_536 / N)) { lo, hi in
+                for b in lo..<hi {
+                    let row = s + b * N, target = targets[b]
+                    var candidates = N
+                    if maskHistory, let history {
+                        mask(row, history: history(b), target: target)
+                        candidates = 0
+                        for j in 0..<N where row[j] != -.infinity || j == Int(target) - 1 { candidates += 1 }
+                    }
+                    let r = Self.rank(row: row, N: N, target: Int(target))
+                    found[b] = (r.rank, r.greater, r.equal, candidates)
                 }
-                let r = Self.rank(row: row, N: N, target: Int(target))
-                ranksOut?[b] = Int32(r.rank)
-                acc.add(singleTargetMetrics(rank: r.rank, ks: ks, greater: r.greater, equal: r.equal,
-                                            candidates: candidates))
             }
+        }
+        for b in 0..<B {
+            let r = found[b]
+            ranksOut?[b] = Int32(r.rank)
+            acc.add(singleTargetMetrics(rank: r.rank, ks: ks, greater: r.greater, equal: r.equal,
+                                        candidates: r.candidates))
         }
     }
 

@@ -6,6 +6,11 @@
 // Buffers are row-major; a comment on each gives its shape.
 import CBLAS
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 #if arch(x86_64)
 import _Builtin_intrinsics.intel
 #endif
@@ -36,53 +41,77 @@ public final class Slab {
     deinit { base.deallocate() }
 }
 
-/// Thread count used by OpenBLAS and by Winnow's own parallel loops. Results are reproducible
-/// for a fixed thread count (each parallel loop splits work into fixed, disjoint chunks).
+/// Thread count of Winnow's parallel loops and products. Results are reproducible for a fixed
+/// thread count (every parallel loop and every split product uses fixed, disjoint chunks).
+///
+/// OpenBLAS itself always runs single-threaded: Winnow splits large products across its own
+/// threads (see `sgemm`). OpenBLAS's worker threads spin in `sched_yield` for about 0.1 s after
+/// each threaded call (its THREAD_TIMEOUT, settable only through the environment before the
+/// library loads), and on a machine with as many threads as cores they took the cores that the
+/// next parallel loop's chunks needed: GRU4Rec training ran about 15 % faster without them.
 public enum Threads {
     nonisolated(unsafe) public private(set) static var count = 1
 
-    /// Sets the OpenBLAS thread count and Winnow's own; call before building models.
+    /// Sets Winnow's thread count; call before building models.
     public static func set(_ n: Int) {
         precondition(n >= 1, "thread count must be >= 1")
         count = n
-        openblas_set_num_threads(Int32(n))
+        _ = serialBLAS
     }
 
-    /// Runs `body(chunk, lo, hi)` over `0..<n` split into `Threads.count` contiguous chunks.
+    /// OpenBLAS at one thread, once per process (also for processes that never call `set`).
+    static let serialBLAS: Void = { openblas_set_num_threads(1) }()
+
+    /// Runs `body(chunk, lo, hi)` over `0..<n` split into at most `Threads.count` contiguous
+    /// chunks of at least `minPerChunk`; the chunk index runs 0..<chunks(n, minPerChunk:).
+    /// Products inside a chunk run on that chunk's thread.
     @inline(__always)
-    public static func parallelFor(_ n: Int, minPerChunk: Int = 1, _ body: (Int, Int) -> Void) {
-        let chunks = min(count, max(1, n / max(minPerChunk, 1)))
-        if chunks <= 1 { body(0, n); return }
+    public static func parallelFor(_ n: Int, minPerChunk: Int = 1, _ body: (_ chunk: Int, _ lo: Int, _ hi: Int) -> Void) {
+        let chunks = chunks(n, minPerChunk: minPerChunk)
+        if chunks <= 1 || ParallelRegion.inside { body(0, 0, n); return }
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let lo = n * c / chunks, hi = n * (c + 1) / chunks
-            if lo < hi { body(lo, hi) }
+            if lo < hi { ParallelRegion.enter { body(c, lo, hi) } }
         }
     }
+
+    /// Runs `body(lo, hi)` over `0..<n` split as `parallelFor(_:minPerChunk:_:)` splits it.
+    @inline(__always)
+    public static func parallelFor(_ n: Int, minPerChunk: Int = 1, _ body: (_ lo: Int, _ hi: Int) -> Void) {
+        parallelFor(n, minPerChunk: minPerChunk) { (_: Int, lo: Int, hi: Int) in body(lo, hi) }
+    }
+
+    /// How many chunks `parallelFor` splits `0..<n` into.
+    public static func chunks(_ n: Int, minPerChunk: Int = 1) -> Int { min(count, max(1, n / max(minPerChunk, 1))) }
 }
 
-extension Threads {
-    /// How many chunks `parallelFor` and `parallelForSerialBLAS` split `0..<n` into.
-    public static func chunks(_ n: Int, minPerChunk: Int = 1) -> Int { min(count, max(1, n / max(minPerChunk, 1))) }
+/// Marks threads while they run a chunk of a parallel loop, so that work nested in a chunk
+/// (a product, another loop) stays on that thread instead of splitting again.
+enum ParallelRegion {
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create failed")
+        return key
+    }()
 
-    /// As `parallelFor`, but `body(chunk, lo, hi)` also gets its chunk's index, and OpenBLAS is
-    /// held at one thread while the chunks run, so that each chunk can call `sgemm` on its own
-    /// part of the work. (Otherwise every chunk's sgemm would hand work to OpenBLAS's threads,
-    /// which then spin in sched_yield for the cores the chunks run on.) Chunks are
-    /// `parallelFor`'s: fixed for a thread count, so results are reproducible.
-    public static func parallelForSerialBLAS(_ n: Int, minPerChunk: Int = 1, _ body: (Int, Int, Int) -> Void) {
-        let chunks = chunks(n, minPerChunk: minPerChunk)
-        if chunks <= 1 { body(0, 0, n); return }
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(Int32(count)) }
-        DispatchQueue.concurrentPerform(iterations: chunks) { c in
-            let lo = n * c / chunks, hi = n * (c + 1) / chunks
-            if lo < hi { body(c, lo, hi) }
-        }
+    static var inside: Bool { pthread_getspecific(key) != nil }
+
+    @inline(__always)
+    static func enter(_ body: () -> Void) {
+        let outer = pthread_getspecific(key)
+        pthread_setspecific(key, UnsafeRawPointer(bitPattern: 1))
+        body()
+        pthread_setspecific(key, outer)
     }
 }
 
 /// C (M, N) = alpha · op(A) · op(B) + beta · C, row-major; op transposes when the flag is set.
 /// A is (M, K) or, transposed, (K, M) with leading dimension lda; likewise B (K, N) / (N, K).
+///
+/// Outside a parallel loop, a product of at least 2^20 multiply-adds is split into one block of
+/// rows (or of columns, when N > M) per thread, each block an OpenBLAS call of its own. Every
+/// element of C is still computed by one call over the whole K, in a split fixed by the thread
+/// count.
 @inline(__always)
 public func sgemm(transA: Bool = false, transB: Bool = false, M: Int, N: Int, K: Int,
                   alpha: Float = 1, A: UnsafePointer<Float>, lda: Int,
@@ -94,6 +123,31 @@ public func sgemm(transA: Bool = false, transB: Bool = false, M: Int, N: Int, K:
         else if beta != 1 { for i in 0..<M { for j in 0..<N { C[i * ldc + j] *= beta } } }
         return
     }
+    _ = Threads.serialBLAS
+    let blocks = Threads.count
+    if blocks > 1 && M * N * K >= 1 << 20 && max(M, N) >= 16 * blocks && !ParallelRegion.inside {
+        let splitRows = M >= N, length = splitRows ? M : N
+        DispatchQueue.concurrentPerform(iterations: blocks) { c in
+            // block edges on multiples of 8 so that every block but the last fills whole kernel tiles
+            let lo = (length * c / blocks) & ~7, hi = c == blocks - 1 ? length : (length * (c + 1) / blocks) & ~7
+            guard lo < hi else { return }
+            if splitRows {
+                let a = transA ? A + lo : A + lo * lda
+                blasSgemm(transA, transB, hi - lo, N, K, alpha, a, lda, B, ldb, beta, C + lo * ldc, ldc)
+            } else {
+                let b = transB ? B + lo * ldb : B + lo
+                blasSgemm(transA, transB, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc)
+            }
+        }
+        return
+    }
+    blasSgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+}
+
+@inline(__always)
+private func blasSgemm(_ transA: Bool, _ transB: Bool, _ M: Int, _ N: Int, _ K: Int, _ alpha: Float,
+                       _ A: UnsafePointer<Float>, _ lda: Int, _ B: UnsafePointer<Float>, _ ldb: Int,
+                       _ beta: Float, _ C: Floats, _ ldc: Int) {
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                 Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), beta, C, Int32(ldc))
 }

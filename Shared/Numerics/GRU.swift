@@ -8,7 +8,7 @@
 //
 // Rows of the batch never mix in the recurrence, so forward and backward split the batch into
 // one contiguous chunk per thread, and each thread runs every time step of its chunk on its
-// own: one small sgemm per step (OpenBLAS single-threaded, see Threads.parallelForSerialBLAS)
+// own: one small sgemm per step (on the chunk's thread, see Threads.parallelFor)
 // and the gate arithmetic, with no synchronisation between steps. Everything that mixes rows
 // is done outside the recurrence, over all steps at once: the input projections (forward),
 // and the weight and bias gradients (backward: one sgemm for W_hh over all steps instead of
@@ -52,7 +52,7 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
     out.update(repeating: 0, count: B * T * H)
     // input projections for every position at once (rows mix here: OpenBLAS's own threads)
     linearForward(out: gates, inp: inp, weight: wih, bias: bih, N: B * T, C: I, OC: H3)
-    Threads.parallelForSerialBLAS(B, minPerChunk: 16) { _, lo, hi in
+    Threads.parallelFor(B, minPerChunk: 16) { _, lo, hi in
         let rows = hi - lo
         for t in 0..<steps {
             // gh_t = b_hh + h_{t−1} · W_hhᵀ for this chunk's rows (h_{−1} = 0)
@@ -103,7 +103,7 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
     dh.update(repeating: 0, count: B * H)
     // the recurrence, per chunk of rows: dgi = d(input pre-activations), dgh = d(gh), and
     // dh ← dh_t · ∂h_t/∂h_{t−1} = dh_t ⊙ z + dgh_t · W_hh
-    Threads.parallelForSerialBLAS(B, minPerChunk: 16) { _, lo, hi in
+    Threads.parallelFor(B, minPerChunk: 16) { _, lo, hi in
         var t = steps - 1
         while t >= 0 {
             for b in lo..<hi {

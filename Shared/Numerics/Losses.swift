@@ -92,8 +92,8 @@ public func tableSoftmaxScratchCount(B: Int, N: Int, tile: Int) -> Int { B * (2 
 ///     dTable[tile] += gradientᵀ · user and dUser += gradient · table[tile].
 /// The B·N scores are written once and read once (the unfused path writes them in one product,
 /// passes over them three times for the softmax and reads them in two more products).
-/// Tiles are split over threads with OpenBLAS single-threaded inside (see
-/// `Threads.parallelForSerialBLAS`); each thread chunk sums its own dUser, and the chunks' sums
+/// Tiles are split over threads, each tile's products on its chunk's thread (see
+/// `Threads.parallelFor`); each thread chunk sums its own dUser, and the chunks' sums
 /// are added in chunk order, so results are reproducible for a thread count.
 /// targets (B) are row indices 0..<N, or < 0 to skip a row (loss 0, no gradient). scores (B, N)
 /// is left holding the gradient on the scores; dUser (B, C) is overwritten; dTable accumulates.
@@ -107,7 +107,7 @@ public func tableSoftmaxCrossEntropy(losses: Floats, scores: Floats, dUser: Floa
     // (B, tiles) maxima; (B, tiles) sums, then each tile's factor w · e^(m − lse); (B) target scores
     let tm = scratch, ts = scratch + B * tiles, ty = scratch + 2 * B * tiles
     ty.update(repeating: 0, count: B)
-    Threads.parallelForSerialBLAS(tiles) { _, lo, hi in
+    Threads.parallelFor(tiles) { _, lo, hi in
         for t in lo..<hi {
             let j0 = t * tile, nb = min(tile, N - j0)
             sgemm(transB: true, M: B, N: nb, K: C, A: user, lda: C, B: table + j0 * C, ldb: C, C: scores + j0, ldc: N)
@@ -134,7 +134,7 @@ public func tableSoftmaxCrossEntropy(losses: Floats, scores: Floats, dUser: Floa
     let chunks = Threads.chunks(tiles)
     let partials: Floats? = chunks > 1 ? .allocate(capacity: (chunks - 1) * B * C) : nil
     defer { partials?.deallocate() }
-    Threads.parallelForSerialBLAS(tiles) { c, lo, hi in
+    Threads.parallelFor(tiles) { c, lo, hi in
         let du = c == 0 ? dUser : partials! + (c - 1) * B * C
         for t in lo..<hi {
             let j0 = t * tile, nb = min(tile, N - j0)

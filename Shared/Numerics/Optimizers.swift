@@ -98,6 +98,22 @@ public final class Adam {
     }
 
     public func reset() { step = 0; state.zero() }
+
+    /// The moments m and v in the parameter file format (entries "m" and "v", each of the
+    /// parameter count), for checkpoints; the step count is kept by the caller.
+    public func momentsSerialized() -> [UInt8] {
+        let moments = ParameterSet([("m", [parameters.count]), ("v", [parameters.count])])
+        moments.values.update(from: state.base, count: 2 * parameters.count)
+        return moments.serialized()
+    }
+
+    /// Puts back moments from `momentsSerialized()` and the step count they were taken at.
+    public func restore(moments bytes: [UInt8], step: Int) throws(ParameterFileError) {
+        let moments = ParameterSet([("m", [parameters.count]), ("v", [parameters.count])])
+        try moments.load(bytes: bytes)
+        state.base.update(from: moments.values, count: 2 * parameters.count)
+        self.step = step
+    }
 }
 
 /// Adagrad as PyTorch's `torch.optim.Adagrad` (no lr decay, accumulator starts at `initialAccumulator`).

@@ -18,6 +18,19 @@ public struct RNG: RandomNumberGenerator, Sendable {
         s0 = splitmix(); s1 = splitmix(); s2 = splitmix(); s3 = splitmix()
     }
 
+    /// The generator's whole state (four words, then 1 and the spare normal's bits when one is
+    /// held, else 0 and 0), for checkpoints: `RNG(state:)` continues the sequence exactly.
+    public var state: [UInt64] {
+        [s0, s1, s2, s3, spareNormal == nil ? 0 : 1, UInt64(spareNormal?.bitPattern ?? 0)]
+    }
+
+    /// A generator that continues from a `state` taken earlier; nil if the words are not one.
+    public init?(state: [UInt64]) {
+        guard state.count == 6, state[4] <= 1, state[0...3].contains(where: { $0 != 0 }) else { return nil }
+        s0 = state[0]; s1 = state[1]; s2 = state[2]; s3 = state[3]
+        spareNormal = state[4] == 1 ? Float(bitPattern: UInt32(truncatingIfNeeded: state[5])) : nil
+    }
+
     /// A generator for a named sub-stream, independent of how much this one has been used.
     public func derived(_ stream: UInt64) -> RNG {
         RNG(seed: (s0 ^ (stream &* 0xD1B5_4A32_D192_ED03)) &+ s3)

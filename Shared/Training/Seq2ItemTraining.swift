@@ -113,15 +113,24 @@ public final class Seq2ItemTraining {
     }
 
     /// Runs training to early stop (or maxEpochs), restores the best weights, evaluates.
-    public func run() -> TrainingResult {
+    ///
+    /// With a `checkpoint` path, the run's state is saved there after every epoch, and a run
+    /// started with an existing file continues from it: the figures are those of a run that
+    /// never stopped (same seed and thread count), and `seconds` counts every part. A file
+    /// that is corrupt or belongs to another configuration is an error, and nothing is trained.
+    public func run(checkpoint: String? = nil) throws(CheckpointError) -> TrainingResult {
         let start = Date()
         let B = config.batchSize, T = config.maxLength
         var batcher = Batcher(data: data, instances: split.train, maxLength: T, batchSize: B, padding: .right, seed: config.seed)
         var items = [Int32](repeating: 0, count: B * T), lengths = [Int32](repeating: 0, count: B), targets = [Int32](repeating: 0, count: B)
         let best = model.parameters.clone()
-        var bestNDCG = -1.0, bestEpoch = 0, bad = 0, epochs = 0
-        var log: [EpochLog] = []
-        for epoch in 1...max(1, config.maxEpochs) {
+        var loop = LoopState()
+        if let checkpoint, FileManager.default.fileExists(atPath: checkpoint) {
+            loop = try loadCheckpoint(from: checkpoint, batcher: &batcher, best: best)
+            progress?("checkpoint: continuing after epoch \(loop.epoch) from \(checkpoint)")
+        }
+        while !loop.stopped && loop.epoch < max(1, config.maxEpochs) {
+            let epoch = loop.epoch + 1
             let t0 = Date()
             batcher.shuffle()
             var total = 0.0
@@ -130,27 +139,32 @@ public final class Seq2ItemTraining {
                 total += step.step(items: items, lengths: lengths, targets: targets, B: n)
             }
             let valid = evaluate(split.validation)
-            epochs = epoch
+            loop.epoch = epoch
             let entry = EpochLog(epoch: epoch, loss: total / Double(max(batcher.batchCount, 1)),
                                  validNDCG10: valid["ndcg@10"] ?? 0, validHR10: valid["hr@10"] ?? 0,
                                  seconds: Date().timeIntervalSince(t0))
-            log.append(entry)
+            loop.log.append(entry)
             progress?(String(format: "epoch %d  loss %.4f  valid ndcg@10 %.4f  hr@10 %.4f  %.1fs",
                              epoch, entry.loss, entry.validNDCG10, entry.validHR10, entry.seconds))
-            if entry.validNDCG10 > bestNDCG {
-                bestNDCG = entry.validNDCG10; bestEpoch = epoch; bad = 0
+            if entry.validNDCG10 > loop.bestNDCG {
+                loop.bestNDCG = entry.validNDCG10; loop.bestEpoch = epoch; loop.epochsWithoutGain = 0
                 best.copyValues(from: model.parameters)
             } else {
-                bad += 1
-                if bad >= config.patience { break }
+                loop.epochsWithoutGain += 1
+                loop.stopped = loop.epochsWithoutGain >= config.patience
+            }
+            if let checkpoint {
+                try saveCheckpoint(to: checkpoint, loop: loop, seconds: loop.secondsBefore + Date().timeIntervalSince(start),
+                                   batcher: batcher, best: best)
             }
         }
         model.parameters.copyValues(from: best)
         let valid = evaluate(split.validation), test = evaluate(split.test)
-        return TrainingResult(model: config.model.rawValue, seed: config.seed, epochs: epochs, bestEpoch: bestEpoch,
-                              valid: valid, test: test, seconds: Date().timeIntervalSince(start), threads: Threads.count,
+        return TrainingResult(model: config.model.rawValue, seed: config.seed, epochs: loop.epoch, bestEpoch: loop.bestEpoch,
+                              valid: valid, test: test, seconds: loop.secondsBefore + Date().timeIntervalSince(start),
+                              threads: Threads.count,
                               maxLen: T, data: ["users": data.userCount, "items": data.itemCount,
                                                 "interactions": data.interactionCount, "train_instances": split.train.count],
-                              log: log)
+                              log: loop.log)
     }
 }

@@ -34,7 +34,8 @@ public final class TrainStep {
     public let objective: Objective
     private let full: FullSoftmaxHead?
     private let sampled: SampledSoftmaxHead?
-    private var rng: RNG
+    /// Draws the sampled softmax's negatives (kept in checkpoints).
+    public var samplerRNG: RNG
 
     public init(model: Backbone, objective: Objective = .fullSoftmax, learningRate: Float = 1e-3,
                 weightDecay: Float = 0, seed: UInt64) {
@@ -48,7 +49,7 @@ public final class TrainStep {
             precondition(model.interests == 1, "sampled softmax supports one user vector per sequence")
             sampled = SampledSoftmaxHead(itemCount: model.itemCount, dim: model.dim, negatives: S, sampler: sampler); full = nil
         }
-        rng = RNG(seed: seed).derived(0x5A3)
+        samplerRNG = RNG(seed: seed).derived(0x5A3)
     }
 
     /// Per-example losses (B) of the last step.
@@ -72,7 +73,7 @@ public final class TrainStep {
             dUser = UnsafePointer(full.dUser)
         } else {
             loss = sampled!.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, targets: targets,
-                                         weights: weights, scale: scale, B: B, rng: &rng)
+                                         weights: weights, scale: scale, B: B, rng: &samplerRNG)
             dUser = UnsafePointer(sampled!.dUser)
         }
         model.backward(dUser: dUser)

@@ -24,7 +24,7 @@ final class TrainingTests: XCTestCase {
         Threads.set(threads)
         var cfg = TrainingConfig(model: kind)
         cfg.seed = seed; cfg.maxEpochs = epochs; cfg.batchSize = 64; cfg.maxLength = 8
-        return Seq2ItemTraining(data: syntheticData(), config: cfg).run()
+        return try! Seq2ItemTraining(data: syntheticData(), config: cfg).run()
     }
 
     func testSameSeedAndThreadsGiveIdenticalMetrics() {
@@ -56,7 +56,7 @@ final class TrainingTests: XCTestCase {
         Threads.set(1)
         var cfg = TrainingConfig(model: .gru4rec)
         cfg.maxEpochs = 200; cfg.patience = 2; cfg.batchSize = 64; cfg.maxLength = 8; cfg.learningRate = 0
-        let r = Seq2ItemTraining(data: syntheticData(), config: cfg).run()
+        let r = try! Seq2ItemTraining(data: syntheticData(), config: cfg).run()
         // with a zero learning rate nothing improves after epoch 1
         XCTAssertEqual(r.bestEpoch, 1)
         XCTAssertEqual(r.epochs, 3)
@@ -73,7 +73,7 @@ final class TrainingTests: XCTestCase {
         Threads.set(1)
         var cfg = TrainingConfig(model: .gru4rec)
         cfg.maxEpochs = 3; cfg.batchSize = 64; cfg.maxLength = 8; cfg.objective = .sampledSoftmax(negatives: 10, popularity: true)
-        let r = Seq2ItemTraining(data: syntheticData(), config: cfg).run()
+        let r = try! Seq2ItemTraining(data: syntheticData(), config: cfg).run()
         XCTAssertLessThan(r.log.last!.loss, r.log.first!.loss)
     }
 }

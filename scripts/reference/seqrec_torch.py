@@ -26,7 +26,11 @@ Implements the experiment protocol of the project's contracts, independently of 
 
 Usage:
   seqrec_torch.py --model sasrec|gru4rec --seed N --threads T --json FILE [--epochs N]
-                  [--data FILE.inter] [--patience N]
+                  [--data FILE.inter] [--patience N] [--checkpoint FILE]
+
+With --checkpoint, the run's whole state (weights, optimiser, both generators, early-stopping
+counters, the epoch log) is written to FILE after every epoch, and a run started with an
+existing FILE continues from it, giving the same figures as a run that never stopped.
 """
 import argparse
 import copy
@@ -271,6 +275,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--data", default=None, help="ml-100k.inter (default: scripts/fetch-ml100k)")
+    ap.add_argument("--checkpoint", default=None, metavar="FILE",
+                    help="save the run's state after every epoch; continue from FILE if it exists")
     ap.add_argument("--dump-sequences", default=None, metavar="FILE",
                     help="write the remapped sequences (one user per line: user token, then "
                          "item-token=id pairs in time order) and exit")
@@ -302,8 +308,39 @@ def main():
     seq, lens, target = data["train"]
 
     best, best_epoch, best_state, bad, log = -1.0, 0, None, 0, []
-    epochs_run = 0
-    for epoch in range(1, args.epochs + 1):
+    epochs_run, stopped, spent = 0, False, 0.0
+    # what must match for a checkpoint to continue this run
+    fingerprint = {"model": args.model, "seed": args.seed, "threads": args.threads,
+                   "patience": args.patience, "users": len(sequences), "items": n_items,
+                   "interactions": n_rows, "train_instances": n_train}
+    if args.checkpoint and os.path.exists(args.checkpoint):
+        ck = torch.load(args.checkpoint, weights_only=False)
+        for k, v in fingerprint.items():
+            if ck["fingerprint"].get(k) != v:
+                sys.exit(f"{args.checkpoint}: checkpoint has {k} = {ck['fingerprint'].get(k)!r}, "
+                         f"this run {v!r}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["shuffle_generator"])
+        torch.set_rng_state(ck["torch_generator"])
+        best, best_epoch, best_state, bad = ck["best"], ck["best_epoch"], ck["best_state"], ck["bad"]
+        log, epochs_run, stopped, spent = ck["log"], ck["epoch"], ck["stopped"], ck["seconds"]
+        start -= spent
+        print(f"checkpoint: continuing after epoch {epochs_run} from {args.checkpoint}", flush=True)
+
+    def save_checkpoint():
+        if not args.checkpoint:
+            return
+        torch.save({"fingerprint": fingerprint, "epoch": epochs_run, "stopped": stopped,
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "shuffle_generator": gen.get_state(), "torch_generator": torch.get_rng_state(),
+                    "best": best, "best_epoch": best_epoch, "best_state": best_state, "bad": bad,
+                    "log": log, "seconds": time.time() - start}, args.checkpoint + ".partial")
+        os.replace(args.checkpoint + ".partial", args.checkpoint)
+
+    for epoch in range(epochs_run + 1, args.epochs + 1):
+        if stopped:
+            break
         t0 = time.time()
         model.train()
         perm = torch.randperm(n_train, generator=gen)
@@ -330,8 +367,10 @@ def main():
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
-            if bad >= args.patience:
-                break
+            stopped = bad >= args.patience
+        save_checkpoint()
+        if stopped:
+            break
 
     model.load_state_dict(best_state)
     result = {

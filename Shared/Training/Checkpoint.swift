@@ -1,0 +1,181 @@
+// A seq2item run's checkpoint: everything the training loop needs to go on after a stop exactly
+// as if it had not stopped — current and best weights, Adam's moments and step, the dropout,
+// negative-sampling and shuffle generators, the batch order, the early-stopping counters and the
+// epoch log. Runs of the protocol last hours on a small machine; a checkpoint written after every
+// epoch turns a lost process into a lost epoch.
+//
+// File layout (little-endian), written to a temporary file and renamed over the old one, so a
+// stop while writing leaves the previous checkpoint whole:
+//   "WNWC" | u32 version | u32 section count | per section: u64 byte count, bytes
+//   | CRC-32 (IEEE) of all preceding bytes, u32
+// Sections: 0 the state as JSON, 1 current weights, 2 best weights, 3 Adam's moments (1–3 in
+// the parameter file format, each with its own checksum).
+import Foundation
+import Numerics
+import Data
+
+/// The small part of a checkpoint, kept as JSON.
+struct CheckpointState: Codable {
+    /// What must match for a run to continue from this checkpoint.
+    var fingerprint: [String: String]
+    /// Epochs completed.
+    var epoch: Int
+    /// Whether early stopping ended the run (then only the final evaluation is left).
+    var stopped: Bool
+    var bestNDCG: Double
+    var bestEpoch: Int
+    var epochsWithoutGain: Int
+    /// Seconds spent up to the checkpoint, over every process that worked on the run.
+    var seconds: Double
+    var adamStep: Int
+    /// Generator states in hex (JSON numbers cannot hold every UInt64 exactly).
+    var modelRNG: [String]
+    var samplerRNG: [String]
+    var shufflePosition: String
+    var order: [Int32]
+    var log: [EpochLog]
+}
+
+/// Why a checkpoint could not be read or does not belong to this run.
+public enum CheckpointError: Error, CustomStringConvertible, Equatable {
+    case io(path: String, reason: String)
+    case corrupt(path: String, reason: String)
+    /// The checkpoint was written by a run with another configuration or dataset.
+    case mismatch(path: String, field: String, stored: String, current: String)
+
+    public var description: String {
+        switch self {
+        case .io(let p, let r): return "\(p): \(r)"
+        case .corrupt(let p, let r): return "\(p): not a usable checkpoint: \(r)"
+        case .mismatch(let p, let f, let s, let c):
+            return "\(p): checkpoint belongs to another run: \(f) is \(s) there, \(c) here (delete the file to start over)"
+        }
+    }
+}
+
+enum CheckpointFile {
+    static let magic: [UInt8] = Array("WNWC".utf8)
+    static let version: UInt32 = 1
+
+    static func encode(_ sections: [[UInt8]]) -> [UInt8] {
+        var out = magic
+        func append<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        append(version)
+        append(UInt32(sections.count))
+        for s in sections { append(UInt64(s.count)); out += s }
+        append(CRC32.checksum(out))
+        return out
+    }
+
+    static func decode(_ bytes: [UInt8], path: String) throws(CheckpointError) -> [[UInt8]] {
+        func corrupt(_ why: String) -> CheckpointError { .corrupt(path: path, reason: why) }
+        guard bytes.count >= 16, Array(bytes[0..<4]) == magic else { throw corrupt("not a Winnow checkpoint (bad magic)") }
+        func int<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T {
+            bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: T.self)) }
+        }
+        let v = int(4, UInt32.self)
+        guard v == version else { throw corrupt("format version \(v), this build reads \(version)") }
+        let stored = int(bytes.count - 4, UInt32.self), computed = CRC32.checksum(bytes[0..<(bytes.count - 4)])
+        guard stored == computed else {
+            throw corrupt("checksum \(String(stored, radix: 16)) stored, \(String(computed, radix: 16)) computed")
+        }
+        let count = Int(int(8, UInt32.self))
+        var at = 12, sections: [[UInt8]] = []
+        for i in 0..<count {
+            guard at + 8 <= bytes.count - 4 else { throw corrupt("section \(i) starts past the end") }
+            let n = int(at, UInt64.self)
+            at += 8
+            guard n <= UInt64(bytes.count - 4 - at) else { throw corrupt("section \(i) runs past the end") }
+            sections.append(Array(bytes[at..<(at + Int(n))]))
+            at += Int(n)
+        }
+        guard at == bytes.count - 4 else { throw corrupt("\(bytes.count - 4 - at) bytes after the last section") }
+        return sections
+    }
+}
+
+extension Seq2ItemTraining {
+    /// What a checkpoint must share with this run to continue it. The epoch limit may differ
+    /// (a stopped run can be given more epochs); the thread count may not, since results are
+    /// reproducible only for a fixed one.
+    var fingerprint: [String: String] {
+        let objective: String
+        switch config.objective {
+        case .fullSoftmax: objective = "full-softmax"
+        case .sampledSoftmax(let n, let popularity): objective = "sampled-softmax-\(n)-\(popularity ? "popularity" : "uniform")"
+        }
+        return ["model": config.model.rawValue, "seed": "\(config.seed)", "patience": "\(config.patience)",
+                "batch_size": "\(config.batchSize)", "max_length": "\(config.maxLength)",
+                "learning_rate": "\(config.learningRate)", "weight_decay": "\(config.weightDecay)",
+                "objective": objective, "threads": "\(Threads.count)", "users": "\(data.userCount)",
+                "items": "\(data.itemCount)", "interactions": "\(data.interactionCount)",
+                "train_instances": "\(split.train.count)"]
+    }
+}
+
+/// The training loop's state between epochs, as `Seq2ItemTraining.run` keeps it.
+struct LoopState {
+    var epoch = 0
+    var stopped = false
+    var bestNDCG = -1.0
+    var bestEpoch = 0
+    var epochsWithoutGain = 0
+    var secondsBefore = 0.0
+    var log: [EpochLog] = []
+}
+
+extension Seq2ItemTraining {
+    func saveCheckpoint(to path: String, loop: LoopState, seconds: Double, batcher: Batcher, best: ParameterSet) throws(CheckpointError) {
+        let hex = { (words: [UInt64]) in words.map { String($0, radix: 16) } }
+        let state = CheckpointState(fingerprint: fingerprint, epoch: loop.epoch, stopped: loop.stopped,
+                                    bestNDCG: loop.bestNDCG, bestEpoch: loop.bestEpoch,
+                                    epochsWithoutGain: loop.epochsWithoutGain, seconds: seconds,
+                                    adamStep: step.optimizer.step, modelRNG: hex(model.rng.state),
+                                    samplerRNG: hex(step.samplerRNG.state),
+                                    shufflePosition: String(batcher.shufflePosition, radix: 16),
+                                    order: batcher.order, log: loop.log)
+        let json: Data
+        do { json = try JSONEncoder().encode(state) } catch { throw .io(path: path, reason: "cannot encode state: \(error)") }
+        let bytes = CheckpointFile.encode([[UInt8](json), model.parameters.serialized(), best.serialized(),
+                                           step.optimizer.momentsSerialized()])
+        do { try Data(bytes).write(to: URL(fileURLWithPath: path), options: .atomic) }
+        catch { throw .io(path: path, reason: "cannot write checkpoint: \(error)") }
+    }
+
+    /// Loads a checkpoint into the model, optimiser, generators, `batcher` and `best`, and
+    /// returns the loop state. Nothing is changed when the file is unusable or foreign.
+    func loadCheckpoint(from path: String, batcher: inout Batcher, best: ParameterSet) throws(CheckpointError) -> LoopState {
+        guard let data = FileManager.default.contents(atPath: path) else { throw .io(path: path, reason: "cannot read checkpoint") }
+        let sections = try CheckpointFile.decode([UInt8](data), path: path)
+        func corrupt(_ why: String) -> CheckpointError { .corrupt(path: path, reason: why) }
+        guard sections.count == 4 else { throw corrupt("\(sections.count) sections, expected 4") }
+        let state: CheckpointState
+        do { state = try JSONDecoder().decode(CheckpointState.self, from: Data(sections[0])) }
+        catch { throw corrupt("state: \(error)") }
+        let mine = fingerprint
+        for key in mine.keys.sorted() where state.fingerprint[key] != mine[key] {
+            throw .mismatch(path: path, field: key, stored: state.fingerprint[key] ?? "absent", current: mine[key]!)
+        }
+        let words = { (hex: [String]) in hex.compactMap { UInt64($0, radix: 16) } }
+        guard let modelRNG = RNG(state: words(state.modelRNG)), let samplerRNG = RNG(state: words(state.samplerRNG)),
+              let shuffle = UInt64(state.shufflePosition, radix: 16) else { throw corrupt("bad generator state") }
+        // Check everything against scratch copies first, so a bad section changes nothing.
+        let current = model.parameters.clone(), bestCopy = best.clone()
+        do {
+            try current.load(bytes: sections[1])
+            try bestCopy.load(bytes: sections[2])
+        } catch { throw corrupt("weights: \(error)") }
+        var order = batcher
+        guard order.restore(order: state.order, shufflePosition: shuffle) else { throw corrupt("batch order is not a permutation of the training instances") }
+        // (restore checks the moments completely before it writes any)
+        do { try step.optimizer.restore(moments: sections[3], step: state.adamStep) }
+        catch { throw corrupt("optimiser: \(error)") }
+        model.parameters.copyValues(from: current)
+        best.copyValues(from: bestCopy)
+        batcher = order
+        model.rng = modelRNG
+        step.samplerRNG = samplerRNG
+        return LoopState(epoch: state.epoch, stopped: state.stopped, bestNDCG: state.bestNDCG, bestEpoch: state.bestEpoch,
+                         epochsWithoutGain: state.epochsWithoutGain, secondsBefore: state.seconds, log: state.log)
+    }
+}
