@@ -46,7 +46,9 @@ struct ExperimentJob: ParsableCommand {
 /// WSLRec + CSRec composition) on one dataset, each backbone, several seeds. Hyper-parameters
 /// are chosen on validation only (the papers' grids with `--grid`), with the first seed; the
 /// chosen setting then runs every seed. Writes DIR/grid/…, DIR/runs/<model>/<method>/seed<k>.json
-/// and DIR/summary.json (mean ± std of the test metrics, wall time relative to base).
+/// and DIR/summary.json (mean ± std of the test metrics, wall time relative to base). Started
+/// again with the same DIR and settings, every fit stored there for the same job is read back
+/// instead of trained, so a stopped sweep continues where it stopped.
 struct ExperimentLabels: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "labels",
@@ -105,14 +107,22 @@ struct ExperimentLabels: ParsableCommand {
         log("data: \(data.userCount) users, \(data.itemCount) items, \(data.interactionCount) interactions")
         let proto = JobProtocol(rawValue: `protocol`)!
         let seedList = list(seeds).map { UInt64($0)! }
-        let fm = FileManager.default
-        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        func write<T: Encodable>(_ value: T, _ relative: String) throws {
-            let p = out + "/" + relative
-            try fm.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            try enc.encode(value).write(to: URL(fileURLWithPath: p), options: .atomic)
+        let settings = ["data": path, "users": "\(data.userCount)", "items": "\(data.itemCount)",
+                        "interactions": "\(data.interactionCount)", "protocol": `protocol`, "epochs": "\(epochs)",
+                        "patience": "\(patience)", "max_length": "\(maxLength)", "batch_size": "\(batchSize)"]
+        let directory: ExperimentDirectory
+        do { directory = try ExperimentDirectory(path: out, settings: settings) } catch { throw ValidationError("\(error)") }
+        func write<T: Encodable>(_ value: T, _ relative: String) throws { try directory.store(value, at: relative) }
+        /// A fit's result: read back when an earlier invocation stored it for the same job, else trained and stored.
+        func fit(_ job: JobConfig, _ relative: String, _ what: String, _ cache: TeacherCache) throws -> JobResult {
+            if let done = directory.stored(relative, as: JobResult.self), done.config == job {
+                log("\(what): stored in \(out)/\(relative), not trained again")
+                return done
+            }
+            log(what)
+            let r = try JobRunner.run(job, data: data, cache: cache, progress: quiet ? nil : log)
+            try write(r, relative)
+            return r
         }
         var rows: [SummaryRow] = []
         // WSLRec's protocol: HDR (Eq. 11–12) of each method's test top lists against base, BR and ItemCF.
@@ -147,9 +157,8 @@ struct ExperimentLabels: ParsableCommand {
                 if candidates.count > 1 {
                     for (i, m) in candidates.enumerated() {
                         var job = base; job.methods = m; job.loop.seed = seedList[0]
-                        log("[\(modelName) \(method)] grid \(i + 1)/\(candidates.count): \(LabelGrid.describe(m))")
-                        let r = try JobRunner.run(job, data: data, cache: cache, progress: quiet ? nil : log)
-                        try write(r, "grid/\(modelName)/\(method)/\(i).json")
+                        let r = try fit(job, "grid/\(modelName)/\(method)/\(i).json",
+                                        "[\(modelName) \(method)] grid \(i + 1)/\(candidates.count): \(LabelGrid.describe(m))", cache)
                         let score = r.valid[base.loop.selectMetric] ?? 0
                         if score > bestScore { bestScore = score; best = m; firstSeedRun = r }
                     }
@@ -159,10 +168,10 @@ struct ExperimentLabels: ParsableCommand {
                     let r: JobResult
                     if seed == seedList[0], let f = firstSeedRun { r = f } else {
                         var job = base; job.methods = best; job.loop.seed = seed
-                        log("[\(modelName) \(method)] seed \(seed): \(LabelGrid.describe(best))")
-                        r = try JobRunner.run(job, data: data, cache: cache, progress: quiet ? nil : log)
+                        r = try fit(job, "runs/\(modelName)/\(method)/seed\(seed).json",
+                                    "[\(modelName) \(method)] seed \(seed): \(LabelGrid.describe(best))", cache)
                     }
-                    try write(r, "runs/\(modelName)/\(method)/seed\(seed).json")
+                    if seed == seedList[0], firstSeedRun != nil { try write(r, "runs/\(modelName)/\(method)/seed\(seed).json") }
                     results.append(r)
                 }
                 let meanValid = results.map { $0.valid[base.loop.selectMetric] ?? 0 }.reduce(0, +) / Double(results.count)

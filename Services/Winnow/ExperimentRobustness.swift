@@ -19,7 +19,8 @@ struct ExperimentRobustness: ParsableCommand {
         For each corruption level p, round(p · C) of the C training clicks (validation and test items \
         untouched) are replaced by uniformly random different items; each method trains with early \
         stopping on validation NDCG@10 and is tested with its best weights. Writes runs.jsonl (one \
-        run per line), robustness.md (means ± std over seeds, relative drop vs p = 0, popular / niche \
+        run per line; started again with the same --out and settings, fits already in it are not \
+        trained again, so a stopped sweep continues where it stopped), robustness.md (means ± std over seeds, relative drop vs p = 0, popular / niche \
         users — test item in / outside the top 20 % of items by training frequency — recogniser AUC \
         for clean vs corrupted-target training sequences, wall time relative to base) and SVG plots. \
         Methods with CSRec (csrec, dss+csrec, atjt+csrec) share one teacher module per seed and \
@@ -111,12 +112,19 @@ struct ExperimentRobustness: ParsableCommand {
                   + "test users popular \(groupsByPopularity.popular.count), niche \(groupsByPopularity.niche.count)")
         }
         let runsPath = out + "/runs.jsonl"
-        FileManager.default.createFile(atPath: runsPath, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: runsPath))
-        defer { try? handle.close() }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        var runs: [RobustnessRun] = []
+        // Every setting a run depends on; seeds, levels and methods may grow between invocations.
+        var settings: [String: String] = [
+            "data": dataset ?? "synthetic \(synthetic ?? "")", "users": "\(clean.userCount)", "items": "\(clean.itemCount)",
+            "interactions": "\(clean.interactionCount)", "model": model, "epochs": "\(epochs)", "patience": "\(patience)",
+            "batch_size": "\(batchSize)", "max_length": "\(maxLength)", "lr": "\(lr)", "dim": dim.map(String.init) ?? "protocol",
+            "blocks": blocks.map(String.init) ?? "protocol", "interests": "\(interests)", "lambda": "\(lambda)", "alpha": "\(alpha)",
+            "groups": "\(groups)", "recogniser_lr": "\(recogniserLR)", "teachers": teachers, "beta": "\(beta)",
+            "temperature": "\(temperature)"]
+        settings["ufnrec"] = "m \(ufnrecM) alpha \(ufnrecAlpha) decay \(ufnrecDecay)"
+        let directory: ExperimentDirectory
+        do { directory = try ExperimentDirectory(path: out, settings: settings) } catch { throw ValidationError("\(error)") }
+        var runs = try directory.records("runs.jsonl", as: RobustnessRun.self)
+        if !runs.isEmpty && !quiet { print("\(runsPath): \(runs.count) runs from before; those fits are not trained again") }
         for seed in seedList {
             for level in levelList {
                 let (data, flags) = RobustnessData.corruptTrainingClicks(clean, fraction: level, seed: seed)
@@ -126,6 +134,7 @@ struct ExperimentRobustness: ParsableCommand {
                         if !quiet { print("\(method.rawValue): skipped for \(model) (DSS's encoder is SASRec)") }
                         continue
                     }
+                    if runs.contains(where: { $0.method == method.rawValue && $0.corruption == level && $0.seed == seed }) { continue }
                     var cfg = RobustnessConfig()
                     cfg.model = kind; cfg.maxLength = maxLength; cfg.batchSize = batchSize; cfg.maxEpochs = epochs
                     cfg.patience = patience; cfg.learningRate = lr; cfg.seed = seed; cfg.dim = dim; cfg.blocks = blocks
@@ -141,14 +150,15 @@ struct ExperimentRobustness: ParsableCommand {
                     let r = try RobustnessTrainer.run(method, data: data, corruption: level, noisy: flags, groups: groupsByPopularity, cfg: cfg,
                                                       teachers: method.usesCSRec ? teacherModule : nil)
                     runs.append(r)
-                    var line = try encoder.encode(r); line.append(0x0A)
-                    handle.write(line)
+                    try directory.append(r, to: "runs.jsonl")
                     print("\(method.rawValue) p=\(level) seed=\(seed): test ndcg@10 \(f4(r.test["ndcg@10"])) hr@10 \(f4(r.test["hr@10"])) "
                           + "mrr@10 \(f4(r.test["mrr@10"])) best epoch \(r.bestEpoch)/\(r.epochs) \(String(format: "%.1f", r.seconds)) s"
                           + (r.recogniserAUC.map { " recogniser AUC \(f4($0))" } ?? ""))
                 }
             }
         }
+        // the table covers this invocation's plan (the file may hold more seeds, levels or methods)
+        runs = runs.filter { r in seedList.contains(r.seed) && levelList.contains(r.corruption) && methodList.contains { $0.rawValue == r.method } }
         let table = RobustnessReport.markdown(runs, levels: levelList, methods: methodList.map(\.rawValue), command: CommandLine.arguments.joined(separator: " "))
         try table.write(toFile: out + "/robustness.md", atomically: true, encoding: .utf8)
         for (metric, title) in [("ndcg@10", "NDCG@10"), ("hr@10", "HR@10")] {
