@@ -36,7 +36,10 @@ public final class GRU4Rec: Backbone {
     private var last: Floats! = nil, user: Floats! = nil     // (B, Hd), (B, E)
     private var dLast: Floats! = nil, dOut: Floats! = nil, dIn: Floats! = nil, dEmb: Floats! = nil
     private var dgi: Floats! = nil, dgh: Floats! = nil, dh: Floats! = nil
-    private var lastItems: UnsafePointer<Int32>? = nil, lastLengths: UnsafePointer<Int32>? = nil, lastB = 0, lastSteps = 0
+    // The batch as the GRU runs it: rows arranged by GRUBatchOrder (order[p] = caller's row at
+    // position p), so that each row stops at its own length.
+    private var order: [Int] = [], rowItems: [Int32] = [], rowLengths: [Int32] = []
+    private var lastB = 0, lastSteps = 0, ready = false
 
     public init(_ config: GRU4RecConfig) {
         self.config = config
@@ -94,44 +97,56 @@ public final class GRU4Rec: Backbone {
             precondition(n >= 1 && n <= T, "sequence length must be in 1...maxLength")
             steps = max(steps, n)
         }
-        embeddingForward(out: emb, ids: items, table: itemTable, N: BT, C: E)
+        order = GRUBatchOrder.order(lengths: lengths, B: B)
+        if rowItems.count < BT { rowItems = [Int32](repeating: 0, count: BT); rowLengths = [Int32](repeating: 0, count: B) }
+        rowItems.withUnsafeMutableBufferPointer { ri in
+            for p in 0..<B {
+                (ri.baseAddress! + p * T).update(from: items + order[p] * T, count: T)
+                rowLengths[p] = lengths[order[p]]
+            }
+        }
+        embeddingForward(out: emb, ids: rowItems, table: itemTable, N: BT, C: E)
         dropoutForward(out: emb, mask: mask, inp: emb, p: training ? config.embeddingDropout : 0, n: BT * E, rng: &rng)
         var inp: Floats = emb, I = E
-        for l in 0..<config.layers {
-            let ps = parameters
-            gruForward(out: outs[l], gates: gates[l], gh: ghs[l], inp: inp, wih: ps.value("gru.\(l).weight_ih"),
-                       whh: ps.value("gru.\(l).weight_hh"), bih: bias("gru.\(l).bias_ih", ps.value), bhh: bias("gru.\(l).bias_hh", ps.value),
-                       steps: steps, B: B, T: T, I: I, H: Hd)
-            inp = outs[l]; I = Hd
+        rowLengths.withUnsafeBufferPointer { rl in
+            for l in 0..<config.layers {
+                let ps = parameters
+                gruForward(out: outs[l], gates: gates[l], gh: ghs[l], inp: inp, wih: ps.value("gru.\(l).weight_ih"),
+                           whh: ps.value("gru.\(l).weight_hh"), bih: bias("gru.\(l).bias_ih", ps.value), bhh: bias("gru.\(l).bias_hh", ps.value),
+                           steps: steps, lengths: rl.baseAddress!, B: B, T: T, I: I, H: Hd)
+                inp = outs[l]; I = Hd
+            }
         }
-        for b in 0..<B { (last + b * Hd).update(from: inp + (b * T + Int(lengths[b]) - 1) * Hd, count: Hd) }
+        for p in 0..<B { (last + order[p] * Hd).update(from: inp + (p * T + Int(rowLengths[p]) - 1) * Hd, count: Hd) }
         linearForward(out: user, inp: last, weight: parameters.value("dense.weight"), bias: parameters.value("dense.bias"), N: B, C: Hd, OC: E)
-        lastItems = items; lastLengths = lengths; lastB = B; lastSteps = steps
+        lastB = B; lastSteps = steps; ready = true
         return UnsafePointer(user)
     }
 
     public func backward(dUser: UnsafePointer<Float>) {
-        guard let items = lastItems, let lengths = lastLengths else { preconditionFailure("backward before forward") }
+        precondition(ready, "backward before forward")
         let B = lastB, T = config.maxLength, E = config.embedding, Hd = config.hidden, BT = B * T
         let ps = parameters
         dLast.update(repeating: 0, count: B * Hd)
         linearBackward(dinp: dLast, dweight: ps.grad("dense.weight"), dbias: ps.grad("dense.bias"), dout: dUser, inp: last,
                        weight: ps.value("dense.weight"), N: B, C: Hd, OC: E)
         dOut.update(repeating: 0, count: BT * Hd)
-        for b in 0..<B { (dOut + (b * T + Int(lengths[b]) - 1) * Hd).update(from: dLast + b * Hd, count: Hd) }
-        for l in stride(from: config.layers - 1, through: 0, by: -1) {
-            let inp: Floats = l == 0 ? emb : outs[l - 1], I = l == 0 ? E : Hd
-            let dinp: Floats = l == 0 ? dEmb : dIn
-            dinp.update(repeating: 0, count: BT * I)
-            gruBackward(dinp: dinp, dwih: ps.grad("gru.\(l).weight_ih"), dwhh: ps.grad("gru.\(l).weight_hh"),
-                        dbih: bias("gru.\(l).bias_ih", ps.grad), dbhh: bias("gru.\(l).bias_hh", ps.grad),
-                        dout: dOut, inp: inp, out: outs[l], gates: gates[l], gh: ghs[l],
-                        wih: ps.value("gru.\(l).weight_ih"), whh: ps.value("gru.\(l).weight_hh"),
-                        dgi: dgi, dgh: dgh, dh: dh, steps: lastSteps, B: B, T: T, I: I, H: Hd)
-            if l > 0 { swap(&dOut, &dIn) }
+        for p in 0..<B { (dOut + (p * T + Int(rowLengths[p]) - 1) * Hd).update(from: dLast + order[p] * Hd, count: Hd) }
+        rowLengths.withUnsafeBufferPointer { rl in
+            for l in stride(from: config.layers - 1, through: 0, by: -1) {
+                let inp: Floats = l == 0 ? emb : outs[l - 1], I = l == 0 ? E : Hd
+                let dinp: Floats = l == 0 ? dEmb : dIn
+                dinp.update(repeating: 0, count: BT * I)
+                gruBackward(dinp: dinp, dwih: ps.grad("gru.\(l).weight_ih"), dwhh: ps.grad("gru.\(l).weight_hh"),
+                            dbih: bias("gru.\(l).bias_ih", ps.grad), dbhh: bias("gru.\(l).bias_hh", ps.grad),
+                            dout: dOut, inp: inp, out: outs[l], gates: gates[l], gh: ghs[l],
+                            wih: ps.value("gru.\(l).weight_ih"), whh: ps.value("gru.\(l).weight_hh"),
+                            dgi: dgi, dgh: dgh, dh: dh, steps: lastSteps, lengths: rl.baseAddress!, B: B, T: T, I: I, H: Hd)
+                if l > 0 { swap(&dOut, &dIn) }
+            }
         }
         // dEmb holds d(dropped embeddings); through the dropout mask into the table
         for i in 0..<(BT * E) { dEmb[i] *= mask[i] }
-        embeddingBackward(dtable: itemTableGrad, dout: dEmb, ids: items, N: BT, C: E)
+        embeddingBackward(dtable: itemTableGrad, dout: dEmb, ids: rowItems, N: BT, C: E)
     }
 }

@@ -4,7 +4,13 @@
 // Shapes: inp (B, T, I); wih (3H, I); whh (3H, H); bih, bhh (3H) or nil; out (B, T, H);
 // caches gates (B, T, 3H) = r | z | n after activation, gh (B, T, 3H) = h·W_hᵀ + b_h.
 // Only the first `steps` positions are computed (steps = longest sequence in a right-padded
-// batch); later outputs stay 0. Multi-layer GRUs chain layers (out of one is inp of the next).
+// batch); later outputs stay 0. With `lengths`, row b stops after its own lengths[b] positions
+// (its later outputs stay 0 and get no gradient): the padding after a right-padded sequence
+// never reaches its last real position, so this skips work (a fifth of it on ML-100K's prefixes)
+// without changing any used output. Rows must then be ordered so that lengths do not increase
+// within each thread's chunk of the batch (`GRUBatchOrder` arranges a batch so); the rows still
+// running at a step are a prefix of the chunk, and one product serves them.
+// Multi-layer GRUs chain layers (out of one is inp of the next).
 //
 // Rows of the batch never mix in the recurrence, so forward and backward split the batch into
 // one contiguous chunk per thread, and each thread runs every time step of its chunk on its
@@ -44,18 +50,43 @@ import Darwin
     for l in 0..<(n - j) { p[j + l] = v[l] }
 }
 
+/// Rows of a chunk [lo, hi) still running at step t (a prefix of the chunk); `rows` is the
+/// count at the step before.
+@inline(__always)
+private func runningRows(_ rows: Int, lo: Int, t: Int, lengths: UnsafePointer<Int32>?) -> Int {
+    guard let lengths else { return rows }
+    var n = rows
+    while n > 0 && Int(lengths[lo + n - 1]) <= t { n -= 1 }
+    return n
+}
+
+/// Checks the order `lengths` must have: non-increasing within each chunk `parallelFor` makes.
+private func checkChunkOrder(_ lengths: UnsafePointer<Int32>?, B: Int) {
+    guard let lengths else { return }
+    let chunks = Threads.chunks(B, minPerChunk: GRUBatchOrder.minRowsPerChunk)
+    for c in 0..<chunks {
+        let lo = B * c / chunks, hi = B * (c + 1) / chunks
+        for b in (lo + 1)..<max(hi, lo + 1) {
+            precondition(lengths[b] <= lengths[b - 1], "GRU rows must be ordered by length within a chunk (see GRUBatchOrder)")
+        }
+    }
+}
+
 public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointer<Float>,
                        wih: UnsafePointer<Float>, whh: UnsafePointer<Float>,
                        bih: UnsafePointer<Float>?, bhh: UnsafePointer<Float>?,
-                       steps: Int, B: Int, T: Int, I: Int, H: Int) {
+                       steps: Int, lengths: UnsafePointer<Int32>? = nil, B: Int, T: Int, I: Int, H: Int) {
     let H3 = 3 * H
+    checkChunkOrder(lengths, B: B)
     out.update(repeating: 0, count: B * T * H)
-    // input projections for every position at once (rows mix here: OpenBLAS's own threads)
+    // input projections for every position at once (rows mix here)
     linearForward(out: gates, inp: inp, weight: wih, bias: bih, N: B * T, C: I, OC: H3)
-    Threads.parallelFor(B, minPerChunk: 16) { _, lo, hi in
-        let rows = hi - lo
+    Threads.parallelFor(B, minPerChunk: GRUBatchOrder.minRowsPerChunk) { _, lo, hi in
+        var rows = hi - lo
         for t in 0..<steps {
-            // gh_t = b_hh + h_{t−1} · W_hhᵀ for this chunk's rows (h_{−1} = 0)
+            rows = runningRows(rows, lo: lo, t: t, lengths: lengths)
+            if rows == 0 { break }
+            // gh_t = b_hh + h_{t−1} · W_hhᵀ for this chunk's running rows (h_{−1} = 0)
             let ght = gh + (lo * T + t) * H3
             for b in 0..<rows {
                 if let bhh { (ght + b * T * H3).update(from: bhh, count: H3) } else { (ght + b * T * H3).update(repeating: 0, count: H3) }
@@ -64,7 +95,7 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
                 sgemm(transB: true, M: rows, N: H3, K: H, A: out + (lo * T + t - 1) * H, lda: T * H, B: whh, ldb: H,
                       beta: 1, C: ght, ldc: T * H3)
             }
-            for b in lo..<hi {
+            for b in lo..<(lo + rows) {
                 let g = gates + (b * T + t) * H3, hh = UnsafePointer(gh + (b * T + t) * H3)
                 let o = out + (b * T + t) * H
                 let hp = UnsafePointer(out + (b * T + max(t - 1, 0)) * H)   // read only when t > 0
@@ -90,23 +121,26 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
                         gates: UnsafePointer<Float>, gh: UnsafePointer<Float>,
                         wih: UnsafePointer<Float>, whh: UnsafePointer<Float>,
                         dgi: Floats, dgh: Floats, dh: Floats,
-                        steps: Int, B: Int, T: Int, I: Int, H: Int) {
+                        steps: Int, lengths: UnsafePointer<Int32>? = nil, B: Int, T: Int, I: Int, H: Int) {
     let H3 = 3 * H
-    // positions from `steps` on get no gradient (the loop writes all others); the products
-    // after it read all B·T rows
-    if steps < T {
-        for b in 0..<B {
-            (dgi + (b * T + steps) * H3).update(repeating: 0, count: (T - steps) * H3)
-            (dgh + (b * T + steps) * H3).update(repeating: 0, count: (T - steps) * H3)
+    checkChunkOrder(lengths, B: B)
+    // positions a row does not run (from `steps`, or from its length) get no gradient (the loop
+    // writes all others); the products after it read all B·T rows
+    for b in 0..<B {
+        let end = min(steps, lengths.map { Int($0[b]) } ?? steps)
+        if end < T {
+            (dgi + (b * T + end) * H3).update(repeating: 0, count: (T - end) * H3)
+            (dgh + (b * T + end) * H3).update(repeating: 0, count: (T - end) * H3)
         }
     }
     dh.update(repeating: 0, count: B * H)
     // the recurrence, per chunk of rows: dgi = d(input pre-activations), dgh = d(gh), and
-    // dh ← dh_t · ∂h_t/∂h_{t−1} = dh_t ⊙ z + dgh_t · W_hh
-    Threads.parallelFor(B, minPerChunk: 16) { _, lo, hi in
+    // dh ← dh_t · ∂h_t/∂h_{t−1} = dh_t ⊙ z + dgh_t · W_hh; a row joins at its last position
+    Threads.parallelFor(B, minPerChunk: GRUBatchOrder.minRowsPerChunk) { _, lo, hi in
         var t = steps - 1
         while t >= 0 {
-            for b in lo..<hi {
+            let rows = runningRows(hi - lo, lo: lo, t: t, lengths: lengths)
+            for b in lo..<(lo + rows) {
                 let g = gates + (b * T + t) * H3, hh = gh + (b * T + t) * H3
                 let hp = out + (b * T + max(t - 1, 0)) * H   // read only when t > 0
                 let go = dout + (b * T + t) * H, dhb = dh + b * H
@@ -125,8 +159,8 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
                     j += 8
                 }
             }
-            if t > 0 {
-                sgemm(M: hi - lo, N: H, K: H3, A: dgh + (lo * T + t) * H3, lda: T * H3, B: whh, ldb: H,
+            if t > 0 && rows > 0 {
+                sgemm(M: rows, N: H, K: H3, A: dgh + (lo * T + t) * H3, lda: T * H3, B: whh, ldb: H,
                       beta: 1, C: dh + lo * H, ldc: H)
             }
             t -= 1
@@ -143,4 +177,30 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
         sgemm(transA: true, M: H3, N: H, K: B * T - 1, A: dgh + H3, lda: H3, B: out, ldb: H, beta: 1, C: dwhh, ldc: H)
     }
     linearBackward(dinp: dinp, dweight: dwih, dbias: dbih, dout: dgi, inp: inp, weight: wih, N: B * T, C: I, OC: H3)
+}
+
+/// Arranges a batch for `gruForward`'s `lengths`: a permutation of the rows such that each
+/// thread's chunk holds rows of non-increasing length, with long and short rows dealt evenly
+/// over the chunks (so that threads finish together). `order[p]` is the original row placed at
+/// position p. Ties keep their original order, so the arrangement is a function of the lengths
+/// and the thread count alone.
+public enum GRUBatchOrder {
+    /// Fewest rows a GRU thread chunk takes (smaller batches run on fewer threads).
+    public static let minRowsPerChunk = 16
+
+    public static func order(lengths: UnsafePointer<Int32>, B: Int) -> [Int] {
+        let byLength = (0..<B).sorted { lengths[$0] != lengths[$1] ? lengths[$0] > lengths[$1] : $0 < $1 }
+        let chunks = Threads.chunks(B, minPerChunk: minRowsPerChunk)
+        var next = (0..<chunks).map { B * $0 / chunks }               // next free position per chunk
+        let end = (0..<chunks).map { B * ($0 + 1) / chunks }
+        var order = [Int](repeating: 0, count: B)
+        var c = 0
+        for row in byLength {
+            while next[c] == end[c] { c = (c + 1) % chunks }           // a full chunk takes no more
+            order[next[c]] = row
+            next[c] += 1
+            c = (c + 1) % chunks
+        }
+        return order
+    }
 }

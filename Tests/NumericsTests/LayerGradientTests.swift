@@ -198,42 +198,87 @@ final class LayerGradientTests: XCTestCase {
 
     /// The GRU with batch chunks per thread, vector gates and one W_hh product over all steps
     /// equals the straightforward step-by-step version (below), with and without biases, with
-    /// fewer steps than positions, H not a multiple of 8, and one or two threads.
+    /// fewer steps than positions, H not a multiple of 8, one or two threads, and with rows that
+    /// stop at their own lengths (outputs compared where a row runs; every gradient, since the
+    /// positions a row skips get no gradient in either).
     func testGRUEqualsStepByStepReference() {
         var rng = RNG(seed: 12)
         let B = 40, T = 6, I = 5, H = 11, steps = 5, H3 = 3 * H
         let inp = Buf(random: B * T * I, rng: &rng, scale: 0.8)
         let wih = Buf(random: H3 * I, rng: &rng, scale: 0.5), whh = Buf(random: H3 * H, rng: &rng, scale: 0.5)
         let bih = Buf(random: H3, rng: &rng, scale: 0.3), bhh = Buf(random: H3, rng: &rng, scale: 0.3)
-        let dout = Buf(random: B * T * H, rng: &rng)
-        for b in 0..<B { for t in steps..<T { for j in 0..<H { dout[(b * T + t) * H + j] = 0 } } }
-        for withBias in [true, false] {
-            let rOut = Buf(B * T * H), rGates = Buf(B * T * H3), rGh = Buf(B * T * H3)
-            let rDinp = Buf(B * T * I), rDwih = Buf(H3 * I), rDwhh = Buf(H3 * H), rDbih = Buf(H3), rDbhh = Buf(H3)
-            let rDgi = Buf(B * T * H3), rDgh = Buf(B * H3), rDh = Buf(B * H)
-            Threads.set(1)
-            referenceGRUForward(out: rOut.p, gates: rGates.p, gh: rGh.p, inp: inp.p, wih: wih.p, whh: whh.p,
-                                bih: withBias ? bih.p : nil, bhh: withBias ? bhh.p : nil, steps: steps, B: B, T: T, I: I, H: H)
-            referenceGRUBackward(dinp: rDinp.p, dwih: rDwih.p, dwhh: rDwhh.p, dbih: withBias ? rDbih.p : nil, dbhh: withBias ? rDbhh.p : nil,
-                                 dout: dout.p, inp: inp.p, out: rOut.p, gates: rGates.p, gh: rGh.p, wih: wih.p, whh: whh.p,
-                                 dgi: rDgi.p, dgh: rDgh.p, dh: rDh.p, steps: steps, B: B, T: T, I: I, H: H)
-            for threads in [1, 2] {
-                Threads.set(threads)
-                let out = Buf(B * T * H, fill: 7), gates = Buf(B * T * H3), gh = Buf(B * T * H3)
-                let dinp = Buf(B * T * I), dwih = Buf(H3 * I), dwhh = Buf(H3 * H), dbih = Buf(H3), dbhh = Buf(H3)
-                let dgi = Buf(B * T * H3, fill: 5), dgh = Buf(B * T * H3, fill: 5), dh = Buf(B * H, fill: 5)
-                gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inp.p, wih: wih.p, whh: whh.p,
-                           bih: withBias ? bih.p : nil, bhh: withBias ? bhh.p : nil, steps: steps, B: B, T: T, I: I, H: H)
-                gruBackward(dinp: dinp.p, dwih: dwih.p, dwhh: dwhh.p, dbih: withBias ? dbih.p : nil, dbhh: withBias ? dbhh.p : nil,
-                            dout: dout.p, inp: inp.p, out: out.p, gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p,
-                            dgi: dgi.p, dgh: dgh.p, dh: dh.p, steps: steps, B: B, T: T, I: I, H: H)
-                let label = "bias \(withBias), \(threads) threads"
-                for i in 0..<out.n { XCTAssertEqual(out[i], rOut[i], accuracy: 2e-6, "out \(i) \(label)") }
-                for i in 0..<dinp.n { XCTAssertEqual(dinp[i], rDinp[i], accuracy: 2e-5, "dinp \(i) \(label)") }
-                for i in 0..<dwih.n { XCTAssertEqual(dwih[i], rDwih[i], accuracy: 1e-4, "dwih \(i) \(label)") }
-                for i in 0..<dwhh.n { XCTAssertEqual(dwhh[i], rDwhh[i], accuracy: 1e-4, "dwhh \(i) \(label)") }
-                for i in 0..<H3 { XCTAssertEqual(dbih[i], rDbih[i], accuracy: 1e-4, "dbih \(i) \(label)") }
-                for i in 0..<H3 { XCTAssertEqual(dbhh[i], rDbhh[i], accuracy: 1e-4, "dbhh \(i) \(label)") }
+        // non-increasing over the whole batch, so in every chunk for any thread count; 1...steps
+        let rowLengths: [Int32] = (0..<B).map { Int32(steps - $0 * steps / B) }
+        for withLengths in [false, true] {
+            let dout = Buf(random: B * T * H, rng: &rng)
+            for b in 0..<B {
+                let end = withLengths ? Int(rowLengths[b]) : steps
+                for t in end..<T { for j in 0..<H { dout[(b * T + t) * H + j] = 0 } }
+            }
+            for withBias in [true, false] {
+                let rOut = Buf(B * T * H), rGates = Buf(B * T * H3), rGh = Buf(B * T * H3)
+                let rDinp = Buf(B * T * I), rDwih = Buf(H3 * I), rDwhh = Buf(H3 * H), rDbih = Buf(H3), rDbhh = Buf(H3)
+                let rDgi = Buf(B * T * H3), rDgh = Buf(B * H3), rDh = Buf(B * H)
+                Threads.set(1)
+                referenceGRUForward(out: rOut.p, gates: rGates.p, gh: rGh.p, inp: inp.p, wih: wih.p, whh: whh.p,
+                                    bih: withBias ? bih.p : nil, bhh: withBias ? bhh.p : nil, steps: steps, B: B, T: T, I: I, H: H)
+                referenceGRUBackward(dinp: rDinp.p, dwih: rDwih.p, dwhh: rDwhh.p, dbih: withBias ? rDbih.p : nil, dbhh: withBias ? rDbhh.p : nil,
+                                     dout: dout.p, inp: inp.p, out: rOut.p, gates: rGates.p, gh: rGh.p, wih: wih.p, whh: whh.p,
+                                     dgi: rDgi.p, dgh: rDgh.p, dh: rDh.p, steps: steps, B: B, T: T, I: I, H: H)
+                for threads in [1, 2] {
+                    Threads.set(threads)
+                    let out = Buf(B * T * H, fill: 7), gates = Buf(B * T * H3), gh = Buf(B * T * H3)
+                    let dinp = Buf(B * T * I), dwih = Buf(H3 * I), dwhh = Buf(H3 * H), dbih = Buf(H3), dbhh = Buf(H3)
+                    let dgi = Buf(B * T * H3, fill: 5), dgh = Buf(B * T * H3, fill: 5), dh = Buf(B * H, fill: 5)
+                    rowLengths.withUnsafeBufferPointer { rl in
+                        let lengths = withLengths ? rl.baseAddress! : nil
+                        gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inp.p, wih: wih.p, whh: whh.p,
+                                   bih: withBias ? bih.p : nil, bhh: withBias ? bhh.p : nil, steps: steps, lengths: lengths,
+                                   B: B, T: T, I: I, H: H)
+                        gruBackward(dinp: dinp.p, dwih: dwih.p, dwhh: dwhh.p, dbih: withBias ? dbih.p : nil, dbhh: withBias ? dbhh.p : nil,
+                                    dout: dout.p, inp: inp.p, out: out.p, gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p,
+                                    dgi: dgi.p, dgh: dgh.p, dh: dh.p, steps: steps, lengths: lengths, B: B, T: T, I: I, H: H)
+                    }
+                    let label = "bias \(withBias), lengths \(withLengths), \(threads) threads"
+                    for b in 0..<B {
+                        let end = withLengths ? Int(rowLengths[b]) : steps
+                        for t in 0..<T {
+                            for j in 0..<H {
+                                let i = (b * T + t) * H + j
+                                XCTAssertEqual(out[i], t < end ? rOut[i] : 0, accuracy: 2e-6, "out \(i) \(label)")
+                            }
+                        }
+                    }
+                    for i in 0..<dinp.n { XCTAssertEqual(dinp[i], rDinp[i], accuracy: 2e-5, "dinp \(i) \(label)") }
+                    for i in 0..<dwih.n { XCTAssertEqual(dwih[i], rDwih[i], accuracy: 1e-4, "dwih \(i) \(label)") }
+                    for i in 0..<dwhh.n { XCTAssertEqual(dwhh[i], rDwhh[i], accuracy: 1e-4, "dwhh \(i) \(label)") }
+                    for i in 0..<H3 { XCTAssertEqual(dbih[i], rDbih[i], accuracy: 1e-4, "dbih \(i) \(label)") }
+                    for i in 0..<H3 { XCTAssertEqual(dbhh[i], rDbhh[i], accuracy: 1e-4, "dbhh \(i) \(label)") }
+                }
+            }
+        }
+        Threads.set(1)
+    }
+
+    /// GRUBatchOrder: a permutation; lengths non-increasing within each chunk; long rows dealt
+    /// evenly over the chunks.
+    func testGRUBatchOrderSortsEachChunkAndDealsEvenly() {
+        var rng = RNG(seed: 4)
+        for (threads, B) in [(1, 37), (2, 37), (2, 256), (3, 100), (2, 20)] {
+            Threads.set(threads)
+            let lengths = (0..<B).map { _ in Int32(1 + rng.below(50)) }
+            let order = lengths.withUnsafeBufferPointer { GRUBatchOrder.order(lengths: $0.baseAddress!, B: B) }
+            XCTAssertEqual(order.sorted(), Array(0..<B), "a permutation")
+            let chunks = Threads.chunks(B, minPerChunk: GRUBatchOrder.minRowsPerChunk)
+            var work: [Int] = []
+            for c in 0..<chunks {
+                let lo = B * c / chunks, hi = B * (c + 1) / chunks
+                for p in (lo + 1)..<hi { XCTAssertLessThanOrEqual(lengths[order[p]], lengths[order[p - 1]], "chunk \(c)") }
+                work.append((lo..<hi).map { Int(lengths[order[$0]]) }.reduce(0, +))
+            }
+            if chunks > 1 {
+                XCTAssertLessThan(Double(work.max()! - work.min()!), 0.1 * Double(work.reduce(0, +)) / Double(chunks) + 50,
+                                  "threads get about equal work: \(work)")
             }
         }
         Threads.set(1)
