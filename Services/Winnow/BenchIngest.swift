@@ -99,7 +99,7 @@ struct BenchIngest: AsyncParsableCommand {
                 bestWinnow = min(bestWinnow, tw)
                 // Reference: psql \copy into an identical table (same columns, types, index).
                 let table = "bench_ref_\(serial)"
-                try withConnection(url) { c in
+                _ = try withConnection(url) { c in
                     try c.exec("""
                         CREATE TABLE \(table) (LIKE interactions);
                         ALTER TABLE \(table) ALTER COLUMN load_no SET DEFAULT 0, ALTER COLUMN line SET DEFAULT 0;
@@ -115,7 +115,7 @@ struct BenchIngest: AsyncParsableCommand {
                 let copied = try withConnection(url) { try $0.query("SELECT count(*) FROM \(table)").int(0, 0) ?? 0 }
                 guard copied == fileRows else { throw ValidationError("psql copied \(copied) rows of \(fileRows)") }
                 bestPsql = min(bestPsql, tp)
-                try withConnection(url) { try $0.exec("DROP TABLE \(table)") }
+                _ = try withConnection(url) { try $0.exec("DROP TABLE \(table)") }
                 print(String(format: "  %@ run %d: Winnow %.3f s (%.0f rows/s), psql \\copy %.3f s (%.0f rows/s)",
                              name, r + 1, tw, Double(fileRows) / tw, tp, Double(fileRows) / tp))
             }

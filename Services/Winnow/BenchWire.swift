@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Postgres
 import RPC
 import ServiceKit
 import WinnowProto
@@ -58,7 +59,7 @@ struct BenchWire: AsyncParsableCommand {
             return
         }
         let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        let brokerEndpoint = "tcp://127.0.0.1:\(try freeLoopbackPort())"
+        let brokerEndpoint = "tcp://127.0.0.1:\(try LoopbackPort.ephemeral())"
         let broker = try spawn(bin.appendingPathComponent("broker"), ["--endpoint", brokerEndpoint, "--heartbeat-ms", "1000"])
         defer { stop(broker) }
         let echo = try spawn(bin.appendingPathComponent("winnow"),
@@ -327,25 +328,6 @@ struct BenchWire: AsyncParsableCommand {
             throw ValidationError("\(executable) \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
         }
         return String(decoding: data, as: UTF8.self)
-    }
-
-    private func freeLoopbackPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ValidationError("socket() failed") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
-                guard bind(fd, pointer, length) == 0 else { return -1 }
-                return getsockname(fd, pointer, &length)
-            }
-        }
-        guard bound == 0 else { throw ValidationError("cannot find a free loopback port") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }
 

@@ -45,14 +45,6 @@ public final class ZMQSharedSocket: @unchecked Sendable {
         return try socket.receiveMultipart(flags: .dontWait)
     }
 
-    /// Whether a message is waiting (also re-arms the edge-triggered descriptor).
-    public func readable() throws -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !closed else { return false }
-        return try readableLocked()
-    }
-
     private func readableLocked() throws -> Bool {
         try socket.getInt32Option(ZMQ_EVENTS) & ZMQ_POLLIN != 0
     }
