@@ -24,7 +24,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Write the rows as JSON to this file.")
     var json: String?
 
-    @Option(help: "Threads for Winnow (OpenBLAS and its own loops) and for PyTorch.")
+    @Option(help: "Threads for Winnow (its loops and products) and for PyTorch.")
     var threads = 2
 
     @Option(help: "Seconds of timed training per row and side.")

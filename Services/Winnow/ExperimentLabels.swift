@@ -23,7 +23,7 @@ struct ExperimentJob: ParsableCommand {
     @Option(help: "Write the result JSON here (default: stdout).")
     var json: String?
 
-    @Option(help: "Threads (OpenBLAS and Winnow's loops).") var threads = 2
+    @Option(help: "Threads of Winnow's loops and products.") var threads = 2
     @Flag(help: "No per-epoch progress on stderr.") var quiet = false
 
     func run() throws {
@@ -80,7 +80,7 @@ struct ExperimentLabels: ParsableCommand {
     @Option(help: "Early-stopping patience.") var patience = 10
     @Option(name: .customLong("max-length"), help: "Positions per sequence.") var maxLength = 50
     @Option(name: .customLong("batch-size"), help: "Batch size.") var batchSize = 256
-    @Option(help: "Threads (OpenBLAS and Winnow's loops).") var threads = 2
+    @Option(help: "Threads of Winnow's loops and products.") var threads = 2
     @Flag(help: "No per-epoch progress on stderr.") var quiet = false
 
     func validate() throws {
