@@ -70,8 +70,8 @@ public enum Threads {
         let chunks = chunks(n, minPerChunk: minPerChunk)
         if chunks <= 1 || ParallelRegion.inside { body(0, 0, n); return }
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
-            let lo = n * c / chunks, hi = n * (c + 1) / chunks
-            if lo < hi { ParallelRegion.enter { body(c, lo, hi) } }
+            let range = chunk(c, of: chunks, n)
+            if !range.isEmpty { ParallelRegion.enter { body(c, range.lowerBound, range.upperBound) } }
         }
     }
 
@@ -83,6 +83,11 @@ public enum Threads {
 
     /// How many chunks `parallelFor` splits `0..<n` into.
     public static func chunks(_ n: Int, minPerChunk: Int = 1) -> Int { min(count, max(1, n / max(minPerChunk, 1))) }
+
+    /// The part of `0..<n` that chunk `c` of `chunks` covers in `parallelFor` (for code that
+    /// must lay data out to match its split).
+    @inline(__always)
+    public static func chunk(_ c: Int, of chunks: Int, _ n: Int) -> Range<Int> { (n * c / chunks)..<(n * (c + 1) / chunks) }
 }
 
 /// Marks threads while they run a chunk of a parallel loop, so that work nested in a chunk

@@ -65,8 +65,7 @@ private func checkChunkOrder(_ lengths: UnsafePointer<Int32>?, B: Int) {
     guard let lengths else { return }
     let chunks = Threads.chunks(B, minPerChunk: GRUBatchOrder.minRowsPerChunk)
     for c in 0..<chunks {
-        let lo = B * c / chunks, hi = B * (c + 1) / chunks
-        for b in (lo + 1)..<max(hi, lo + 1) {
+        for b in Threads.chunk(c, of: chunks, B).dropFirst() {
             precondition(lengths[b] <= lengths[b - 1], "GRU rows must be ordered by length within a chunk (see GRUBatchOrder)")
         }
     }
@@ -191,8 +190,8 @@ public enum GRUBatchOrder {
     public static func order(lengths: UnsafePointer<Int32>, B: Int) -> [Int] {
         let byLength = (0..<B).sorted { lengths[$0] != lengths[$1] ? lengths[$0] > lengths[$1] : $0 < $1 }
         let chunks = Threads.chunks(B, minPerChunk: minRowsPerChunk)
-        var next = (0..<chunks).map { B * $0 / chunks }               // next free position per chunk
-        let end = (0..<chunks).map { B * ($0 + 1) / chunks }
+        var next = (0..<chunks).map { Threads.chunk($0, of: chunks, B).lowerBound }   // next free position per chunk
+        let end = (0..<chunks).map { Threads.chunk($0, of: chunks, B).upperBound }
         var order = [Int](repeating: 0, count: B)
         var c = 0
         for row in byLength {
