@@ -76,7 +76,7 @@ public struct ExperimentDirectory {
         do {
             var line = try encoder.encode(record)
             line.append(0x0A)
-            if !FileManager.default.fileExists(atPath: file) { FileManager.default.createFile(atPath: file, contents: nil) }
+            if !FileManager.default.fileExists(atPath: file) { _ = FileManager.default.createFile(atPath: file, contents: nil) }
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: file))
             defer { try? handle.close() }
             try handle.seekToEnd()

@@ -184,7 +184,6 @@ public enum JobRunner {
     public static func run(_ job: JobConfig, data: SequenceDataset, cache: TeacherCache? = nil,
                            progress: ((String) -> Void)? = nil) throws -> JobResult {
         try job.validate()
-        let start = Date()
         let T = job.loop.maxLength, seed = job.loop.seed
         let loop = LabelLoop(data: data, config: job.loop)
         loop.progress = progress

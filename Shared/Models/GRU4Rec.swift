@@ -32,7 +32,8 @@ public final class GRU4Rec: Backbone {
 
     private let work = Workspace()
     private var emb: Floats! = nil, mask: Floats! = nil     // (B, T, E)
-    private var outs: [Floats] = [], gates: [Floats] = [], ghs: [Floats] = []   // per layer (B, T, Hd), (B, T, 3Hd) ×2
+    private var seq: Floats! = nil, dSeq: Floats! = nil     // (T, B, E): emb time-major, as the GRU runs
+    private var outs: [Floats] = [], gates: [Floats] = [], ghs: [Floats] = []   // per layer (T, B, Hd), (T, B, 3Hd) ×2
     private var last: Floats! = nil, user: Floats! = nil     // (B, Hd), (B, E)
     private var dLast: Floats! = nil, dOut: Floats! = nil, dIn: Floats! = nil, dEmb: Floats! = nil
     private var dgi: Floats! = nil, dgh: Floats! = nil, dh: Floats! = nil
@@ -75,13 +76,13 @@ public final class GRU4Rec: Backbone {
     private func allocate(_ B: Int) {
         let T = config.maxLength, E = config.embedding, Hd = config.hidden, L = config.layers, BT = B * T
         guard work.ensure(B, sizes: { _ in
-            [BT * E, BT * E] + Array([[Int]](repeating: [BT * Hd, BT * 3 * Hd, BT * 3 * Hd], count: L).joined())
+            [BT * E, BT * E, BT * E, BT * E] + Array([[Int]](repeating: [BT * Hd, BT * 3 * Hd, BT * 3 * Hd], count: L).joined())
                 + [B * Hd, B * E, B * Hd, BT * Hd, BT * Hd, BT * E, BT * 3 * Hd, BT * 3 * Hd, B * Hd]
         }) else { return }
         let v = work.slab!.views
-        emb = v[0]; mask = v[1]
-        outs = (0..<L).map { v[2 + 3 * $0] }; gates = (0..<L).map { v[3 + 3 * $0] }; ghs = (0..<L).map { v[4 + 3 * $0] }
-        let k = 2 + 3 * L
+        emb = v[0]; mask = v[1]; seq = v[2]; dSeq = v[3]
+        outs = (0..<L).map { v[4 + 3 * $0] }; gates = (0..<L).map { v[5 + 3 * $0] }; ghs = (0..<L).map { v[6 + 3 * $0] }
+        let k = 4 + 3 * L
         last = v[k]; user = v[k + 1]; dLast = v[k + 2]; dOut = v[k + 3]; dIn = v[k + 4]; dEmb = v[k + 5]
         dgi = v[k + 6]; dgh = v[k + 7]; dh = v[k + 8]
     }
@@ -107,7 +108,8 @@ public final class GRU4Rec: Backbone {
         }
         embeddingForward(out: emb, ids: rowItems, table: itemTable, N: BT, C: E)
         dropoutForward(out: emb, mask: mask, inp: emb, p: training ? config.embeddingDropout : 0, n: BT * E, rng: &rng)
-        var inp: Floats = emb, I = E
+        swapLeadingAxes(out: seq, inp: emb, rows: B, cols: T, block: E)
+        var inp: Floats = seq, I = E
         rowLengths.withUnsafeBufferPointer { rl in
             for l in 0..<config.layers {
                 let ps = parameters
@@ -117,7 +119,7 @@ public final class GRU4Rec: Backbone {
                 inp = outs[l]; I = Hd
             }
         }
-        for p in 0..<B { (last + order[p] * Hd).update(from: inp + (p * T + Int(rowLengths[p]) - 1) * Hd, count: Hd) }
+        for p in 0..<B { (last + order[p] * Hd).update(from: inp + ((Int(rowLengths[p]) - 1) * B + p) * Hd, count: Hd) }
         linearForward(out: user, inp: last, weight: parameters.value("dense.weight"), bias: parameters.value("dense.bias"), N: B, C: Hd, OC: E)
         lastB = B; lastSteps = steps; ready = true
         return UnsafePointer(user)
@@ -131,11 +133,11 @@ public final class GRU4Rec: Backbone {
         linearBackward(dinp: dLast, dweight: ps.grad("dense.weight"), dbias: ps.grad("dense.bias"), dout: dUser, inp: last,
                        weight: ps.value("dense.weight"), N: B, C: Hd, OC: E)
         dOut.update(repeating: 0, count: BT * Hd)
-        for p in 0..<B { (dOut + (p * T + Int(rowLengths[p]) - 1) * Hd).update(from: dLast + order[p] * Hd, count: Hd) }
+        for p in 0..<B { (dOut + ((Int(rowLengths[p]) - 1) * B + p) * Hd).update(from: dLast + order[p] * Hd, count: Hd) }
         rowLengths.withUnsafeBufferPointer { rl in
             for l in stride(from: config.layers - 1, through: 0, by: -1) {
-                let inp: Floats = l == 0 ? emb : outs[l - 1], I = l == 0 ? E : Hd
-                let dinp: Floats = l == 0 ? dEmb : dIn
+                let inp: Floats = l == 0 ? seq : outs[l - 1], I = l == 0 ? E : Hd
+                let dinp: Floats = l == 0 ? dSeq : dIn
                 dinp.update(repeating: 0, count: BT * I)
                 gruBackward(dinp: dinp, dwih: ps.grad("gru.\(l).weight_ih"), dwhh: ps.grad("gru.\(l).weight_hh"),
                             dbih: bias("gru.\(l).bias_ih", ps.grad), dbhh: bias("gru.\(l).bias_hh", ps.grad),
@@ -145,7 +147,9 @@ public final class GRU4Rec: Backbone {
                 if l > 0 { swap(&dOut, &dIn) }
             }
         }
-        // dEmb holds d(dropped embeddings); through the dropout mask into the table
+        // dSeq holds d(dropped embeddings), time-major; back to the batch's order, through the
+        // dropout mask into the table
+        swapLeadingAxes(out: dEmb, inp: dSeq, rows: T, cols: B, block: E)
         for i in 0..<(BT * E) { dEmb[i] *= mask[i] }
         embeddingBackward(dtable: itemTableGrad, dout: dEmb, ids: rowItems, N: BT, C: E)
     }

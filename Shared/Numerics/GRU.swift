@@ -1,8 +1,12 @@
-// One GRU layer (PyTorch's gate order r | z | n and equations), batch-first:
+// One GRU layer (PyTorch's gate order r | z | n and equations), time-major:
 //   r = σ(x·W_irᵀ + b_ir + h·W_hrᵀ + b_hr)     z = σ(x·W_izᵀ + b_iz + h·W_hzᵀ + b_hz)
 //   n = tanh(x·W_inᵀ + b_in + r ⊙ (h·W_hnᵀ + b_hn))   h' = (1 − z) ⊙ n + z ⊙ h,   h₀ = 0
-// Shapes: inp (B, T, I); wih (3H, I); whh (3H, H); bih, bhh (3H) or nil; out (B, T, H);
-// caches gates (B, T, 3H) = r | z | n after activation, gh (B, T, 3H) = h·W_hᵀ + b_h.
+// Shapes: inp (T, B, I); wih (3H, I); whh (3H, H); bih, bhh (3H) or nil; out (T, B, H);
+// caches gates (T, B, 3H) = r | z | n after activation, gh (T, B, 3H) = h·W_hᵀ + b_h.
+// Time-major because the recurrence walks the batch one step at a time: a step's rows are
+// then one contiguous block, which the hardware prefetcher streams, where batch-first rows lie
+// T·3H floats apart and every row of every step starts cold (on ML-100K's GRU4Rec shapes the
+// gate loops spent most of their time waiting for such loads).
 // Only the first `steps` positions are computed (steps = longest sequence in a right-padded
 // batch); later outputs stay 0. With `lengths`, row b stops after its own lengths[b] positions
 // (its later outputs stay 0 and get no gradient): the padding after a right-padded sequence
@@ -78,26 +82,26 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
     let H3 = 3 * H
     checkChunkOrder(lengths, B: B)
     out.update(repeating: 0, count: B * T * H)
-    // input projections for every position at once (rows mix here)
-    linearForward(out: gates, inp: inp, weight: wih, bias: bih, N: B * T, C: I, OC: H3)
+    // input projections for every position that runs, at once (rows mix here)
+    linearForward(out: gates, inp: inp, weight: wih, bias: bih, N: steps * B, C: I, OC: H3)
     Threads.parallelFor(B, minPerChunk: GRUBatchOrder.minRowsPerChunk) { _, lo, hi in
         var rows = hi - lo
         for t in 0..<steps {
             rows = runningRows(rows, lo: lo, t: t, lengths: lengths)
             if rows == 0 { break }
             // gh_t = b_hh + h_{t−1} · W_hhᵀ for this chunk's running rows (h_{−1} = 0)
-            let ght = gh + (lo * T + t) * H3
+            let ght = gh + (t * B + lo) * H3
             for b in 0..<rows {
-                if let bhh { (ght + b * T * H3).update(from: bhh, count: H3) } else { (ght + b * T * H3).update(repeating: 0, count: H3) }
+                if let bhh { (ght + b * H3).update(from: bhh, count: H3) } else { (ght + b * H3).update(repeating: 0, count: H3) }
             }
             if t > 0 {
-                sgemm(transB: true, M: rows, N: H3, K: H, A: out + (lo * T + t - 1) * H, lda: T * H, B: whh, ldb: H,
-                      beta: 1, C: ght, ldc: T * H3)
+                sgemm(transB: true, M: rows, N: H3, K: H, A: out + ((t - 1) * B + lo) * H, lda: H, B: whh, ldb: H,
+                      beta: 1, C: ght, ldc: H3)
             }
             for b in lo..<(lo + rows) {
-                let g = gates + (b * T + t) * H3, hh = UnsafePointer(gh + (b * T + t) * H3)
-                let o = out + (b * T + t) * H
-                let hp = UnsafePointer(out + (b * T + max(t - 1, 0)) * H)   // read only when t > 0
+                let g = gates + (t * B + b) * H3, hh = UnsafePointer(gh + (t * B + b) * H3)
+                let o = out + (t * B + b) * H
+                let hp = UnsafePointer(out + (max(t - 1, 0) * B + b) * H)   // read only when t > 0
                 var j = 0
                 while j < H {
                     let r = sigmoid8(load(g, j, H) + load(hh, j, H))
@@ -113,8 +117,8 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
     }
 }
 
-/// Accumulates dinp (may be nil), dwih, dwhh, dbih, dbhh from dout (B, T, H). Work buffers:
-/// dgi (B, T, 3H), dgh (B, T, 3H), dh (B, H), overwritten.
+/// Accumulates dinp (may be nil), dwih, dwhh, dbih, dbhh from dout (T, B, H). Work buffers:
+/// dgi (T, B, 3H), dgh (T, B, 3H), dh (B, H), overwritten.
 public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?, dbhh: Floats?,
                         dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, out: UnsafePointer<Float>,
                         gates: UnsafePointer<Float>, gh: UnsafePointer<Float>,
@@ -123,27 +127,24 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
                         steps: Int, lengths: UnsafePointer<Int32>? = nil, B: Int, T: Int, I: Int, H: Int) {
     let H3 = 3 * H
     checkChunkOrder(lengths, B: B)
-    // positions a row does not run (from `steps`, or from its length) get no gradient (the loop
-    // writes all others); the products after it read all B·T rows
-    for b in 0..<B {
-        let end = min(steps, lengths.map { Int($0[b]) } ?? steps)
-        if end < T {
-            (dgi + (b * T + end) * H3).update(repeating: 0, count: (T - end) * H3)
-            (dgh + (b * T + end) * H3).update(repeating: 0, count: (T - end) * H3)
-        }
-    }
     dh.update(repeating: 0, count: B * H)
     // the recurrence, per chunk of rows: dgi = d(input pre-activations), dgh = d(gh), and
-    // dh ← dh_t · ∂h_t/∂h_{t−1} = dh_t ⊙ z + dgh_t · W_hh; a row joins at its last position
+    // dh ← dh_t · ∂h_t/∂h_{t−1} = dh_t ⊙ z + dgh_t · W_hh; a row joins at its last position.
+    // Positions a row does not run get zero gradients (the products below read all steps · B
+    // rows; positions from `steps` on are not read at all).
     Threads.parallelFor(B, minPerChunk: GRUBatchOrder.minRowsPerChunk) { _, lo, hi in
         var t = steps - 1
         while t >= 0 {
             let rows = runningRows(hi - lo, lo: lo, t: t, lengths: lengths)
+            if rows < hi - lo {
+                (dgi + (t * B + lo + rows) * H3).update(repeating: 0, count: (hi - lo - rows) * H3)
+                (dgh + (t * B + lo + rows) * H3).update(repeating: 0, count: (hi - lo - rows) * H3)
+            }
             for b in lo..<(lo + rows) {
-                let g = gates + (b * T + t) * H3, hh = gh + (b * T + t) * H3
-                let hp = out + (b * T + max(t - 1, 0)) * H   // read only when t > 0
-                let go = dout + (b * T + t) * H, dhb = dh + b * H
-                let di = dgi + (b * T + t) * H3, dg = dgh + (b * T + t) * H3
+                let g = gates + (t * B + b) * H3, hh = gh + (t * B + b) * H3
+                let hp = out + (max(t - 1, 0) * B + b) * H   // read only when t > 0
+                let go = dout + (t * B + b) * H, dhb = dh + b * H
+                let di = dgi + (t * B + b) * H3, dg = dgh + (t * B + b) * H3
                 var j = 0
                 while j < H {
                     let r = load(g, j, H), z = load(g + H, j, H), n = load(g + 2 * H, j, H)
@@ -159,23 +160,21 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
                 }
             }
             if t > 0 && rows > 0 {
-                sgemm(M: rows, N: H, K: H3, A: dgh + (lo * T + t) * H3, lda: T * H3, B: whh, ldb: H,
+                sgemm(M: rows, N: H, K: H3, A: dgh + (t * B + lo) * H3, lda: H3, B: whh, ldb: H,
                       beta: 1, C: dh + lo * H, ldc: H)
             }
             t -= 1
         }
     }
     if let dbhh {
-        for r in 0..<(B * T) { let dg = dgh + r * H3; for k in 0..<H3 { dbhh[k] += dg[k] } }
+        for r in 0..<(steps * B) { let dg = dgh + r * H3; for k in 0..<H3 { dbhh[k] += dg[k] } }
     }
-    // dW_hh = Σ_{b, t ≥ 1} dgh(b, t)ᵀ · h(b, t − 1) in one product: row i + 1 of dgh against row
-    // i of out pairs (b, t) with (b, t − 1), except at t = 0, where h_{−1} = 0: those rows of
-    // dgh (used above for the bias) are zeroed so the pairs across sequences add nothing.
-    for b in 0..<B { (dgh + b * T * H3).update(repeating: 0, count: H3) }
-    if B * T > 1 {
-        sgemm(transA: true, M: H3, N: H, K: B * T - 1, A: dgh + H3, lda: H3, B: out, ldb: H, beta: 1, C: dwhh, ldc: H)
+    // dW_hh = Σ_{t ≥ 1, b} dgh(t, b)ᵀ · h(t − 1, b) in one product: row (t, b) of dgh is B rows
+    // after row (t − 1, b) of out (h_{−1} = 0 adds nothing, so step 0 is left out)
+    if steps > 1 {
+        sgemm(transA: true, M: H3, N: H, K: (steps - 1) * B, A: dgh + B * H3, lda: H3, B: out, ldb: H, beta: 1, C: dwhh, ldc: H)
     }
-    linearBackward(dinp: dinp, dweight: dwih, dbias: dbih, dout: dgi, inp: inp, weight: wih, N: B * T, C: I, OC: H3)
+    linearBackward(dinp: dinp, dweight: dwih, dbias: dbih, dout: dgi, inp: inp, weight: wih, N: steps * B, C: I, OC: H3)
 }
 
 /// Arranges a batch for `gruForward`'s `lengths`: a permutation of the rows such that each

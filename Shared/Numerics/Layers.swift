@@ -25,6 +25,16 @@ public func embeddingBackward(dtable: Floats, dout: UnsafePointer<Float>, ids: U
     }
 }
 
+// MARK: Layout
+
+/// out (cols, rows, block) = inp (rows, cols, block) with the two leading axes swapped, e.g. a
+/// batch-first (B, T, C) sequence into the time-major (T, B, C) layout and back.
+public func swapLeadingAxes(out: Floats, inp: UnsafePointer<Float>, rows: Int, cols: Int, block: Int) {
+    for r in 0..<rows {
+        for c in 0..<cols { (out + (c * rows + r) * block).update(from: inp + (r * cols + c) * block, count: block) }
+    }
+}
+
 // MARK: Linear
 
 /// out (N, OC) = inp (N, C) · weightᵀ + bias; weight (OC, C), bias (OC) or nil.

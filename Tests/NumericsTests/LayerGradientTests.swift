@@ -196,8 +196,8 @@ final class LayerGradientTests: XCTestCase {
         assertGradient(GradientCheck.check("dbhh", x: bhh.p, analytic: dbhh.p, count: bhh.n, f: f))
     }
 
-    /// The GRU with batch chunks per thread, vector gates and one W_hh product over all steps
-    /// equals the straightforward step-by-step version (below), with and without biases, with
+    /// The time-major GRU with batch chunks per thread, vector gates and one W_hh product over all
+    /// steps equals the straightforward batch-first step-by-step version (below), with and without biases, with
     /// fewer steps than positions, H not a multiple of 8, one or two threads, and with rows that
     /// stop at their own lengths (outputs compared where a row runs; every gradient, since the
     /// positions a row skips get no gradient in either).
@@ -209,12 +209,16 @@ final class LayerGradientTests: XCTestCase {
         let bih = Buf(random: H3, rng: &rng, scale: 0.3), bhh = Buf(random: H3, rng: &rng, scale: 0.3)
         // non-increasing over the whole batch, so in every chunk for any thread count; 1...steps
         let rowLengths: [Int32] = (0..<B).map { Int32(steps - $0 * steps / B) }
+        let inpTM = Buf(B * T * I)
+        swapLeadingAxes(out: inpTM.p, inp: inp.p, rows: B, cols: T, block: I)
         for withLengths in [false, true] {
             let dout = Buf(random: B * T * H, rng: &rng)
             for b in 0..<B {
                 let end = withLengths ? Int(rowLengths[b]) : steps
                 for t in end..<T { for j in 0..<H { dout[(b * T + t) * H + j] = 0 } }
             }
+            let doutTM = Buf(B * T * H)
+            swapLeadingAxes(out: doutTM.p, inp: dout.p, rows: B, cols: T, block: H)
             for withBias in [true, false] {
                 let rOut = Buf(B * T * H), rGates = Buf(B * T * H3), rGh = Buf(B * T * H3)
                 let rDinp = Buf(B * T * I), rDwih = Buf(H3 * I), rDwhh = Buf(H3 * H), rDbih = Buf(H3), rDbhh = Buf(H3)
@@ -232,11 +236,11 @@ final class LayerGradientTests: XCTestCase {
                     let dgi = Buf(B * T * H3, fill: 5), dgh = Buf(B * T * H3, fill: 5), dh = Buf(B * H, fill: 5)
                     rowLengths.withUnsafeBufferPointer { rl in
                         let lengths = withLengths ? rl.baseAddress! : nil
-                        gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inp.p, wih: wih.p, whh: whh.p,
+                        gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inpTM.p, wih: wih.p, whh: whh.p,
                                    bih: withBias ? bih.p : nil, bhh: withBias ? bhh.p : nil, steps: steps, lengths: lengths,
                                    B: B, T: T, I: I, H: H)
                         gruBackward(dinp: dinp.p, dwih: dwih.p, dwhh: dwhh.p, dbih: withBias ? dbih.p : nil, dbhh: withBias ? dbhh.p : nil,
-                                    dout: dout.p, inp: inp.p, out: out.p, gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p,
+                                    dout: doutTM.p, inp: inpTM.p, out: out.p, gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p,
                                     dgi: dgi.p, dgh: dgh.p, dh: dh.p, steps: steps, lengths: lengths, B: B, T: T, I: I, H: H)
                     }
                     let label = "bias \(withBias), lengths \(withLengths), \(threads) threads"
@@ -245,11 +249,13 @@ final class LayerGradientTests: XCTestCase {
                         for t in 0..<T {
                             for j in 0..<H {
                                 let i = (b * T + t) * H + j
-                                XCTAssertEqual(out[i], t < end ? rOut[i] : 0, accuracy: 2e-6, "out \(i) \(label)")
+                                XCTAssertEqual(out[(t * B + b) * H + j], t < end ? rOut[i] : 0, accuracy: 2e-6, "out \(i) \(label)")
                             }
                         }
                     }
-                    for i in 0..<dinp.n { XCTAssertEqual(dinp[i], rDinp[i], accuracy: 2e-5, "dinp \(i) \(label)") }
+                    let dinpBT = Buf(B * T * I)
+                    swapLeadingAxes(out: dinpBT.p, inp: dinp.p, rows: T, cols: B, block: I)
+                    for i in 0..<dinp.n { XCTAssertEqual(dinpBT[i], rDinp[i], accuracy: 2e-5, "dinp \(i) \(label)") }
                     for i in 0..<dwih.n { XCTAssertEqual(dwih[i], rDwih[i], accuracy: 1e-4, "dwih \(i) \(label)") }
                     for i in 0..<dwhh.n { XCTAssertEqual(dwhh[i], rDwhh[i], accuracy: 1e-4, "dwhh \(i) \(label)") }
                     for i in 0..<H3 { XCTAssertEqual(dbih[i], rDbih[i], accuracy: 1e-4, "dbih \(i) \(label)") }
