@@ -132,13 +132,13 @@ public final class GRU4Rec: Backbone {
         dLast.update(repeating: 0, count: B * Hd)
         linearBackward(dinp: dLast, dweight: ps.grad("dense.weight"), dbias: ps.grad("dense.bias"), dout: dUser, inp: last,
                        weight: ps.value("dense.weight"), N: B, C: Hd, OC: E)
-        dOut.update(repeating: 0, count: BT * Hd)
+        zeroFill(dOut, BT * Hd)
         for p in 0..<B { (dOut + ((Int(rowLengths[p]) - 1) * B + p) * Hd).update(from: dLast + order[p] * Hd, count: Hd) }
         rowLengths.withUnsafeBufferPointer { rl in
             for l in stride(from: config.layers - 1, through: 0, by: -1) {
                 let inp: Floats = l == 0 ? seq : outs[l - 1], I = l == 0 ? E : Hd
                 let dinp: Floats = l == 0 ? dSeq : dIn
-                dinp.update(repeating: 0, count: BT * I)
+                zeroFill(dinp, BT * I)
                 gruBackward(dinp: dinp, dwih: ps.grad("gru.\(l).weight_ih"), dwhh: ps.grad("gru.\(l).weight_hh"),
                             dbih: bias("gru.\(l).bias_ih", ps.grad), dbhh: bias("gru.\(l).bias_hh", ps.grad),
                             dout: dOut, inp: inp, out: outs[l], gates: gates[l], gh: ghs[l],

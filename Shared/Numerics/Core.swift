@@ -110,6 +110,12 @@ enum ParallelRegion {
     }
 }
 
+/// p[0..<n] = 0, on all threads when n is large (zeroing a batch's activations is a memory
+/// pass that would otherwise leave the other threads idle).
+public func zeroFill(_ p: Floats, _ n: Int) {
+    Threads.parallelFor(n, minPerChunk: 1 << 16) { lo, hi in (p + lo).update(repeating: 0, count: hi - lo) }
+}
+
 /// C (M, N) = alpha · op(A) · op(B) + beta · C, row-major; op transposes when the flag is set.
 /// A is (M, K) or, transposed, (K, M) with leading dimension lda; likewise B (K, N) / (N, K).
 ///

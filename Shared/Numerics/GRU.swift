@@ -81,14 +81,15 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
                        steps: Int, lengths: UnsafePointer<Int32>? = nil, B: Int, T: Int, I: Int, H: Int) {
     let H3 = 3 * H
     checkChunkOrder(lengths, B: B)
-    out.update(repeating: 0, count: B * T * H)
     // input projections for every position that runs, at once (rows mix here)
     linearForward(out: gates, inp: inp, weight: wih, bias: bih, N: steps * B, C: I, OC: H3)
     Threads.parallelFor(B, minPerChunk: GRUBatchOrder.minRowsPerChunk) { _, lo, hi in
         var rows = hi - lo
-        for t in 0..<steps {
-            rows = runningRows(rows, lo: lo, t: t, lengths: lengths)
-            if rows == 0 { break }
+        for t in 0..<T {
+            rows = t < steps ? runningRows(rows, lo: lo, t: t, lengths: lengths) : 0
+            // positions this chunk's rows do not run output 0
+            (out + (t * B + lo + rows) * H).update(repeating: 0, count: (hi - lo - rows) * H)
+            if rows == 0 { continue }
             // gh_t = b_hh + h_{t−1} · W_hhᵀ for this chunk's running rows (h_{−1} = 0)
             let ght = gh + (t * B + lo) * H3
             for b in 0..<rows {
@@ -128,11 +129,20 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
     let H3 = 3 * H
     checkChunkOrder(lengths, B: B)
     dh.update(repeating: 0, count: B * H)
+    // Bias gradients are summed per chunk inside the recurrence (while the gate gradients are in
+    // registers) and the chunk sums added in chunk order, instead of two more passes over all
+    // steps · B rows on one thread: r, z and n parts of dgi, then the n part of dgh (its r and z
+    // parts equal dgi's).
+    let chunks = Threads.chunks(B, minPerChunk: GRUBatchOrder.minRowsPerChunk)
+    let biasSums = Floats.allocate(capacity: chunks * 4 * H)
+    defer { biasSums.deallocate() }
+    biasSums.initialize(repeating: 0, count: chunks * 4 * H)
     // the recurrence, per chunk of rows: dgi = d(input pre-activations), dgh = d(gh), and
     // dh ← dh_t · ∂h_t/∂h_{t−1} = dh_t ⊙ z + dgh_t · W_hh; a row joins at its last position.
     // Positions a row does not run get zero gradients (the products below read all steps · B
     // rows; positions from `steps` on are not read at all).
-    Threads.parallelFor(B, minPerChunk: GRUBatchOrder.minRowsPerChunk) { _, lo, hi in
+    Threads.parallelFor(B, minPerChunk: GRUBatchOrder.minRowsPerChunk) { c, lo, hi in
+        let sums = biasSums + c * 4 * H
         var t = steps - 1
         while t >= 0 {
             let rows = runningRows(hi - lo, lo: lo, t: t, lengths: lengths)
@@ -156,6 +166,9 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
                     store(di, j, H, drp); store(di + H, j, H, dzp); store(di + 2 * H, j, H, dnp)
                     store(dg, j, H, drp); store(dg + H, j, H, dzp); store(dg + 2 * H, j, H, dnp * r)
                     store(dhb, j, H, dht * z)
+                    store(sums, j, H, load(sums, j, H) + drp); store(sums + H, j, H, load(sums + H, j, H) + dzp)
+                    store(sums + 2 * H, j, H, load(sums + 2 * H, j, H) + dnp)
+                    store(sums + 3 * H, j, H, load(sums + 3 * H, j, H) + dnp * r)
                     j += 8
                 }
             }
@@ -166,15 +179,20 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
             t -= 1
         }
     }
-    if let dbhh {
-        for r in 0..<(steps * B) { let dg = dgh + r * H3; for k in 0..<H3 { dbhh[k] += dg[k] } }
+    for c in 0..<chunks {
+        let sums = biasSums + c * 4 * H
+        if let dbih { for k in 0..<H3 { dbih[k] += sums[k] } }
+        if let dbhh {
+            for k in 0..<(2 * H) { dbhh[k] += sums[k] }
+            for k in 0..<H { dbhh[2 * H + k] += sums[3 * H + k] }
+        }
     }
     // dW_hh = Σ_{t ≥ 1, b} dgh(t, b)ᵀ · h(t − 1, b) in one product: row (t, b) of dgh is B rows
     // after row (t − 1, b) of out (h_{−1} = 0 adds nothing, so step 0 is left out)
     if steps > 1 {
         sgemm(transA: true, M: H3, N: H, K: (steps - 1) * B, A: dgh + B * H3, lda: H3, B: out, ldb: H, beta: 1, C: dwhh, ldc: H)
     }
-    linearBackward(dinp: dinp, dweight: dwih, dbias: dbih, dout: dgi, inp: inp, weight: wih, N: steps * B, C: I, OC: H3)
+    linearBackward(dinp: dinp, dweight: dwih, dbias: nil, dout: dgi, inp: inp, weight: wih, N: steps * B, C: I, OC: H3)
 }
 
 /// Arranges a batch for `gruForward`'s `lengths`: a permutation of the rows such that each

@@ -12,7 +12,9 @@ import Darwin
 /// out (N, C) = table[ids[n]]; ids index rows of table (V, C). Id 0 is padding: its row is read
 /// like any other (callers keep it zero or mask it) but never receives gradient.
 public func embeddingForward(out: Floats, ids: UnsafePointer<Int32>, table: UnsafePointer<Float>, N: Int, C: Int) {
-    for n in 0..<N { (out + n * C).update(from: table + Int(ids[n]) * C, count: C) }
+    Threads.parallelFor(N, minPerChunk: 1024) { lo, hi in
+        for n in lo..<hi { (out + n * C).update(from: table + Int(ids[n]) * C, count: C) }
+    }
 }
 
 /// dtable[ids[n]] += dout[n] for every id except 0.
@@ -30,8 +32,10 @@ public func embeddingBackward(dtable: Floats, dout: UnsafePointer<Float>, ids: U
 /// out (cols, rows, block) = inp (rows, cols, block) with the two leading axes swapped, e.g. a
 /// batch-first (B, T, C) sequence into the time-major (T, B, C) layout and back.
 public func swapLeadingAxes(out: Floats, inp: UnsafePointer<Float>, rows: Int, cols: Int, block: Int) {
-    for r in 0..<rows {
-        for c in 0..<cols { (out + (c * rows + r) * block).update(from: inp + (r * cols + c) * block, count: block) }
+    Threads.parallelFor(rows, minPerChunk: max(1, 16_384 / max(cols * block, 1))) { lo, hi in
+        for r in lo..<hi {
+            for c in 0..<cols { (out + (c * rows + r) * block).update(from: inp + (r * cols + c) * block, count: block) }
+        }
     }
 }
 

@@ -382,7 +382,7 @@ final class CompositionTests: XCTestCase {
         let spy = Spy()
         let epochs = ATJTEpochs(trainer: ATJTTrainer(model: tinySASRec(items: 30, T: 6, seed: 1), weigher: weigher, maxBatch: 32, loss: spy),
                                 weigher: weigher, batchSize: 32, seed: 1)
-        try epochs.run(epoch: 0)
+        _ = try epochs.run(epoch: 0)
         let steps = spy.calls.filter { $0 == "loss" }.count
         XCTAssertGreaterThan(steps, 1)
         XCTAssertEqual(spy.calls, ["begin 1"] + Array(repeating: ["loss", "update"], count: steps).flatMap { $0 } + ["end 1"])
