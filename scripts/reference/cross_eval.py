@@ -30,14 +30,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import seqrec_torch as ref  # noqa: E402
 
 
-def sections(path):
-    blob = open(path, "rb").read()
-    if blob[:4] != b"WNWC":
-        sys.exit(f"{path}: not a Winnow checkpoint (bad magic)")
+def entry_count(blob, magic, where):
+    """The entry count of a Winnow file after checking its magic and trailing CRC-32."""
+    if len(blob) < 16 or blob[:4] != magic:
+        sys.exit(f"{where}: not a Winnow {magic.decode()} file (bad magic or too short)")
     stored, = struct.unpack_from("<I", blob, len(blob) - 4)
     if zlib.crc32(blob[:-4]) != stored:
-        sys.exit(f"{path}: checksum mismatch: the file is corrupt")
+        sys.exit(f"{where}: checksum mismatch: the data is corrupt")
     _, count = struct.unpack_from("<II", blob, 4)
+    return count
+
+
+def sections(path):
+    blob = open(path, "rb").read()
+    count = entry_count(blob, b"WNWC", path)
     offset, out = 12, []
     for _ in range(count):
         n, = struct.unpack_from("<Q", blob, offset)
@@ -47,12 +53,7 @@ def sections(path):
 
 
 def tensors(blob, where):
-    if blob[:4] != b"WNWP":
-        sys.exit(f"{where}: not a Winnow parameter section (bad magic)")
-    stored, = struct.unpack_from("<I", blob, len(blob) - 4)
-    if zlib.crc32(blob[:-4]) != stored:
-        sys.exit(f"{where}: parameter section checksum mismatch")
-    _, count = struct.unpack_from("<II", blob, 4)
+    count = entry_count(blob, b"WNWP", where)
     offset, specs = 12, []
     for _ in range(count):
         n, = struct.unpack_from("<I", blob, offset)
