@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import struct
-import subprocess
 import sys
 import zlib
 
@@ -79,14 +78,8 @@ def main():
     ap.add_argument("--data", default=None, help="ml-100k.inter (default: scripts/fetch-ml100k)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    path = args.data
-    if path is None:
-        here = os.path.dirname(os.path.abspath(__file__))
-        path = subprocess.run([os.path.join(here, "..", "fetch-ml100k")], check=True,
-                              capture_output=True, text=True).stdout.strip()
-
     weights = tensors(sections(args.checkpoint)[2], f"{args.checkpoint}: best weights")
-    sequences, n_items, _ = ref.build_dataset(path)
+    sequences, n_items, _ = ref.build_dataset(ref.data_path(args.data))
     data = ref.leave_one_out(sequences)
     model = ref.GRU4Rec(n_items)
     names = {"item_embedding.weight": "item_embedding",

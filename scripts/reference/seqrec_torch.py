@@ -75,6 +75,15 @@ def read_inter(path):
     return users, items, times
 
 
+def data_path(given):
+    """The .inter file to read: `given`, or ML-100K from the cache of scripts/fetch-ml100k."""
+    if given is not None:
+        return given
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run([os.path.join(here, "..", "fetch-ml100k")], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def k_core(users, items, k):
     """Indices (file order) of the rows that survive iterative k-core on users and items."""
     keep = list(range(len(users)))
@@ -285,11 +294,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    path = args.data
-    if path is None:
-        here = os.path.dirname(os.path.abspath(__file__))
-        path = subprocess.run([os.path.join(here, "..", "fetch-ml100k")], check=True,
-                              capture_output=True, text=True).stdout.strip()
+    path = data_path(args.data)
 
     if args.dump_sequences:
         dump_sequences(path, args.dump_sequences)
