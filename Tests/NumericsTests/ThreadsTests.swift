@@ -1,3 +1,4 @@
+import WinnowTestSupport
 import XCTest
 @testable import Numerics
 
@@ -63,17 +64,15 @@ final class ThreadsTests: XCTestCase {
             Threads.set(threads)
             for (rows, cols, block) in [(3, 4, 5), (256, 50, 64), (7, 33, 1)] {
                 let n = rows * cols * block
-                let inp = Floats.allocate(capacity: n), swapped = Floats.allocate(capacity: n), back = Floats.allocate(capacity: n)
-                defer { inp.deallocate(); swapped.deallocate(); back.deallocate() }
+                let inp = Buf(n), swapped = Buf(n, fill: -1), back = Buf(n, fill: -1)
                 for i in 0..<n { inp[i] = Float(i) }
-                swapped.initialize(repeating: -1, count: n); back.initialize(repeating: -1, count: n)
-                swapLeadingAxes(out: swapped, inp: inp, rows: rows, cols: cols, block: block)
+                swapLeadingAxes(out: swapped.p, inp: inp.p, rows: rows, cols: cols, block: block)
                 var wrong = 0
                 for r in 0..<rows { for c in 0..<cols { for k in 0..<block where swapped[(c * rows + r) * block + k] != inp[(r * cols + c) * block + k] { wrong += 1 } } }
                 XCTAssertEqual(wrong, 0, "swap \(rows)×\(cols)×\(block), \(threads) threads")
-                swapLeadingAxes(out: back, inp: swapped, rows: cols, cols: rows, block: block)
+                swapLeadingAxes(out: back.p, inp: swapped.p, rows: cols, cols: rows, block: block)
                 XCTAssertTrue((0..<n).allSatisfy { back[$0] == inp[$0] }, "swap back \(rows)×\(cols)×\(block), \(threads) threads")
-                zeroFill(back, n)
+                zeroFill(back.p, n)
                 XCTAssertTrue((0..<n).allSatisfy { back[$0] == 0 }, "zeroFill \(n), \(threads) threads")
             }
         }
