@@ -6,9 +6,17 @@ import PackageDescription
 
 let releaseSpeed: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
 /// Numerics' kernels are SIMD8 code (exp8, the GRU gates, softmax), which at -Onone runs some 100×
-/// slower than scalar code (every vector op spills to the stack): debug builds optimise this one
-/// module so that debug test runs that train models stay quick. Other modules stay -Onone.
+/// slower than scalar code (every vector op spills to the stack): debug builds optimise these
+/// modules (Numerics, Kernels, KernelsAVX2) so that debug test runs that train models stay quick.
+/// Other modules stay -Onone.
 let numericsSpeed: [SwiftSetting] = releaseSpeed + [.unsafeFlags(["-O"], .when(configuration: .debug))]
+/// KernelsAVX2 compiles Kernels' element-wise source for AVX2 (`x86-64-v3`, which Swift 6.3
+/// spells `haswell`); Numerics calls it only on CPUs that have it (Kernels' KernelChoice).
+#if arch(x86_64)
+let avx2Speed: [SwiftSetting] = numericsSpeed + [.unsafeFlags(["-target-cpu", "haswell"])]
+#else
+let avx2Speed: [SwiftSetting] = numericsSpeed
+#endif
 
 let package = Package(
     name: "Winnow",
@@ -66,7 +74,11 @@ let package = Package(
                 path: "Shared/Stack"),
 
         // Numerics, data, models, evaluation, training.
-        .target(name: "Numerics", dependencies: ["CBLAS"], path: "Shared/Numerics", swiftSettings: numericsSpeed),
+        // Element-wise kernels, one source compiled twice: baseline x86-64 and AVX2, chosen at run time.
+        .target(name: "Kernels", dependencies: [], path: "Shared/Kernels", swiftSettings: numericsSpeed),
+        .target(name: "KernelsAVX2", dependencies: [], path: "Shared/KernelsAVX2", swiftSettings: avx2Speed),
+        .target(name: "Numerics", dependencies: ["CBLAS", "Kernels", "KernelsAVX2"], path: "Shared/Numerics",
+                swiftSettings: numericsSpeed),
         .target(name: "Data", dependencies: [], path: "Shared/Data"),
         .target(name: "Evaluation", dependencies: ["Numerics", "Data"], path: "Shared/Evaluation",
                 swiftSettings: releaseSpeed),
@@ -106,7 +118,7 @@ let package = Package(
                     dependencies: ["Store", "Postgres", "Data", "RPC", "WinnowProto", "ServiceKit", "BrokerKit",
                                    .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                     path: "Tests/StoreTests"),
-        .testTarget(name: "NumericsTests", dependencies: ["Numerics", "WinnowTestSupport"], path: "Tests/NumericsTests"),
+        .testTarget(name: "NumericsTests", dependencies: ["Numerics", "Kernels", "KernelsAVX2", "WinnowTestSupport"], path: "Tests/NumericsTests"),
         .testTarget(name: "DataTests", dependencies: ["Data"], path: "Tests/DataTests"),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Numerics", "Data"],
                     path: "Tests/EvaluationTests"),

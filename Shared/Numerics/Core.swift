@@ -6,6 +6,7 @@
 // Buffers are row-major; a comment on each gives its shape.
 import CBLAS
 import Dispatch
+import Kernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -197,40 +198,6 @@ public func sum(_ a: UnsafePointer<Float>, _ n: Int) -> Float {
     return s
 }
 
-/// e^x for eight lanes (Cephes expf: range reduction by ln 2, degree-6 polynomial; relative
-/// error ~1 ulp); lanes below −87.3 (including −∞) give 0.
-///
-/// Written with adds, multiplies, compares and selects only, so it compiles to straight-line
-/// vector code on baseline x86-64: the standard library's `clamped`, `rounded(.down)` and
-/// `SIMD8<Int32>(_:rounding:)` go lane by lane through generic conversions (they were most of
-/// the time of a full softmax). Floor and float → int use the 1.5 · 2²³ trick, exact for the
-/// clamped range, so results equal the lane-wise version bit for bit.
-@inline(__always)
-public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    let lo = SIMD8<Float>(repeating: -87.3), hi = SIMD8<Float>(repeating: 88.3)
-    let magic = SIMD8<Float>(repeating: 12_582_912)   // 1.5 · 2²³: adding it rounds to an integer
-    var xc = x.replacing(with: lo, where: x .< lo)
-    xc.replace(with: hi, where: xc .> hi)
-    // fx = floor(xc · log2 e + 0.5): round to nearest, then step down where that rounded up
-    let v = xc * 1.44269504088896341 + 0.5
-    var fx = (v + magic) - magic
-    fx.replace(with: fx - 1, where: fx .> v)
-    var r = xc - fx * 0.693359375
-    r = r - fx * -2.12194440e-4
-    let z = r * r
-    var y = SIMD8<Float>(repeating: 1.9875691500e-4)
-    y = y * r + 1.3981999507e-3
-    y = y * r + 8.3334519073e-3
-    y = y * r + 4.1665795894e-2
-    y = y * r + 1.6666665459e-1
-    y = y * r + 5.0000001201e-1
-    y = y * z + r + 1
-    // fx + 1.5 · 2²³ holds fx in its low mantissa bits: 2^fx = ((fx + 127) << 23) as float bits
-    let n = unsafeBitCast(fx + magic, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127
-    let pow2 = unsafeBitCast(n &<< 23, to: SIMD8<Float>.self)
-    return (y * pow2).replacing(with: 0, where: x .< lo)
-}
-
 /// max_i x[i] (SIMD lanes).
 @inline(__always)
 public func maxElement(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
@@ -255,7 +222,7 @@ public func expShifted(out: Floats?, _ x: UnsafePointer<Float>, shift: Float, _ 
     var acc = SIMD8<Float>()
     let rx = UnsafeRawPointer(x), s8 = SIMD8<Float>(repeating: shift)
     while i + 8 <= n {
-        let e = exp8(rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) - s8)
+        let e = expLanes(rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) - s8)
         if let out { UnsafeMutableRawPointer(out).storeBytes(of: e, toByteOffset: 4 * i, as: SIMD8<Float>.self) }
         acc += e
         i += 8
@@ -263,7 +230,7 @@ public func expShifted(out: Floats?, _ x: UnsafePointer<Float>, shift: Float, _ 
     var s = acc.sum()
     while i < n {
         var t = SIMD8<Float>(repeating: -.infinity); t[0] = x[i] - shift
-        let e = exp8(t)[0]
+        let e = expLanes(t)[0]
         out?[i] = e; s += e; i += 1
     }
     return s

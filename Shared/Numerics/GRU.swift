@@ -22,37 +22,19 @@
 // and the gate arithmetic, with no synchronisation between steps. Everything that mixes rows
 // is done outside the recurrence, over all steps at once: the input projections (forward),
 // and the weight and bias gradients (backward: one sgemm for W_hh over all steps instead of
-// one per step).
+// one per step). The gate arithmetic of a step is in Kernels (GRUGates.swift), built twice, for
+// baseline x86-64 and for AVX2; a process runs the AVX2 build where the CPU has it (KernelChoice),
+// with the same bits either way.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Kernels
+import KernelsAVX2
 
-/// σ(x) for eight lanes.
-@inline(__always) func sigmoid8(_ x: SIMD8<Float>) -> SIMD8<Float> { 1 / (1 + exp8(-x)) }
-
-/// tanh(x) = 1 − 2 / (1 + e^(2x)) for eight lanes (absolute error ~1e-7; exp8 saturates for
-/// large |x|, giving ±1).
-@inline(__always) func tanh8(_ x: SIMD8<Float>) -> SIMD8<Float> { 1 - 2 / (1 + exp8(x + x)) }
-
-@inline(__always) private func load8(_ p: UnsafePointer<Float>, _ j: Int) -> SIMD8<Float> {
-    UnsafeRawPointer(p).loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
-}
-@inline(__always) private func store8(_ p: Floats, _ j: Int, _ v: SIMD8<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, toByteOffset: 4 * j, as: SIMD8<Float>.self)
-}
-/// Eight lanes from p[j...] (fewer when j + 8 > n; missing lanes are 0).
-@inline(__always) private func load(_ p: UnsafePointer<Float>, _ j: Int, _ n: Int) -> SIMD8<Float> {
-    if j + 8 <= n { return load8(p, j) }
-    var v = SIMD8<Float>()
-    for l in 0..<(n - j) { v[l] = p[j + l] }
-    return v
-}
-@inline(__always) private func store(_ p: Floats, _ j: Int, _ n: Int, _ v: SIMD8<Float>) {
-    if j + 8 <= n { store8(p, j, v); return }
-    for l in 0..<(n - j) { p[j + l] = v[l] }
-}
+/// The gate arithmetic in the copy this process runs (see KernelChoice).
+private let gatesAVX2 = KernelChoice.current == .avx2
 
 /// Rows of a chunk [lo, hi) still running at step t (a prefix of the chunk); `rows` is the
 /// count at the step before.
@@ -99,20 +81,12 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
                 sgemm(transB: true, M: rows, N: H3, K: H, A: out + ((t - 1) * B + lo) * H, lda: H, B: whh, ldb: H,
                       beta: 1, C: ght, ldc: H3)
             }
-            for b in lo..<(lo + rows) {
-                let g = gates + (t * B + b) * H3, hh = UnsafePointer(gh + (t * B + b) * H3)
-                let o = out + (t * B + b) * H
-                let hp = UnsafePointer(out + (max(t - 1, 0) * B + b) * H)   // read only when t > 0
-                var j = 0
-                while j < H {
-                    let r = sigmoid8(load(g, j, H) + load(hh, j, H))
-                    let z = sigmoid8(load(g + H, j, H) + load(hh + H, j, H))
-                    let n = tanh8(load(g + 2 * H, j, H) + r * load(hh + 2 * H, j, H))
-                    let h = t > 0 ? load(hp, j, H) : SIMD8<Float>()
-                    store(g, j, H, r); store(g + H, j, H, z); store(g + 2 * H, j, H, n)
-                    store(o, j, H, (1 - z) * n + z * h)
-                    j += 8
-                }
+            let g = gates + (t * B + lo) * H3, o = out + (t * B + lo) * H
+            let hp = t > 0 ? UnsafePointer(out + ((t - 1) * B + lo) * H) : nil
+            if gatesAVX2 {
+                gruGatesForwardAVX2(g: g, hh: ght, hp: hp, o: o, rows: rows, H: H)
+            } else {
+                gruGatesForward(g: g, hh: ght, hp: hp, o: o, rows: rows, H: H)
             }
         }
     }
@@ -150,27 +124,14 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
                 (dgi + (t * B + lo + rows) * H3).update(repeating: 0, count: (hi - lo - rows) * H3)
                 (dgh + (t * B + lo + rows) * H3).update(repeating: 0, count: (hi - lo - rows) * H3)
             }
-            for b in lo..<(lo + rows) {
-                let g = gates + (t * B + b) * H3, hh = gh + (t * B + b) * H3
-                let hp = out + (max(t - 1, 0) * B + b) * H   // read only when t > 0
-                let go = dout + (t * B + b) * H, dhb = dh + b * H
-                let di = dgi + (t * B + b) * H3, dg = dgh + (t * B + b) * H3
-                var j = 0
-                while j < H {
-                    let r = load(g, j, H), z = load(g + H, j, H), n = load(g + 2 * H, j, H)
-                    let dht = load(go, j, H) + load(dhb, j, H)
-                    let hprev = t > 0 ? load(hp, j, H) : SIMD8<Float>()
-                    let dn = dht * (1 - z), dz = dht * (hprev - n)
-                    let dnp = dn * (1 - n * n), dzp = dz * z * (1 - z)
-                    let drp = dnp * load(hh + 2 * H, j, H) * r * (1 - r)
-                    store(di, j, H, drp); store(di + H, j, H, dzp); store(di + 2 * H, j, H, dnp)
-                    store(dg, j, H, drp); store(dg + H, j, H, dzp); store(dg + 2 * H, j, H, dnp * r)
-                    store(dhb, j, H, dht * z)
-                    store(sums, j, H, load(sums, j, H) + drp); store(sums + H, j, H, load(sums + H, j, H) + dzp)
-                    store(sums + 2 * H, j, H, load(sums + 2 * H, j, H) + dnp)
-                    store(sums + 3 * H, j, H, load(sums + 3 * H, j, H) + dnp * r)
-                    j += 8
-                }
+            let at = t * B + lo
+            let hp = t > 0 ? out + ((t - 1) * B + lo) * H : nil
+            if gatesAVX2 {
+                gruGatesBackwardAVX2(g: gates + at * H3, hh: gh + at * H3, hp: hp, go: dout + at * H, dh: dh + lo * H,
+                                     di: dgi + at * H3, dg: dgh + at * H3, sums: sums, rows: rows, H: H)
+            } else {
+                gruGatesBackward(g: gates + at * H3, hh: gh + at * H3, hp: hp, go: dout + at * H, dh: dh + lo * H,
+                                 di: dgi + at * H3, dg: dgh + at * H3, sums: sums, rows: rows, H: H)
             }
             if t > 0 && rows > 0 {
                 sgemm(M: rows, N: H, K: H3, A: dgh + (t * B + lo) * H3, lda: H3, B: whh, ldb: H,

@@ -9,6 +9,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Kernels
 
 @inline(__always) private func rowWeight(_ w: UnsafePointer<Float>?, _ b: Int, _ scale: Float) -> Float {
     (w?[b] ?? 1) * scale
@@ -31,7 +32,7 @@ import Darwin
     var j = 0
     let rx = UnsafeRawPointer(x), rd = UnsafeMutableRawPointer(d)
     while j + 8 <= V {
-        let e = exp8(rx.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) - shift) * scale
+        let e = expLanes(rx.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) - shift) * scale
         rd.storeBytes(of: rd.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) + e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
         j += 8
     }

@@ -1,0 +1,73 @@
+import Kernels
+import KernelsAVX2
+import Numerics
+import WinnowTestSupport
+import XCTest
+
+/// The two builds of the element-wise kernels, and how a process chooses between them.
+final class KernelChoiceTests: XCTestCase {
+    private func copy(_ b: Buf) -> Buf { let c = Buf(b.n); c.p.update(from: b.p, count: b.n); return c }
+
+    private func assertSameBits(_ a: Buf, _ b: Buf, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        var differing = 0
+        for i in 0..<a.n where a[i].bitPattern != b[i].bitPattern { differing += 1 }
+        XCTAssertEqual(differing, 0, "\(what): \(differing) of \(a.n) values differ between the builds", file: file, line: line)
+    }
+
+    /// The AVX2 build runs the same arithmetic (no fused multiply-adds), so training gives the
+    /// same figures whichever build a machine picks. H = 20 leaves a partial group of lanes.
+    func testAVX2GateKernelsGiveTheBaselineBits() throws {
+        try XCTSkipUnless(KernelChoice.machineAllowsAVX2, "this CPU cannot run the AVX2 build")
+        var rng = RNG(seed: 41)
+        for (H, rows) in [(20, 5), (128, 33)] {
+            let H3 = 3 * H
+            let g = Buf(random: rows * H3, rng: &rng, scale: 2), hh = Buf(random: rows * H3, rng: &rng, scale: 2)
+            let hp = Buf(random: rows * H, rng: &rng)
+            for withPrevious in [false, true] {
+                let g1 = copy(g), g2 = copy(g), o1 = Buf(rows * H), o2 = Buf(rows * H)
+                let prev = withPrevious ? UnsafePointer(hp.p) : nil
+                gruGatesForward(g: g1.p, hh: hh.p, hp: prev, o: o1.p, rows: rows, H: H)
+                gruGatesForwardAVX2(g: g2.p, hh: hh.p, hp: prev, o: o2.p, rows: rows, H: H)
+                assertSameBits(g1, g2, "gates, H \(H)"); assertSameBits(o1, o2, "outputs, H \(H)")
+
+                let go = Buf(random: rows * H, rng: &rng), dh = Buf(random: rows * H, rng: &rng)
+                let dh1 = copy(dh), dh2 = copy(dh), sums1 = Buf(random: 4 * H, rng: &rng), sums2 = copy(sums1)
+                let di1 = Buf(rows * H3), di2 = Buf(rows * H3), dg1 = Buf(rows * H3), dg2 = Buf(rows * H3)
+                gruGatesBackward(g: g1.p, hh: hh.p, hp: prev, go: go.p, dh: dh1.p, di: di1.p, dg: dg1.p, sums: sums1.p, rows: rows, H: H)
+                gruGatesBackwardAVX2(g: g1.p, hh: hh.p, hp: prev, go: go.p, dh: dh2.p, di: di2.p, dg: dg2.p, sums: sums2.p, rows: rows, H: H)
+                for (a, b, what) in [(dh1, dh2, "dh"), (sums1, sums2, "bias sums"), (di1, di2, "d inputs"), (dg1, dg2, "d hh")] {
+                    assertSameBits(a, b, "\(what), H \(H)")
+                }
+                // the kernels did something: a partial lane group is written too
+                XCTAssertNotEqual(o1[rows * H - 1], 0); XCTAssertNotEqual(di1[rows * H3 - 1], 0)
+            }
+        }
+    }
+
+    func testCpuinfoFlagsDecideWhetherTheAVX2BuildMayRun() {
+        let all = KernelChoice.avx2Flags.joined(separator: " ")
+        XCTAssertTrue(KernelChoice.cpuinfoAllowsAVX2("processor\t: 0\nflags\t\t: fpu sse2 \(all) avx512f\nbugs\t\t: none\n"))
+        for missing in ["avx2", "fma", "movbe"] {
+            let flags = KernelChoice.avx2Flags.filter { $0 != missing }.joined(separator: " ")
+            XCTAssertFalse(KernelChoice.cpuinfoAllowsAVX2("flags\t\t: \(flags)\n"), "without \(missing)")
+        }
+        // "avx2" must be a whole flag, not a prefix of another
+        let prefixOnly = KernelChoice.avx2Flags.map { $0 == "avx2" ? "avx2x" : $0 }.joined(separator: " ")
+        XCTAssertFalse(KernelChoice.cpuinfoAllowsAVX2("flags\t: \(prefixOnly)\n"))
+        XCTAssertFalse(KernelChoice.cpuinfoAllowsAVX2("processor\t: 0\n"))
+    }
+
+    func testTheSettingChoosesTheBuildAndRejectsWhatCannotRun() {
+        XCTAssertEqual(try KernelChoice.resolve(nil, machineAllowsAVX2: true).get(), .avx2)
+        XCTAssertEqual(try KernelChoice.resolve("auto", machineAllowsAVX2: false).get(), .baseline)
+        XCTAssertEqual(try KernelChoice.resolve("baseline", machineAllowsAVX2: true).get(), .baseline)
+        XCTAssertEqual(try KernelChoice.resolve("avx2", machineAllowsAVX2: true).get(), .avx2)
+        XCTAssertThrowsError(try KernelChoice.resolve("avx2", machineAllowsAVX2: false).get()) {
+            XCTAssertEqual($0 as? KernelChoiceError, .avx2Unavailable)
+        }
+        XCTAssertThrowsError(try KernelChoice.resolve("sse9", machineAllowsAVX2: true).get()) {
+            XCTAssertEqual($0 as? KernelChoiceError, .unknown("sse9"))
+            XCTAssertTrue("\($0)".contains("WINNOW_KERNELS=sse9"))
+        }
+    }
+}
