@@ -1,8 +1,9 @@
 // The baseline x86-64 build of the element-wise kernels: the entry points Numerics calls when
 // the process runs the baseline copy (KernelChoice), and e^x for Numerics' own loops.
 
-/// e^x for eight lanes (see exp8), inlined into the caller.
-@inlinable @inline(__always)
+/// e^x for eight lanes (see exp8), inlined into the caller (transparent: as `@inlinable` the
+/// optimiser left it a call per eight lanes in Numerics' softmax loops).
+@_transparent
 public func expLanes(_ x: SIMD8<Float>) -> SIMD8<Float> { exp8(x) }
 
 /// The GRU gates forward for `rows` consecutive rows of one step (see gateRowsForward).
