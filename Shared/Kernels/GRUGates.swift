@@ -2,14 +2,15 @@
 // order r | z | n; equations and cache layout in Numerics' GRU.swift, which runs the recurrence
 // and the matrix products around these). Rows are consecutive: row b of a step starts b · 3H
 // floats into g, hh, di, dg and b · H floats into hp, o, go, dh. Compiled twice (see
-// VectorMath.swift); the public entry points are gruGatesForward / gruGatesBackward (baseline)
-// and gruGatesForwardAVX2 / gruGatesBackwardAVX2.
+// VectorMath.swift): callers name the build, `Kernels.gruGatesForward` or
+// `KernelsAVX2.gruGatesForward`. Only pointers and integers cross these two functions, never
+// SIMD values, so code built for baseline x86-64 can call the AVX2 build (only where
+// KernelChoice.current is .avx2).
 
 /// Forward for `rows` rows: g holds the input pre-activations x·W_iᵀ + b_i and receives
 /// r | z | n after activation; hh = h_{t−1}·W_hᵀ + b_h; hp = h_{t−1} (nil at t = 0, h₋₁ = 0);
 /// o receives h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}.
-@inline(__always)
-func gateRowsForward(g: UnsafeMutablePointer<Float>, hh: UnsafePointer<Float>, hp: UnsafePointer<Float>?,
+public func gruGatesForward(g: UnsafeMutablePointer<Float>, hh: UnsafePointer<Float>, hp: UnsafePointer<Float>?,
                             o: UnsafeMutablePointer<Float>, rows: Int, H: Int) {
     let H3 = 3 * H
     for b in 0..<rows {
@@ -33,8 +34,7 @@ func gateRowsForward(g: UnsafeMutablePointer<Float>, hh: UnsafePointer<Float>, h
 /// input pre-activations di = dr' | dz' | dn' and of hh, dg = dr' | dz' | dn' ⊙ r; replaces dh
 /// with dh_t ⊙ z (the direct part of ∂h_t/∂h_{t−1}; the caller adds dg · W_hh); adds to
 /// sums = Σ dr' | Σ dz' | Σ dn' | Σ dn' ⊙ r over the rows (the bias gradients).
-@inline(__always)
-func gateRowsBackward(g: UnsafePointer<Float>, hh: UnsafePointer<Float>, hp: UnsafePointer<Float>?,
+public func gruGatesBackward(g: UnsafePointer<Float>, hh: UnsafePointer<Float>, hp: UnsafePointer<Float>?,
                              go: UnsafePointer<Float>, dh: UnsafeMutablePointer<Float>,
                              di: UnsafeMutablePointer<Float>, dg: UnsafeMutablePointer<Float>,
                              sums: UnsafeMutablePointer<Float>, rows: Int, H: Int) {

@@ -1,10 +1,11 @@
 // Eight-lane transcendental functions for the numerics' element-wise kernels.
 //
 // This file and GRUGates.swift are compiled twice: here for baseline x86-64 and, through the
-// links in Shared/KernelsAVX2, for AVX2. Their declarations are internal on purpose: each
-// module gets its own copy under its own symbol names, so a baseline caller can never be linked
-// to an AVX2 body (nor SIMD8 values passed between code built for different vector registers).
-// Modules above reach them through the public entry points (Kernels.swift, KernelsAVX2.swift).
+// links in Shared/KernelsAVX2, for AVX2 (see KernelChoice). Each module gets its own copy under
+// its own symbol names, so a baseline caller can never be linked to an AVX2 body. The functions
+// here take and return SIMD8 values, whose calling convention differs between the two builds
+// (two SSE registers or one AVX register), so they stay internal to each build; modules above
+// call the kernels of GRUGates.swift, or expLanes (Kernels only).
 
 /// e^x for eight lanes (Cephes expf: range reduction by ln 2, degree-6 polynomial; relative
 /// error ~1 ulp); lanes below −87.3 (including −∞) give 0.

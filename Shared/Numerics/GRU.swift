@@ -84,9 +84,9 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
             let g = gates + (t * B + lo) * H3, o = out + (t * B + lo) * H
             let hp = t > 0 ? UnsafePointer(out + ((t - 1) * B + lo) * H) : nil
             if gatesAVX2 {
-                gruGatesForwardAVX2(g: g, hh: ght, hp: hp, o: o, rows: rows, H: H)
+                KernelsAVX2.gruGatesForward(g: g, hh: ght, hp: hp, o: o, rows: rows, H: H)
             } else {
-                gruGatesForward(g: g, hh: ght, hp: hp, o: o, rows: rows, H: H)
+                Kernels.gruGatesForward(g: g, hh: ght, hp: hp, o: o, rows: rows, H: H)
             }
         }
     }
@@ -127,10 +127,10 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
             let at = t * B + lo
             let hp = t > 0 ? out + ((t - 1) * B + lo) * H : nil
             if gatesAVX2 {
-                gruGatesBackwardAVX2(g: gates + at * H3, hh: gh + at * H3, hp: hp, go: dout + at * H, dh: dh + lo * H,
-                                     di: dgi + at * H3, dg: dgh + at * H3, sums: sums, rows: rows, H: H)
+                KernelsAVX2.gruGatesBackward(g: gates + at * H3, hh: gh + at * H3, hp: hp, go: dout + at * H, dh: dh + lo * H,
+                                             di: dgi + at * H3, dg: dgh + at * H3, sums: sums, rows: rows, H: H)
             } else {
-                gruGatesBackward(g: gates + at * H3, hh: gh + at * H3, hp: hp, go: dout + at * H, dh: dh + lo * H,
+                Kernels.gruGatesBackward(g: gates + at * H3, hh: gh + at * H3, hp: hp, go: dout + at * H, dh: dh + lo * H,
                                  di: dgi + at * H3, dg: dgh + at * H3, sums: sums, rows: rows, H: H)
             }
             if t > 0 && rows > 0 {

@@ -26,15 +26,15 @@ final class KernelChoiceTests: XCTestCase {
             for withPrevious in [false, true] {
                 let g1 = copy(g), g2 = copy(g), o1 = Buf(rows * H), o2 = Buf(rows * H)
                 let prev = withPrevious ? UnsafePointer(hp.p) : nil
-                gruGatesForward(g: g1.p, hh: hh.p, hp: prev, o: o1.p, rows: rows, H: H)
-                gruGatesForwardAVX2(g: g2.p, hh: hh.p, hp: prev, o: o2.p, rows: rows, H: H)
+                Kernels.gruGatesForward(g: g1.p, hh: hh.p, hp: prev, o: o1.p, rows: rows, H: H)
+                KernelsAVX2.gruGatesForward(g: g2.p, hh: hh.p, hp: prev, o: o2.p, rows: rows, H: H)
                 assertSameBits(g1, g2, "gates, H \(H)"); assertSameBits(o1, o2, "outputs, H \(H)")
 
                 let go = Buf(random: rows * H, rng: &rng), dh = Buf(random: rows * H, rng: &rng)
                 let dh1 = copy(dh), dh2 = copy(dh), sums1 = Buf(random: 4 * H, rng: &rng), sums2 = copy(sums1)
                 let di1 = Buf(rows * H3), di2 = Buf(rows * H3), dg1 = Buf(rows * H3), dg2 = Buf(rows * H3)
-                gruGatesBackward(g: g1.p, hh: hh.p, hp: prev, go: go.p, dh: dh1.p, di: di1.p, dg: dg1.p, sums: sums1.p, rows: rows, H: H)
-                gruGatesBackwardAVX2(g: g1.p, hh: hh.p, hp: prev, go: go.p, dh: dh2.p, di: di2.p, dg: dg2.p, sums: sums2.p, rows: rows, H: H)
+                Kernels.gruGatesBackward(g: g1.p, hh: hh.p, hp: prev, go: go.p, dh: dh1.p, di: di1.p, dg: dg1.p, sums: sums1.p, rows: rows, H: H)
+                KernelsAVX2.gruGatesBackward(g: g1.p, hh: hh.p, hp: prev, go: go.p, dh: dh2.p, di: di2.p, dg: dg2.p, sums: sums2.p, rows: rows, H: H)
                 for (a, b, what) in [(dh1, dh2, "dh"), (sums1, sums2, "bias sums"), (di1, di2, "d inputs"), (dg1, dg2, "d hh")] {
                     assertSameBits(a, b, "\(what), H \(H)")
                 }
