@@ -54,12 +54,16 @@ public enum KernelChoice: String, Sendable {
         }
     }
 
-    /// The process's choice, made on first use.
+    /// The process's choice, made on first use. A setting that cannot be honoured ends the
+    /// process with exit status 2 and the reason on standard error (a misconfigured machine, not
+    /// a bug: no crash report).
     public static let current: KernelChoice = {
         let setting = getenv("WINNOW_KERNELS").map { String(cString: $0) }
         switch resolve(setting, machineAllowsAVX2: machineAllowsAVX2) {
         case .success(let choice): return choice
-        case .failure(let error): fatalError("\(error)")
+        case .failure(let error):
+            fputs("\(error)\n", stderr)
+            exit(2)
         }
     }()
 }
