@@ -56,7 +56,7 @@ func sigmoid8(_ x: SIMD8<Float>) -> SIMD8<Float> { 1 / (1 + exp8(-x)) }
 func tanh8(_ x: SIMD8<Float>) -> SIMD8<Float> { 1 - 2 / (1 + exp8(x + x)) }
 
 /// Eight lanes from p[j...] (fewer when j + 8 > n; missing lanes are 0).
-@inlinable @inline(__always)
+@inline(__always)
 func load8(_ p: UnsafePointer<Float>, _ j: Int, _ n: Int) -> SIMD8<Float> {
     if j + 8 <= n { return UnsafeRawPointer(p).loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) }
     var v = SIMD8<Float>()
@@ -65,7 +65,7 @@ func load8(_ p: UnsafePointer<Float>, _ j: Int, _ n: Int) -> SIMD8<Float> {
 }
 
 /// Stores the lanes of v to p[j...] (only those below n).
-@inlinable @inline(__always)
+@inline(__always)
 func store8(_ p: UnsafeMutablePointer<Float>, _ j: Int, _ n: Int, _ v: SIMD8<Float>) {
     if j + 8 <= n { UnsafeMutableRawPointer(p).storeBytes(of: v, toByteOffset: 4 * j, as: SIMD8<Float>.self); return }
     for l in 0..<(n - j) { p[j + l] = v[l] }

@@ -124,18 +124,17 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
                 (dgi + (t * B + lo + rows) * H3).update(repeating: 0, count: (hi - lo - rows) * H3)
                 (dgh + (t * B + lo + rows) * H3).update(repeating: 0, count: (hi - lo - rows) * H3)
             }
-            let at = t * B + lo
+            // this step's rows of the chunk in each buffer
+            let g = gates + (t * B + lo) * H3, hh = gh + (t * B + lo) * H3, go = dout + (t * B + lo) * H
+            let di = dgi + (t * B + lo) * H3, dg = dgh + (t * B + lo) * H3, dhc = dh + lo * H
             let hp = t > 0 ? out + ((t - 1) * B + lo) * H : nil
             if gatesAVX2 {
-                KernelsAVX2.gruGatesBackward(g: gates + at * H3, hh: gh + at * H3, hp: hp, go: dout + at * H, dh: dh + lo * H,
-                                             di: dgi + at * H3, dg: dgh + at * H3, sums: sums, rows: rows, H: H)
+                KernelsAVX2.gruGatesBackward(g: g, hh: hh, hp: hp, go: go, dh: dhc, di: di, dg: dg, sums: sums, rows: rows, H: H)
             } else {
-                Kernels.gruGatesBackward(g: gates + at * H3, hh: gh + at * H3, hp: hp, go: dout + at * H, dh: dh + lo * H,
-                                 di: dgi + at * H3, dg: dgh + at * H3, sums: sums, rows: rows, H: H)
+                Kernels.gruGatesBackward(g: g, hh: hh, hp: hp, go: go, dh: dhc, di: di, dg: dg, sums: sums, rows: rows, H: H)
             }
             if t > 0 && rows > 0 {
-                sgemm(M: rows, N: H, K: H3, A: dgh + (t * B + lo) * H3, lda: H3, B: whh, ldb: H,
-                      beta: 1, C: dh + lo * H, ldc: H)
+                sgemm(M: rows, N: H, K: H3, A: dg, lda: H3, B: whh, ldb: H, beta: 1, C: dhc, ldc: H)
             }
             t -= 1
         }
