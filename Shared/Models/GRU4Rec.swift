@@ -36,7 +36,7 @@ public final class GRU4Rec: Backbone {
     private var outs: [Floats] = [], gates: [Floats] = [], ghs: [Floats] = []   // per layer (T, B, Hd), (T, B, 3Hd) ×2
     private var last: Floats! = nil, user: Floats! = nil     // (B, Hd), (B, E)
     private var dLast: Floats! = nil, dOut: Floats! = nil, dIn: Floats! = nil, dEmb: Floats! = nil
-    private var dgi: Floats! = nil, dgh: Floats! = nil, dh: Floats! = nil
+    private var dgi: Floats! = nil, dgh: Floats! = nil, dh: Floats! = nil, biasSums: Floats! = nil
     // The batch as the GRU runs it: rows arranged by GRUBatchOrder (order[p] = caller's row at
     // position p), so that each row stops at its own length.
     private var order: [Int] = [], rowItems: [Int32] = [], rowLengths: [Int32] = []
@@ -77,14 +77,14 @@ public final class GRU4Rec: Backbone {
         let T = config.maxLength, E = config.embedding, Hd = config.hidden, L = config.layers, BT = B * T
         guard work.ensure(B, sizes: { _ in
             [BT * E, BT * E, BT * E, BT * E] + Array([[Int]](repeating: [BT * Hd, BT * 3 * Hd, BT * 3 * Hd], count: L).joined())
-                + [B * Hd, B * E, B * Hd, BT * Hd, BT * Hd, BT * E, BT * 3 * Hd, BT * 3 * Hd, B * Hd]
+                + [B * Hd, B * E, B * Hd, BT * Hd, BT * Hd, BT * E, BT * 3 * Hd, BT * 3 * Hd, B * Hd, gruBiasSumsCount(B: B, H: Hd)]
         }) else { return }
         let v = work.slab!.views
         emb = v[0]; mask = v[1]; seq = v[2]; dSeq = v[3]
         outs = (0..<L).map { v[4 + 3 * $0] }; gates = (0..<L).map { v[5 + 3 * $0] }; ghs = (0..<L).map { v[6 + 3 * $0] }
         let k = 4 + 3 * L
         last = v[k]; user = v[k + 1]; dLast = v[k + 2]; dOut = v[k + 3]; dIn = v[k + 4]; dEmb = v[k + 5]
-        dgi = v[k + 6]; dgh = v[k + 7]; dh = v[k + 8]
+        dgi = v[k + 6]; dgh = v[k + 7]; dh = v[k + 8]; biasSums = v[k + 9]
     }
 
     private func bias(_ name: String, _ view: (String) -> Floats) -> Floats? { config.gruBias ? view(name) : nil }
@@ -143,7 +143,7 @@ public final class GRU4Rec: Backbone {
                             dbih: bias("gru.\(l).bias_ih", ps.grad), dbhh: bias("gru.\(l).bias_hh", ps.grad),
                             dout: dOut, inp: inp, out: outs[l], gates: gates[l], gh: ghs[l],
                             wih: ps.value("gru.\(l).weight_ih"), whh: ps.value("gru.\(l).weight_hh"),
-                            dgi: dgi, dgh: dgh, dh: dh, steps: lastSteps, lengths: rl.baseAddress!, B: B, T: T, I: I, H: Hd)
+                            dgi: dgi, dgh: dgh, dh: dh, biasSums: biasSums, steps: lastSteps, lengths: rl.baseAddress!, B: B, T: T, I: I, H: Hd)
                 if l > 0 { swap(&dOut, &dIn) }
             }
         }

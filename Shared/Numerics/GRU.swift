@@ -92,13 +92,17 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
     }
 }
 
+/// Floats `gruBackward` needs in its `biasSums` work buffer for a batch of B rows: one 4H block
+/// per thread chunk, at most B / GRUBatchOrder.minRowsPerChunk chunks whatever the thread count.
+public func gruBiasSumsCount(B: Int, H: Int) -> Int { max(1, B / GRUBatchOrder.minRowsPerChunk) * 4 * H }
+
 /// Accumulates dinp (may be nil), dwih, dwhh, dbih, dbhh from dout (T, B, H). Work buffers:
-/// dgi (T, B, 3H), dgh (T, B, 3H), dh (B, H), overwritten.
+/// dgi (T, B, 3H), dgh (T, B, 3H), dh (B, H), biasSums (gruBiasSumsCount(B:H:)), overwritten.
 public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?, dbhh: Floats?,
                         dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, out: UnsafePointer<Float>,
                         gates: UnsafePointer<Float>, gh: UnsafePointer<Float>,
                         wih: UnsafePointer<Float>, whh: UnsafePointer<Float>,
-                        dgi: Floats, dgh: Floats, dh: Floats,
+                        dgi: Floats, dgh: Floats, dh: Floats, biasSums: Floats,
                         steps: Int, lengths: UnsafePointer<Int32>? = nil, B: Int, T: Int, I: Int, H: Int) {
     let H3 = 3 * H
     checkChunkOrder(lengths, B: B)
@@ -108,9 +112,7 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
     // steps · B rows on one thread: r, z and n parts of dgi, then the n part of dgh (its r and z
     // parts equal dgi's).
     let chunks = Threads.chunks(B, minPerChunk: GRUBatchOrder.minRowsPerChunk)
-    let biasSums = Floats.allocate(capacity: chunks * 4 * H)
-    defer { biasSums.deallocate() }
-    biasSums.initialize(repeating: 0, count: chunks * 4 * H)
+    biasSums.update(repeating: 0, count: chunks * 4 * H)
     // the recurrence, per chunk of rows: dgi = d(input pre-activations), dgh = d(gh), and
     // dh ← dh_t · ∂h_t/∂h_{t−1} = dh_t ⊙ z + dgh_t · W_hh; a row joins at its last position.
     // Positions a row does not run get zero gradients (the products below read all steps · B

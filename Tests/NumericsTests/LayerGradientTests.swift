@@ -181,14 +181,15 @@ final class LayerGradientTests: XCTestCase {
         let bih = Buf(random: 3 * H, rng: &rng, scale: 0.3), bhh = Buf(random: 3 * H, rng: &rng, scale: 0.3)
         let out = Buf(B * T * H), gates = Buf(B * T * 3 * H), gh = Buf(B * T * 3 * H), c = Buf(random: B * T * H, rng: &rng)
         let dinp = Buf(B * T * I), dwih = Buf(3 * H * I), dwhh = Buf(3 * H * H), dbih = Buf(3 * H), dbhh = Buf(3 * H)
-        let dgi = Buf(B * T * 3 * H), dgh = Buf(B * T * 3 * H), dh = Buf(B * H)
+        let dgi = Buf(B * T * 3 * H), dgh = Buf(B * T * 3 * H), dh = Buf(B * H), sums = Buf(gruBiasSumsCount(B: B, H: H))
         let f = { () -> Double in
             gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inp.p, wih: wih.p, whh: whh.p, bih: bih.p, bhh: bhh.p, steps: steps, B: B, T: T, I: I, H: H)
             return out.dot(c)
         }
         _ = f()
         gruBackward(dinp: dinp.p, dwih: dwih.p, dwhh: dwhh.p, dbih: dbih.p, dbhh: dbhh.p, dout: c.p, inp: inp.p, out: out.p,
-                    gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p, dgi: dgi.p, dgh: dgh.p, dh: dh.p, steps: steps, B: B, T: T, I: I, H: H)
+                    gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p, dgi: dgi.p, dgh: dgh.p, dh: dh.p, biasSums: sums.p,
+                    steps: steps, B: B, T: T, I: I, H: H)
         assertGradient(GradientCheck.check("dinp", x: inp.p, analytic: dinp.p, count: inp.n, f: f))
         assertGradient(GradientCheck.check("dwih", x: wih.p, analytic: dwih.p, count: wih.n, f: f))
         assertGradient(GradientCheck.check("dwhh", x: whh.p, analytic: dwhh.p, count: whh.n, f: f))
@@ -234,6 +235,7 @@ final class LayerGradientTests: XCTestCase {
                     let out = Buf(B * T * H, fill: 7), gates = Buf(B * T * H3), gh = Buf(B * T * H3)
                     let dinp = Buf(B * T * I), dwih = Buf(H3 * I), dwhh = Buf(H3 * H), dbih = Buf(H3), dbhh = Buf(H3)
                     let dgi = Buf(B * T * H3, fill: 5), dgh = Buf(B * T * H3, fill: 5), dh = Buf(B * H, fill: 5)
+                    let sums = Buf(gruBiasSumsCount(B: B, H: H), fill: 5)
                     rowLengths.withUnsafeBufferPointer { rl in
                         let lengths = withLengths ? rl.baseAddress! : nil
                         gruForward(out: out.p, gates: gates.p, gh: gh.p, inp: inpTM.p, wih: wih.p, whh: whh.p,
@@ -241,7 +243,8 @@ final class LayerGradientTests: XCTestCase {
                                    B: B, T: T, I: I, H: H)
                         gruBackward(dinp: dinp.p, dwih: dwih.p, dwhh: dwhh.p, dbih: withBias ? dbih.p : nil, dbhh: withBias ? dbhh.p : nil,
                                     dout: doutTM.p, inp: inpTM.p, out: out.p, gates: gates.p, gh: gh.p, wih: wih.p, whh: whh.p,
-                                    dgi: dgi.p, dgh: dgh.p, dh: dh.p, steps: steps, lengths: lengths, B: B, T: T, I: I, H: H)
+                                    dgi: dgi.p, dgh: dgh.p, dh: dh.p, biasSums: sums.p, steps: steps, lengths: lengths,
+                                    B: B, T: T, I: I, H: H)
                     }
                     let label = "bias \(withBias), lengths \(withLengths), \(threads) threads"
                     for b in 0..<B {
