@@ -87,6 +87,7 @@ struct BenchWire: AsyncParsableCommand {
                     }
                     let pipelined = try await measurePipelined(client, method: method, size: size, count: count)
                     let key = "\(route).\(size)"
+                    Self.progress("\(route) \(size == Self.small ? "2KB" : "200KB")", sequential)
                     winnow[key] = Measurement(
                         sequential: Self.best(winnow[key]?.sequential, sequential),
                         pipelinedBytesPerSecond: max(winnow[key]?.pipelinedBytesPerSecond ?? 0, pipelined))
@@ -94,6 +95,12 @@ struct BenchWire: AsyncParsableCommand {
             }
             if !noReference {
                 let next = try runReference()
+                for (size, result) in next.bySize.sorted(by: { $0.key < $1.key }) {
+                    Self.progress("pyzmq direct \(size == Self.small ? "2KB" : "200KB")", result)
+                }
+                for (size, result) in next.relayBySize.sorted(by: { $0.key < $1.key }) {
+                    Self.progress("pyzmq via zmq_proxy \(size == Self.small ? "2KB" : "200KB")", result)
+                }
                 var merged = next
                 if let reference {
                     for (size, result) in next.bySize { merged.bySize[size] = Self.best(reference.bySize[size], result) }
@@ -145,6 +152,14 @@ struct BenchWire: AsyncParsableCommand {
     }
 
     // MARK: measuring
+
+    /// One round's figures on stderr: how much rounds differ is the noise the best-of-rounds rule
+    /// works against.
+    static func progress(_ what: String, _ result: Sequential) {
+        let line = "bench wire:   \(what): p50 \(String(format: "%.1f", result.p50)) us, "
+            + "\(String(format: "%.3f", result.bytesPerSecond / 1e9)) GB/s\n"
+        FileHandle.standardError.write(Data(line.utf8))
+    }
 
     struct Sequential {
         var p50: Double // µs
