@@ -15,6 +15,8 @@ public enum StackError: Error, CustomStringConvertible, Equatable {
     case unusableStateDirectory(String, reason: String)
     /// The given database did not answer.
     case databaseUnreachable(url: String, reason: String)
+    /// The port probe kept answering ports already given to another part of the stack.
+    case noDistinctPort(attempts: Int, taken: [Int])
 
     public var description: String {
         switch self {
@@ -26,6 +28,9 @@ public enum StackError: Error, CustomStringConvertible, Equatable {
             return "cannot use state directory \(dir): \(reason)"
         case .databaseUnreachable(let url, let reason):
             return "database \(url) is not reachable: \(reason)"
+        case .noDistinctPort(let attempts, let taken):
+            return "no free loopback port for a service after \(attempts) probes: each one answered a port the stack "
+                + "already uses (\(taken.map(String.init).joined(separator: ", ")))"
         }
     }
 }

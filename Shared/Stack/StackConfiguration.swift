@@ -43,6 +43,9 @@ public struct StackConfiguration: Sendable {
 
     public var brokerEndpoint: String { "tcp://127.0.0.1:\(brokerPort)" }
 
+    /// Probes `children` makes for each service's port before giving up.
+    static let portAttempts = 64
+
     /// The executables missing from ``binDirectory``.
     public func missingExecutables() -> [String] {
         Self.executables.filter { access((binDirectory as NSString).appendingPathComponent($0), X_OK) != 0 }
@@ -50,19 +53,33 @@ public struct StackConfiguration: Sendable {
 
     /// The children to supervise, with the flags of the process contract: the broker (stage 0),
     /// the feature store (stage 1), then N teachers, noise, trainer and retrieval (stage 2).
-    /// Each gets a direct endpoint on a free loopback port picked by `port`.
+    /// Each gets a direct endpoint on a free loopback port picked by `port`, distinct from every
+    /// other child's and from the broker's and Postgres' ports: a port probe closes its socket, so
+    /// the kernel may hand the same port out again to the next probe, and two services given one
+    /// port would leave the second failing to bind on every restart. The supervisor may move such
+    /// an endpoint if its port is taken by another process before a (re)start
+    /// (``ChildSpec/endpointPortMayMove``).
     public func children(databaseURL: String, port: () throws -> Int) throws -> [ChildSpec] {
         func exe(_ name: String) -> String { (binDirectory as NSString).appendingPathComponent(name) }
         var specs = [ChildSpec(name: "broker", service: "broker", executable: exe("broker"),
                                arguments: ["--endpoint", brokerEndpoint, "--heartbeat-ms", "\(heartbeatMilliseconds)"],
                                endpoint: brokerEndpoint, stage: 0)]
+        var taken: Set<Int> = [brokerPort]
+        if self.databaseURL == nil { taken.insert(postgresPort) }
+        func distinctPort() throws -> Int {
+            for _ in 0..<Self.portAttempts {
+                let p = try port()
+                if taken.insert(p).inserted { return p }
+            }
+            throw StackError.noDistinctPort(attempts: Self.portAttempts, taken: taken.sorted())
+        }
         func service(_ name: String, _ kind: String, stage: Int, extra: [String] = []) throws -> ChildSpec {
-            let endpoint = "tcp://127.0.0.1:\(try port())"
+            let endpoint = "tcp://127.0.0.1:\(try distinctPort())"
             return ChildSpec(name: name, service: kind, executable: exe(kind),
                              arguments: ["--broker", brokerEndpoint, "--name", kind, "--endpoint", endpoint,
                                          "--state-dir", layout.stateDirectory,
                                          "--heartbeat-ms", "\(heartbeatMilliseconds)"] + extra,
-                             endpoint: endpoint, stage: stage)
+                             endpoint: endpoint, stage: stage, endpointPortMayMove: true)
         }
         specs.append(try service("featurestore", "featurestore", stage: 1, extra: ["--database-url", databaseURL]))
         for i in 0..<teachers {

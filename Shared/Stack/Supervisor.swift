@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Postgres
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,9 +21,16 @@ public struct ChildSpec: Sendable, Equatable {
     /// Children of a stage start only once every child of the earlier stages is ready; they stop
     /// in the reverse order.
     public var stage: Int
+    /// The endpoint is `tcp://127.0.0.1:PORT` on a port the stack picked, and nothing else is
+    /// told that port (other processes find the child through the broker). When another process
+    /// holds the port as the child is (re)started, the supervisor moves the child to a fresh port,
+    /// rewriting the argument equal to ``endpoint``, instead of restarting it into the same
+    /// failed bind for ever.
+    public var endpointPortMayMove: Bool
 
     public init(name: String, service: String, executable: String, arguments: [String] = [],
-                environment: [String: String] = [:], endpoint: String = "", stage: Int = 0) {
+                environment: [String: String] = [:], endpoint: String = "", stage: Int = 0,
+                endpointPortMayMove: Bool = false) {
         self.name = name
         self.service = service
         self.executable = executable
@@ -30,6 +38,14 @@ public struct ChildSpec: Sendable, Equatable {
         self.environment = environment
         self.endpoint = endpoint
         self.stage = stage
+        self.endpointPortMayMove = endpointPortMayMove
+    }
+
+    /// The port of a `tcp://127.0.0.1:PORT` endpoint.
+    var loopbackPort: Int? {
+        let prefix = "tcp://127.0.0.1:"
+        guard endpoint.hasPrefix(prefix) else { return nil }
+        return Int(endpoint.dropFirst(prefix.count))
     }
 }
 
@@ -257,6 +273,7 @@ public actor Supervisor {
     // MARK: Internals
 
     private func launch(_ i: Int) {
+        moveEndpointIfItsPortIsTaken(i)
         let spec = children[i].spec
         var env = baseEnvironment
         for (k, v) in spec.environment { env[k] = v }
@@ -286,6 +303,25 @@ public actor Supervisor {
             exited(i, reason, ranFor: .zero)
         }
         changed()
+    }
+
+    /// See ``ChildSpec/endpointPortMayMove``. The child is not running here, so a port that
+    /// cannot be bound is held by some other process.
+    private func moveEndpointIfItsPortIsTaken(_ i: Int) {
+        let spec = children[i].spec
+        guard spec.endpointPortMayMove, let old = spec.loopbackPort, !LoopbackPort.isAvailable(old) else { return }
+        let others = Set(children.indices.filter { $0 != i }.compactMap { children[$0].spec.loopbackPort })
+        for _ in 0..<64 {
+            guard let port = try? LoopbackPort.ephemeral() else { break }
+            guard port != old, !others.contains(port) else { continue }
+            let endpoint = "tcp://127.0.0.1:\(port)"
+            children[i].spec.arguments = spec.arguments.map { $0 == spec.endpoint ? endpoint : $0 }
+            children[i].spec.endpoint = endpoint
+            event(i, "port \(old) is taken by another process; moving to \(endpoint)", level: .warning)
+            return
+        }
+        event(i, "port \(old) is taken by another process and no other free port was found; starting on it anyway",
+              level: .warning)
     }
 
     private func markReady(name: String, pid: Int32) {

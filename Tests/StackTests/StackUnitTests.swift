@@ -39,8 +39,39 @@ final class StackUnitTests: XCTestCase {
             XCTAssertFalse(teacher.arguments.contains("--database-url"))
         }
         XCTAssertEqual(Set(children.map(\.endpoint)).count, children.count, "distinct endpoints")
-        let single = try StackConfiguration(stateDirectory: state.path, binDirectory: "/b").children(databaseURL: "u") { 1 }
+        XCTAssertEqual(children.map(\.endpointPortMayMove), [false] + Array(repeating: true, count: 7),
+                       "the broker's port is the stack's address; the services' are the stack's to pick")
+        var port = 0
+        let single = try StackConfiguration(stateDirectory: state.path, binDirectory: "/b").children(databaseURL: "u") {
+            port += 1
+            return port
+        }
         XCTAssertEqual(single.map(\.name), ["broker", "featurestore", "teacher", "noise", "trainer", "retrieval"])
+    }
+
+    func testServicesGetDistinctPortsWhenTheProbeAnswersOneTwiceOrTheBrokersOrPostgres() throws {
+        var config = StackConfiguration(stateDirectory: state.path, binDirectory: "/b", teachers: 2, brokerPort: 7003)
+        config.postgresPort = 7004
+        // A probe closes its socket, so the kernel may answer the same port again.
+        var answers = [7001, 7001, 7002, 7002, 7003, 7004, 7005, 7001, 7006, 7007, 7008]
+        let children = try config.children(databaseURL: "u") { answers.removeFirst() }
+        XCTAssertEqual(children.dropFirst().map(\.endpoint),
+                       ["tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002", "tcp://127.0.0.1:7005",
+                        "tcp://127.0.0.1:7006", "tcp://127.0.0.1:7007", "tcp://127.0.0.1:7008"])
+        for child in children.dropFirst() {
+            XCTAssertEqual(child.arguments[child.arguments.firstIndex(of: "--endpoint")! + 1], child.endpoint)
+        }
+
+        // With a given database the embedded Postgres' port is free for a service.
+        config.databaseURL = "postgresql://db/winnow"
+        var more = [7004, 7010, 7011, 7012, 7013, 7014]
+        XCTAssertEqual(try config.children(databaseURL: "u") { more.removeFirst() }[1].endpoint, "tcp://127.0.0.1:7004")
+
+        // A probe that only ever answers taken ports is an error naming them, not a loop.
+        XCTAssertThrowsError(try config.children(databaseURL: "u") { 7003 }) { error in
+            XCTAssertEqual(error as? StackError, .noDistinctPort(attempts: StackConfiguration.portAttempts, taken: [7003]))
+            XCTAssertTrue("\(error)".contains("7003"), "\(error)")
+        }
     }
 
     func testMissingExecutablesAreNamed() throws {

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Stack
+import Postgres
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -144,6 +145,63 @@ final class SupervisorTests: XCTestCase {
         supervisor = s
         try await s.start(readinessTimeout: .seconds(5))
         XCTAssertTrue(eventually(timeout: 5) { log("echo").contains("arg=first env=42") }, log("echo"))
+    }
+
+    func testChildWhosePortAnotherProcessTookRestartsOnAFreshPortUnlessItsPortIsFixed() async throws {
+        // Each child prints the endpoint it was given, then stays up without binding it.
+        func child(_ name: String, port: Int, mayMove: Bool) -> ChildSpec {
+            let endpoint = "tcp://127.0.0.1:\(port)"
+            return ChildSpec(name: name, service: name, executable: "/bin/sh",
+                             arguments: ["-c", "echo \"given $0\"; exec sleep 300", endpoint],
+                             endpoint: endpoint, endpointPortMayMove: mayMove)
+        }
+        let movable = try LoopbackPort.ephemeral()
+        var fixed = try LoopbackPort.ephemeral()
+        while fixed == movable { fixed = try LoopbackPort.ephemeral() }
+        let s = Supervisor(children: [child("movable", port: movable, mayMove: true), child("fixed", port: fixed, mayMove: false)],
+                           logDirectory: logs, policy: RestartPolicy(initialBackoff: .milliseconds(100)), probe: { _ in true })
+        supervisor = s
+        try await s.start(readinessTimeout: .seconds(10))
+        XCTAssertTrue(eventually(timeout: 5) { log("movable").contains("given tcp://127.0.0.1:\(movable)") }, log("movable"))
+
+        // Another process takes both ports while the children run; then both die.
+        let holders = try [movable, fixed].map { try listening(on: $0) }
+        defer { holders.forEach { close($0) } }
+        for status in await s.statuses() { XCTAssertEqual(kill(try XCTUnwrap(status.pid), SIGKILL), 0) }
+
+        var restarted: [ChildStatus] = []
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            restarted = await s.statuses()
+            if restarted.allSatisfy({ $0.restarts == 1 && $0.state == .ready }) { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        XCTAssertEqual(restarted.map(\.restarts), [1, 1])
+        let moved = restarted[0].endpoint
+        XCTAssertNotEqual(moved, "tcp://127.0.0.1:\(movable)", "the movable child left the taken port")
+        XCTAssertNotEqual(moved, "tcp://127.0.0.1:\(fixed)")
+        XCTAssertTrue(moved.hasPrefix("tcp://127.0.0.1:"), moved)
+        XCTAssertTrue(eventually(timeout: 5) { log("movable").contains("given \(moved)") }, "the restarted child was given the new endpoint: \(log("movable"))")
+        XCTAssertTrue(log("movable").contains("port \(movable) is taken by another process; moving to \(moved)"), log("movable"))
+        XCTAssertEqual(restarted[1].endpoint, "tcp://127.0.0.1:\(fixed)", "a fixed port is never moved")
+        XCTAssertFalse(log("fixed").contains("moving to"), log("fixed"))
+    }
+
+    /// A socket listening on 127.0.0.1:port, as another process's server would hold it.
+    func listening(on port: Int) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard fd >= 0, rc == 0, listen(fd, 1) == 0 else {
+            close(fd)
+            throw NSError(domain: "listening", code: Int(errno), userInfo: [NSLocalizedDescriptionKey: "cannot listen on port \(port)"])
+        }
+        return fd
     }
 }
 
