@@ -165,8 +165,8 @@ final class SupervisorTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 5) { log("movable").contains("given tcp://127.0.0.1:\(movable)") }, log("movable"))
 
         // Another process takes both ports while the children run; then both die.
-        let holders = try [movable, fixed].map { try listening(on: $0) }
-        defer { holders.forEach { close($0) } }
+        let holders = try [movable, fixed].map { try PortSquatter(port: $0) }
+        defer { withExtendedLifetime(holders) {} }
         for status in await s.statuses() { XCTAssertEqual(kill(try XCTUnwrap(status.pid), SIGKILL), 0) }
 
         var restarted: [ChildStatus] = []
@@ -185,23 +185,6 @@ final class SupervisorTests: XCTestCase {
         XCTAssertTrue(log("movable").contains("port \(movable) is taken by another process; moving to \(moved)"), log("movable"))
         XCTAssertEqual(restarted[1].endpoint, "tcp://127.0.0.1:\(fixed)", "a fixed port is never moved")
         XCTAssertFalse(log("fixed").contains("moving to"), log("fixed"))
-    }
-
-    /// A socket listening on 127.0.0.1:port, as another process's server would hold it.
-    func listening(on port: Int) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard fd >= 0, rc == 0, listen(fd, 1) == 0 else {
-            close(fd)
-            throw NSError(domain: "listening", code: Int(errno), userInfo: [NSLocalizedDescriptionKey: "cannot listen on port \(port)"])
-        }
-        return fd
     }
 }
 

@@ -20,16 +20,17 @@ final class TemporaryStateDirectory {
     func remove() { try? FileManager.default.removeItem(atPath: path) }
 }
 
-/// A TCP listener on 127.0.0.1 held open by the test, to occupy a port.
+/// A TCP listener on 127.0.0.1 held open by the test, to occupy a port (`port`, or one the
+/// kernel picks).
 final class PortSquatter {
     let fd: Int32
     let port: Int
 
-    init() throws {
+    init(port: Int = 0) throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -40,7 +41,7 @@ final class PortSquatter {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
         }
         self.fd = fd
-        port = Int(UInt16(bigEndian: addr.sin_port))
+        self.port = Int(UInt16(bigEndian: addr.sin_port))
     }
 
     deinit { close(fd) }
