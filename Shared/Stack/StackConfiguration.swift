@@ -43,8 +43,18 @@ public struct StackConfiguration: Sendable {
 
     public var brokerEndpoint: String { "tcp://127.0.0.1:\(brokerPort)" }
 
-    /// Probes `children` makes for each service's port before giving up.
+    /// Probes made for one service's port before giving up.
     static let portAttempts = 64
+
+    /// A port answered by `probe` that is not in `taken` (and is added to it), after at most
+    /// ``portAttempts`` probes.
+    static func distinctPort(_ probe: () throws -> Int, avoiding taken: inout Set<Int>) throws -> Int {
+        for _ in 0..<portAttempts {
+            let p = try probe()
+            if taken.insert(p).inserted { return p }
+        }
+        throw StackError.noDistinctPort(attempts: portAttempts, taken: taken.sorted())
+    }
 
     /// The executables missing from ``binDirectory``.
     public func missingExecutables() -> [String] {
@@ -66,15 +76,8 @@ public struct StackConfiguration: Sendable {
                                endpoint: brokerEndpoint, stage: 0)]
         var taken: Set<Int> = [brokerPort]
         if self.databaseURL == nil { taken.insert(postgresPort) }
-        func distinctPort() throws -> Int {
-            for _ in 0..<Self.portAttempts {
-                let p = try port()
-                if taken.insert(p).inserted { return p }
-            }
-            throw StackError.noDistinctPort(attempts: Self.portAttempts, taken: taken.sorted())
-        }
         func service(_ name: String, _ kind: String, stage: Int, extra: [String] = []) throws -> ChildSpec {
-            let endpoint = "tcp://127.0.0.1:\(try distinctPort())"
+            let endpoint = "tcp://127.0.0.1:\(try Self.distinctPort(port, avoiding: &taken))"
             return ChildSpec(name: name, service: kind, executable: exe(kind),
                              arguments: ["--broker", brokerEndpoint, "--name", kind, "--endpoint", endpoint,
                                          "--state-dir", layout.stateDirectory,

@@ -41,11 +41,9 @@ public struct ChildSpec: Sendable, Equatable {
         self.endpointPortMayMove = endpointPortMayMove
     }
 
-    /// The port of a `tcp://127.0.0.1:PORT` endpoint.
+    /// The port of a loopback TCP endpoint.
     var loopbackPort: Int? {
-        let prefix = "tcp://127.0.0.1:"
-        guard endpoint.hasPrefix(prefix) else { return nil }
-        return Int(endpoint.dropFirst(prefix.count))
+        HealthProbes.parseTCPEndpoint(endpoint).flatMap { host, port in host == "127.0.0.1" ? port : nil }
     }
 }
 
@@ -310,18 +308,17 @@ public actor Supervisor {
     private func moveEndpointIfItsPortIsTaken(_ i: Int) {
         let spec = children[i].spec
         guard spec.endpointPortMayMove, let old = spec.loopbackPort, !LoopbackPort.isAvailable(old) else { return }
-        let others = Set(children.indices.filter { $0 != i }.compactMap { children[$0].spec.loopbackPort })
-        for _ in 0..<64 {
-            guard let port = try? LoopbackPort.ephemeral() else { break }
-            guard port != old, !others.contains(port) else { continue }
-            let endpoint = "tcp://127.0.0.1:\(port)"
-            children[i].spec.arguments = spec.arguments.map { $0 == spec.endpoint ? endpoint : $0 }
-            children[i].spec.endpoint = endpoint
-            event(i, "port \(old) is taken by another process; moving to \(endpoint)", level: .warning)
+        var avoid = Set(children.indices.filter { $0 != i }.compactMap { children[$0].spec.loopbackPort })
+        avoid.insert(old)
+        guard let port = try? StackConfiguration.distinctPort(LoopbackPort.ephemeral, avoiding: &avoid) else {
+            event(i, "port \(old) is taken by another process and no other free port was found; starting on it anyway",
+                  level: .warning)
             return
         }
-        event(i, "port \(old) is taken by another process and no other free port was found; starting on it anyway",
-              level: .warning)
+        let endpoint = "tcp://127.0.0.1:\(port)"
+        children[i].spec.arguments = spec.arguments.map { $0 == spec.endpoint ? endpoint : $0 }
+        children[i].spec.endpoint = endpoint
+        event(i, "port \(old) is taken by another process; moving to \(endpoint)", level: .warning)
     }
 
     private func markReady(name: String, pid: Int32) {
