@@ -308,9 +308,8 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
                 return timeout
             }
             guard let timeout else { break }
-            let events: [ZMQPollEvents]
-            do { events = try poller.poll(timeoutMilliseconds: timeout) } catch { break }
-            if events[1].contains(.pollIn) { wakeup.drain() }
+            do { try poller.wait(timeoutMilliseconds: timeout) } catch { break }
+            if poller.events(at: 1).contains(.pollIn) { wakeup.drain() }
             receiveAll()
             expire(now: WallClock.nowMicros())
             runJobs()

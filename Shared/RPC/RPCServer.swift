@@ -75,6 +75,8 @@ public final class RPCServer: @unchecked Sendable {
 
     public let configuration: RPCServerConfiguration
     public var logger: Logger
+    /// The service's kind (its name before the first `/`), which direct requests may name.
+    private let kind: String
 
     private let pool: ThreadPoolExecutor
     private let wakeup: ZMQWakeup
@@ -114,6 +116,7 @@ public final class RPCServer: @unchecked Sendable {
     public init(configuration: RPCServerConfiguration, logger: Logger = Logger(label: "winnow.rpc")) throws {
         self.configuration = configuration
         self.logger = logger
+        kind = configuration.name.split(separator: "/", maxSplits: 1).first.map(String.init) ?? configuration.name
         pool = ThreadPoolExecutor(threads: max(1, configuration.workerThreads), name: "rpc-worker")
         wakeup = try ZMQWakeup()
     }
@@ -270,12 +273,11 @@ public final class RPCServer: @unchecked Sendable {
             if let link = brokerLink, link.takeInputPending() { lock.withLock { brokerInputPending = true } }
             if let drainAt { timeout = min(timeout, 10, max(0, Int((drainAt - now + 999) / 1000))) }
             if lock.withLock({ routerInputPending || brokerInputPending }) { timeout = 0 }
-            let events: [ZMQPollEvents]
-            do { events = try poller.poll(timeoutMilliseconds: timeout) } catch {
+            do { try poller.wait(timeoutMilliseconds: timeout) } catch {
                 logger.error("poll failed: \(error)")
                 break
             }
-            if events[0].contains(.pollIn) { wakeup.drain() }
+            if poller.events(at: 0).contains(.pollIn) { wakeup.drain() }
             // Drain a socket when its descriptor fired or a send may have consumed its edge.
             let (routerDue, brokerDue) = lock.withLock { () -> (Bool, Bool) in
                 defer { routerInputPending = false; brokerInputPending = false }
@@ -283,11 +285,11 @@ public final class RPCServer: @unchecked Sendable {
             }
             var index = 1
             if let router {
-                if routerDue || events[index].contains(.pollIn) { drain(router) { self.receiveDirect($0) } }
+                if routerDue || poller.events(at: index).contains(.pollIn) { drain(router) { self.receiveDirect($0) } }
                 index += 1
             }
             if let link = brokerLink, let socket = link.socket,
-               brokerDue || (index < events.count && events[index].contains(.pollIn)) {
+               brokerDue || (index < poller.itemCount && poller.events(at: index).contains(.pollIn)) {
                 drain(socket) { self.receiveBroker(link, $0) }
             }
         }
@@ -352,7 +354,6 @@ public final class RPCServer: @unchecked Sendable {
             lock.withLock { statsValue.rejected += 1 }
             send(route, WireProtocol.replyHeader(id: id, code: code, message: message), [], inDrain: true)
         }
-        let kind = name.split(separator: "/", maxSplits: 1).first.map(String.init) ?? name
         if !header.service.isEmpty && header.service != name && header.service != kind {
             return reject(.notFound, "this endpoint serves \(name), not \(header.service)")
         }

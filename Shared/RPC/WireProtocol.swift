@@ -42,6 +42,39 @@ public enum WireProtocol {
         tag + bytes(header)
     }
 
+    /// The head frame of a reply (or a worker's reply). A reply carrying only a request id and a
+    /// status code, as almost every reply does, is encoded here directly: a serialiser pass
+    /// costs a size pass, an allocation and a copy into the head frame on every message, while
+    /// these are two varint fields. Any other reply goes through SwiftProtobuf; both give the
+    /// same bytes (ReplyHeaderEncodingTests).
+    public static func head(_ tag: Frame, _ header: Winnow_V1_ReplyHeader) -> Frame {
+        guard header.message.isEmpty, header.metadata.isEmpty, header.unknownFields.data.isEmpty else {
+            return tag + bytes(header)
+        }
+        var frame = tag
+        frame.reserveCapacity(tag.count + 22) // two keys and two varints of at most ten bytes
+        // proto3 leaves fields at their defaults out; field 1 (request_id, varint), field 2 (code, varint).
+        if header.requestID != 0 {
+            frame.append(0x08)
+            appendVarint(header.requestID, to: &frame)
+        }
+        if header.code.rawValue != 0 {
+            frame.append(0x10)
+            // An enum is an int32 on the wire: a negative value takes ten bytes, sign-extended.
+            appendVarint(UInt64(bitPattern: Int64(header.code.rawValue)), to: &frame)
+        }
+        return frame
+    }
+
+    private static func appendVarint(_ value: UInt64, to frame: inout Frame) {
+        var value = value
+        while value >= 0x80 {
+            frame.append(UInt8(truncatingIfNeeded: value) | 0x80)
+            value >>= 7
+        }
+        frame.append(UInt8(value))
+    }
+
     /// The head frame from a header already serialised.
     public static func head(_ tag: Frame, headerBytes: Frame) -> Frame { tag + headerBytes }
 

@@ -52,28 +52,49 @@ public struct ZMQPoller {
     /// Waits up to `timeoutMilliseconds` (-1: forever, 0: do not wait). Returns the events seen
     /// for each item, in the order given. An interrupted wait (`EINTR`) returns no events.
     public mutating func poll(timeoutMilliseconds: Int) throws -> [ZMQPollEvents] {
-        if descriptors != nil { return try pollDescriptors(timeoutMilliseconds: timeoutMilliseconds) }
+        try wait(timeoutMilliseconds: timeoutMilliseconds)
+        return (0..<itemCount).map { events(at: $0) }
+    }
+
+    /// As `poll`, keeping the events for `events(at:)` instead of returning an array: the
+    /// receiving threads of servers and clients wait once per message and allocate nothing here.
+    public mutating func wait(timeoutMilliseconds: Int) throws {
+        if descriptors != nil { return try waitOnDescriptors(timeoutMilliseconds: timeoutMilliseconds) }
         let count = Int32(items.count)
         let result = items.withUnsafeMutableBufferPointer { buffer in
             zmq_poll(buffer.baseAddress, count, timeoutMilliseconds)
         }
         if result == -1 {
             let code = zmq_errno()
-            if code == EINTR { return Array(repeating: [], count: items.count) }
+            if code == EINTR { return clearEvents() }
             throw ZMQError(code: code, function: "zmq_poll")
         }
-        return items.map { ZMQPollEvents(rawValue: $0.revents) }
     }
 
-    private mutating func pollDescriptors(timeoutMilliseconds: Int) throws -> [ZMQPollEvents] {
+    /// The events the last wait saw for item `index`.
+    public func events(at index: Int) -> ZMQPollEvents {
+        if let descriptors { return Self.zmqEvents(descriptors[index].revents) }
+        return ZMQPollEvents(rawValue: items[index].revents)
+    }
+
+    /// The number of items polled.
+    public var itemCount: Int { items.count }
+
+    private mutating func waitOnDescriptors(timeoutMilliseconds: Int) throws {
         let result = descriptors!.withUnsafeMutableBufferPointer { buffer in
             systemPoll(buffer.baseAddress, nfds_t(buffer.count), Int32(clamping: timeoutMilliseconds))
         }
         if result == -1 {
-            if errno == EINTR { return Array(repeating: [], count: descriptors!.count) }
+            if errno == EINTR { return clearEvents() }
             throw ZMQError(code: errno, function: "poll")
         }
-        return descriptors!.map { Self.zmqEvents($0.revents) }
+    }
+
+    private mutating func clearEvents() {
+        for index in items.indices { items[index].revents = 0 }
+        if descriptors != nil {
+            for index in descriptors!.indices { descriptors![index].revents = 0 }
+        }
     }
 
     // libzmq's event bits are its own (ZMQ_POLLOUT is 2, the OS's POLLOUT 4): translate both ways.

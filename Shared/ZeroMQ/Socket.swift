@@ -217,20 +217,20 @@ public final class ZMQSocket: @unchecked Sendable {
     /// is waiting, or the receive timeout (`setReceiveTimeout`) passed.
     public func receiveMultipart(flags: ZMQFlags = []) throws -> [Frame]? {
         let socket = try live("zmq_msg_recv")
-        var frames: [Frame] = []
         var message = zmq_msg_t()
         zmq_msg_init(&message)
         defer { zmq_msg_close(&message) }
-        var first = true
+        // Nothing waiting is how every drain of a receiving thread ends (once per message), so
+        // it is answered without building and catching an error.
+        while zmq_msg_recv(&message, socket, flags.rawValue) == -1 {
+            let code = zmq_errno()
+            if code == EINTR { continue }
+            if code == EAGAIN { return nil }
+            throw ZMQError(code: code, function: "zmq_msg_recv")
+        }
+        var frames: [Frame] = []
+        frames.reserveCapacity(4) // Winnow's messages have 2 to 4 frames
         while true {
-            do {
-                try zmqCall("zmq_msg_recv") {
-                    zmq_msg_recv(&message, socket, first ? flags.rawValue : 0)
-                }
-            } catch let error as ZMQError where error.isWouldBlock && first {
-                return nil
-            }
-            first = false
             let size = zmq_msg_size(&message)
             if size == 0 {
                 frames.append([])
@@ -239,6 +239,7 @@ public final class ZMQSocket: @unchecked Sendable {
                 frames.append(Frame(UnsafeRawBufferPointer(start: data, count: size)))
             }
             if zmq_msg_more(&message) == 0 { return frames }
+            try zmqCall("zmq_msg_recv") { zmq_msg_recv(&message, socket, 0) }
         }
     }
 }
