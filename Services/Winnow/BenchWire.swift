@@ -44,6 +44,11 @@ struct BenchWire: AsyncParsableCommand {
     @Option(help: .hidden)
     var echoBroker: String?
 
+    /// Times only the sequential direct 2 KB calls against an echo server that is already running
+    /// (scripts/reference/wire-transport `clients` compares this client with a C one).
+    @Option(help: .hidden)
+    var timeEchoAt: String?
+
     static let small = 2048
     static let large = 204_800
 
@@ -56,6 +61,10 @@ struct BenchWire: AsyncParsableCommand {
     func run() async throws {
         if let serveEcho {
             try runEchoServer(endpoint: serveEcho, broker: echoBroker)
+            return
+        }
+        if let timeEchoAt {
+            try await timeEcho(at: timeEchoAt)
             return
         }
         let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
@@ -134,6 +143,28 @@ struct BenchWire: AsyncParsableCommand {
         fflush(stdout)
         shutdown.wait()
         server.shutdown(grace: .seconds(1))
+    }
+
+    /// Prints `p50 X us` and the CPU time per call of this process's threads other than libzmq's
+    /// (`cpu USER SYSTEM us`), read from /proc around the timed calls.
+    private func timeEcho(at endpoint: String) async throws {
+        let client = try RPCClient(endpoint: endpoint)
+        defer { client.close() }
+        let count = smallCount
+        // A first pass out of the CPU window: connecting, starting threads and first touches of
+        // memory cost hundreds of microseconds of system time once, not per call.
+        _ = try await withTaskExecutorPreference(client.executor) {
+            try await measureSequential(client, method: "Echo", size: Self.small, count: 100)
+        }
+        let before = ApplicationThreadTicks.read()
+        let result = try await withTaskExecutorPreference(client.executor) {
+            try await measureSequential(client, method: "Echo", size: Self.small, count: count)
+        }
+        let after = ApplicationThreadTicks.read()
+        let perCall = 1e6 / Double(sysconf(Int32(_SC_CLK_TCK))) / Double(count + min(500, count))
+        print("p50 \(String(format: "%.1f", result.p50)) us")
+        print("cpu \(String(format: "%.2f", Double(after.user - before.user) * perCall)) "
+              + "\(String(format: "%.2f", Double(after.system - before.system) * perCall)) us")
     }
 
     private func waitForEcho(_ client: RPCClient) async throws -> Winnow_V1_WorkerInfo {
@@ -353,4 +384,27 @@ extension Duration {
     }
 
     var microsecondsDouble: Double { secondsDouble * 1e6 }
+}
+
+/// Clock ticks (user, system) of this process's threads other than libzmq's own ("ZMQbg/..."),
+/// from /proc/self/task/*/stat (Linux; zero elsewhere).
+struct ApplicationThreadTicks {
+    var user = 0
+    var system = 0
+
+    static func read() -> ApplicationThreadTicks {
+        var total = ApplicationThreadTicks()
+        let tasks = "/proc/self/task"
+        for task in (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? [] {
+            guard let stat = try? String(contentsOfFile: "\(tasks)/\(task)/stat", encoding: .utf8),
+                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")"),
+                  !stat[stat.index(after: open)..<close].hasPrefix("ZMQbg/") else { continue }
+            // After "comm) ": state is field 3; utime and stime are fields 14 and 15.
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { continue }
+            total.user += user
+            total.system += system
+        }
+        return total
+    }
 }
