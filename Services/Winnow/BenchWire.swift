@@ -51,6 +51,8 @@ struct BenchWire: AsyncParsableCommand {
 
     static let small = 2048
     static let large = 204_800
+    /// Untimed calls before a sequential measurement (fewer when the count is smaller).
+    static let warmupCalls = 500
 
     func validate() throws {
         guard smallCount >= 100, largeCount >= 100 else { throw ValidationError("counts must be at least 100") }
@@ -161,7 +163,7 @@ struct BenchWire: AsyncParsableCommand {
             try await measureSequential(client, method: "Echo", size: Self.small, count: count)
         }
         let after = ApplicationThreadTicks.read()
-        let perCall = 1e6 / Double(sysconf(Int32(_SC_CLK_TCK))) / Double(count + min(500, count))
+        let perCall = 1e6 / Double(sysconf(Int32(_SC_CLK_TCK))) / Double(count + min(Self.warmupCalls, count))
         print("p50 \(String(format: "%.1f", result.p50)) us")
         print("cpu \(String(format: "%.2f", Double(after.user - before.user) * perCall)) "
               + "\(String(format: "%.2f", Double(after.system - before.system) * perCall)) us")
@@ -215,7 +217,7 @@ struct BenchWire: AsyncParsableCommand {
     private func measureSequential(_ client: RPCClient, method: String, size: Int, count: Int) async throws -> Sequential {
         let service = "bench-echo"
         let payload = [UInt8](repeating: 0, count: size)
-        for _ in 0..<min(500, count) {
+        for _ in 0..<min(Self.warmupCalls, count) {
             _ = try await client.callRaw(service: service, method: method, payload: payload, timeout: .seconds(10))
         }
         var samples: [Double] = []
