@@ -99,7 +99,7 @@ let package = Package(
         .executableTarget(name: "retrieval", dependencies: ["ServiceKit"], path: "Services/Retrieval"),
         .executableTarget(name: "winnow",
                           dependencies: ["RPC", "ServiceKit", "Stack", "Training", "Data", "Evaluation", "Store", "Postgres",
-                                         "Methods", "Numerics",
+                                         "Methods", "Numerics", "Models",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                           path: "Services/Winnow"),

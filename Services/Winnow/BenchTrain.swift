@@ -19,7 +19,10 @@ struct BenchTrain: ParsableCommand {
         abstract: "Training throughput and full-ranking evaluation time beside PyTorch."
     )
 
-    static let rows = ["sasrec-full-1683", "sasrec-full-100000", "sasrec-sampled-100000", "gru4rec-full-1683", "eval-10000x100000"]
+    /// model-loss-items; "all" rows train every position of 50-item windows (50 targets per
+    /// sequence), the others one target per sequence.
+    static let rows = ["sasrec-full-1683", "sasrec-full-100000", "sasrec-sampled-100000", "gru4rec-full-1683",
+                       "sasrec-all-1683", "gru4rec-all-1683", "eval-10000x100000"]
 
     @Option(help: "Write the rows as JSON to this file.")
     var json: String?
@@ -104,16 +107,17 @@ struct BenchTrain: ParsableCommand {
         Threads.set(threads)
         if row == "eval-10000x100000" { return (evalTime(users: 10_000, items: 100_000), "s") }
         let parts = row.split(separator: "-")
-        let kind = ModelKind(rawValue: String(parts[0]))!, sampled = parts[1] == "sampled", N = Int(parts[2])!
+        let kind = ModelKind(rawValue: String(parts[0]))!, sampled = parts[1] == "sampled", all = parts[1] == "all", N = Int(parts[2])!
         let B = 256, T = 50
         let model = kind.make(itemCount: N, maxLength: T, seed: 1)
-        let objective: Objective = sampled ? .sampledSoftmax(negatives: 100, sampler: NegativeSampler(itemCount: N, proposal: .uniform)) : .fullSoftmax
-        let trainer = TrainStep(model: model, objective: objective, seed: 1)
+        let loss = CrossEntropyLoss(sampled ? .sampledSoftmax(negatives: 100, sampler: NegativeSampler(itemCount: N, proposal: .uniform)) : .fullSoftmax)
+        let trainer = try! TrainStep(model: model, loss: loss, optimizer: Adam(parameters: model.parameters),
+                                     scheme: all ? .allPositions : .prefixes, batchSize: B)
         var rng = RNG(seed: 1)
         let items = (0..<(B * T)).map { _ in Int32(1 + rng.below(N)) }
         let lengths = [Int32](repeating: Int32(T), count: B)
-        let targets = (0..<B).map { _ in Int32(1 + rng.below(N)) }
-        func step() { trainer.step(items: items, lengths: lengths, targets: targets, B: B) }
+        let targets = (0..<(all ? B * T : B)).map { _ in Int32(1 + rng.below(N)) }
+        func step() { try! trainer.step(items: items, lengths: lengths, targets: targets, instances: nil, B: B) }
         for _ in 0..<3 { step() }
         var steps = 0
         let t0 = benchNow()

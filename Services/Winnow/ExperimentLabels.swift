@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Numerics
 import Data
+import Models
 import Training
 import Evaluation
 import Methods
@@ -140,6 +141,7 @@ struct ExperimentLabels: ParsableCommand {
             base.protocol = proto
             base.loop.maxEpochs = epochs; base.loop.patience = patience; base.loop.maxLength = maxLength
             base.loop.batchSize = batchSize; base.loop.selectMetric = proto == .loo ? "ndcg@10" : "recall@50"
+            base.loop.scheme = .prefixes   // base and the methods under one scheme (see JobConfig.validate)
             var chosen: [String: (methods: JobMethods, valid: Double)] = [:]
             var baseSeconds: Double? = nil
             var baseLists: [UInt64: [[Int32]]] = [:]

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Numerics
 import Data
+import Models
 import Training
 import Methods
 

@@ -2,11 +2,13 @@ import ArgumentParser
 import Foundation
 import Numerics
 import Data
+import Models
 import Training
 
 /// `winnow train --local`: the base seq2item training run of the protocol in this process
-/// (no services): leave-one-out split, full-softmax CE, Adam, early stopping on validation
-/// NDCG@10, full-ranking test metrics of the best-validation weights.
+/// (no services): leave-one-out split, full-softmax CE (at every position of windows by default,
+/// or per prefix), Adam, early stopping on validation NDCG@10, full-ranking test metrics of the
+/// best-validation weights.
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
@@ -31,6 +33,15 @@ struct Train: ParsableCommand {
     @Option(help: "Early-stopping patience in epochs without a better validation NDCG@10.")
     var patience = 10
 
+    @Option(help: "How targets reach the model: all_positions (windows, loss at every position) or prefixes (one row per target).")
+    var scheme = TrainingScheme.allPositions
+
+    @Option(help: "Rows per batch, windows or prefixes (default: 128 windows, 256 prefixes).")
+    var batchSize: Int?
+
+    @Option(help: "Adam's learning rate.")
+    var lr = LoopConfig().learningRate
+
     @Option(help: "Threads of Winnow's loops and products; results are reproducible for a fixed count.")
     var threads = 2
 
@@ -48,7 +59,10 @@ struct Train: ParsableCommand {
         guard local else {
             throw ValidationError("only --local training is available in this build (the trainer service runs jobs through `winnow up`)")
         }
-        guard epochs >= 1, patience >= 1, threads >= 1 else { throw ValidationError("--epochs, --patience and --threads must be >= 1") }
+        guard epochs >= 1, patience >= 1, threads >= 1, (batchSize ?? 1) >= 1 else {
+            throw ValidationError("--epochs, --patience, --batch-size and --threads must be >= 1")
+        }
+        guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
     }
 
     /// The .inter file for `--dataset`.
@@ -77,11 +91,12 @@ struct Train: ParsableCommand {
             throw ValidationError("\(path): nothing left after 5-core filtering")
         }
         var config = TrainingConfig(model: model)
-        config.seed = seed; config.maxEpochs = epochs; config.patience = patience
-        let training = Seq2ItemTraining(data: data, config: config)
+        config.loop.seed = seed; config.loop.maxEpochs = epochs; config.loop.patience = patience
+        config.loop.scheme = scheme; config.loop.batchSize = batchSize ?? LoopConfig.defaultBatchSize(scheme); config.loop.learningRate = lr
+        let training = BaseTraining(data: data, config: config)
         let err = FileHandle.standardError
-        err.write("data: \(data.userCount) users, \(data.itemCount) items, \(data.interactionCount) interactions, \(training.split.train.count) training instances\n".data(using: .utf8)!)
-        if !quiet { training.progress = { err.write(($0 + "\n").data(using: .utf8)!) } }
+        err.write("data: \(data.userCount) users, \(data.itemCount) items, \(data.interactionCount) interactions, \(training.split.train.count) training targets (\(scheme.rawValue))\n".data(using: .utf8)!)
+        if !quiet { training.loop.progress = { if $0.event != .step { err.write(($0.line + "\n").data(using: .utf8)!) } } }
         let result: TrainingResult
         do { result = try training.run(checkpoint: checkpoint) }
         catch { throw ValidationError("\(error)") }
@@ -101,3 +116,4 @@ struct Train: ParsableCommand {
 }
 
 extension ModelKind: ExpressibleByArgument {}
+extension TrainingScheme: ExpressibleByArgument {}

@@ -53,8 +53,8 @@ public enum Padding: String, Sendable, CaseIterable {
     case left
 }
 
-/// Cuts an `InstanceSet` into batches: a seeded order per epoch, and `fill` writing a batch
-/// into buffers the caller owns (no allocation per batch).
+/// Cuts an `InstanceSet` — or its `WindowSet` — into batches: a seeded order per epoch, and
+/// `fill` (`fillWindows`) writing a batch into buffers the caller owns (no allocation per batch).
 ///
 /// Per row b of a batch: `items[b*L ..< (b+1)*L]` holds the input item ids padded with 0 as
 /// `padding` says, `lengths[b]` the number of real items (>= 1 for every instance of the
@@ -66,7 +66,9 @@ public struct Batcher: Sendable {
     public let maxLength: Int
     public let batchSize: Int
     public let padding: Padding
-    /// The current order of instance indices (identity until `shuffle`).
+    /// The windows batches are cut from (all-position training), or nil for one row per instance.
+    public let windows: WindowSet?
+    /// The current order of row indices, instances or windows (identity until `shuffle`).
     public private(set) var order: [Int32]
     private var rng: SplitMix64
 
@@ -74,15 +76,25 @@ public struct Batcher: Sendable {
                 padding: Padding = .right, seed: UInt64 = 0) {
         precondition(maxLength > 0 && batchSize > 0, "maxLength and batchSize must be positive")
         self.data = data; self.instances = instances; self.maxLength = maxLength
-        self.batchSize = batchSize; self.padding = padding
+        self.batchSize = batchSize; self.padding = padding; windows = nil
         self.order = (0..<instances.count).map { Int32($0) }
         self.rng = SplitMix64(seed: seed)
     }
 
-    /// Number of instances.
-    public var count: Int { instances.count }
+    /// Batches of windows over `instances` (`WindowSet(instances, maxLength:)`), right-padded.
+    public init(data: SequenceDataset, windowsOf instances: InstanceSet, maxLength: Int, batchSize: Int, seed: UInt64 = 0) {
+        precondition(maxLength > 0 && batchSize > 0, "maxLength and batchSize must be positive")
+        let w = WindowSet(instances, maxLength: maxLength)
+        self.data = data; self.instances = instances; self.maxLength = maxLength
+        self.batchSize = batchSize; padding = .right; windows = w
+        order = (0..<w.count).map { Int32($0) }
+        rng = SplitMix64(seed: seed)
+    }
+
+    /// Number of rows: instances, or windows.
+    public var count: Int { windows?.count ?? instances.count }
     /// Batches per epoch; the last one may be smaller than `batchSize`.
-    public var batchCount: Int { (instances.count + batchSize - 1) / batchSize }
+    public var batchCount: Int { (count + batchSize - 1) / batchSize }
 
     /// Draws the next epoch's order from the seeded generator (reshuffles the current order).
     public mutating func shuffle() { rng.shuffle(&order) }
@@ -111,7 +123,7 @@ public struct Batcher: Sendable {
     /// Rows in batch `index` (batchSize, or fewer for the last batch).
     public func rows(inBatch index: Int) -> Int {
         precondition(index >= 0 && index < batchCount, "batch \(index) outside 0..<\(batchCount)")
-        return min(batchSize, instances.count - index * batchSize)
+        return min(batchSize, count - index * batchSize)
     }
 
     /// Writes batch `index` of the current order. Buffers: items (batchSize × maxLength),
@@ -120,6 +132,7 @@ public struct Batcher: Sendable {
     @discardableResult
     public func fill(batch index: Int, items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>,
                      targets: UnsafeMutablePointer<Int32>, instances instanceOut: UnsafeMutablePointer<Int32>? = nil) -> Int {
+        precondition(windows == nil, "a batcher of windows fills with fillWindows")
         let n = rows(inBatch: index), L = maxLength
         data.items.withUnsafeBufferPointer { all in
             let base = all.baseAddress!
@@ -140,6 +153,36 @@ public struct Batcher: Sendable {
                 lengths[b] = Int32(len)
                 targets[b] = base[end]
                 instanceOut?[b] = Int32(k)
+            }
+        }
+        return n
+    }
+
+    /// Writes batch `index` of windows: items (batchSize × maxLength) right-padded, lengths
+    /// (batchSize), and per position targets (batchSize × maxLength): the item position p
+    /// predicts, 0 where it predicts none (context-only positions, padding); instances
+    /// (batchSize × maxLength, optional): the source instance of each target, -1 elsewhere.
+    @discardableResult
+    public func fillWindows(batch index: Int, items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>,
+                            targets: UnsafeMutablePointer<Int32>, instances instanceOut: UnsafeMutablePointer<Int32>? = nil) -> Int {
+        guard let windows else { preconditionFailure("fillWindows on a batcher of instances") }
+        let n = rows(inBatch: index), L = maxLength
+        data.items.withUnsafeBufferPointer { all in
+            let base = all.baseAddress!
+            for b in 0..<n {
+                let w = Int(order[index * batchSize + b])
+                let start = data.offsets[Int(windows.users[w])]
+                let end = Int(windows.lastTargets[w]), first = Int(windows.firstTargets[w])
+                let lo = max(0, end - L), len = end - lo
+                let row = items + b * L, out = targets + b * L
+                row.update(from: base + start + lo, count: len)
+                if len < L { (row + len).update(repeating: 0, count: L - len); (out + len).update(repeating: 0, count: L - len) }
+                for p in 0..<len { out[p] = lo + p + 1 >= first ? base[start + lo + p + 1] : 0 }
+                lengths[b] = Int32(len)
+                if let instanceOut {
+                    let ids = instanceOut + b * L, k0 = Int(windows.firstInstances[w])
+                    for p in 0..<L { ids[p] = p < len && lo + p + 1 >= first ? Int32(k0 + lo + p + 1 - first) : -1 }
+                }
             }
         }
         return n

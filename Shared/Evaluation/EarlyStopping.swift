@@ -24,6 +24,11 @@ public struct EarlyStopping: Sendable {
         self.metric = metric; self.patience = patience
     }
 
+    /// Puts back the counters a checkpoint saved.
+    public mutating func restore(bestValue: Double, bestEpoch: Int, epochsWithoutImprovement: Int) {
+        self.bestValue = bestValue; self.bestEpoch = bestEpoch; self.epochsWithoutImprovement = epochsWithoutImprovement
+    }
+
     /// Records `epoch`'s validation metrics. Only a strictly higher value counts as an
     /// improvement; a missing or NaN metric counts as none.
     public mutating func update(epoch: Int, metrics: [String: Double]) -> Decision {

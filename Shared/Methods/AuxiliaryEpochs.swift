@@ -36,7 +36,7 @@ public enum EpochLoop {
         }
         model.parameters.copyValues(from: best)
         return FitResult(epochs: epochs, bestEpoch: bestEpoch, bestValid: bestValid, losses: losses,
-                         seconds: Date().timeIntervalSince(start))
+                         seconds: Date().timeIntervalSince(start), scheme: .prefixes, log: [])
     }
 }
 

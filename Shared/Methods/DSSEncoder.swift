@@ -35,7 +35,7 @@ public struct DSSEncoderConfig: Sendable, Equatable, Codable {
 
 public final class DSSEncoder: Backbone {
     public let config: DSSEncoderConfig
-    /// z₁…z_t: SASRec returning every position, its parameter set holding the layer's too.
+    /// z₁…z_t: SASRec read out at every position, its parameter set holding the layer's too.
     public let transformer: SASRec
     public let disentangle: DisentangleLayer
     public var parameters: ParameterSet { transformer.parameters }
@@ -58,8 +58,7 @@ public final class DSSEncoder: Backbone {
     public init(_ config: DSSEncoderConfig) {
         self.config = config
         let C = config.dim, T = config.maxLength
-        transformer = SASRec(config.transformer, output: .everyPosition,
-                             extraParameters: DisentangleLayer.parameterSpecs(dim: C, interests: config.interests, maxLength: T))
+        transformer = SASRec(config.transformer, extraParameters: DisentangleLayer.parameterSpecs(dim: C, interests: config.interests, maxLength: T))
         disentangle = DisentangleLayer(parameters: transformer.parameters, dim: C, interests: config.interests, maxLength: T,
                                        eps: config.layerNormEps)
         var r = RNG(seed: config.seed).derived(0xD55)
@@ -79,8 +78,11 @@ public final class DSSEncoder: Backbone {
         return z
     }
 
-    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool) -> UnsafePointer<Float> {
-        forward(items: items, lengths: lengths, labelFrom: B, B: B, training: training)
+    /// φ (B, K, C); there is no per-position readout (K vectors summarise the whole sequence).
+    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool,
+                        readout: Readout) -> UnsafePointer<Float> {
+        precondition(readout == .last, "the DSS encoder reads out K intention vectors per sequence, not every position")
+        return forward(items: items, lengths: lengths, labelFrom: B, B: B, training: training)
     }
 
     /// Encodes B sequences into φ (B, K, C); rows b >= labelFrom are encoded as seq2seq labels
@@ -88,7 +90,7 @@ public final class DSSEncoder: Backbone {
     public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, labelFrom: Int, B: Int, training: Bool) -> UnsafePointer<Float> {
         let T = config.maxLength, C = config.dim
         if work.ensure(B, sizes: { B in [B * T * C] }) { dz = work.slab!.views[0] }
-        let out = transformer.forward(items: items, lengths: lengths, B: B, training: training)
+        let out = transformer.forward(items: items, lengths: lengths, B: B, training: training, readout: .every)
         z = out; lastB = B
         return disentangle.forward(z: out, lengths: lengths, labelFrom: labelFrom, B: B)
     }

@@ -104,11 +104,7 @@ public struct JobConfig: Sendable, Codable, Equatable {
 
     /// Range and composition checks.
     public func validate() throws {
-        if loop.maxEpochs < 1 { throw JobConfigError.invalid(key: "loop.max_epochs", reason: "must be at least 1") }
-        if loop.patience < 1 { throw JobConfigError.invalid(key: "loop.patience", reason: "must be at least 1") }
-        if loop.batchSize < 1 { throw JobConfigError.invalid(key: "loop.batch_size", reason: "must be at least 1") }
-        if loop.maxLength < 1 { throw JobConfigError.invalid(key: "loop.max_length", reason: "must be at least 1") }
-        if !(loop.learningRate > 0) { throw JobConfigError.invalid(key: "loop.learning_rate", reason: "must be positive") }
+        do { try loop.validate() } catch { throw JobConfigError.invalid(key: "loop.\(error.key)", reason: error.reason) }
         try methods.wslrec?.validate()
         try methods.csrec?.validate()
         try methods.ufnrec?.validate()
@@ -116,6 +112,11 @@ public struct JobConfig: Sendable, Codable, Equatable {
             throw JobConfigError.invalid(key: "methods", reason: "wslrec and ufnrec cannot be composed (both replace the hard labels)")
         }
         try AuxiliaryComposition.validate(self)
+        // The methods' losses read one row per sequence (a prefix's soft labels, an instance's
+        // records, a sequence's weight against its target): all-position training is the base's.
+        if methods != JobMethods() && loop.scheme == .allPositions {
+            throw JobConfigError.invalid(key: "loop.scheme", reason: "\(methods.name) trains under \"prefixes\" only; all_positions is base training's")
+        }
     }
 
     private static func describe(_ e: DecodingError) -> String {

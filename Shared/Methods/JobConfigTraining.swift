@@ -1,6 +1,5 @@
-// The training loop every label method runs inside: seeded shuffled batches, one objective per
-// batch (forward, the method's loss on the full score matrix, backward, Adam), validation every
-// epoch, early stopping with patience, best-validation weights restored.
+// Label methods on the one training loop: an objective is a loss on a batch's full score matrix
+// (forward, backward and Adam are the loop's).
 //
 // Shapes: B batch, T positions, C channels, N items (scores are over ids 1...N, column j = item j+1).
 import Foundation
@@ -59,50 +58,43 @@ public final class CrossEntropyObjective: LabelObjective {
     }
 }
 
-/// Hyper-parameters of the loop (defaults: the ML-100K protocol).
-public struct LoopConfig: Sendable, Codable, Equatable {
-    public var maxEpochs = 200
-    public var patience = 10
-    public var batchSize = 256
-    public var maxLength = 50
-    public var learningRate: Float = 1e-3
-    public var seed: UInt64 = 1
-    /// The validation metric early stopping and selection follow (e.g. "ndcg@10", "recall@50").
-    public var selectMetric = "ndcg@10"
-    public init() {}
-    enum CodingKeys: String, CodingKey {
-        case maxEpochs = "max_epochs", patience, batchSize = "batch_size", maxLength = "max_length"
-        case learningRate = "learning_rate", seed, selectMetric = "select_metric"
-    }
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        maxEpochs = try c.decodeIfPresent(Int.self, forKey: .maxEpochs) ?? 200
-        patience = try c.decodeIfPresent(Int.self, forKey: .patience) ?? 10
-        batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? 256
-        maxLength = try c.decodeIfPresent(Int.self, forKey: .maxLength) ?? 50
-        learningRate = try c.decodeIfPresent(Float.self, forKey: .learningRate) ?? 1e-3
-        seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? 1
-        selectMetric = try c.decodeIfPresent(String.self, forKey: .selectMetric) ?? "ndcg@10"
-    }
-}
+/// A label method's objective as the loop's `RowLoss`: the full score matrix (R, N) of the rows
+/// in, its gradient back through the table and the user vectors.
+final class ObjectiveLoss: RowLoss {
+    let objective: LabelObjective
+    private var head: FullSoftmaxHead? = nil
+    private var scores: [Float] = []
 
-/// What one call of `LabelLoop.fit` did.
-public struct FitResult: Sendable, Codable {
-    public var epochs: Int
-    public var bestEpoch: Int
-    public var bestValid: [String: Double]
-    /// Mean training loss per epoch.
-    public var losses: [Double]
-    public var seconds: Double
-    enum CodingKeys: String, CodingKey {
-        case epochs, losses, seconds, bestEpoch = "best_epoch", bestValid = "best_valid"
+    init(_ objective: LabelObjective) { self.objective = objective }
+
+    var fingerprint: String { String(describing: type(of: objective)) }
+    /// Objectives read one row per sequence (soft labels of its prefix, records per instance),
+    /// except the plain cross-entropy.
+    func supports(_ scheme: TrainingScheme) -> Bool { scheme == .prefixes || objective is CrossEntropyObjective }
+    func beginEpoch(_ epoch: Int) { objective.beginEpoch(epoch) }
+    func afterUpdate() { objective.afterUpdate() }
+    func endEpoch(_ epoch: Int, meanLoss: Double) { objective.endEpoch(epoch, meanLoss: meanLoss) }
+
+    func loss(_ batch: TrainingBatch, user: UnsafePointer<Float>, model: Backbone, dUser: Floats,
+              weights: UnsafePointer<Float>?) throws -> Double {
+        let R = batch.R, N = batch.N
+        if head == nil { head = FullSoftmaxHead(itemCount: N, dim: model.dim, interests: model.interests) }
+        let head = head!
+        if scores.count < R * N { scores = [Float](repeating: 0, count: R * N) }
+        head.scores(user: user, table: model.itemTable, B: R)
+        return try scores.withUnsafeMutableBufferPointer { sc -> Double in
+            sc.baseAddress!.update(from: head.logits, count: R * N)
+            let rows = LabelBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
+                                  B: R, T: batch.T, N: N)
+            let total = try objective.loss(batch: rows, logits: sc.baseAddress!, dlogits: head.logits)
+            head.backward(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, B: R)
+            dUser.update(from: head.dUser, count: R * model.interests * model.dim)
+            return total
+        }
     }
 }
 
-/// Validation or test metrics of a model (a closure, so either protocol plugs in).
-public typealias ModelEvaluation = (Backbone) -> [String: Double]
-
-/// The loop: trains `model` on `instances` with `objective`, selects on `validate`.
+/// The one training loop (`TrainingLoop`) with a label method's objective.
 public final class LabelLoop {
     public let data: SequenceDataset
     public let config: LoopConfig
@@ -118,59 +110,9 @@ public final class LabelLoop {
     @discardableResult
     public func fit(model: Backbone, instances: InstanceSet, objective: LabelObjective,
                     validate: ModelEvaluation?, optimizer: Adam? = nil) throws -> FitResult {
-        let start = Date()
-        let B = config.batchSize, T = config.maxLength, N = model.itemCount
-        let adam = optimizer ?? Adam(parameters: model.parameters, learningRate: config.learningRate)
-        let head = FullSoftmaxHead(itemCount: N, dim: model.dim, interests: model.interests)
-        var batcher = Batcher(data: data, instances: instances, maxLength: T, batchSize: B, padding: .right, seed: config.seed)
-        let buf = BatchBuffers(B: B, T: T, N: N)
-        let best = model.parameters.clone()
-        var bestScore = -Double.infinity, bestEpoch = 0, bad = 0, epochs = 0
-        var bestValid: [String: Double] = [:], losses: [Double] = []
-        guard instances.count > 0 else {
-            return FitResult(epochs: 0, bestEpoch: 0, bestValid: validate?(model) ?? [:], losses: [], seconds: 0)
-        }
-        for epoch in 1...max(1, config.maxEpochs) {
-            let t0 = Date()
-            batcher.shuffle()
-            objective.beginEpoch(epoch)
-            var total = 0.0
-            for i in 0..<batcher.batchCount {
-                let n = batcher.fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.rows)
-                let batch = LabelBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.rows, B: n, T: T, N: N)
-                model.parameters.zeroGrad()
-                let user = model.forward(items: buf.items, lengths: buf.lengths, B: n, training: true)
-                head.scores(user: user, table: model.itemTable, B: n)
-                buf.scores.update(from: head.logits, count: n * N)
-                total += try objective.loss(batch: batch, logits: buf.scores, dlogits: head.logits)
-                head.backward(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, B: n)
-                model.backward(dUser: head.dUser)
-                adam.update()
-                objective.afterUpdate()
-            }
-            let mean = total / Double(batcher.batchCount)
-            losses.append(mean)
-            objective.endEpoch(epoch, meanLoss: mean)
-            epochs = epoch
-            guard let validate else {
-                progress?(String(format: "epoch %d  loss %.4f  %.1fs", epoch, mean, Date().timeIntervalSince(t0)))
-                continue
-            }
-            let valid = validate(model)
-            let score = valid[config.selectMetric] ?? 0
-            progress?(String(format: "epoch %d  loss %.4f  valid %@ %.4f  %.1fs", epoch, mean, config.selectMetric,
-                             score, Date().timeIntervalSince(t0)))
-            if score > bestScore {
-                bestScore = score; bestEpoch = epoch; bad = 0; bestValid = valid
-                best.copyValues(from: model.parameters)
-            } else {
-                bad += 1
-                if bad >= config.patience { break }
-            }
-        }
-        if validate != nil { model.parameters.copyValues(from: best) } else { bestEpoch = epochs }
-        return FitResult(epochs: epochs, bestEpoch: bestEpoch, bestValid: bestValid, losses: losses,
-                         seconds: Date().timeIntervalSince(start))
+        let loop = TrainingLoop(data: data, config: config)
+        if let progress { loop.progress = { if $0.event == .epoch { progress($0.line) } } }
+        return try loop.fit(model: model, instances: instances, loss: ObjectiveLoss(objective), validate: validate, optimizer: optimizer)
     }
 }
 
@@ -189,28 +131,7 @@ final class BatchBuffers {
     }
 }
 
-/// Evaluations of both protocols over a model (eval mode, history not masked).
-public enum LabelEvaluation {
-    /// Leave-one-out full ranking of `instances` (validation or test) over all N items.
-    public static func fullRanking(_ model: Backbone, data: SequenceDataset, instances: InstanceSet,
-                                   maxLength: Int = 50, ks: [Int] = [5, 10, 20]) -> [String: Double] {
-        let evaluator = RankingEvaluator(itemCount: data.itemCount, dim: model.dim, maxBatch: 256,
-                                         interests: model.interests, ks: ks, maskHistory: false)
-        let report = evaluator.evaluateFullRanking(EvaluationInput(data: data, instances: instances, maxLength: maxLength),
-                                                   items: model.scoringTable, encode: encoder(model))
-        return report.metrics
-    }
-
-    /// WSLRec's protocol: the held-out users' last 20 % as a set against the top list.
-    public static func sets(_ model: Backbone, data: SequenceDataset, instances: InstanceSet,
-                            maxLength: Int = 50, ks: [Int] = [20, 50]) -> [String: Double] {
-        let evaluator = RankingEvaluator(itemCount: data.itemCount, dim: model.dim, maxBatch: 256,
-                                         interests: model.interests, ks: ks, maskHistory: false)
-        let report = evaluator.evaluateSets(EvaluationInput(data: data, instances: instances, maxLength: maxLength),
-                                            items: model.scoringTable, encode: encoder(model))
-        return report.metrics
-    }
-
+extension LabelEvaluation {
     /// Each instance's top-k list (best first) under `model`, in instance order.
     public static func topLists(_ model: Backbone, data: SequenceDataset, instances: InstanceSet,
                                 k: Int, maxLength: Int = 50) throws -> [[Int32]] {
@@ -229,13 +150,5 @@ public enum LabelEvaluation {
             for b in 0..<n { out.append(Array(lists[(b * k)..<((b + 1) * k)])) }
         }
         return out
-    }
-
-    static func encoder(_ model: Backbone) -> UserEncoder {
-        let width = model.interests * model.dim
-        return { items, lengths, count, out in
-            let user = model.forward(items: items, lengths: lengths, B: count, training: false)
-            out.update(from: user, count: count * width)
-        }
     }
 }

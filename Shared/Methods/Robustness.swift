@@ -172,6 +172,7 @@ public struct RobustnessConfig {
         var l = LoopConfig()
         l.maxEpochs = maxEpochs; l.patience = patience; l.batchSize = batchSize; l.maxLength = maxLength
         l.learningRate = learningRate; l.seed = seed; l.selectMetric = "ndcg@10"
+        l.scheme = .prefixes   // every method of the comparison trains so (see JobConfig.validate)
         return l
     }
 }
@@ -268,33 +269,19 @@ public enum RobustnessTrainer {
         case .base, .csrec, .ufnrec:
             let m = backbone(cfg, itemCount: data.itemCount)
             model = m
+            // base, UFNRec and the CSRec student as `winnow experiment labels` trains them: the
+            // one loop with the method's objective (UFNRec's EMA teacher the same backbone)
+            let objective: LabelObjective
             if method == .ufnrec {
-                // UFNRec as `winnow experiment labels` trains it (LabelLoop), its EMA teacher the same backbone
-                let objective = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed)
-                let loop = LabelLoop(data: data, config: cfg.loop)
-                loop.progress = cfg.log.map { log in { log("\(method.rawValue) corruption \(corruption) \($0)") } }
-                trained = try loop.fit(model: m, instances: split.train, objective: objective, validate: validate)
+                objective = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed)
             } else if method == .csrec, let d = distillation {
-                // the CSRec student as `winnow experiment labels` trains it: LabelLoop, whose early
-                // stopping is `EpochLoop`'s rule
-                let objective = CSRecStudentObjective(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
-                let loop = LabelLoop(data: data, config: cfg.loop)
-                loop.progress = cfg.log.map { log in { log("\(method.rawValue) corruption \(corruption) \($0)") } }
-                trained = try loop.fit(model: m, instances: split.train, objective: objective, validate: validate)
+                objective = CSRecStudentObjective(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
             } else {
-                let step = TrainStep(model: m, learningRate: cfg.learningRate, seed: cfg.seed)
-                var batcher = Batcher(data: data, instances: split.train, maxLength: T, batchSize: B, seed: cfg.seed)
-                let buf = InstanceBatchBuffers(B: B, T: T)
-                epoch = { _ in
-                    batcher.shuffle()
-                    var sum = 0.0
-                    for i in 0..<batcher.batchCount {
-                        let n = batcher.fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets)
-                        sum += step.step(items: buf.items, lengths: buf.lengths, targets: buf.targets, B: n)
-                    }
-                    return sum / Double(max(batcher.batchCount, 1))
-                }
+                objective = CrossEntropyObjective()
             }
+            let loop = LabelLoop(data: data, config: cfg.loop)
+            loop.progress = cfg.log.map { log in { log("\(method.rawValue) corruption \(corruption) \($0)") } }
+            trained = try loop.fit(model: m, instances: split.train, objective: objective, validate: validate)
         case .dss, .dssCSRec:
             precondition(cfg.model == .sasrec, "DSS is built on SASRec")
             var c = DSSConfig(itemCount: data.itemCount)

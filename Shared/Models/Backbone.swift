@@ -24,14 +24,33 @@ public protocol Backbone: AnyObject {
     var itemTableGrad: Floats { get }
     /// The generator dropout draws from (seeded by the model's config; reproducible).
     var rng: RNG { get set }
-    /// Encodes B sequences into user vectors (B, K, C); the pointer stays valid until the next
+    /// Encodes B sequences: with `.last`, into user vectors (B, K, C); with `.every`, into the
+    /// output at every position (B, T, C) (K = 1 only). The pointer stays valid until the next
     /// forward. `training` turns dropout on and keeps what `backward` needs.
-    func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool) -> UnsafePointer<Float>
-    /// Accumulates parameter gradients for the last training forward, given dUser (B, K, C).
+    func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool,
+                 readout: Readout) -> UnsafePointer<Float>
+    /// Accumulates parameter gradients for the last training forward, given the gradient on what
+    /// it returned: (B, K, C) after `.last`, (B, T, C) after `.every` (zero at padding positions).
     func backward(dUser: UnsafePointer<Float>)
 }
 
+/// Which positions a forward returns.
+public enum Readout: String, Sendable, Equatable {
+    /// Each sequence's user vectors at its last real position, (B, K, C): scoring, and training
+    /// on one target per sequence (the prefix scheme).
+    case last
+    /// The output at every position, (B, T, C), K = 1: position p of a causal encoder has seen
+    /// items 0...p and predicts item p + 1 (all-position training). Padding positions hold
+    /// values no loss may read.
+    case every
+}
+
 extension Backbone {
+    /// User vectors (B, K, C) at each sequence's last real position.
+    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool) -> UnsafePointer<Float> {
+        forward(items: items, lengths: lengths, B: B, training: training, readout: .last)
+    }
+
     /// Rows 1...N of the item table: the (N, C) matrix scores are taken against.
     public var scoringTable: UnsafePointer<Float> { UnsafePointer(itemTable + dim) }
 }

@@ -1,6 +1,7 @@
 // GRU4Rec (Hidasi et al.; RecBole's sequential variant): item embeddings, embedding dropout,
 // L GRU layers, a dense layer from the hidden size back to the embedding size; the user vector
-// is dense(last layer's hidden state at the last real position).
+// is dense(last layer's hidden state at the last real position), or with `Readout.every` the
+// dense layer at every real position (zeros past a row's length).
 // Shapes: B batch, T = maxLength, E = embedding size, Hd = hidden size, N = itemCount.
 import Numerics
 
@@ -34,13 +35,13 @@ public final class GRU4Rec: Backbone {
     private var emb: Floats! = nil, mask: Floats! = nil     // (B, T, E)
     private var seq: Floats! = nil, dSeq: Floats! = nil     // (T, B, E): emb time-major, as the GRU runs
     private var outs: [Floats] = [], gates: [Floats] = [], ghs: [Floats] = []   // per layer (T, B, Hd), (T, B, 3Hd) ×2
-    private var last: Floats! = nil, user: Floats! = nil     // (B, Hd), (B, E)
+    private var last: Floats! = nil, user: Floats! = nil     // (B, Hd), (B, E); (B, T, ·) when read out at every position
     private var dLast: Floats! = nil, dOut: Floats! = nil, dIn: Floats! = nil, dEmb: Floats! = nil
     private var dgi: Floats! = nil, dgh: Floats! = nil, dh: Floats! = nil, biasSums: Floats! = nil
     // The batch as the GRU runs it: rows arranged by GRUBatchOrder (order[p] = caller's row at
     // position p), so that each row stops at its own length.
     private var order: [Int] = [], rowItems: [Int32] = [], rowLengths: [Int32] = []
-    private var lastB = 0, lastSteps = 0, ready = false
+    private var lastB = 0, lastSteps = 0, ready = false, lastReadout = Readout.last
 
     public init(_ config: GRU4RecConfig) {
         self.config = config
@@ -77,7 +78,7 @@ public final class GRU4Rec: Backbone {
         let T = config.maxLength, E = config.embedding, Hd = config.hidden, L = config.layers, BT = B * T
         guard work.ensure(B, sizes: { _ in
             [BT * E, BT * E, BT * E, BT * E] + Array([[Int]](repeating: [BT * Hd, BT * 3 * Hd, BT * 3 * Hd], count: L).joined())
-                + [B * Hd, B * E, B * Hd, BT * Hd, BT * Hd, BT * E, BT * 3 * Hd, BT * 3 * Hd, B * Hd, gruBiasSumsCount(B: B, H: Hd)]
+                + [BT * Hd, BT * E, BT * Hd, BT * Hd, BT * Hd, BT * E, BT * 3 * Hd, BT * 3 * Hd, B * Hd, gruBiasSumsCount(B: B, H: Hd)]
         }) else { return }
         let v = work.slab!.views
         emb = v[0]; mask = v[1]; seq = v[2]; dSeq = v[3]
@@ -89,7 +90,8 @@ public final class GRU4Rec: Backbone {
 
     private func bias(_ name: String, _ view: (String) -> Floats) -> Floats? { config.gruBias ? view(name) : nil }
 
-    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool) -> UnsafePointer<Float> {
+    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool,
+                        readout: Readout) -> UnsafePointer<Float> {
         allocate(B)
         let T = config.maxLength, E = config.embedding, Hd = config.hidden, BT = B * T
         var steps = 0
@@ -119,9 +121,22 @@ public final class GRU4Rec: Backbone {
                 inp = outs[l]; I = Hd
             }
         }
-        for p in 0..<B { (last + order[p] * Hd).update(from: inp + ((Int(rowLengths[p]) - 1) * B + p) * Hd, count: Hd) }
-        linearForward(out: user, inp: last, weight: parameters.value("dense.weight"), bias: parameters.value("dense.bias"), N: B, C: Hd, OC: E)
-        lastB = B; lastSteps = steps; ready = true
+        // the rows the dense layer reads, in the caller's order: (B, Hd) or (B, T, Hd)
+        let rows = readout == .last ? B : BT
+        if readout == .last {
+            for p in 0..<B { (last + order[p] * Hd).update(from: inp + ((Int(rowLengths[p]) - 1) * B + p) * Hd, count: Hd) }
+        } else {
+            zeroFill(last, BT * Hd)
+            for p in 0..<B {
+                let row = order[p] * T
+                for t in 0..<Int(rowLengths[p]) {
+                    let from: Int = (t * B + p) * Hd, to: Int = (row + t) * Hd
+                    (last + to).update(from: inp + from, count: Hd)
+                }
+            }
+        }
+        linearForward(out: user, inp: last, weight: parameters.value("dense.weight"), bias: parameters.value("dense.bias"), N: rows, C: Hd, OC: E)
+        lastB = B; lastSteps = steps; ready = true; lastReadout = readout
         return UnsafePointer(user)
     }
 
@@ -129,11 +144,22 @@ public final class GRU4Rec: Backbone {
         precondition(ready, "backward before forward")
         let B = lastB, T = config.maxLength, E = config.embedding, Hd = config.hidden, BT = B * T
         let ps = parameters
-        dLast.update(repeating: 0, count: B * Hd)
+        let rows = lastReadout == .last ? B : BT
+        dLast.update(repeating: 0, count: rows * Hd)
         linearBackward(dinp: dLast, dweight: ps.grad("dense.weight"), dbias: ps.grad("dense.bias"), dout: dUser, inp: last,
-                       weight: ps.value("dense.weight"), N: B, C: Hd, OC: E)
+                       weight: ps.value("dense.weight"), N: rows, C: Hd, OC: E)
         zeroFill(dOut, BT * Hd)
-        for p in 0..<B { (dOut + ((Int(rowLengths[p]) - 1) * B + p) * Hd).update(from: dLast + order[p] * Hd, count: Hd) }
+        if lastReadout == .last {
+            for p in 0..<B { (dOut + ((Int(rowLengths[p]) - 1) * B + p) * Hd).update(from: dLast + order[p] * Hd, count: Hd) }
+        } else {
+            for p in 0..<B {
+                let row = order[p] * T
+                for t in 0..<Int(rowLengths[p]) {
+                    let from: Int = (row + t) * Hd, to: Int = (t * B + p) * Hd
+                    (dOut + to).update(from: dLast + from, count: Hd)
+                }
+            }
+        }
         rowLengths.withUnsafeBufferPointer { rl in
             for l in stride(from: config.layers - 1, through: 0, by: -1) {
                 let inp: Floats = l == 0 ? seq : outs[l - 1], I = l == 0 ? E : Hd

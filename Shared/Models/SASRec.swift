@@ -2,11 +2,12 @@
 // LayerNorm, dropout, then L post-LN transformer blocks
 //   a = LN(h + Dropout(Attention(h) · Woᵀ + bo));  h' = LN(a + Dropout(GELU(a·W1ᵀ + b1)·W2ᵀ + b2))
 // with causal, padding-masked multi-head attention (dropout on the attention weights); the user
-// vector is the last block's output at the last real position. Only that row of the last block
-// is ever read, so the last block computes its query, attention output, feed-forward and
-// LayerNorms for that row alone (keys and values for all rows): the same function, less work.
-// Built with `.everyPosition`, it returns the last block's output at every position instead (a
-// building block: DSS's encoder reads z₁…z_t), and can carry a wrapper's parameters in its set.
+// vector is the last block's output at the last real position. With `Readout.last` only that row
+// of the last block is ever read, so the last block computes its query, attention output,
+// feed-forward and LayerNorms for that row alone (keys and values for all rows): the same
+// function, less work. `Readout.every` returns the last block's output at every position
+// (all-position training: position p predicts the item after it; DSS's encoder reads z₁…z_t).
+// It can carry a wrapper's parameters in its set.
 // Shapes: B batch, T = maxLength, C = dim, H heads, F = inner size, N = itemCount, BT = B·T.
 import Numerics
 
@@ -25,19 +26,8 @@ public struct SASRecConfig: Sendable, Equatable, Codable {
     public init(itemCount: Int) { self.itemCount = itemCount }
 }
 
-/// What a SASRec forward returns.
-public enum SASRecOutput: Sendable, Equatable {
-    /// The user vectors (B, C): the last block's output at each sequence's last real position.
-    case lastPosition
-    /// The last block's output at every position (B, T, C), padding positions included; `backward`
-    /// then takes a (B, T, C) gradient. Not a `Backbone` to score with: a layer for encoders
-    /// that read every position (DSS).
-    case everyPosition
-}
-
 public final class SASRec: Backbone {
     public let config: SASRecConfig
-    public let output: SASRecOutput
     public let parameters: ParameterSet
     public var rng: RNG
     public var name: String { "SASRec" }
@@ -72,12 +62,13 @@ public final class SASRec: Backbone {
     private var ctxL: Floats! = nil, hInL: Floats! = nil, dctxL: Floats! = nil
     // the last training forward's inputs
     private var lastItems: UnsafePointer<Int32>? = nil, lastLengths: UnsafePointer<Int32>? = nil, lastB = 0
+    private var lastReadout = Readout.last
 
     /// `extraParameters` are appended to the set (after SASRec's own, left zero here) for a
     /// wrapper whose layers train with the transformer under one optimiser.
-    public init(_ config: SASRecConfig, output: SASRecOutput = .lastPosition, extraParameters: [(name: String, shape: [Int])] = []) {
+    public init(_ config: SASRecConfig, extraParameters: [(name: String, shape: [Int])] = []) {
         precondition(config.dim % config.heads == 0, "dim must divide into heads")
-        self.config = config; self.output = output
+        self.config = config
         let C = config.dim, F = config.inner, N = config.itemCount, T = config.maxLength
         var specs: [(name: String, shape: [Int])] = [("item_embedding", [N + 1, C]), ("position_embedding", [T, C]),
                                                       ("ln0.weight", [C]), ("ln0.bias", [C])]
@@ -143,7 +134,8 @@ public final class SASRec: Backbone {
         dF = v[k + 6]; dF2 = v[k + 7]; dqkv = v[k + 8]; ctxL = v[k + 9]; hInL = v[k + 10]; dctxL = v[k + 11]
     }
 
-    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool) -> UnsafePointer<Float> {
+    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, training: Bool,
+                        readout: Readout) -> UnsafePointer<Float> {
         allocate(B)
         let T = config.maxLength, C = config.dim, F = config.inner, H = config.heads, BT = B * T
         let pHidden = training ? config.hiddenDropout : 0, pAtt = training ? config.attentionDropout : 0
@@ -157,7 +149,7 @@ public final class SASRec: Backbone {
             precondition(lengths[b] >= 1 && Int(lengths[b]) <= T, "sequence length must be in 1...maxLength")
         }
         for (l, w) in pBlocks.enumerated() {
-            let a = acts[l], last = l == config.blocks - 1 && output == .lastPosition
+            let a = acts[l], last = l == config.blocks - 1 && readout == .last
             linearForward(out: a.qkv, inp: hIn, weight: w.qkvW, bias: w.qkvB, N: BT, C: C, OC: 3 * C)
             let seed = rng.next()
             attentionForward(out: a.ctx, att: a.att, attDrop: a.attD, qkv: a.qkv, ids: items, rows: lengths, dropout: pAtt,
@@ -184,8 +176,8 @@ public final class SASRec: Backbone {
             layerNormForward(out: a.h, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.r2, weight: w.ln2W, bias: w.ln2B, N: R, C: C, eps: config.layerNormEps)
             hIn = a.h
         }
-        lastItems = items; lastLengths = lengths; lastB = B
-        if output == .everyPosition { return UnsafePointer(hIn) }
+        lastItems = items; lastLengths = lengths; lastB = B; lastReadout = readout
+        if readout == .every { return UnsafePointer(hIn) }
         // the last block's output rows are the user vectors (B, C)
         user.update(from: hIn, count: B * C)
         return UnsafePointer(user)
@@ -197,9 +189,9 @@ public final class SASRec: Backbone {
         let pHidden = config.hiddenDropout, pAtt = config.attentionDropout
         // gradient on the last block's output rows: (B, C), the user vectors, or (B, T, C)
         var dOut: Floats = dhA, dIn: Floats = dhB
-        dOut.update(from: dUser, count: output == .everyPosition ? BT * C : B * C)
+        dOut.update(from: dUser, count: lastReadout == .every ? BT * C : B * C)
         for l in stride(from: config.blocks - 1, through: 0, by: -1) {
-            let a = acts[l], w = pBlocks[l], g = gBlocks[l], last = l == config.blocks - 1 && output == .lastPosition
+            let a = acts[l], w = pBlocks[l], g = gBlocks[l], last = l == config.blocks - 1 && lastReadout == .last
             let hIn: Floats = l == 0 ? h0 : acts[l - 1].h
             let R = last ? B : BT
             // h = LN2(r2), r2 = Dropout(f2) + a

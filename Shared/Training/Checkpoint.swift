@@ -1,4 +1,4 @@
-// A seq2item run's checkpoint: everything the training loop needs to go on after a stop exactly
+// A fit's checkpoint: everything the training loop needs to go on after a stop exactly
 // as if it had not stopped — current and best weights, Adam's moments and step, the dropout,
 // negative-sampling and shuffle generators, the batch order, the early-stopping counters and the
 // epoch log. Runs of the protocol last hours on a small machine; a checkpoint written after every
@@ -9,10 +9,13 @@
 //   "WNWC" | u32 version | u32 section count | per section: u64 byte count, bytes
 //   | CRC-32 (IEEE) of all preceding bytes, u32
 // Sections: 0 the state as JSON, 1 current weights, 2 best weights, 3 Adam's moments (1–3 in
-// the parameter file format, each with its own checksum).
+// the parameter file format, each with its own checksum). Version 2 adds the scheme, the
+// selection metric's best value and the loss's own state.
 import Foundation
 import Numerics
 import Data
+import Models
+import Evaluation
 
 /// The small part of a checkpoint, kept as JSON.
 struct CheckpointState: Codable {
@@ -22,15 +25,17 @@ struct CheckpointState: Codable {
     var epoch: Int
     /// Whether early stopping ended the run (then only the final evaluation is left).
     var stopped: Bool
-    var bestNDCG: Double
+    /// nil before any validation improved (JSON has no -infinity).
+    var bestValue: Double?
     var bestEpoch: Int
+    var bestValid: [String: Double]
     var epochsWithoutGain: Int
     /// Seconds spent up to the checkpoint, over every process that worked on the run.
     var seconds: Double
     var adamStep: Int
     /// Generator states in hex (JSON numbers cannot hold every UInt64 exactly).
     var modelRNG: [String]
-    var samplerRNG: [String]
+    var lossState: [String]
     var shufflePosition: String
     var order: [Int32]
     var log: [EpochLog]
@@ -53,9 +58,9 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-enum CheckpointFile {
+enum CheckpointFormat {
     static let magic: [UInt8] = Array("WNWC".utf8)
-    static let version: UInt32 = 1
+    static let version: UInt32 = 2
 
     static func encode(_ sections: [[UInt8]]) -> [UInt8] {
         var out = magic
@@ -94,71 +99,61 @@ enum CheckpointFile {
     }
 }
 
-extension Seq2ItemTraining {
-    /// What a checkpoint must share with this run to continue it. The epoch limit may differ
+/// One fit's checkpoint file: what identifies the fit, and saving and loading its state.
+struct CheckpointFile {
+    let path: String
+    let model: Backbone
+    let loss: RowLoss
+    /// What must match for a run to continue from this checkpoint. The epoch limit may differ
     /// (a stopped run can be given more epochs); the thread count may not, since results are
     /// reproducible only for a fixed one.
-    var fingerprint: [String: String] {
-        let objective: String
-        switch config.objective {
-        case .fullSoftmax: objective = "full-softmax"
-        case .sampledSoftmax(let n, let popularity): objective = "sampled-softmax-\(n)-\(popularity ? "popularity" : "uniform")"
-        }
-        return ["model": config.model.rawValue, "seed": "\(config.seed)", "patience": "\(config.patience)",
-                "batch_size": "\(config.batchSize)", "max_length": "\(config.maxLength)",
-                "learning_rate": "\(config.learningRate)", "weight_decay": "\(config.weightDecay)",
-                "objective": objective, "threads": "\(Threads.count)", "users": "\(data.userCount)",
-                "items": "\(data.itemCount)", "interactions": "\(data.interactionCount)",
-                "train_instances": "\(split.train.count)"]
+    let fingerprint: [String: String]
+
+    init(path: String, loop: TrainingLoop, model: Backbone, instances: InstanceSet, loss: RowLoss) {
+        self.path = path; self.model = model; self.loss = loss
+        let c = loop.config, d = loop.data
+        fingerprint = ["model": model.name, "parameters": "\(model.parameters.count)", "seed": "\(c.seed)",
+                       "patience": "\(c.patience)", "batch_size": "\(c.batchSize)", "max_length": "\(c.maxLength)",
+                       "learning_rate": "\(c.learningRate)", "weight_decay": "\(c.weightDecay)",
+                       "select_metric": c.selectMetric, "scheme": c.scheme.rawValue, "loss": loss.fingerprint,
+                       "threads": "\(Threads.count)", "users": "\(d.userCount)", "items": "\(d.itemCount)",
+                       "interactions": "\(d.interactionCount)", "train_instances": "\(instances.count)"]
     }
-}
 
-/// The training loop's state between epochs, as `Seq2ItemTraining.run` keeps it.
-struct LoopState {
-    var epoch = 0
-    var stopped = false
-    var bestNDCG = -1.0
-    var bestEpoch = 0
-    var epochsWithoutGain = 0
-    var secondsBefore = 0.0
-    var log: [EpochLog] = []
-}
-
-extension Seq2ItemTraining {
-    func saveCheckpoint(to path: String, loop: LoopState, seconds: Double, batcher: Batcher, best: ParameterSet) throws(CheckpointError) {
+    func save(_ loop: LoopState, seconds: Double, step: TrainStep, batcher: Batcher, best: ParameterSet) throws(CheckpointError) {
         let hex = { (words: [UInt64]) in words.map { String($0, radix: 16) } }
+        let s = loop.stopping
         let state = CheckpointState(fingerprint: fingerprint, epoch: loop.epoch, stopped: loop.stopped,
-                                    bestNDCG: loop.bestNDCG, bestEpoch: loop.bestEpoch,
-                                    epochsWithoutGain: loop.epochsWithoutGain, seconds: seconds,
+                                    bestValue: s.bestValue.isFinite ? s.bestValue : nil, bestEpoch: s.bestEpoch, bestValid: loop.bestValid,
+                                    epochsWithoutGain: s.epochsWithoutImprovement, seconds: seconds,
                                     adamStep: step.optimizer.step, modelRNG: hex(model.rng.state),
-                                    samplerRNG: hex(step.samplerRNG.state),
+                                    lossState: hex(loss.checkpointState()),
                                     shufflePosition: String(batcher.shufflePosition, radix: 16),
                                     order: batcher.order, log: loop.log)
         let json: Data
         do { json = try JSONEncoder().encode(state) } catch { throw .io(path: path, reason: "cannot encode state: \(error)") }
-        let bytes = CheckpointFile.encode([[UInt8](json), model.parameters.serialized(), best.serialized(),
-                                           step.optimizer.momentsSerialized()])
+        let bytes = CheckpointFormat.encode([[UInt8](json), model.parameters.serialized(), best.serialized(),
+                                             step.optimizer.momentsSerialized()])
         do { try Data(bytes).write(to: URL(fileURLWithPath: path), options: .atomic) }
         catch { throw .io(path: path, reason: "cannot write checkpoint: \(error)") }
     }
 
-    /// Loads a checkpoint into the model, optimiser, generators, `batcher` and `best`, and
-    /// returns the loop state. Nothing is changed when the file is unusable or foreign.
-    func loadCheckpoint(from path: String, batcher: inout Batcher, best: ParameterSet) throws(CheckpointError) -> LoopState {
+    /// Loads the checkpoint into the model, optimiser, loss, generators, `batcher` and `best`,
+    /// and returns the loop state. Nothing is changed when the file is unusable or foreign.
+    func load(into step: TrainStep, batcher: inout Batcher, best: ParameterSet) throws(CheckpointError) -> LoopState {
         guard let data = FileManager.default.contents(atPath: path) else { throw .io(path: path, reason: "cannot read checkpoint") }
-        let sections = try CheckpointFile.decode([UInt8](data), path: path)
+        let sections = try CheckpointFormat.decode([UInt8](data), path: path)
         func corrupt(_ why: String) -> CheckpointError { .corrupt(path: path, reason: why) }
         guard sections.count == 4 else { throw corrupt("\(sections.count) sections, expected 4") }
         let state: CheckpointState
         do { state = try JSONDecoder().decode(CheckpointState.self, from: Data(sections[0])) }
         catch { throw corrupt("state: \(error)") }
-        let mine = fingerprint
-        for key in mine.keys.sorted() where state.fingerprint[key] != mine[key] {
-            throw .mismatch(path: path, field: key, stored: state.fingerprint[key] ?? "absent", current: mine[key]!)
+        for key in fingerprint.keys.sorted() where state.fingerprint[key] != fingerprint[key] {
+            throw .mismatch(path: path, field: key, stored: state.fingerprint[key] ?? "absent", current: fingerprint[key]!)
         }
         let words = { (hex: [String]) in hex.compactMap { UInt64($0, radix: 16) } }
-        guard let modelRNG = RNG(state: words(state.modelRNG)), let samplerRNG = RNG(state: words(state.samplerRNG)),
-              let shuffle = UInt64(state.shufflePosition, radix: 16) else { throw corrupt("bad generator state") }
+        guard let modelRNG = RNG(state: words(state.modelRNG)), let shuffle = UInt64(state.shufflePosition, radix: 16),
+              words(state.lossState).count == state.lossState.count else { throw corrupt("bad generator state") }
         // Check everything against scratch copies first, so a bad section changes nothing.
         let current = model.parameters.clone(), bestCopy = best.clone()
         do {
@@ -166,16 +161,20 @@ extension Seq2ItemTraining {
             try bestCopy.load(bytes: sections[2])
         } catch { throw corrupt("weights: \(error)") }
         var order = batcher
-        guard order.restore(order: state.order, shufflePosition: shuffle) else { throw corrupt("batch order is not a permutation of the training instances") }
+        guard order.restore(order: state.order, shufflePosition: shuffle) else { throw corrupt("batch order is not a permutation of the training rows") }
+        let lossBefore = loss.checkpointState()
+        guard loss.restore(checkpointState: words(state.lossState)) else { throw corrupt("the loss's state does not fit \(loss.fingerprint)") }
         // (restore checks the moments completely before it writes any)
         do { try step.optimizer.restore(moments: sections[3], step: state.adamStep) }
-        catch { throw corrupt("optimiser: \(error)") }
+        catch { _ = loss.restore(checkpointState: lossBefore); throw corrupt("optimiser: \(error)") }
         model.parameters.copyValues(from: current)
         best.copyValues(from: bestCopy)
         batcher = order
         model.rng = modelRNG
-        step.samplerRNG = samplerRNG
-        return LoopState(epoch: state.epoch, stopped: state.stopped, bestNDCG: state.bestNDCG, bestEpoch: state.bestEpoch,
-                         epochsWithoutGain: state.epochsWithoutGain, secondsBefore: state.seconds, log: state.log)
+        // (the fingerprint matched: the stored metric and patience are this run's)
+        var stopping = EarlyStopping(metric: fingerprint["select_metric"]!, patience: Int(fingerprint["patience"]!)!)
+        stopping.restore(bestValue: state.bestValue ?? -.infinity, bestEpoch: state.bestEpoch, epochsWithoutImprovement: state.epochsWithoutGain)
+        return LoopState(epoch: state.epoch, stopped: state.stopped, stopping: stopping, bestValid: state.bestValid,
+                         secondsBefore: state.seconds, log: state.log)
     }
 }

@@ -218,12 +218,12 @@ final class CompositionTests: XCTestCase {
         XCTAssertThrowsError(try RobustnessMethod.parse("base+csrec"))
         XCTAssertThrowsError(try RobustnessMethod.parse("csrec+ufnrec")) { XCTAssertTrue("\($0)".contains("one label method"), "\($0)") }
         XCTAssertEqual(try RobustnessMethod.parse("ufnrec+atjt"), .atjtUFNRec)
-        XCTAssertEqual(message(#"{"backbone": "sasrec", "methods": {"atjt": {}, "ufnrec": {}, "csrec": {}}}"#), "")
+        XCTAssertEqual(message(#"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"atjt": {}, "ufnrec": {}, "csrec": {}}}"#), "")
     }
 
     func testJobsNamingDSSOrATJTWithCSRecParseAndRun() throws {
         let job = try JobConfig.parse(Data(#"""
-        {"backbone": "sasrec", "methods": {"atjt": {"alpha": 5, "recogniser_lr": 0.1}, "csrec": {"beta": 0.25}}}
+        {"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"atjt": {"alpha": 5, "recogniser_lr": 0.1}, "csrec": {"beta": 0.25}}}
         """#.utf8))
         XCTAssertEqual(job.methods.name, "ATJT+CSRec-M")
         XCTAssertEqual(job.methods.atjt?.alpha, 5); XCTAssertEqual(job.methods.atjt?.groups, 2)
@@ -241,7 +241,7 @@ final class CompositionTests: XCTestCase {
         for methods in [JobMethods(csrec: CSRecConfig(), atjt: ATJTJobConfig()), JobMethods(csrec: CSRecConfig(), dss: {
             var d = DSSJobConfig(); d.interests = 2; return d }()), JobMethods(csrec: CSRecConfig(), ufnrec: UFNRecConfig(), atjt: ATJTJobConfig())] {
             var j = JobConfig(backbone: methods.dss != nil ? .sasrec : .gru4rec)
-            j.loop.maxEpochs = 1; j.loop.maxLength = 6; j.loop.batchSize = 64
+            j.loop.maxEpochs = 1; j.loop.maxLength = 6; j.loop.batchSize = 64; j.loop.scheme = .prefixes
             j.methods = methods
             let r = try JobRunner.run(j, data: data)
             XCTAssertEqual(r.method, methods.dss != nil ? "DSS+CSRec-M" : methods.ufnrec != nil ? "ATJT+CSRec-M+UFNRec" : "ATJT+CSRec-M")

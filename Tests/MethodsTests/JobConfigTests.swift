@@ -9,7 +9,7 @@ final class JobConfigTests: XCTestCase {
     func testParsesAJobWithComposedMethodsAndDefaults() throws {
         let json = """
         {"backbone": "gru4rec", "protocol": "user_split",
-         "loop": {"max_epochs": 3, "seed": 2, "select_metric": "recall@50"},
+         "loop": {"max_epochs": 3, "seed": 2, "select_metric": "recall@50", "scheme": "prefixes"},
          "methods": {"wslrec": {"sources": ["br"]}, "csrec": {"teachers": "data", "temperature": 6,
                      "direction": "model_to_target"}}}
         """
@@ -27,6 +27,32 @@ final class JobConfigTests: XCTestCase {
         XCTAssertEqual(job.methods.name, "WSLRec+CSRec-D")
         XCTAssertEqual(try JobConfig.parse(Data(#"{"backbone": "sasrec"}"#.utf8)).methods.name, "base")
         XCTAssertEqual(UFNRecConfig(), try JSONDecoder().decode(UFNRecConfig.self, from: Data("{}".utf8)))
+    }
+
+    /// All-position training is the default and base training's; a method composed with it is
+    /// refused with the reason and the key to change, before anything trains.
+    func testAllPositionsIsTheDefaultAndMethodsRefuseItWithTheReason() throws {
+        let base = try JobConfig.parse(Data(#"{"backbone": "sasrec"}"#.utf8))
+        XCTAssertEqual(base.loop.scheme, .allPositions)
+        let json = #"{"backbone": "sasrec", "methods": {"csrec": {}}}"#
+        XCTAssertThrowsError(try JobConfig.parse(Data(json.utf8))) { error in
+            XCTAssertEqual(error as? JobConfigError,
+                           .invalid(key: "loop.scheme", reason: "CSRec-M trains under \"prefixes\" only; all_positions is base training's"))
+        }
+        let prefixes = #"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"csrec": {}}}"#
+        XCTAssertEqual(try JobConfig.parse(Data(prefixes.utf8)).loop.scheme, .prefixes)
+        XCTAssertThrowsError(try JobConfig.parse(Data(#"{"backbone": "sasrec", "loop": {"scheme": "every"}}"#.utf8))) { error in
+            XCTAssertTrue("\(error)".contains("loop.scheme"), "\(error)")
+        }
+        // a base job trains on the one loop under either scheme
+        let data = cyclicDataset(users: 30, items: 16, length: 10)
+        for scheme in TrainingScheme.allCases {
+            var job = JobConfig(backbone: .gru4rec)
+            job.loop.maxEpochs = 2; job.loop.maxLength = 6; job.loop.batchSize = 16; job.loop.scheme = scheme
+            let r = try JobRunner.run(job, data: data)
+            XCTAssertEqual(r.stages["final"]?.scheme, scheme)
+            XCTAssertEqual(r.epochs, 2)
+        }
     }
 
     /// The loop stops after `patience` epochs without a better validation score and leaves the
@@ -84,7 +110,7 @@ final class JobConfigTests: XCTestCase {
     func testRunsAComposedJobUnderEachProtocol() throws {
         let data = cyclicDataset(users: 40, items: 20, length: 12)
         var job = JobConfig(backbone: .gru4rec)
-        job.loop.maxEpochs = 2; job.loop.maxLength = 8; job.loop.batchSize = 64
+        job.loop.maxEpochs = 2; job.loop.maxLength = 8; job.loop.batchSize = 64; job.loop.scheme = .prefixes
         var w = WSLRecConfig(); w.weakK = 3; w.miningK = 5
         var c = CSRecConfig(); c.m = 2
         job.methods = JobMethods(wslrec: w, csrec: c)
@@ -112,7 +138,7 @@ final class JobConfigTests: XCTestCase {
     func testTeacherCacheSharesTeachersAcrossStudentSettingsOnly() throws {
         let data = cyclicDataset(users: 30, items: 16, length: 10)
         var job = JobConfig(backbone: .gru4rec)
-        job.loop.maxEpochs = 1; job.loop.maxLength = 6; job.loop.batchSize = 64
+        job.loop.maxEpochs = 1; job.loop.maxLength = 6; job.loop.batchSize = 64; job.loop.scheme = .prefixes
         var c = CSRecConfig(); c.beta = 0.25
         job.methods = JobMethods(csrec: c)
         let cache = TeacherCache()

@@ -2,6 +2,7 @@ import XCTest
 import Numerics
 import Models
 import Data
+import Training
 @testable import Methods
 
 /// Test-owned float buffer (a class, so closures capture a reference).
@@ -46,6 +47,7 @@ func cyclicDataset(users: Int = 60, items: Int = 24, length: Int = 14, seed: UIn
 func quickLoop(_ data: SequenceDataset, epochs: Int, maxLength: Int = 8, lr: Float = 5e-3) -> LabelLoop {
     var c = LoopConfig()
     c.maxEpochs = epochs; c.batchSize = 32; c.maxLength = maxLength; c.learningRate = lr; c.seed = 3
+    c.scheme = .prefixes   // the label methods' objectives read one row per sequence
     return LabelLoop(data: data, config: c)
 }
 

@@ -40,9 +40,9 @@ final class SASRecReferenceTests: XCTestCase {
                 let t = Int(lengths[b]) - 1
                 for c in 0..<C { XCTAssertEqual(user[b * C + c], h[(b * T + t) * C + c], accuracy: 1e-5, "sequence \(b) channel \(c)") }
             }
-            // `.everyPosition` (DSS's encoder reads it): the same composition at every real position
-            let every = SASRec(cfg, output: .everyPosition)
-            let z = every.forward(items: it.baseAddress!, lengths: ln.baseAddress!, B: B, training: false)
+            // `.every` (all-position training and DSS's encoder read it): the same composition at
+            // every real position
+            let z = m.forward(items: it.baseAddress!, lengths: ln.baseAddress!, B: B, training: false, readout: .every)
             for b in 0..<B {
                 for t in 0..<Int(lengths[b]) {
                     for c in 0..<C { XCTAssertEqual(z[(b * T + t) * C + c], h[(b * T + t) * C + c], accuracy: 1e-5, "sequence \(b) position \(t)") }
@@ -51,14 +51,21 @@ final class SASRecReferenceTests: XCTestCase {
         } }
     }
 
-    /// A gradient on the last real positions alone, through `.everyPosition`, gives the
-    /// parameter gradients of the user vectors' backward (dropout off: the last block draws
-    /// masks for B rows in one mode and B·T in the other).
+    /// A gradient on the last real positions alone, through `.every`, gives the parameter
+    /// gradients of the user vectors' backward (dropout off: SASRec's last block draws masks for
+    /// B rows in one mode and B·T in the other).
     func testEveryPositionBackwardAtTheLastPositionsEqualsTheUserVectorBackward() {
         var cfg = SASRecConfig(itemCount: 11)
         cfg.maxLength = 6; cfg.dim = 8; cfg.heads = 2; cfg.blocks = 2; cfg.inner = 12; cfg.initStd = 0.3; cfg.seed = 7
         cfg.hiddenDropout = 0; cfg.attentionDropout = 0
-        let last = SASRec(cfg), every = SASRec(cfg, output: .everyPosition)
+        var gru = GRU4RecConfig(itemCount: 11)
+        gru.maxLength = 6; gru.embedding = 8; gru.hidden = 5; gru.layers = 2; gru.embeddingDropout = 0; gru.seed = 7
+        for (last, every) in [(SASRec(cfg), SASRec(cfg)) as (Backbone, Backbone), (GRU4Rec(gru), GRU4Rec(gru))] {
+            checkEveryPositionBackward(last: last, every: every)
+        }
+    }
+
+    private func checkEveryPositionBackward(last: Backbone, every: Backbone) {
         let B = 3, T = 6, C = 8
         let items: [Int32] = [1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 9, 10, 11, 0, 0, 0]
         let lengths: [Int32] = [6, 2, 3]
@@ -69,14 +76,14 @@ final class SASRecReferenceTests: XCTestCase {
             last.parameters.zeroGrad(); every.parameters.zeroGrad()
             _ = last.forward(items: it.baseAddress!, lengths: ln.baseAddress!, B: B, training: true)
             last.backward(dUser: dUser.p)
-            _ = every.forward(items: it.baseAddress!, lengths: ln.baseAddress!, B: B, training: true)
+            _ = every.forward(items: it.baseAddress!, lengths: ln.baseAddress!, B: B, training: true, readout: .every)
             every.backward(dUser: dz.p)
         } }
         var worst: Float = 0, scale: Float = 0
         for i in 0..<last.parameters.count {
             worst = max(worst, abs(last.parameters.grads[i] - every.parameters.grads[i])); scale = max(scale, abs(last.parameters.grads[i]))
         }
-        XCTAssertGreaterThan(scale, 0)
-        XCTAssertLessThan(worst, 1e-5 * scale)
+        XCTAssertGreaterThan(scale, 0, last.name)
+        XCTAssertLessThan(worst, 1e-5 * scale, last.name)
     }
 }

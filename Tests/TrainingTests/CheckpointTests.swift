@@ -29,25 +29,28 @@ final class CheckpointTests: XCTestCase {
         return SequenceDataset(sequences: seqs, itemCount: 25)
     }
 
-    func training(_ kind: ModelKind, seed: UInt64 = 2, epochs: Int, objective: ObjectiveKind = .fullSoftmax) -> Seq2ItemTraining {
+    func training(_ kind: ModelKind, seed: UInt64 = 2, epochs: Int, objective: ObjectiveKind = .fullSoftmax,
+                  scheme: TrainingScheme = .allPositions) -> BaseTraining {
         var cfg = TrainingConfig(model: kind)
-        cfg.seed = seed; cfg.maxEpochs = epochs; cfg.batchSize = 32; cfg.maxLength = 6; cfg.objective = objective
-        return Seq2ItemTraining(data: data(), config: cfg)
+        cfg.loop.scheme = scheme; cfg.loop.seed = seed; cfg.loop.maxEpochs = epochs; cfg.loop.batchSize = 32; cfg.loop.maxLength = 6; cfg.objective = objective
+        return BaseTraining(data: data(), config: cfg)
     }
 
-    func values(_ t: Seq2ItemTraining) -> [Float] { Array(UnsafeBufferPointer(start: t.model.parameters.values, count: t.model.parameters.count)) }
+    func values(_ t: BaseTraining) -> [Float] { Array(UnsafeBufferPointer(start: t.model.parameters.values, count: t.model.parameters.count)) }
 
     func testContinuedRunEqualsUninterruptedRun() throws {
         Threads.set(2)
-        let cases: [(ModelKind, ObjectiveKind)] = [(.sasrec, .fullSoftmax), (.gru4rec, .sampledSoftmax(negatives: 8, popularity: false))]
-        for (kind, objective) in cases {
-            let straight = training(kind, epochs: 4, objective: objective)
+        let cases: [(ModelKind, ObjectiveKind, TrainingScheme)] = [
+            (.sasrec, .fullSoftmax, .allPositions), (.gru4rec, .sampledSoftmax(negatives: 8, popularity: false), .prefixes),
+            (.gru4rec, .sampledSoftmax(negatives: 8, popularity: true), .allPositions)]
+        for (kind, objective, scheme) in cases {
+            let straight = training(kind, epochs: 4, objective: objective, scheme: scheme)
             let whole = try straight.run()
-            let path = directory.appendingPathComponent("\(kind).ckpt").path
-            let first = training(kind, epochs: 2, objective: objective)
+            let path = directory.appendingPathComponent("\(kind)-\(scheme).ckpt").path
+            let first = training(kind, epochs: 2, objective: objective, scheme: scheme)
             _ = try first.run(checkpoint: path)
             // a new process: fresh objects, everything from the file
-            let second = training(kind, epochs: 4, objective: objective)
+            let second = training(kind, epochs: 4, objective: objective, scheme: scheme)
             let resumed = try second.run(checkpoint: path)
             XCTAssertEqual(resumed.log.map(\.loss), whole.log.map(\.loss), "\(kind): the epochs' losses")
             XCTAssertEqual(resumed.log.map(\.validNDCG10), whole.log.map(\.validNDCG10), "\(kind)")
@@ -61,11 +64,11 @@ final class CheckpointTests: XCTestCase {
     func testFinishedRunIsOnlyEvaluatedAgain() throws {
         Threads.set(1)
         var cfg = TrainingConfig(model: .gru4rec)
-        cfg.maxEpochs = 50; cfg.patience = 1; cfg.batchSize = 32; cfg.maxLength = 6; cfg.learningRate = 0
+        cfg.loop.maxEpochs = 50; cfg.loop.patience = 1; cfg.loop.batchSize = 32; cfg.loop.maxLength = 6; cfg.loop.learningRate = 0
         let path = directory.appendingPathComponent("stopped.ckpt").path
-        let first = try Seq2ItemTraining(data: data(), config: cfg).run(checkpoint: path)
+        let first = try BaseTraining(data: data(), config: cfg).run(checkpoint: path)
         XCTAssertEqual(first.epochs, 2, "no gain after epoch 1, patience 1")
-        let again = try Seq2ItemTraining(data: data(), config: cfg).run(checkpoint: path)
+        let again = try BaseTraining(data: data(), config: cfg).run(checkpoint: path)
         XCTAssertEqual(again.epochs, 2, "an early-stopped run trains no further")
         XCTAssertEqual(again.test, first.test)
     }

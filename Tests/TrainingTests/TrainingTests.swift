@@ -20,11 +20,12 @@ final class TrainingTests: XCTestCase {
         return SequenceDataset(sequences: seqs, itemCount: items)
     }
 
-    func run(_ kind: ModelKind, seed: UInt64, epochs: Int, threads: Int) -> TrainingResult {
+    func run(_ kind: ModelKind, seed: UInt64, epochs: Int, threads: Int, scheme: TrainingScheme = .allPositions) -> TrainingResult {
         Threads.set(threads)
         var cfg = TrainingConfig(model: kind)
-        cfg.seed = seed; cfg.maxEpochs = epochs; cfg.batchSize = 64; cfg.maxLength = 8
-        return try! Seq2ItemTraining(data: syntheticData(), config: cfg).run()
+        cfg.loop.scheme = scheme
+        cfg.loop.seed = seed; cfg.loop.maxEpochs = epochs; cfg.loop.batchSize = 64; cfg.loop.maxLength = 8
+        return try! BaseTraining(data: syntheticData(), config: cfg).run()
     }
 
     func testSameSeedAndThreadsGiveIdenticalMetrics() {
@@ -41,7 +42,8 @@ final class TrainingTests: XCTestCase {
 
     func testTrainingLearnsASequentialPatternAndRestoresBestWeights() {
         for kind in ModelKind.allCases {
-            let r = run(kind, seed: 1, epochs: 25, threads: 1)
+            for scheme in TrainingScheme.allCases {
+            let r = run(kind, seed: 1, epochs: scheme == .allPositions ? 40 : 25, threads: 1, scheme: scheme)
             XCTAssertLessThan(r.log.last!.loss, r.log.first!.loss, "\(kind) loss decreases")
             // random ranking of 30 items gives hr@10 = 1/3 on average
             XCTAssertGreaterThan(r.valid["hr@10"] ?? 0, 0.6, "\(kind) learns the pattern: \(r.valid)")
@@ -49,14 +51,16 @@ final class TrainingTests: XCTestCase {
             XCTAssertEqual(r.valid["ndcg@10"]!, bestLogged, accuracy: 1e-9, "\(kind) evaluates the best-validation weights")
             XCTAssertEqual(r.log[r.bestEpoch - 1].validNDCG10, bestLogged)
             for key in ["ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20", "mrr@20"] { XCTAssertNotNil(r.test[key], key) }
+            XCTAssertEqual(r.scheme, scheme)
+            }
         }
     }
 
     func testEarlyStoppingHonoursPatience() {
         Threads.set(1)
         var cfg = TrainingConfig(model: .gru4rec)
-        cfg.maxEpochs = 200; cfg.patience = 2; cfg.batchSize = 64; cfg.maxLength = 8; cfg.learningRate = 0
-        let r = try! Seq2ItemTraining(data: syntheticData(), config: cfg).run()
+        cfg.loop.maxEpochs = 200; cfg.loop.patience = 2; cfg.loop.batchSize = 64; cfg.loop.maxLength = 8; cfg.loop.learningRate = 0
+        let r = try! BaseTraining(data: syntheticData(), config: cfg).run()
         // with a zero learning rate nothing improves after epoch 1
         XCTAssertEqual(r.bestEpoch, 1)
         XCTAssertEqual(r.epochs, 3)
@@ -65,15 +69,17 @@ final class TrainingTests: XCTestCase {
     func testResultJSONHasTheProtocolKeys() throws {
         let r = run(.gru4rec, seed: 1, epochs: 1, threads: 1)
         let obj = try JSONSerialization.jsonObject(with: JSONEncoder().encode(r)) as! [String: Any]
-        for k in ["model", "seed", "epochs", "best_epoch", "valid", "test", "seconds"] { XCTAssertNotNil(obj[k], k) }
+        for k in ["model", "seed", "epochs", "best_epoch", "valid", "test", "seconds", "scheme"] { XCTAssertNotNil(obj[k], k) }
+        XCTAssertEqual(obj["scheme"] as? String, "all_positions", "the default scheme, named as job files name it")
         XCTAssertNotNil((obj["test"] as! [String: Double])["ndcg@10"])
     }
 
     func testSampledSoftmaxObjectiveTrains() {
         Threads.set(1)
         var cfg = TrainingConfig(model: .gru4rec)
-        cfg.maxEpochs = 3; cfg.batchSize = 64; cfg.maxLength = 8; cfg.objective = .sampledSoftmax(negatives: 10, popularity: true)
-        let r = try! Seq2ItemTraining(data: syntheticData(), config: cfg).run()
+        cfg.loop.maxEpochs = 3; cfg.loop.batchSize = 64; cfg.loop.maxLength = 8; cfg.objective = .sampledSoftmax(negatives: 10, popularity: true)
+        cfg.loop.scheme = .prefixes   // 7 steps an epoch (windows: 2)
+        let r = try! BaseTraining(data: syntheticData(), config: cfg).run()
         XCTAssertLessThan(r.log.last!.loss, r.log.first!.loss)
     }
 }

@@ -9,7 +9,13 @@ Implements the experiment protocol of the project's contracts, independently of 
            interactions sorted by timestamp (stable: ties keep file order); items 1..N in order
            of first appearance walking users 0..U-1 through their sorted sequences; 0 = padding.
   split    leave-one-out: last item = test, second-to-last = validation, the rest = train.
-           training instances: every t >= 1 of the train sequence, s[0..<t] (last 50) -> s[t];
+           training targets: every t >= 1 of the train sequence s[t], from the context s[0..<t]
+           (its last 50 items). Two schemes present them (--scheme):
+             all     (the default) windows: a window of up to 51 items s[lo..e] feeds s[lo..<e]
+                     and predicts the next item at every position (position p -> s[lo+p+1]);
+                     window ends e = n-1, n-1-50, n-1-100, ... (n = train length) while e >= 1,
+                     lo = max(0, e-50): each target once per epoch, the newest windows full;
+             prefix  one row per target, s[max(0,t-50)..<t] -> s[t].
            validation: train (last 50) -> validation item; test: train + validation (last 50)
            -> test item.
   batches  item ids right-padded to L = 50 (the sequence starts at position 0, as RecBole);
@@ -19,13 +25,15 @@ Implements the experiment protocol of the project's contracts, independently of 
            with a lower item id (a stable sort by descending score);
            HR@k = [rank < k], NDCG@k = 1/log2(rank + 2), MRR@k = 1/(rank + 1)
            (0 when rank >= k); means over users.
-  loss     full softmax cross-entropy over items 1..N. Adam lr 1e-3, betas (0.9, 0.999), no
-           weight decay, batch 256, seeded shuffle every epoch, at most 200 epochs, validation
+  loss     full softmax cross-entropy over items 1..N, the mean over every target of the batch
+           (all positions of the windows, or the prefix rows). Adam lr 1e-3 (--lr), betas
+           (0.9, 0.999), no weight decay, batch 256 rows (--batch), seeded shuffle every epoch, at most 200 epochs, validation
            every epoch, early stopping on validation NDCG@10 with patience 10, test metrics from
            the best-validation weights.
 
 Usage:
   seqrec_torch.py --model sasrec|gru4rec --seed N --threads T --json FILE [--epochs N]
+                  [--scheme all|prefix] [--batch N] [--lr X]
                   [--data FILE.inter] [--patience N] [--checkpoint FILE]
 
 With --checkpoint, the run's whole state (weights, optimiser, both generators, early-stopping
@@ -145,13 +153,28 @@ def right_padded(prefixes):
     return mat, lens
 
 
-def leave_one_out(sequences):
+def windows(tr):
+    """(inputs, targets) per window of a train sequence, newest first (see the docstring)."""
+    out, e = [], len(tr) - 1
+    while e >= 1:
+        lo = max(0, e - MAX_LEN)
+        out.append((tr[lo:e], tr[lo + 1:e + 1]))
+        e -= MAX_LEN
+    return out
+
+
+def leave_one_out(sequences, scheme="all"):
     train_p, train_t, valid_p, valid_t, test_p, test_t = [], [], [], [], [], []
     for seq in sequences:
         tr = seq[:-2]
-        for t in range(1, len(tr)):
-            train_p.append(tr[max(0, t - MAX_LEN):t])
-            train_t.append(tr[t])
+        if scheme == "all":
+            for inputs, targets in windows(tr):
+                train_p.append(inputs)
+                train_t.append(targets)
+        else:
+            for t in range(1, len(tr)):
+                train_p.append(tr[max(0, t - MAX_LEN):t])
+                train_t.append(tr[t])
         valid_p.append(tr)
         valid_t.append(seq[-2])
         test_p.append(seq[:-1])
@@ -160,8 +183,12 @@ def leave_one_out(sequences):
     for name, p, t in (("train", train_p, train_t), ("valid", valid_p, valid_t),
                        ("test", test_p, test_t)):
         mat, lens = right_padded(p)
-        out[name] = (torch.from_numpy(mat), torch.from_numpy(lens),
-                     torch.tensor(t, dtype=torch.int64))
+        if name == "train" and scheme == "all":
+            targets, _ = right_padded(t)      # (n, MAX_LEN), 0 past each window's length
+            target = torch.from_numpy(targets)
+        else:
+            target = torch.tensor(t, dtype=torch.int64)
+        out[name] = (torch.from_numpy(mat), torch.from_numpy(lens), target)
     return out
 
 
@@ -199,6 +226,10 @@ class SASRec(nn.Module):
             m.bias.data.zero_()
 
     def user_vectors(self, seq, lens):
+        return self.every_position(seq)[torch.arange(seq.shape[0]), lens - 1]
+
+    def every_position(self, seq):
+        """(B, L, d): the last block's output at every position (causal: position p sees 0..p)."""
         B, L = seq.shape
         H, dh = self.n_heads, self.d // self.n_heads
         pos = torch.arange(L, device=seq.device).unsqueeze(0).expand(B, L)
@@ -216,7 +247,7 @@ class SASRec(nn.Module):
             x = blk["ln1"](blk["out_drop"](blk["o"](ctx)) + x)
             h = blk["fc2"](F.gelu(blk["fc1"](x)))
             x = blk["ln2"](blk["ff_drop"](h) + x)
-        return x[torch.arange(B), lens - 1]
+        return x
 
     def item_table(self):
         return self.item_embedding.weight[1:]
@@ -243,6 +274,10 @@ class GRU4Rec(nn.Module):
     def user_vectors(self, seq, lens):
         out, _ = self.gru(self.emb_drop(self.item_embedding(seq)))
         return self.dense(out[torch.arange(seq.shape[0]), lens - 1])
+
+    def every_position(self, seq):
+        out, _ = self.gru(self.emb_drop(self.item_embedding(seq)))
+        return self.dense(out)
 
     def item_table(self):
         return self.item_embedding.weight[1:]
@@ -283,6 +318,10 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--scheme", choices=["all", "prefix"], default="all",
+                    help="all-position windows (default) or one row per prefix")
+    ap.add_argument("--batch", type=int, default=256, help="rows per batch (windows or prefixes)")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--data", default=None, help="ml-100k.inter (default: scripts/fetch-ml100k)")
     ap.add_argument("--checkpoint", default=None, metavar="FILE",
                     help="save the run's state after every epoch; continue from FILE if it exists")
@@ -302,13 +341,14 @@ def main():
 
     start = time.time()
     sequences, n_items, n_rows = build_dataset(path)
-    data = leave_one_out(sequences)
+    data = leave_one_out(sequences, args.scheme)
     n_train = data["train"][0].shape[0]
+    n_targets = int((data["train"][2] > 0).sum())
     print(f"data: {len(sequences)} users, {n_items} items, {n_rows} interactions, "
-          f"{n_train} training instances", flush=True)
+          f"{n_train} training rows ({args.scheme}), {n_targets} targets", flush=True)
 
     model = SASRec(n_items) if args.model == "sasrec" else GRU4Rec(n_items)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     seq, lens, target = data["train"]
 
@@ -316,7 +356,8 @@ def main():
     epochs_run, stopped, spent = 0, False, 0.0
     # what must match for a checkpoint to continue this run
     fingerprint = {"model": args.model, "seed": args.seed, "threads": args.threads,
-                   "patience": args.patience, "users": len(sequences), "items": n_items,
+                   "patience": args.patience, "scheme": args.scheme, "batch": args.batch,
+                   "lr": args.lr, "users": len(sequences), "items": n_items,
                    "interactions": n_rows, "train_instances": n_train}
     if args.checkpoint and os.path.exists(args.checkpoint):
         ck = torch.load(args.checkpoint, weights_only=False)
@@ -350,10 +391,16 @@ def main():
         model.train()
         perm = torch.randperm(n_train, generator=gen)
         total, batches = 0.0, 0
-        for s in range(0, n_train, 256):
-            idx = perm[s:s + 256]
-            logits = model.user_vectors(seq[idx], lens[idx]) @ model.item_table().T
-            loss = F.cross_entropy(logits, target[idx] - 1)
+        for s in range(0, n_train, args.batch):
+            idx = perm[s:s + args.batch]
+            if args.scheme == "all":
+                # CE at every position that has a target, as one mean over the batch's targets
+                t = target[idx]
+                rows = model.every_position(seq[idx])[t > 0]
+                loss = F.cross_entropy(rows @ model.item_table().T, t[t > 0] - 1)
+            else:
+                logits = model.user_vectors(seq[idx], lens[idx]) @ model.item_table().T
+                loss = F.cross_entropy(logits, target[idx] - 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -383,9 +430,10 @@ def main():
         "valid": evaluate(model, data["valid"]), "test": evaluate(model, data["test"]),
         "seconds": time.time() - start,
         "framework": f"pytorch {torch.__version__}", "threads": args.threads,
+        "scheme": args.scheme, "batch": args.batch, "lr": args.lr,
         "history_masked": False, "max_len": MAX_LEN, "padding": "right",
         "data": {"path": path, "users": len(sequences), "items": n_items,
-                 "interactions": n_rows, "train_instances": n_train},
+                 "interactions": n_rows, "train_instances": n_train, "train_targets": n_targets},
         "log": log,
     }
     with open(args.json + ".partial", "w") as f:
