@@ -19,6 +19,8 @@ public final class FullSoftmaxHead {
     /// `tableSoftmaxTile(B:)`. Set before the first call (tests use small tiles to cover many
     /// tiles on small tables).
     public var tile: Int? = nil
+    /// Rows per block of the fused cross-entropy.
+    static let fusedRows = 256
 
     public init(itemCount: Int, dim: Int, interests: Int = 1) {
         self.itemCount = itemCount; self.dim = dim; self.interests = interests
@@ -30,7 +32,8 @@ public final class FullSoftmaxHead {
         let N = itemCount, C = dim, K = interests
         // the fused scratch for the capacity B also fits smaller batches (their tiles are no smaller)
         if work.ensure(B, sizes: { B in [B * N, K > 1 ? B * K * N : 0, B, B * K * C,
-                                         K == 1 ? tableSoftmaxScratchCount(B: B, N: N, tile: tileSize(B)) : 0] }) {
+                                         K == 1 ? tableSoftmaxScratchCount(B: min(B, Self.fusedRows), N: N,
+                                                                           tile: tileSize(min(B, Self.fusedRows))) : 0] }) {
             let v = work.slab!.views
             logits = v[0]; logitsK = v[1]; losses = v[2]; dUser = v[3]; fusedScratch = v[4]
             argmaxStorage = [Int32](repeating: 0, count: K > 1 ? B * N : 1)
@@ -67,13 +70,23 @@ public final class FullSoftmaxHead {
                              targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>?, scale: Float, B: Int) -> Double {
         let N = itemCount
         if interests == 1, let tableGrad {
-            // forward and backward fused, tile by tile over the items (see tableSoftmaxCrossEntropy)
+            // forward and backward fused, tile by tile over the items (see tableSoftmaxCrossEntropy),
+            // in blocks of at most `fusedRows` rows: rows are independent, and a block's scores
+            // stay in cache between the kernel's two passes (all-position batches have thousands
+            // of rows, whose whole score matrix would not)
             allocate(B)
             return colsStorage.withUnsafeMutableBufferPointer { cols -> Double in
                 for b in 0..<B { cols[b] = targets[b] - 1 }
-                return tableSoftmaxCrossEntropy(losses: losses, scores: logits, dUser: dUser, dTable: tableGrad + dim,
-                                                user: user, table: table + dim, targets: cols.baseAddress!, weights: weights,
-                                                scale: scale, scratch: fusedScratch, B: B, N: N, C: dim, tile: tileSize(B))
+                var total = 0.0, r0 = 0
+                while r0 < B {
+                    let n = min(Self.fusedRows, B - r0)
+                    total += tableSoftmaxCrossEntropy(losses: losses + r0, scores: logits, dUser: dUser + r0 * dim, dTable: tableGrad + dim,
+                                                      user: user + r0 * dim, table: table + dim, targets: cols.baseAddress! + r0,
+                                                      weights: weights.map { $0 + r0 }, scale: scale, scratch: fusedScratch,
+                                                      B: n, N: N, C: dim, tile: tileSize(n))
+                    r0 += n
+                }
+                return total
             }
         }
         scores(user: user, table: table, B: B)

@@ -129,3 +129,34 @@ final class ModelGradientTests: XCTestCase {
         XCTAssertEqual(u1, u2)
     }
 }
+
+/// The head's fused cross-entropy runs in blocks of rows; past one block it gives the losses and
+/// gradients of the unfused path (scores, softmax CE on them, the two products).
+final class FullSoftmaxHeadBlockTests: XCTestCase {
+    func testManyRowsInBlocksEqualTheUnfusedPath() {
+        Threads.set(2)
+        defer { Threads.set(1) }
+        let B = 2 * FullSoftmaxHead.fusedRows + 37, N = 50, C = 6
+        var rng = RNG(seed: 13)
+        let user = Buf(random: B * C, rng: &rng), table = Buf(random: (N + 1) * C, rng: &rng)
+        let targets = (0..<B).map { Int32($0 % 9 == 4 ? 0 : 1 + ($0 * 7) % N) }   // some rows skipped
+        let weights = Buf(B)
+        for b in 0..<B { weights[b] = 0.5 + Float(b % 5) / 4 }
+        let fusedGrad = Buf((N + 1) * C), plainGrad = Buf((N + 1) * C)
+        let fused = FullSoftmaxHead(itemCount: N, dim: C)
+        let a = fused.crossEntropy(user: user.p, table: table.p, tableGrad: fusedGrad.p, targets: targets, weights: weights.p,
+                                   scale: 1 / Float(B), B: B)
+        // unfused: scores, then the loss with its gradient left in them, then the products
+        let plain = FullSoftmaxHead(itemCount: N, dim: C)
+        plain.scores(user: user.p, table: table.p, B: B)
+        let cols = targets.map { $0 - 1 }
+        var losses = [Float](repeating: 0, count: B)
+        let b = softmaxCrossEntropy(losses: &losses, dlogits: plain.logits, logits: plain.logits, targets: cols, weights: weights.p,
+                                    scale: 1 / Float(B), B: B, V: N)
+        plain.backward(user: user.p, table: table.p, tableGrad: plainGrad.p, B: B)
+        XCTAssertEqual(a, b, accuracy: 1e-5 * abs(b))
+        for i in 0..<(B * C) { XCTAssertEqual(fused.dUser[i], plain.dUser[i], accuracy: 1e-6, "dUser \(i)") }
+        for i in 0..<((N + 1) * C) { XCTAssertEqual(fusedGrad[i], plainGrad[i], accuracy: 1e-5, "dTable \(i)") }
+        for r in 0..<B { XCTAssertEqual(fused.losses[r], losses[r], accuracy: 1e-5, "loss of row \(r)") }
+    }
+}
