@@ -1,9 +1,9 @@
 // UFNRec (ufnrec.md §3): BCE with n sampled negatives (Eq. 2–4); after a warm-up that ends when
-// the basic loss plateaus, negatives scoring above the positive are recorded per training
-// instance (user, position) and re-fed next epoch with n − |N_rec| fresh random ones (Eq. 5);
-// a negative recorded more than m times is reversed into a positive (FMR); an EMA copy of the
-// student (decay d, Eq. 6) gives soft labels ŷ = σ(teacher score) for the reversed items, and a
-// consistency BCE weighted α applies to those entries only (FCR, Eq. 7–9).
+// the basic loss plateaus, the negatives scoring above the positive at a training instance
+// (user, position) are re-fed at its next visit (the next epoch) with n − |N_rec| fresh random
+// ones (Eq. 5); a negative recorded more than m times is reversed into a positive (FMR); an EMA
+// copy of the student (decay d, Eq. 6) gives soft labels ŷ = σ(teacher score) for the reversed
+// items, and a consistency BCE weighted α applies to those entries only (FCR, Eq. 7–9).
 // Official defaults: n = 100, m = 5, d = 0.999, α = 0.3.
 //
 // Shapes: B batch, n negatives per row, N items (score column j = item j + 1).
@@ -54,19 +54,28 @@ public struct UFNRecConfig: Sendable, Codable, Equatable {
     }
 }
 
-/// Per-instance records of false-negative candidates (FMR's N_rec) and reversed items (N_false).
+/// Per-instance records of FMR (§3.2): N_rec, the negatives that outscored the positive the last
+/// time the instance was trained on (re-fed at its next visit, one epoch later: "we record [them]
+/// ... and retrain them ... in the next epoch", Eq. 5); how many times each negative has outscored
+/// it over the run; and N_false, the items reversed into positives. A candidate that stops
+/// outscoring the positive leaves N_rec (the authors rebuild `hard_items[(user, position)]` from
+/// each step's scores); its count stays, as "recorded over m times" counts over the run and the
+/// authors' `cnt_items` is never reset, so it can add to it again only when drawn again at random.
 public struct FalseNegativeRecords: Sendable {
     public let m: Int
-    /// instance → item → times it scored above the positive (not yet reversed)
+    /// instance → the negatives that outscored the positive at its last visit, in draw order (N_rec)
+    public private(set) var last: [Int32: [Int32]] = [:]
+    /// instance → item → times it scored above the positive over the run (not yet reversed)
     public private(set) var counts: [Int32: [Int32: Int]] = [:]
     /// instance → reversed items (now positives)
     public private(set) var reversed: [Int32: [Int32]] = [:]
 
     public init(m: Int) { self.m = m }
 
-    /// Records one observation of instance `k`: every negative whose score exceeds the
-    /// positive's is counted; one counted more than m times moves to the reversed set.
+    /// Records one visit of instance `k`: the negatives whose score exceeds the positive's replace
+    /// N_rec(k) and are counted; one counted more than m times moves to the reversed set instead.
     public mutating func observe(instance k: Int32, positiveScore: Float, negatives: [(item: Int32, score: Float)]) {
+        var hard: [Int32] = []
         for (item, s) in negatives where s > positiveScore {
             let c = (counts[k]?[item] ?? 0) + 1
             if c > m {
@@ -74,12 +83,17 @@ public struct FalseNegativeRecords: Sendable {
                 reversed[k, default: []].append(item)
             } else {
                 counts[k, default: [:]][item] = c
+                hard.append(item)
             }
         }
+        last[k] = hard.isEmpty ? nil : hard
     }
 
-    /// Recorded (not reversed) negatives of instance `k`, lowest id first.
-    public func recorded(_ k: Int32) -> [Int32] { (counts[k]?.keys).map { $0.sorted() } ?? [] }
+    /// N_rec of instance `k`: the negatives that outscored its positive at its last visit, in draw
+    /// order (at most the n negatives of that visit).
+    public func recorded(_ k: Int32) -> [Int32] { last[k] ?? [] }
+    /// Times `item` has outscored the positive of instance `k` (0 once reversed).
+    public func count(_ k: Int32, _ item: Int32) -> Int { counts[k]?[item] ?? 0 }
     /// Reversed items of instance `k`, in reversal order.
     public func reversedItems(_ k: Int32) -> [Int32] { reversed[k] ?? [] }
     public func isReversed(_ k: Int32, _ item: Int32) -> Bool { reversed[k]?.contains(item) ?? false }
@@ -166,7 +180,7 @@ public final class UFNRecObjective: LabelObjective {
             // Negatives: recorded ones first (Eq. 5), then random, never the positive or a reversed item.
             negs.removeAll(keepingCapacity: true)
             var taken = Set<Int32>()
-            if !warmingUp { for i in records.recorded(k).prefix(n) where taken.insert(i).inserted { negs.append(i) } }
+            if !warmingUp { for i in records.recorded(k) where taken.insert(i).inserted { negs.append(i) } }
             var guardCount = 0
             while negs.count < n && guardCount < 20 * n {
                 guardCount += 1

@@ -13,12 +13,60 @@ final class UFNRecTests: XCTestCase {
             XCTAssertEqual(r.isReversed(0, 7), round == m + 1, "round \(round)")
         }
         XCTAssertFalse(r.isReversed(0, 8), "outscored exactly m times")
-        XCTAssertEqual(r.recorded(0), [8], "still a recorded candidate")
+        XCTAssertEqual(r.recorded(0), [], "8 did not outscore the positive at the last visit: not re-fed")
+        XCTAssertEqual(r.count(0, 8), m, "its count stays")
         XCTAssertFalse(r.isReversed(0, 9))
         XCTAssertEqual(r.reversedItems(0), [7])
         // per (user, position): another instance is unaffected
         XCTAssertTrue(r.reversedItems(1).isEmpty)
         XCTAssertEqual(r.reversedCount, 1)
+    }
+
+    /// N_rec is the last visit's hard negatives (Eq. 5: recorded in one epoch, re-fed in the next),
+    /// in draw order, not every candidate ever recorded.
+    func testRecordedNegativesAreThoseThatOutscoredThePositiveAtTheLastVisit() {
+        var r = FalseNegativeRecords(m: 10)
+        r.observe(instance: 4, positiveScore: 0, negatives: [(9, 1), (3, 2), (6, -1), (5, 3)])
+        XCTAssertEqual(r.recorded(4), [9, 3, 5])
+        r.observe(instance: 4, positiveScore: 0, negatives: [(9, -1), (3, 2), (5, -2), (7, 1)])
+        XCTAssertEqual(r.recorded(4), [3, 7], "9 and 5 stopped outscoring the positive")
+        XCTAssertEqual([r.count(4, 9), r.count(4, 3), r.count(4, 5), r.count(4, 7)], [1, 2, 1, 1])
+        r.observe(instance: 4, positiveScore: 5, negatives: [(3, 2), (7, 1)])
+        XCTAssertEqual(r.recorded(4), [])
+    }
+
+    /// In the objective: what is re-fed at a visit is exactly what outscored the positive at the
+    /// previous one; once nothing outscores it, nothing is re-fed.
+    func testTheObjectiveReFeedsOnlyThePreviousVisitsHardNegatives() throws {
+        let N = 30, T = 4
+        var c = UFNRecConfig(); c.negatives = 4; c.m = 100
+        let student = labelsSASRec(items: N, maxLength: T, seed: 1), teacher = labelsSASRec(items: N, maxLength: T, seed: 1)
+        let objective = UFNRecObjective(config: c, student: student, teacher: teacher, seed: 5)
+        objective.endWarmup()
+        let items: [Int32] = [1, 0, 0, 0], lengths: [Int32] = [1], targets: [Int32] = [2], rows: [Int32] = [0]
+        /// One visit; returns the items fed as negatives (positive gradient).
+        func visit(_ logits: [Float]) throws -> Set<Int32> {
+            var dlogits = [Float](repeating: 0, count: N)
+            try items.withUnsafeBufferPointer { ib in try lengths.withUnsafeBufferPointer { lb in
+                try targets.withUnsafeBufferPointer { tb in try rows.withUnsafeBufferPointer { rb in
+                    let batch = LabelBatch(items: ib.baseAddress!, lengths: lb.baseAddress!, targets: tb.baseAddress!,
+                                           instances: rb.baseAddress!, B: 1, T: T, N: N)
+                    _ = try objective.loss(batch: batch, logits: logits, dlogits: &dlogits)
+                }}
+            }}
+            return Set((0..<N).filter { dlogits[$0] > 0 }.map { Int32($0 + 1) })
+        }
+        // every item outscores the positive (item 2): all four negatives become N_rec
+        var logits = [Float](repeating: 1, count: N); logits[1] = 0
+        let first = try visit(logits)
+        XCTAssertEqual(first.count, 4)
+        XCTAssertEqual(Set(objective.records.recorded(0)), first)
+        // they are re-fed, now scoring below the positive: N_rec empties
+        for i in first { logits[Int(i) - 1] = -1 }
+        let second = try visit(logits)
+        XCTAssertEqual(second, first, "the previous visit's hard negatives fill the n slots")
+        // the other items still outscore the positive, but none of them was drawn at this visit
+        XCTAssertEqual(objective.records.recorded(0), [], "stopped outscoring: no longer recorded")
     }
 
     func testEMATeacherEqualsTheClosedFormAverage() {
