@@ -249,7 +249,8 @@ public enum JobRunner {
             model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             let teacher = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             final = try loop.fit(model: model, instances: train,
-                                 objective: student(UFNRecObjective(config: u, student: model, teacher: teacher, seed: seed)),
+                                 objective: student(UFNRecObjective(config: u, student: model, teacher: teacher, seed: seed,
+                                                                    history: TrainingSequences(data: data, instances: train))),
                                  validate: validate)
         } else {
             model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)

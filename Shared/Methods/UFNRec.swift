@@ -100,6 +100,42 @@ public struct FalseNegativeRecords: Sendable {
     public var reversedCount: Int { reversed.values.reduce(0) { $0 + $1.count } }
 }
 
+/// Each user's training items, which UFNRec never draws as negatives: the authors' sampler draws
+/// a user's negatives from outside `set(user_train[user])`, the whole training sequence (items
+/// after the instance's position included), not only the input before the target.
+public struct TrainingSequences: Sendable {
+    /// (instances) user of each training instance
+    private let users: [Int32]
+    /// user u's distinct training items are items[offsets[u] ..< offsets[u + 1]]
+    private let offsets: [Int]
+    private let items: [Int32]
+
+    /// A user's training sequence ends at the target of their last instance in `instances`.
+    public init(data: SequenceDataset, instances: InstanceSet) {
+        var end = [Int](repeating: 0, count: data.userCount)
+        for k in 0..<instances.count {
+            let u = Int(instances.users[k])
+            end[u] = max(end[u], Int(instances.positions[k]) + 1)
+        }
+        var offsets = [0], items: [Int32] = []
+        var seen = [Int](repeating: -1, count: data.itemCount + 1)
+        for u in 0..<data.userCount {
+            for i in data.sequence(u).prefix(end[u]) where seen[Int(i)] != u {
+                seen[Int(i)] = u
+                items.append(i)
+            }
+            offsets.append(items.count)
+        }
+        self.users = instances.users; self.offsets = offsets; self.items = items
+    }
+
+    /// The distinct training items of the user of training instance `k`.
+    public func items(ofInstance k: Int32) -> ArraySlice<Int32> {
+        let u = Int(users[Int(k)])
+        return items[offsets[u] ..< offsets[u + 1]]
+    }
+}
+
 /// ω' ← d·ω' + (1 − d)·ω over a whole parameter set (Eq. 6).
 public final class ExponentialMovingAverage {
     public let average: ParameterSet
@@ -115,11 +151,13 @@ public final class ExponentialMovingAverage {
 }
 
 /// UFNRec's loss on a batch; `teacher` is a second instance of the student's architecture that
-/// holds the EMA weights.
+/// holds the EMA weights. Negatives are never the user's own items: those of the row's input
+/// always, and with `history` every item of the user's training sequence, as the authors draw them.
 public final class UFNRecObjective: LabelObjective {
     public let config: UFNRecConfig
     public let student: Backbone
     public let teacher: Backbone
+    public let history: TrainingSequences?
     public let ema: ExponentialMovingAverage
     public private(set) var records: FalseNegativeRecords
     /// True until the basic loss plateaus.
@@ -127,10 +165,15 @@ public final class UFNRecObjective: LabelObjective {
     public private(set) var warmupEpochs = 0
     private var previousLoss: Double? = nil
     private var rng: RNG
+    /// (N + 1) item → the row whose draw excludes it (the positive, reversed items, the user's
+    /// items, negatives already taken); a row is a new `stamp`, so nothing is cleared per row.
+    private var excluded: [UInt32] = []
+    private var stamp: UInt32 = 0
 
-    public init(config: UFNRecConfig, student: Backbone, teacher: Backbone, seed: UInt64) {
+    public init(config: UFNRecConfig, student: Backbone, teacher: Backbone, seed: UInt64,
+                history: TrainingSequences? = nil) {
         precondition(student.parameters.entries == teacher.parameters.entries, "teacher must share the student's architecture")
-        self.config = config; self.student = student; self.teacher = teacher
+        self.config = config; self.student = student; self.teacher = teacher; self.history = history
         ema = ExponentialMovingAverage(average: teacher.parameters, decay: config.decay)
         records = FalseNegativeRecords(m: config.m)
         rng = RNG(seed: seed).derived(0xF4E)
@@ -161,7 +204,7 @@ public final class UFNRecObjective: LabelObjective {
     /// its gradient over `dlogits` and the unweighted ℓ_b into `losses` (ATJT + UFNRec).
     func rowLoss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats, weights: UnsafePointer<Float>?,
                  norm: Float, losses: Floats?) -> Double {
-        let B = batch.B, N = batch.N, n = config.negatives
+        let B = batch.B, T = batch.T, N = batch.N, n = config.negatives
         dlogits.update(repeating: 0, count: B * N)
         let inv = 1 / norm
         // Teacher scores are needed only for rows with reversed items.
@@ -177,16 +220,24 @@ public final class UFNRecObjective: LabelObjective {
             let x = logits + b * N, d = dlogits + b * N
             let scale = weights.map { $0[b] * inv } ?? inv
             let rev = warmingUp ? [] : records.reversedItems(k)
-            // Negatives: recorded ones first (Eq. 5), then random, never the positive or a reversed item.
+            // Negatives: recorded ones first (Eq. 5), then random; never the positive, a reversed
+            // item or one of the user's own items.
+            if excluded.count != N + 1 || stamp == .max { excluded = [UInt32](repeating: 0, count: N + 1); stamp = 0 }
+            stamp += 1
+            excluded[Int(pos)] = stamp
+            for i in rev { excluded[Int(i)] = stamp }
+            for t in 0..<Int(batch.lengths[b]) { excluded[Int(batch.items[b * T + t])] = stamp }
+            if let history { for i in history.items(ofInstance: k) { excluded[Int(i)] = stamp } }
             negs.removeAll(keepingCapacity: true)
-            var taken = Set<Int32>()
-            if !warmingUp { for i in records.recorded(k) where taken.insert(i).inserted { negs.append(i) } }
-            var guardCount = 0
-            while negs.count < n && guardCount < 20 * n {
-                guardCount += 1
+            if !warmingUp {
+                for i in records.recorded(k) where excluded[Int(i)] != stamp { excluded[Int(i)] = stamp; negs.append(i) }
+            }
+            var draws = 0
+            while negs.count < n && draws < 20 * n {
+                draws += 1
                 let i = Int32(1 + rng.below(N))
-                if i == pos || rev.contains(i) || !taken.insert(i).inserted { continue }
-                negs.append(i)
+                if excluded[Int(i)] == stamp { continue }
+                excluded[Int(i)] = stamp; negs.append(i)
             }
             // basic loss (Eq. 4) with the reversed items as positives
             let sp = x[Int(pos) - 1]

@@ -69,6 +69,37 @@ final class UFNRecTests: XCTestCase {
         XCTAssertEqual(objective.records.recorded(0), [], "stopped outscoring: no longer recorded")
     }
 
+    /// Negatives are never the user's own items: with `history`, nothing of the user's training
+    /// sequence (later positions included, as the authors' sampler); without it, at least nothing
+    /// of the row's input.
+    func testNegativesAreNeverItemsOfTheUsersTrainingSequence() throws {
+        // user 0 trains on items 1...6 (7, 8 are validation and test), user 1 on 9, 10, 7
+        let data = SequenceDataset(sequences: [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 7, 8, 3]], itemCount: 10)
+        let train = LeaveOneOut(data).train
+        let N = 10, T = 4
+        var c = UFNRecConfig(); c.negatives = 3
+        for withHistory in [true, false] {
+            let objective = UFNRecObjective(config: c, student: labelsSASRec(items: N, maxLength: T),
+                                            teacher: labelsSASRec(items: N, maxLength: T), seed: 3,
+                                            history: withHistory ? TrainingSequences(data: data, instances: train) : nil)
+            for (k, own) in [(Int32(0), withHistory ? Set<Int32>(1...6) : [1]), (Int32(5), withHistory ? [9, 10, 7] : [9])] {
+                let items = AuxInts([Int32](repeating: 0, count: T)), lengths = AuxInts([0]), targets = AuxInts([0]), ids = AuxInts([k])
+                fillInstanceRows(data: data, instances: train, ids: ids.p, n: 1, maxLength: T, items: items.p, lengths: lengths.p,
+                                 targets: targets.p)
+                let batch = LabelBatch(items: items.p, lengths: lengths.p, targets: targets.p, instances: ids.p, B: 1, T: T, N: N)
+                let logits = [Float](repeating: 0, count: N)
+                var fed = Set<Int32>()
+                for _ in 0..<40 {
+                    var dlogits = [Float](repeating: 0, count: N)
+                    _ = try objective.loss(batch: batch, logits: logits, dlogits: &dlogits)
+                    for j in 0..<N where dlogits[j] > 0 { fed.insert(Int32(j + 1)) }
+                }
+                XCTAssertFalse(fed.isEmpty)
+                XCTAssertTrue(fed.isDisjoint(with: own), "instance \(k), history \(withHistory): \(fed.intersection(own)) drawn")
+            }
+        }
+    }
+
     func testEMATeacherEqualsTheClosedFormAverage() {
         let d: Float = 0.9
         let student = ParameterSet([("w", [4])]), teacher = ParameterSet([("w", [4])])
