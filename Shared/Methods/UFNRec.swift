@@ -169,6 +169,9 @@ public final class UFNRecObjective: LabelObjective {
     /// items, negatives already taken); a row is a new `stamp`, so nothing is cleared per row.
     private var excluded: [UInt32] = []
     private var stamp: UInt32 = 0
+    /// A batch's reversed items and negatives, row b's ending at positiveEnds[b] / negativeEnds[b].
+    private var positives: [Int32] = [], negatives: [Int32] = []
+    private var positiveEnds: [Int] = [], negativeEnds: [Int] = []
 
     public init(config: UFNRecConfig, student: Backbone, teacher: Backbone, seed: UInt64,
                 history: TrainingSequences? = nil) {
@@ -202,24 +205,25 @@ public final class UFNRecObjective: LabelObjective {
 
     /// The loss with row b weighted w_b / norm (nil weights: 1): returns Σ_b w_b ℓ_b / norm, writes
     /// its gradient over `dlogits` and the unweighted ℓ_b into `losses` (ATJT + UFNRec).
+    ///
+    /// Normalised as the authors' code, so that α means what the paper's grid means: the basic
+    /// BCE is 2 × its mean over the batch's E entries (each row's positive, reversed items and
+    /// negatives: `2 * BCEWithLogitsLoss()(logits, labels)`), the consistency BCE its mean over the
+    /// batch's R reversed entries (`lbd * BCEWithLogitsLoss()(logits[reversed], σ(teacher))`):
+    ///   L = 2/E · Σ basic + α/R · Σ consistency.
+    /// A row's share is ℓ_b = 2B/E · basic_b + αB/R · consistency_b, so that L = Σ_b ℓ_b / B.
     func rowLoss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats, weights: UnsafePointer<Float>?,
                  norm: Float, losses: Floats?) -> Double {
         let B = batch.B, T = batch.T, N = batch.N, n = config.negatives
         dlogits.update(repeating: 0, count: B * N)
         let inv = 1 / norm
-        // Teacher scores are needed only for rows with reversed items.
-        var teacherUser: UnsafePointer<Float>? = nil
-        if !warmingUp && (0..<B).contains(where: { !records.reversedItems(batch.instances[$0]).isEmpty }) {
-            teacherUser = teacher.forward(items: batch.items, lengths: batch.lengths, B: B, training: false)
-        }
-        var total = 0.0
-        var negs: [Int32] = []
-        negs.reserveCapacity(n)
+        // Pass 1: every row's reversed items and negatives, for the batch's counts E and R.
+        positives.removeAll(keepingCapacity: true); negatives.removeAll(keepingCapacity: true)
+        positiveEnds.removeAll(keepingCapacity: true); negativeEnds.removeAll(keepingCapacity: true)
         for b in 0..<B {
             let k = batch.instances[b], pos = batch.targets[b]
-            let x = logits + b * N, d = dlogits + b * N
-            let scale = weights.map { $0[b] * inv } ?? inv
             let rev = warmingUp ? [] : records.reversedItems(k)
+            positives.append(contentsOf: rev); positiveEnds.append(positives.count)
             // Negatives: recorded ones first (Eq. 5), then random; never the positive, a reversed
             // item or one of the user's own items.
             if excluded.count != N + 1 || stamp == .max { excluded = [UInt32](repeating: 0, count: N + 1); stamp = 0 }
@@ -228,29 +232,47 @@ public final class UFNRecObjective: LabelObjective {
             for i in rev { excluded[Int(i)] = stamp }
             for t in 0..<Int(batch.lengths[b]) { excluded[Int(batch.items[b * T + t])] = stamp }
             if let history { for i in history.items(ofInstance: k) { excluded[Int(i)] = stamp } }
-            negs.removeAll(keepingCapacity: true)
+            let first = negatives.count
             if !warmingUp {
-                for i in records.recorded(k) where excluded[Int(i)] != stamp { excluded[Int(i)] = stamp; negs.append(i) }
+                for i in records.recorded(k) where excluded[Int(i)] != stamp { excluded[Int(i)] = stamp; negatives.append(i) }
             }
             var draws = 0
-            while negs.count < n && draws < 20 * n {
+            while negatives.count - first < n && draws < 20 * n {
                 draws += 1
                 let i = Int32(1 + rng.below(N))
                 if excluded[Int(i)] == stamp { continue }
-                excluded[Int(i)] = stamp; negs.append(i)
+                excluded[Int(i)] = stamp; negatives.append(i)
             }
+            negativeEnds.append(negatives.count)
+        }
+        let R = positives.count, E = B + R + negatives.count
+        let basicScale = 2 * Float(B) / Float(E)
+        let consistencyScale = R > 0 ? config.alpha * Float(B) / Float(R) : 0
+        // Teacher scores are needed only when some row has reversed items.
+        var teacherUser: UnsafePointer<Float>? = nil
+        if R > 0 { teacherUser = teacher.forward(items: batch.items, lengths: batch.lengths, B: B, training: false) }
+        // Pass 2: loss and gradient per row.
+        var total = 0.0
+        var p0 = 0, n0 = 0
+        for b in 0..<B {
+            let k = batch.instances[b], pos = batch.targets[b]
+            let x = logits + b * N, d = dlogits + b * N
+            let w = weights?[b] ?? 1, scale = w * inv
+            let rev = positives[p0 ..< positiveEnds[b]], negs = negatives[n0 ..< negativeEnds[b]]
+            p0 = positiveEnds[b]; n0 = negativeEnds[b]
             // basic loss (Eq. 4) with the reversed items as positives
             let sp = x[Int(pos) - 1]
-            var l = softplus(-sp)
-            d[Int(pos) - 1] += (sigmoid(sp) - 1) * scale
+            var basic = softplus(-sp)
+            d[Int(pos) - 1] += (sigmoid(sp) - 1) * basicScale * scale
             for i in rev {
                 let s = x[Int(i) - 1]
-                l += softplus(-s); d[Int(i) - 1] += (sigmoid(s) - 1) * scale
+                basic += softplus(-s); d[Int(i) - 1] += (sigmoid(s) - 1) * basicScale * scale
             }
             for i in negs {
                 let s = x[Int(i) - 1]
-                l += softplus(s); d[Int(i) - 1] += sigmoid(s) * scale
+                basic += softplus(s); d[Int(i) - 1] += sigmoid(s) * basicScale * scale
             }
+            var l = basicScale * basic
             // consistency (Eq. 7–8) on reversed entries: BCE(ŷ, σ(s)) = softplus(s) − ŷ·s
             if let tu = teacherUser, !rev.isEmpty {
                 let C = teacher.dim, u = tu + b * C
@@ -259,11 +281,11 @@ public final class UFNRecObjective: LabelObjective {
                     var ts: Float = 0
                     for c in 0..<C { ts += u[c] * e[c] }
                     let yHat = sigmoid(ts), s = x[Int(i) - 1]
-                    l += config.alpha * (softplus(s) - yHat * s)
-                    d[Int(i) - 1] += config.alpha * (sigmoid(s) - yHat) * scale
+                    l += consistencyScale * (softplus(s) - yHat * s)
+                    d[Int(i) - 1] += consistencyScale * (sigmoid(s) - yHat) * scale
                 }
             }
-            total += Double(l) * Double(weights?[b] ?? 1)
+            total += Double(l) * Double(w)
             losses?[b] = l
             if !warmingUp {
                 records.observe(instance: k, positiveScore: sp, negatives: negs.map { ($0, x[Int($0) - 1]) })

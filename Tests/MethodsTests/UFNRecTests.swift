@@ -151,8 +151,52 @@ final class UFNRecTests: XCTestCase {
         var ts: Float = 0
         for k in 0..<teacher.dim { ts += u[k] * teacher.itemTable[3 * teacher.dim + k] }
         let yHat = 1 / (1 + expf(-ts))
-        XCTAssertEqual(signs[c.m + 1], (sig - 1) + c.alpha * (sig - yHat), accuracy: 1e-5)
+        // one row: E = 1 positive + 1 reversed + 2 negatives (4 and 6: 1, 2 are the input), R = 1
+        XCTAssertEqual(signs[c.m + 1], 2 / 4 * (sig - 1) + c.alpha * (sig - yHat), accuracy: 1e-5)
         XCTAssertFalse(objective.records.isReversed(0, 1))
+    }
+
+    /// The authors' normalisation: L = 2/E · Σ basic BCE over the batch's E entries + α/R · Σ
+    /// consistency BCE over its R reversed entries (their `2 * BCEWithLogitsLoss()` and
+    /// `lbd * BCEWithLogitsLoss()` over the reversed entries), not sums per row averaged over rows.
+    func testLossIsTwiceTheMeanBCEOverEntriesPlusAlphaTimesTheMeanConsistencyOverReversedEntries() throws {
+        let N = 7, T = 2
+        var c = UFNRecConfig(); c.negatives = 5; c.m = 0; c.alpha = 0.3
+        let student = labelsSASRec(items: N, maxLength: T, seed: 1), teacher = labelsSASRec(items: N, maxLength: T, seed: 2)
+        let objective = UFNRecObjective(config: c, student: student, teacher: teacher, seed: 1)
+        objective.endWarmup()
+        // row 0: input [1] → 2, negatives all of {3, 4, 5, 6, 7}; row 1: input [3] → 4, negatives {1, 2, 5, 6, 7}
+        let items = AuxInts([1, 0, 3, 0]), lengths = AuxInts([1, 1]), targets = AuxInts([2, 4]), ids = AuxInts([0, 1])
+        let batch = LabelBatch(items: items.p, lengths: lengths.p, targets: targets.p, instances: ids.p, B: 2, T: T, N: N)
+        var logits = [Float](repeating: 0, count: 2 * N)
+        logits[1] = 1; logits[4] = 3         // row 0: the positive scores 1, item 5 scores 3 (m = 0: reversed at once)
+        logits[N + 3] = 2                    // row 1: the positive scores 2
+        var dlogits = [Float](repeating: 0, count: 2 * N)
+        _ = try objective.loss(batch: batch, logits: logits, dlogits: &dlogits)
+        XCTAssertEqual(objective.records.reversedItems(0), [5])
+        let loss = try objective.loss(batch: batch, logits: logits, dlogits: &dlogits)
+        func sp(_ x: Float) -> Double { Double(log1p(expf(x))) }
+        func sig(_ x: Float) -> Float { 1 / (1 + expf(-x)) }
+        // E = row 0's positive, reversed 5 and negatives {3, 4, 6, 7} + row 1's positive and 5 negatives; R = 1
+        let E = 12.0
+        let basic0 = sp(-1) + sp(-3) + 4 * sp(0), basic1 = sp(-2) + 5 * sp(0)
+        let u = teacher.forward(items: items.p, lengths: lengths.p, B: 2, training: false)
+        var ts: Float = 0
+        for k in 0..<teacher.dim { ts += u[k] * teacher.itemTable[5 * teacher.dim + k] }
+        let yHat = sig(ts)
+        let consistency = sp(3) - Double(yHat) * 3
+        XCTAssertEqual(loss, 2 / E * (basic0 + basic1) + Double(c.alpha) * consistency, accuracy: 1e-5)
+        XCTAssertEqual(dlogits[4], Float(2 / E) * (sig(3) - 1) + c.alpha * (sig(3) - yHat), accuracy: 1e-6, "reversed item 5")
+        XCTAssertEqual(dlogits[1], Float(2 / E) * (sig(1) - 1), accuracy: 1e-6, "row 0's positive")
+        XCTAssertEqual(dlogits[N + 0], Float(2 / E) * sig(0), accuracy: 1e-6, "row 1's negative 1")
+        // per-row shares (ATJT's ℓ_b): ℓ_b = 2B/E · basic_b + αB/R · consistency_b, their mean is L
+        let w = AuxFloats(2, fill: 1), rowLosses = AuxFloats(2)
+        let weighted = try dlogits.withUnsafeMutableBufferPointer {
+            try objective.loss(batch: batch, logits: logits, dlogits: $0.baseAddress!, weights: w.p, norm: 2, losses: rowLosses.p)
+        }
+        XCTAssertEqual(weighted, loss, accuracy: 1e-6)
+        XCTAssertEqual(Double(rowLosses.p[0]), 4 / E * basic0 + 2 * Double(c.alpha) * consistency, accuracy: 1e-5)
+        XCTAssertEqual(Double(rowLosses.p[1]), 4 / E * basic1, accuracy: 1e-5)
     }
 
     /// The loss is only comparable within a phase (after warm-up, re-fed hard negatives and
