@@ -199,6 +199,10 @@ public final class UFNRecObjective: LabelObjective {
     /// Ends the warm-up now (tests; a job that resumes from a warmed-up model).
     public func endWarmup() { warmingUp = false; ema.reset(to: student.parameters) }
 
+    /// The model UFNRec validates, tests and serves: the student during warm-up, the EMA teacher
+    /// after it (the authors evaluate `with ema.average_parameters()` once warm-up has ended).
+    public var evaluated: Backbone { warmingUp ? student : teacher }
+
     public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
         rowLoss(batch: batch, logits: logits, dlogits: dlogits, weights: nil, norm: Float(batch.B), losses: nil)
     }
@@ -292,6 +296,43 @@ public final class UFNRecObjective: LabelObjective {
             }
         }
         return total * Double(inv)
+    }
+}
+
+/// UFNRec's model selection for a loop that validates and keeps the model it trains (`LabelLoop`):
+/// `validate` scores `objective.evaluated` instead (the EMA teacher after warm-up) and keeps the
+/// weights of the best-scoring evaluation by the loop's rule (a strictly higher `metric`), and
+/// `restoreBest(into:)` puts them in the student after `fit`, where the loop has left the
+/// student's own weights of that epoch. Teacher and student share one architecture.
+public final class UFNRecSelection {
+    public let objective: UFNRecObjective
+    public let metric: String
+    private let evaluate: ModelEvaluation
+    private let best: ParameterSet
+    private var bestScore = -Double.infinity
+    /// Whether the best evaluation so far was of the EMA teacher.
+    public private(set) var bestIsTeacher = false
+
+    public init(objective: UFNRecObjective, validate: @escaping ModelEvaluation, metric: String) {
+        self.objective = objective; self.metric = metric; evaluate = validate
+        best = objective.student.parameters.clone()
+    }
+
+    /// Validation metrics of `objective.evaluated`; the model the loop passes is the student.
+    public func validate(_ student: Backbone) -> [String: Double] {
+        let model = objective.evaluated
+        let valid = evaluate(model)
+        let score = valid[metric] ?? 0
+        if score > bestScore {
+            bestScore = score; bestIsTeacher = model !== objective.student
+            best.copyValues(from: model.parameters)
+        }
+        return valid
+    }
+
+    /// Leaves the best evaluated weights in `model` (nothing when nothing was validated).
+    public func restoreBest(into model: Backbone) {
+        if bestScore > -Double.infinity { model.parameters.copyValues(from: best) }
     }
 }
 

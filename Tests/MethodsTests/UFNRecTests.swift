@@ -199,6 +199,33 @@ final class UFNRecTests: XCTestCase {
         XCTAssertEqual(Double(rowLosses.p[1]), 4 / E * basic1, accuracy: 1e-5)
     }
 
+    /// After warm-up the job validates, keeps and tests the EMA teacher, as the authors evaluate
+    /// `with ema.average_parameters()`. With d = 1 the teacher stays the student of the last warm-up
+    /// epoch, so the epochs after it evaluate one frozen model: never better, and a longer run
+    /// ends with the same model as one that stops at the end of warm-up.
+    func testTheJobEvaluatesTheEMATeacherAfterWarmup() throws {
+        let data = cyclicDataset(users: 40, items: 20, length: 12)
+        var job = JobConfig(backbone: .gru4rec)
+        job.loop.maxLength = 8; job.loop.batchSize = 64; job.loop.learningRate = 5e-3; job.loop.patience = 20
+        var u = UFNRecConfig(); u.negatives = 5; u.m = 1; u.decay = 1; u.maxWarmupEpochs = 2
+        job.methods = JobMethods(ufnrec: u)
+        job.loop.maxEpochs = 2
+        let short = try JobRunner.run(job, data: data)
+        job.loop.maxEpochs = 8
+        let long = try JobRunner.run(job, data: data)
+        XCTAssertEqual(long.epochs, 8)
+        XCTAssertLessThanOrEqual(long.bestEpoch, 2, "epochs 3...8 evaluate the frozen teacher")
+        XCTAssertEqual(long.bestEpoch, short.bestEpoch)
+        XCTAssertEqual(long.valid, short.valid)
+        XCTAssertEqual(long.test, short.test)
+
+        let student = labelsSASRec(items: 10), teacher = labelsSASRec(items: 10)
+        let objective = UFNRecObjective(config: UFNRecConfig(), student: student, teacher: teacher, seed: 1)
+        XCTAssertTrue(objective.evaluated === student, "warm-up: the student")
+        objective.endWarmup()
+        XCTAssertTrue(objective.evaluated === teacher, "after warm-up: the EMA teacher")
+    }
+
     /// The loss is only comparable within a phase (after warm-up, re-fed hard negatives and
     /// reversed positives change its terms): warm-up lowers it, and so does the mining phase
     /// while nothing is reversed; with m = 1 reversals happen.
