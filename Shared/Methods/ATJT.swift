@@ -7,8 +7,9 @@
 // - Recommender loss on a batch of group g:  L_R = Σ_b w_b ℓ_b / Σ_b w_b  (the official code's
 //   normalisation); ℓ_b is any backbone's per-sequence loss (here the full-softmax head's).
 // - Recogniser g's loss per recommender batch: L_R + α · (1/(N−1)) Σ_{j<N−1} L_D(b_j), where
-//   each b_j is a batch drawn from the other groups, half of its rows with r items replaced by
-//   uniformly random ones (label noisy = 0), the rest original (label clean = 1); L_D is the
+//   each b_j is a batch drawn from the other groups, half of its rows with r history items
+//   replaced by uniformly random ones, the target kept (label noisy = 0), the rest original
+//   (label clean = 1); L_D is the
 //   mean binary cross-entropy (Eq. 2). dL_R/dw_b = (ℓ_b − L_R) / Σ w reaches the recogniser
 //   through the weights. The recogniser learns with Adagrad, the recommender with Adam.
 import Numerics
@@ -23,11 +24,8 @@ public struct ATJTConfig: Sendable, Equatable {
     /// easiest (lowest-loss) sequences; α must be large enough to keep the recogniser a
     /// recogniser (a smoke run collapsed with α = 1 and trained with α = 10: docs/METHODS-AUX.md).
     public var alpha: Float = 10
-    /// Items replaced in a noisy sequence (paper's Table 3: 1 is best).
+    /// History items replaced in a noisy sequence (paper's Table 3: 1 is best).
     public var replaced = 1
-    /// Whether the target (the click the recommender learns from) is always among the replaced
-    /// items; the other replaced items are history positions.
-    public var targetAlwaysReplaced = true
     /// Fraction of a recogniser batch made noisy (paper: 1:1).
     public var noisyFraction: Float = 0.5
     /// Adagrad learning rate of the recogniser (paper's grid {0.1, 0.01, 0.001, 0.0001}).
@@ -89,37 +87,31 @@ public func fillInstanceRows(data: SequenceDataset, instances: InstanceSet, ids:
 
 public enum ATJTNoise {
     /// Makes the recogniser's self-supervised batch in place: exactly round(noisyFraction · B) rows,
-    /// chosen at random, get `replaced` items replaced by uniformly random different items and
-    /// label `NoiseLabel.noisy`; the other rows stay original with label `NoiseLabel.clean`.
-    /// With `targetAlwaysReplaced` the target is one of the replaced items and the others are
-    /// distinct history positions; otherwise all are distinct positions among history + target.
-    /// At most len + 1 items are replaced in a row. Needs itemCount >= 2.
-    public static func corrupt(items: UnsafeMutablePointer<Int32>, lengths: UnsafePointer<Int32>,
-                               targets: UnsafeMutablePointer<Int32>, labels: Floats, B: Int, T: Int,
-                               replaced r: Int, targetAlwaysReplaced: Bool, noisyFraction: Float,
-                               itemCount N: Int, rng: inout RNG) {
+    /// chosen at random, get min(r, len) distinct history positions replaced by uniformly random
+    /// different items and label `NoiseLabel.noisy`; the other rows stay original with label
+    /// `NoiseLabel.clean`. The target is never replaced: the paper replaces "historical click
+    /// items" of the input (§3.1's s'_j = (v_1, …, v'_n, …, v_N), Table 3's 1…10 replaced items),
+    /// and the authors' `make_weak_labels` writes a history column, keeping the target item.
+    /// Needs itemCount >= 2.
+    public static func corrupt(items: UnsafeMutablePointer<Int32>, lengths: UnsafePointer<Int32>, labels: Floats,
+                               B: Int, T: Int, replaced r: Int, noisyFraction: Float, itemCount N: Int, rng: inout RNG) {
         precondition(N >= 2 && r >= 1, "replacement needs two items and r >= 1")
         let noisyRows = min(B, Int((noisyFraction * Float(B)).rounded()))
         var rows = (0..<B).map { $0 }
         rows.withUnsafeMutableBufferPointer { rng.shuffle($0) }
         for b in 0..<B { labels[b] = NoiseLabel.clean }
-        func draw(different old: Int32) -> Int32 {
-            while true { let v = Int32(1 + rng.below( N)); if v != old { return v } }
-        }
         for q in 0..<noisyRows {
             let b = rows[q], len = Int(lengths[b])
             labels[b] = NoiseLabel.noisy
-            // candidate positions: 0..<len history, len = the target
-            var positions = Array(0...len)
-            var picked: [Int] = []
-            if targetAlwaysReplaced { picked.append(len); positions.removeLast() }
-            while picked.count < min(r, len + 1) {
-                let j = rng.below( positions.count)
-                picked.append(positions[j]); positions.swapAt(j, positions.count - 1); positions.removeLast()
-            }
-            for p in picked {
-                if p == len { targets[b] = draw(different: targets[b]) }
-                else { items[b * T + p] = draw(different: items[b * T + p]) }
+            // min(r, len) distinct history positions, each drawn from those not yet picked
+            var positions = Array(0..<len)
+            for _ in 0..<min(r, len) {
+                let j = rng.below(positions.count), p = positions[j]
+                positions.swapAt(j, positions.count - 1); positions.removeLast()
+                let old = items[b * T + p]
+                var v = old
+                while v == old { v = Int32(1 + rng.below(N)) }
+                items[b * T + p] = v
             }
         }
     }
@@ -228,8 +220,7 @@ public final class ATJTWeigher: SequenceWeigher {
         }
         fillInstanceRows(data: data, instances: instances, ids: dIds, n: n, maxLength: L, items: dItems, lengths: dLengths, targets: dTargets)
         if config.audit { for b in 0..<n { trainedOn[g].insert(dIds[b]) } }
-        ATJTNoise.corrupt(items: dItems, lengths: dLengths, targets: dTargets, labels: dLabels, B: n, T: L,
-                          replaced: config.replaced, targetAlwaysReplaced: config.targetAlwaysReplaced,
+        ATJTNoise.corrupt(items: dItems, lengths: dLengths, labels: dLabels, B: n, T: L, replaced: config.replaced,
                           noisyFraction: config.noisyFraction, itemCount: data.itemCount, rng: &rng)
         return n
     }
