@@ -3,7 +3,9 @@
 //
 // - The training instances are split into N groups by user (seeded, balanced); recogniser g is
 //   trained only on the other groups' sequences and weighs only group g's (cross-fitting; the
-//   paper's N = 2 default; a recogniser never weighs what it was trained on).
+//   paper's N = 2 default; a recogniser never weighs what it was trained on). A round is one pass
+//   over group g as the recommender's data (Algorithm 1, lines 5–18); recogniser g starts every
+//   round from its initial weights and a fresh Adagrad (line 4, "Initialize g(·; Θ_D)").
 // - Recommender loss on a batch of group g:  L_R = Σ_b w_b ℓ_b / Σ_b w_b  (the official code's
 //   normalisation); ℓ_b is any backbone's per-sequence loss (here the full-softmax head's).
 // - Recogniser g's loss per recommender batch: L_R + α · (1/(N−1)) Σ_{j<N−1} L_D(b_j), where
@@ -125,7 +127,10 @@ public final class ATJTWeigher: SequenceWeigher {
     public let partition: GroupPartition
     /// recognisers[g] weighs group g and is trained on every other group.
     public let recognisers: [NoiseRecogniser]
-    private let optimizers: [Adagrad]
+    private var optimizers: [Adagrad]
+    /// Rounds started per group, and the rows of group g weighed in its current round.
+    public private(set) var rounds: [Int]
+    private var roundRows: [Int]
     private var pools: [[Int32]]          // per g: the instances of the other groups (shuffled per pass)
     private var cursors: [Int]
     private var rng: RNG
@@ -156,6 +161,8 @@ public final class ATJTWeigher: SequenceWeigher {
             (0..<config.groups).filter { $0 != g }.flatMap { partition.members[$0] }
         }
         cursors = [Int](repeating: 0, count: config.groups)
+        rounds = [Int](repeating: 0, count: config.groups)
+        roundRows = [Int](repeating: 0, count: config.groups)
         rng = RNG(seed: config.seed).derived(0xA7)
         pending = [Int?](repeating: nil, count: config.groups)
         let B = config.recogniserBatch, L = config.recogniser.maxLength
@@ -178,6 +185,10 @@ public final class ATJTWeigher: SequenceWeigher {
             let k = Int(batch.instances[b]), actual = group(ofInstance: k)
             guard actual == g else { throw SequenceWeigherError.wrongGroup(instance: k, said: g, actual: actual) }
         }
+        // A round of group g is one pass over its rows; its first weighing starts it.
+        if roundRows[g] == 0 { startRound(g) }
+        roundRows[g] += batch.B
+        if roundRows[g] >= partition.members[g].count { roundRows[g] = 0 }
         let w = recognisers[g].forward(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: batch.B, training: true)
         weights.update(from: w, count: batch.B)
         pending[g] = batch.B
@@ -202,6 +213,18 @@ public final class ATJTWeigher: SequenceWeigher {
         }
         lastRecogniserLoss = config.alpha != 0 ? lossSum / Double(config.alpha) : 0
         optimizers[g].update()
+    }
+
+    /// Algorithm 1 initialises the recogniser for every round (line 4) while the recommender
+    /// carries on: recogniser g goes back to its initial weights (the first round starts from
+    /// them already) with a fresh Adagrad, so it weighs each pass over group g having trained only
+    /// alongside that pass, and what it fitted to the recommender in earlier rounds is dropped.
+    private func startRound(_ g: Int) {
+        if rounds[g] > 0 {
+            recognisers[g].resetParameters()
+            optimizers[g] = Adagrad(parameters: recognisers[g].parameters, learningRate: config.recogniserLearningRate)
+        }
+        rounds[g] += 1
     }
 
     /// Fills the recogniser batch for recogniser g from the other groups; returns its rows.

@@ -81,10 +81,12 @@ public final class NoiseRecogniser {
     }
 
     /// Embeddings normal(0, embeddingStd) (padding row 0), linear weights U(±1/√fanIn) and biases 0,
-    /// PReLU slopes 0.25 (PyTorch's defaults).
+    /// PReLU slopes 0.25 (PyTorch's defaults). The same values every time: ATJT re-initialises a
+    /// recogniser with it at the start of each round.
     public func resetParameters() {
         var r = RNG(seed: config.seed).derived(0x1A17)
         let ps = parameters
+        ps.values.update(repeating: 0, count: ps.count)
         Init.normal(ps.value("embedding") + D, config.itemCount * D, std: config.embeddingStd, rng: &r)
         for e in ps.entries where e.name.hasSuffix(".weight") {
             Init.uniform(ps.value(e.name), e.count, bound: 1 / Float(e.shape[1]).squareRoot(), rng: &r)
