@@ -137,7 +137,9 @@ public final class ATJTWeigher: SequenceWeigher {
     private var pending: [Int?]
     // recogniser batch buffers (recogniserBatch rows)
     private let dItems: UnsafeMutablePointer<Int32>, dLengths: UnsafeMutablePointer<Int32>, dTargets: UnsafeMutablePointer<Int32>
-    private let dIds: UnsafeMutablePointer<Int32>, dLabels: Floats
+    private let dIds: UnsafeMutablePointer<Int32>, dUsers: UnsafeMutablePointer<Int32>, dLabels: Floats
+    /// Per group, the users of its weighed batch's rows, kept from `weigh` to `feedback`'s backward.
+    private var wUsers: [UnsafeMutablePointer<Int32>], wCapacity: [Int]
     /// With `config.audit`: the instances each recogniser was trained on, and those it weighed.
     public private(set) var trainedOn: [Set<Int32>]
     public private(set) var weighed: [Set<Int32>]
@@ -153,7 +155,7 @@ public final class ATJTWeigher: SequenceWeigher {
         let partition = GroupPartition(users: data.userCount, instances: instances, groups: config.groups, seed: config.seed)
         self.partition = partition
         recognisers = (0..<config.groups).map { g in
-            var c = config.recogniser; c.seed = config.seed &+ UInt64(g) &* 7919
+            var c = config.recogniser; c.seed = config.seed &+ UInt64(g) &* 7919; c.userCount = data.userCount
             return NoiseRecogniser(c)
         }
         optimizers = recognisers.map { Adagrad(parameters: $0.parameters, learningRate: config.recogniserLearningRate) }
@@ -167,13 +169,15 @@ public final class ATJTWeigher: SequenceWeigher {
         pending = [Int?](repeating: nil, count: config.groups)
         let B = config.recogniserBatch, L = config.recogniser.maxLength
         dItems = .allocate(capacity: B * L); dLengths = .allocate(capacity: B); dTargets = .allocate(capacity: B)
-        dIds = .allocate(capacity: B); dLabels = .allocate(capacity: B)
+        dIds = .allocate(capacity: B); dUsers = .allocate(capacity: B); dLabels = .allocate(capacity: B)
+        wCapacity = [Int](repeating: B, count: config.groups); wUsers = wCapacity.map { .allocate(capacity: $0) }
         trainedOn = [Set<Int32>](repeating: [], count: config.groups)
         weighed = [Set<Int32>](repeating: [], count: config.groups)
     }
 
     deinit {
-        dItems.deallocate(); dLengths.deallocate(); dTargets.deallocate(); dIds.deallocate(); dLabels.deallocate()
+        dItems.deallocate(); dLengths.deallocate(); dTargets.deallocate(); dIds.deallocate(); dUsers.deallocate()
+        dLabels.deallocate(); for p in wUsers { p.deallocate() }
     }
 
     public func group(ofInstance instance: Int) -> Int { Int(partition.userGroup[Int(instances.users[instance])]) }
@@ -189,7 +193,11 @@ public final class ATJTWeigher: SequenceWeigher {
         if roundRows[g] == 0 { startRound(g) }
         roundRows[g] += batch.B
         if roundRows[g] >= partition.members[g].count { roundRows[g] = 0 }
-        let w = recognisers[g].forward(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: batch.B, training: true)
+        if batch.B > wCapacity[g] { wUsers[g].deallocate(); wCapacity[g] = batch.B; wUsers[g] = .allocate(capacity: batch.B) }
+        let users = wUsers[g]
+        for b in 0..<batch.B { users[b] = instances.users[Int(batch.instances[b])] }
+        let w = recognisers[g].forward(users: users, items: batch.items, lengths: batch.lengths, targets: batch.targets,
+                                       B: batch.B, training: true)
         weights.update(from: w, count: batch.B)
         pending[g] = batch.B
         if config.audit { for b in 0..<batch.B { weighed[g].insert(batch.instances[b]) } }
@@ -207,7 +215,7 @@ public final class ATJTWeigher: SequenceWeigher {
         if config.alpha != 0 {
             for _ in 0..<steps {
                 let n = drawRecogniserBatch(g)
-                rec.forward(items: dItems, lengths: dLengths, targets: dTargets, B: n, training: true)
+                rec.forward(users: dUsers, items: dItems, lengths: dLengths, targets: dTargets, B: n, training: true)
                 lossSum += rec.binaryCrossEntropy(labels: dLabels, scale: config.alpha / Float(steps) / Float(n), backward: true)
             }
         }
@@ -242,6 +250,7 @@ public final class ATJTWeigher: SequenceWeigher {
             cursors[g] = (cursors[g] + 1) % pools[g].count
         }
         fillInstanceRows(data: data, instances: instances, ids: dIds, n: n, maxLength: L, items: dItems, lengths: dLengths, targets: dTargets)
+        for b in 0..<n { dUsers[b] = instances.users[Int(dIds[b])] }
         if config.audit { for b in 0..<n { trainedOn[g].insert(dIds[b]) } }
         ATJTNoise.corrupt(items: dItems, lengths: dLengths, labels: dLabels, B: n, T: L, replaced: config.replaced,
                           noisyFraction: config.noisyFraction, itemCount: data.itemCount, rng: &rng)
@@ -255,7 +264,8 @@ public final class ATJTWeigher: SequenceWeigher {
         var out = [Float](repeating: 0, count: ids.count)
         let items = UnsafeMutablePointer<Int32>.allocate(capacity: batch * L), lengths = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
         let targets = UnsafeMutablePointer<Int32>.allocate(capacity: batch), sel = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
-        defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); sel.deallocate() }
+        let users = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
+        defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); sel.deallocate(); users.deallocate() }
         for g in 0..<groups {
             let mine = ids.indices.filter { group(ofInstance: Int(ids[$0])) == g }
             var start = 0
@@ -263,7 +273,8 @@ public final class ATJTWeigher: SequenceWeigher {
                 let n = min(batch, mine.count - start)
                 for b in 0..<n { sel[b] = ids[mine[start + b]] }
                 fillInstanceRows(data: data, instances: instances, ids: sel, n: n, maxLength: L, items: items, lengths: lengths, targets: targets)
-                let w = recognisers[g].forward(items: items, lengths: lengths, targets: targets, B: n, training: false)
+                for b in 0..<n { users[b] = instances.users[Int(sel[b])] }
+                let w = recognisers[g].forward(users: users, items: items, lengths: lengths, targets: targets, B: n, training: false)
                 for b in 0..<n { out[mine[start + b]] = w[b] }
                 start += n
             }

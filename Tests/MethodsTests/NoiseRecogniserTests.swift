@@ -35,9 +35,10 @@ func assertParameterGradients(_ ps: ParameterSet, eps: Float = 1e-2, tolerance: 
 }
 
 final class NoiseRecogniserTests: XCTestCase {
-    private func tiny() -> (NoiseRecogniser, AuxInts, AuxInts, AuxInts) {
-        var c = NoiseRecogniserConfig(itemCount: 12)
-        c.maxLength = 5; c.dim = 4; c.attentionHidden = 6; c.outputHidden = [8, 5]; c.dropout = 0; c.embeddingStd = 0.5; c.seed = 7
+    private func tiny() -> (NoiseRecogniser, AuxInts, AuxInts, AuxInts, AuxInts) {
+        var c = NoiseRecogniserConfig(itemCount: 12, userCount: 3)
+        c.maxLength = 5; c.dim = 4; c.userDim = 3; c.attentionHidden = 6; c.outputHidden = [8, 5]; c.dropout = 0
+        c.embeddingStd = 0.5; c.seed = 7
         let rec = NoiseRecogniser(c)
         // Larger weights than the default init, so that the gradients stand well above float32
         // rounding in the finite differences; PReLU slopes in 0.6...0.9, so that both branches
@@ -55,47 +56,61 @@ final class NoiseRecogniserTests: XCTestCase {
         let items = AuxInts([3, 5, 0, 0, 0,  1, 2, 3, 4, 5,  7, 0, 0, 0, 0,  9, 11, 12, 0, 0])
         let lengths = AuxInts([2, 5, 1, 3])
         let targets = AuxInts([6, 8, 10, 2])
-        return (rec, items, lengths, targets)
+        let users = AuxInts([0, 2, 1, 2])   // user 2 twice: its embedding's gradient sums two rows
+        return (rec, users, items, lengths, targets)
     }
 
     func testRecogniserBackwardThroughWeightsMatchesFiniteDifferences() {
-        let (rec, items, lengths, targets) = tiny()
+        let (rec, users, items, lengths, targets) = tiny()
         let B = 4
         var r = RNG(seed: 11)
         let c = AuxFloats(random: B, rng: &r)
         let f: () -> Double = {
-            let w = rec.forward(items: items.p, lengths: lengths.p, targets: targets.p, B: B, training: false)
+            let w = rec.forward(users: users.p, items: items.p, lengths: lengths.p, targets: targets.p, B: B, training: false)
             var s = 0.0
             for b in 0..<B { s += Double(c.p[b]) * Double(w[b]) }
             return s
         }
         rec.parameters.zeroGrad()
-        _ = rec.forward(items: items.p, lengths: lengths.p, targets: targets.p, B: B, training: true)
+        _ = rec.forward(users: users.p, items: items.p, lengths: lengths.p, targets: targets.p, B: B, training: true)
         rec.backward(dWeights: c.p)
         assertParameterGradients(rec.parameters, f: f)
     }
 
     func testRecogniserBinaryCrossEntropyBackwardMatchesFiniteDifferences() {
-        let (rec, items, lengths, targets) = tiny()
+        let (rec, users, items, lengths, targets) = tiny()
         let B = 4
         let labels = AuxFloats(B)
         labels.p[0] = NoiseLabel.clean; labels.p[1] = NoiseLabel.noisy; labels.p[2] = NoiseLabel.noisy; labels.p[3] = NoiseLabel.clean
         let f: () -> Double = {
-            rec.forward(items: items.p, lengths: lengths.p, targets: targets.p, B: B, training: false)
+            rec.forward(users: users.p, items: items.p, lengths: lengths.p, targets: targets.p, B: B, training: false)
             return rec.binaryCrossEntropy(labels: labels.p, scale: 0.25, backward: false)
         }
         rec.parameters.zeroGrad()
-        rec.forward(items: items.p, lengths: lengths.p, targets: targets.p, B: B, training: true)
+        rec.forward(users: users.p, items: items.p, lengths: lengths.p, targets: targets.p, B: B, training: true)
         rec.binaryCrossEntropy(labels: labels.p, scale: 0.25, backward: true)
         assertParameterGradients(rec.parameters, f: f)
     }
 
+    /// g(u, s): the user enters the output MLP beside the pooled history and the target, as the
+    /// authors' `FindWeight` concatenates its user embedding; the gradient checks above cover it.
+    func testTheWeightDependsOnTheUser() {
+        let (rec, users, items, lengths, targets) = tiny()
+        XCTAssertNotNil(rec.parameters.entries.first { $0.name == "user_embedding" && $0.shape == [3, 3] })
+        let w = Array(UnsafeBufferPointer(start: rec.forward(users: users.p, items: items.p, lengths: lengths.p,
+                                                             targets: targets.p, B: 4, training: false), count: 4))
+        let others = AuxInts(users.array.map { ($0 + 1) % 3 })
+        let v = Array(UnsafeBufferPointer(start: rec.forward(users: others.p, items: items.p, lengths: lengths.p,
+                                                             targets: targets.p, B: 4, training: false), count: 4))
+        for b in 0..<4 { XCTAssertNotEqual(w[b], v[b], "row \(b): another user, the same sequence") }
+    }
+
     func testPaddingPositionsDoNotChangeTheWeight() {
-        let (rec, items, lengths, targets) = tiny()
-        let before = Array(UnsafeBufferPointer(start: rec.forward(items: items.p, lengths: lengths.p, targets: targets.p, B: 4, training: false), count: 4))
+        let (rec, users, items, lengths, targets) = tiny()
+        let before = Array(UnsafeBufferPointer(start: rec.forward(users: users.p, items: items.p, lengths: lengths.p, targets: targets.p, B: 4, training: false), count: 4))
         // write real item ids into padding cells: lengths unchanged, so nothing may change
         let padded = AuxInts(items.array.enumerated().map { $0.element == 0 ? Int32(1 + $0.offset % 12) : $0.element })
-        let after = Array(UnsafeBufferPointer(start: rec.forward(items: padded.p, lengths: lengths.p, targets: targets.p, B: 4, training: false), count: 4))
+        let after = Array(UnsafeBufferPointer(start: rec.forward(users: users.p, items: padded.p, lengths: lengths.p, targets: targets.p, B: 4, training: false), count: 4))
         XCTAssertEqual(before, after)
     }
 

@@ -91,7 +91,9 @@ final class RobustnessTests: XCTestCase {
             var rng = RNG(seed: 17)
             ATJTNoise.corrupt(items: rows.items, lengths: rows.lengths, labels: labels.p, B: n, T: T, replaced: 1,
                               noisyFraction: 0.5, itemCount: items, rng: &rng)
-            let w = weigher.recognisers[g].forward(items: rows.items, lengths: rows.lengths, targets: rows.targets, B: n, training: false)
+            let users = AuxInts(ids.map { inst.users[Int($0)] })
+            let w = weigher.recognisers[g].forward(users: users.p, items: rows.items, lengths: rows.lengths, targets: rows.targets,
+                                                   B: n, training: false)
             auc.append(try XCTUnwrap(binaryAUC(scores: Array(UnsafeBufferPointer(start: w, count: n)),
                                                positive: (0..<n).map { labels.p[$0] == NoiseLabel.clean })))
         }
