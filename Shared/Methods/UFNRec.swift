@@ -3,7 +3,9 @@
 // (user, position) are re-fed at its next visit (the next epoch) with n − |N_rec| fresh random
 // ones (Eq. 5); a negative recorded more than m times is reversed into a positive (FMR); an EMA
 // copy of the student (decay d, Eq. 6) gives soft labels ŷ = σ(teacher score) for the reversed
-// items, and a consistency BCE weighted α applies to those entries only (FCR, Eq. 7–9).
+// items, and a consistency BCE weighted α applies to those entries only (FCR, Eq. 7–9). The loss
+// is normalised as the authors' code (`rowLoss`), and after warm-up the teacher is the model that
+// is validated and tested (`evaluated`, `UFNRecSelection`).
 // Official defaults: n = 100, m = 5, d = 0.999, α = 0.3.
 //
 // Shapes: B batch, n negatives per row, N items (score column j = item j + 1).
@@ -24,7 +26,8 @@ public struct UFNRecConfig: Sendable, Codable, Equatable {
     public var m = 5
     /// EMA decay d of the teacher. Grid {0.9, 0.99, 0.995, 0.999}.
     public var decay: Float = 0.999
-    /// Weight α of the consistency loss. Grid {0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5}.
+    /// Weight α of the consistency loss, on the authors' scale (mean consistency BCE against twice
+    /// the mean basic BCE, `rowLoss`). Grid {0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5}.
     public var alpha: Float = 0.3
     /// Warm-up ends after the first epoch whose mean loss fell by less than this fraction.
     public var plateau: Float = 0.01
