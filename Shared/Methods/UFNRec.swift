@@ -17,6 +17,7 @@ import Darwin
 import Numerics
 import Models
 import Data
+import Training
 
 /// UFNRec's hyper-parameters.
 public struct UFNRecConfig: Sendable, Codable, Equatable {
