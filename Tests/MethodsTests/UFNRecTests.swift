@@ -205,7 +205,8 @@ final class UFNRecTests: XCTestCase {
     /// ends with the same model as one that stops at the end of warm-up.
     func testTheJobEvaluatesTheEMATeacherAfterWarmup() throws {
         let data = cyclicDataset(users: 40, items: 20, length: 12)
-        var job = JobConfig(backbone: .gru4rec)
+        // a method trains one row per prefix ("scheme": "prefixes"; a loop without schemes ignores the key)
+        var job = try JobConfig.parse(Data(#"{"backbone": "gru4rec", "loop": {"scheme": "prefixes"}}"#.utf8))
         job.loop.maxLength = 8; job.loop.batchSize = 64; job.loop.learningRate = 5e-3; job.loop.patience = 20
         var u = UFNRecConfig(); u.negatives = 5; u.m = 1; u.decay = 1; u.maxWarmupEpochs = 2
         job.methods = JobMethods(ufnrec: u)
