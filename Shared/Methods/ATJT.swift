@@ -3,12 +3,15 @@
 //
 // - The training instances are split into N groups by user (seeded, balanced); recogniser g is
 //   trained only on the other groups' sequences and weighs only group g's (cross-fitting; the
-//   paper's N = 2 default; a recogniser never weighs what it was trained on).
+//   paper's N = 2 default; a recogniser never weighs what it was trained on). A round is one pass
+//   over group g as the recommender's data (Algorithm 1, lines 5–18); recogniser g starts every
+//   round from its initial weights and a fresh Adagrad (line 4, "Initialize g(·; Θ_D)").
 // - Recommender loss on a batch of group g:  L_R = Σ_b w_b ℓ_b / Σ_b w_b  (the official code's
 //   normalisation); ℓ_b is any backbone's per-sequence loss (here the full-softmax head's).
 // - Recogniser g's loss per recommender batch: L_R + α · (1/(N−1)) Σ_{j<N−1} L_D(b_j), where
-//   each b_j is a batch drawn from the other groups, half of its rows with r items replaced by
-//   uniformly random ones (label noisy = 0), the rest original (label clean = 1); L_D is the
+//   each b_j is a batch drawn from the other groups, half of its rows with r history items
+//   replaced by uniformly random ones, the target kept (label noisy = 0), the rest original
+//   (label clean = 1); L_D is the
 //   mean binary cross-entropy (Eq. 2). dL_R/dw_b = (ℓ_b − L_R) / Σ w reaches the recogniser
 //   through the weights. The recogniser learns with Adagrad, the recommender with Adam.
 import Numerics
@@ -23,11 +26,8 @@ public struct ATJTConfig: Sendable, Equatable {
     /// easiest (lowest-loss) sequences; α must be large enough to keep the recogniser a
     /// recogniser (a smoke run collapsed with α = 1 and trained with α = 10: docs/METHODS-AUX.md).
     public var alpha: Float = 10
-    /// Items replaced in a noisy sequence (paper's Table 3: 1 is best).
+    /// History items replaced in a noisy sequence (paper's Table 3: 1 is best).
     public var replaced = 1
-    /// Whether the target (the click the recommender learns from) is always among the replaced
-    /// items; the other replaced items are history positions.
-    public var targetAlwaysReplaced = true
     /// Fraction of a recogniser batch made noisy (paper: 1:1).
     public var noisyFraction: Float = 0.5
     /// Adagrad learning rate of the recogniser (paper's grid {0.1, 0.01, 0.001, 0.0001}).
@@ -89,37 +89,31 @@ public func fillInstanceRows(data: SequenceDataset, instances: InstanceSet, ids:
 
 public enum ATJTNoise {
     /// Makes the recogniser's self-supervised batch in place: exactly round(noisyFraction · B) rows,
-    /// chosen at random, get `replaced` items replaced by uniformly random different items and
-    /// label `NoiseLabel.noisy`; the other rows stay original with label `NoiseLabel.clean`.
-    /// With `targetAlwaysReplaced` the target is one of the replaced items and the others are
-    /// distinct history positions; otherwise all are distinct positions among history + target.
-    /// At most len + 1 items are replaced in a row. Needs itemCount >= 2.
-    public static func corrupt(items: UnsafeMutablePointer<Int32>, lengths: UnsafePointer<Int32>,
-                               targets: UnsafeMutablePointer<Int32>, labels: Floats, B: Int, T: Int,
-                               replaced r: Int, targetAlwaysReplaced: Bool, noisyFraction: Float,
-                               itemCount N: Int, rng: inout RNG) {
+    /// chosen at random, get min(r, len) distinct history positions replaced by uniformly random
+    /// different items and label `NoiseLabel.noisy`; the other rows stay original with label
+    /// `NoiseLabel.clean`. The target is never replaced: the paper replaces "historical click
+    /// items" of the input (§3.1's s'_j = (v_1, …, v'_n, …, v_N), Table 3's 1…10 replaced items),
+    /// and the authors' `make_weak_labels` writes a history column, keeping the target item.
+    /// Needs itemCount >= 2.
+    public static func corrupt(items: UnsafeMutablePointer<Int32>, lengths: UnsafePointer<Int32>, labels: Floats,
+                               B: Int, T: Int, replaced r: Int, noisyFraction: Float, itemCount N: Int, rng: inout RNG) {
         precondition(N >= 2 && r >= 1, "replacement needs two items and r >= 1")
         let noisyRows = min(B, Int((noisyFraction * Float(B)).rounded()))
         var rows = (0..<B).map { $0 }
         rows.withUnsafeMutableBufferPointer { rng.shuffle($0) }
         for b in 0..<B { labels[b] = NoiseLabel.clean }
-        func draw(different old: Int32) -> Int32 {
-            while true { let v = Int32(1 + rng.below( N)); if v != old { return v } }
-        }
         for q in 0..<noisyRows {
             let b = rows[q], len = Int(lengths[b])
             labels[b] = NoiseLabel.noisy
-            // candidate positions: 0..<len history, len = the target
-            var positions = Array(0...len)
-            var picked: [Int] = []
-            if targetAlwaysReplaced { picked.append(len); positions.removeLast() }
-            while picked.count < min(r, len + 1) {
-                let j = rng.below( positions.count)
-                picked.append(positions[j]); positions.swapAt(j, positions.count - 1); positions.removeLast()
-            }
-            for p in picked {
-                if p == len { targets[b] = draw(different: targets[b]) }
-                else { items[b * T + p] = draw(different: items[b * T + p]) }
+            // min(r, len) distinct history positions, each drawn from those not yet picked
+            var positions = Array(0..<len)
+            for _ in 0..<min(r, len) {
+                let j = rng.below(positions.count), p = positions[j]
+                positions.swapAt(j, positions.count - 1); positions.removeLast()
+                let old = items[b * T + p]
+                var v = old
+                while v == old { v = Int32(1 + rng.below(N)) }
+                items[b * T + p] = v
             }
         }
     }
@@ -133,14 +127,19 @@ public final class ATJTWeigher: SequenceWeigher {
     public let partition: GroupPartition
     /// recognisers[g] weighs group g and is trained on every other group.
     public let recognisers: [NoiseRecogniser]
-    private let optimizers: [Adagrad]
+    private var optimizers: [Adagrad]
+    /// Rounds started per group, and the rows of group g weighed in its current round.
+    public private(set) var rounds: [Int]
+    private var roundRows: [Int]
     private var pools: [[Int32]]          // per g: the instances of the other groups (shuffled per pass)
     private var cursors: [Int]
     private var rng: RNG
     private var pending: [Int?]
     // recogniser batch buffers (recogniserBatch rows)
     private let dItems: UnsafeMutablePointer<Int32>, dLengths: UnsafeMutablePointer<Int32>, dTargets: UnsafeMutablePointer<Int32>
-    private let dIds: UnsafeMutablePointer<Int32>, dLabels: Floats
+    private let dIds: UnsafeMutablePointer<Int32>, dUsers: UnsafeMutablePointer<Int32>, dLabels: Floats
+    /// Per group, the users of its weighed batch's rows, kept from `weigh` to `feedback`'s backward.
+    private var wUsers: [UnsafeMutablePointer<Int32>], wCapacity: [Int]
     /// With `config.audit`: the instances each recogniser was trained on, and those it weighed.
     public private(set) var trainedOn: [Set<Int32>]
     public private(set) var weighed: [Set<Int32>]
@@ -156,7 +155,7 @@ public final class ATJTWeigher: SequenceWeigher {
         let partition = GroupPartition(users: data.userCount, instances: instances, groups: config.groups, seed: config.seed)
         self.partition = partition
         recognisers = (0..<config.groups).map { g in
-            var c = config.recogniser; c.seed = config.seed &+ UInt64(g) &* 7919
+            var c = config.recogniser; c.seed = config.seed &+ UInt64(g) &* 7919; c.userCount = data.userCount
             return NoiseRecogniser(c)
         }
         optimizers = recognisers.map { Adagrad(parameters: $0.parameters, learningRate: config.recogniserLearningRate) }
@@ -164,17 +163,21 @@ public final class ATJTWeigher: SequenceWeigher {
             (0..<config.groups).filter { $0 != g }.flatMap { partition.members[$0] }
         }
         cursors = [Int](repeating: 0, count: config.groups)
+        rounds = [Int](repeating: 0, count: config.groups)
+        roundRows = [Int](repeating: 0, count: config.groups)
         rng = RNG(seed: config.seed).derived(0xA7)
         pending = [Int?](repeating: nil, count: config.groups)
         let B = config.recogniserBatch, L = config.recogniser.maxLength
         dItems = .allocate(capacity: B * L); dLengths = .allocate(capacity: B); dTargets = .allocate(capacity: B)
-        dIds = .allocate(capacity: B); dLabels = .allocate(capacity: B)
+        dIds = .allocate(capacity: B); dUsers = .allocate(capacity: B); dLabels = .allocate(capacity: B)
+        wCapacity = [Int](repeating: B, count: config.groups); wUsers = wCapacity.map { .allocate(capacity: $0) }
         trainedOn = [Set<Int32>](repeating: [], count: config.groups)
         weighed = [Set<Int32>](repeating: [], count: config.groups)
     }
 
     deinit {
-        dItems.deallocate(); dLengths.deallocate(); dTargets.deallocate(); dIds.deallocate(); dLabels.deallocate()
+        dItems.deallocate(); dLengths.deallocate(); dTargets.deallocate(); dIds.deallocate(); dUsers.deallocate()
+        dLabels.deallocate(); for p in wUsers { p.deallocate() }
     }
 
     public func group(ofInstance instance: Int) -> Int { Int(partition.userGroup[Int(instances.users[instance])]) }
@@ -186,7 +189,15 @@ public final class ATJTWeigher: SequenceWeigher {
             let k = Int(batch.instances[b]), actual = group(ofInstance: k)
             guard actual == g else { throw SequenceWeigherError.wrongGroup(instance: k, said: g, actual: actual) }
         }
-        let w = recognisers[g].forward(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: batch.B, training: true)
+        // A round of group g is one pass over its rows; its first weighing starts it.
+        if roundRows[g] == 0 { startRound(g) }
+        roundRows[g] += batch.B
+        if roundRows[g] >= partition.members[g].count { roundRows[g] = 0 }
+        if batch.B > wCapacity[g] { wUsers[g].deallocate(); wCapacity[g] = batch.B; wUsers[g] = .allocate(capacity: batch.B) }
+        let users = wUsers[g]
+        for b in 0..<batch.B { users[b] = instances.users[Int(batch.instances[b])] }
+        let w = recognisers[g].forward(users: users, items: batch.items, lengths: batch.lengths, targets: batch.targets,
+                                       B: batch.B, training: true)
         weights.update(from: w, count: batch.B)
         pending[g] = batch.B
         if config.audit { for b in 0..<batch.B { weighed[g].insert(batch.instances[b]) } }
@@ -204,12 +215,24 @@ public final class ATJTWeigher: SequenceWeigher {
         if config.alpha != 0 {
             for _ in 0..<steps {
                 let n = drawRecogniserBatch(g)
-                rec.forward(items: dItems, lengths: dLengths, targets: dTargets, B: n, training: true)
+                rec.forward(users: dUsers, items: dItems, lengths: dLengths, targets: dTargets, B: n, training: true)
                 lossSum += rec.binaryCrossEntropy(labels: dLabels, scale: config.alpha / Float(steps) / Float(n), backward: true)
             }
         }
         lastRecogniserLoss = config.alpha != 0 ? lossSum / Double(config.alpha) : 0
         optimizers[g].update()
+    }
+
+    /// Algorithm 1 initialises the recogniser for every round (line 4) while the recommender
+    /// carries on: recogniser g goes back to its initial weights (the first round starts from
+    /// them already) with a fresh Adagrad, so it weighs each pass over group g having trained only
+    /// alongside that pass, and what it fitted to the recommender in earlier rounds is dropped.
+    private func startRound(_ g: Int) {
+        if rounds[g] > 0 {
+            recognisers[g].resetParameters()
+            optimizers[g] = Adagrad(parameters: recognisers[g].parameters, learningRate: config.recogniserLearningRate)
+        }
+        rounds[g] += 1
     }
 
     /// Fills the recogniser batch for recogniser g from the other groups; returns its rows.
@@ -227,9 +250,9 @@ public final class ATJTWeigher: SequenceWeigher {
             cursors[g] = (cursors[g] + 1) % pools[g].count
         }
         fillInstanceRows(data: data, instances: instances, ids: dIds, n: n, maxLength: L, items: dItems, lengths: dLengths, targets: dTargets)
+        for b in 0..<n { dUsers[b] = instances.users[Int(dIds[b])] }
         if config.audit { for b in 0..<n { trainedOn[g].insert(dIds[b]) } }
-        ATJTNoise.corrupt(items: dItems, lengths: dLengths, targets: dTargets, labels: dLabels, B: n, T: L,
-                          replaced: config.replaced, targetAlwaysReplaced: config.targetAlwaysReplaced,
+        ATJTNoise.corrupt(items: dItems, lengths: dLengths, labels: dLabels, B: n, T: L, replaced: config.replaced,
                           noisyFraction: config.noisyFraction, itemCount: data.itemCount, rng: &rng)
         return n
     }
@@ -241,7 +264,8 @@ public final class ATJTWeigher: SequenceWeigher {
         var out = [Float](repeating: 0, count: ids.count)
         let items = UnsafeMutablePointer<Int32>.allocate(capacity: batch * L), lengths = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
         let targets = UnsafeMutablePointer<Int32>.allocate(capacity: batch), sel = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
-        defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); sel.deallocate() }
+        let users = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
+        defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); sel.deallocate(); users.deallocate() }
         for g in 0..<groups {
             let mine = ids.indices.filter { group(ofInstance: Int(ids[$0])) == g }
             var start = 0
@@ -249,7 +273,8 @@ public final class ATJTWeigher: SequenceWeigher {
                 let n = min(batch, mine.count - start)
                 for b in 0..<n { sel[b] = ids[mine[start + b]] }
                 fillInstanceRows(data: data, instances: instances, ids: sel, n: n, maxLength: L, items: items, lengths: lengths, targets: targets)
-                let w = recognisers[g].forward(items: items, lengths: lengths, targets: targets, B: n, training: false)
+                for b in 0..<n { users[b] = instances.users[Int(sel[b])] }
+                let w = recognisers[g].forward(users: users, items: items, lengths: lengths, targets: targets, B: n, training: false)
                 for b in 0..<n { out[mine[start + b]] = w[b] }
                 start += n
             }

@@ -3,8 +3,9 @@
 //
 // Teachers (all the student's architecture, trained with softmax CE on the training instances):
 //   model-level  (CSRec-M, Alg. 1): m seeds on all data, e = mean of their logits;
-//   data-level   (CSRec-D, Alg. 2): m subsamples of a fraction p of the instances, e = mean;
-//   training-level (CSRec-T, Alg. 3): side teacher g2 pre-trained on a subsample p, then the
+//   data-level   (CSRec-D, Alg. 2): m subsets of a fraction p of the users (all of each sampled
+//     user's instances), e = mean;
+//   training-level (CSRec-T, Alg. 3): side teacher g2 pre-trained on such a subset, then the
 //     main teacher g1 trained with CE + α·KL(P_g2‖P_g1) + (1−α)·KL(P_g1‖P_g2) − Σ_j log h_ij·P_g1(j)
 //     (Eq. 12–13), h a learned low-rank noise matrix (Eq. 10–11); e = g1's logits.
 //
@@ -29,7 +30,7 @@ import Training
 public enum CSRecTeacherKind: String, Sendable, Codable, CaseIterable {
     /// CSRec-M: m models, different seeds, all data.
     case model
-    /// CSRec-D: m models on m subsamples of fraction p.
+    /// CSRec-D: m models on m subsets of a fraction p of the users.
     case data
     /// CSRec-T: main teacher trained against a pre-trained side teacher and a noise matrix.
     case training
@@ -40,7 +41,7 @@ public struct CSRecConfig: Sendable, Codable, Equatable {
     public var teachers: CSRecTeacherKind = .model
     /// Teachers in the M/D ensembles (paper: 2; any m ≥ 2).
     public var m = 2
-    /// Subsampling fraction for CSRec-D and for CSRec-T's side teacher.
+    /// Fraction of users in CSRec-D's subsets and in CSRec-T's side teacher's.
     public var p: Float = 0.8
     /// Weight of the KL term in the student loss (Eq. 15); grid {0.25, 0.5, 0.75}.
     public var beta: Float = 0.5
@@ -279,13 +280,18 @@ public final class CSRecTeacherObjective: LabelObjective {
 /// Trains CSRec's teacher module and returns it as a soft-label source.
 public enum CSRecTeachers {
 
-    /// A uniform subsample of a fraction p of the instances (seeded, without replacement).
+    /// A data-level subset (Alg. 2 line 1 and Alg. 3 line 1, "randomly sample p percent of D",
+    /// where D holds the users' sequences s_u): round(p · U) of the U users with training
+    /// instances (at least one), uniform without replacement and seeded, each with all of their
+    /// instances, in the original order. The authors' `_sample_from_dataset` draws int(p · #users)
+    /// users the same way. Sampling instances instead kept nearly every user's history nearly
+    /// whole in every subset, so the teachers saw almost the same data.
     public static func subsample(_ instances: InstanceSet, p: Float, seed: UInt64) -> InstanceSet {
         var rng = SplitMix64(seed: seed ^ 0xC5EC)
-        var order = Array(0..<instances.count)
-        rng.shuffle(&order)
-        let keep = order.prefix(Int((Float(instances.count) * p).rounded())).sorted()
-        return InstanceSet(users: keep.map { instances.users[$0] }, positions: keep.map { instances.positions[$0] })
+        var users = Array(Set(instances.users)).sorted()
+        rng.shuffle(&users)
+        let keep = Set(users.prefix(max(1, Int((Float(users.count) * p).rounded()))))
+        return instances.subset((0..<instances.count).filter { keep.contains(instances.users[$0]) })
     }
 
     /// Builds the teachers of `config` for a backbone kind on `instances`, each trained by

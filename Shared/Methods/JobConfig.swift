@@ -249,9 +249,12 @@ public enum JobRunner {
         } else if let u = job.methods.ufnrec {
             model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             let teacher = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
-            final = try loop.fit(model: model, instances: train,
-                                 objective: student(UFNRecObjective(config: u, student: model, teacher: teacher, seed: seed)),
-                                 validate: validate)
+            let objective = UFNRecObjective(config: u, student: model, teacher: teacher, seed: seed,
+                                            history: TrainingSequences(data: data, instances: train))
+            // after warm-up the EMA teacher is what is validated, kept and tested
+            let selection = UFNRecSelection(objective: objective, validate: validate, metric: job.loop.selectMetric)
+            final = try loop.fit(model: model, instances: train, objective: student(objective), validate: selection.validate)
+            selection.restoreBest(into: model)
         } else {
             model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             final = try loop.fit(model: model, instances: train, objective: student(CrossEntropyObjective()), validate: validate)

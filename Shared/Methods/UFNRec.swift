@@ -1,9 +1,11 @@
 // UFNRec (ufnrec.md §3): BCE with n sampled negatives (Eq. 2–4); after a warm-up that ends when
-// the basic loss plateaus, negatives scoring above the positive are recorded per training
-// instance (user, position) and re-fed next epoch with n − |N_rec| fresh random ones (Eq. 5);
-// a negative recorded more than m times is reversed into a positive (FMR); an EMA copy of the
-// student (decay d, Eq. 6) gives soft labels ŷ = σ(teacher score) for the reversed items, and a
-// consistency BCE weighted α applies to those entries only (FCR, Eq. 7–9).
+// the basic loss plateaus, the negatives scoring above the positive at a training instance
+// (user, position) are re-fed at its next visit (the next epoch) with n − |N_rec| fresh random
+// ones (Eq. 5); a negative recorded more than m times is reversed into a positive (FMR); an EMA
+// copy of the student (decay d, Eq. 6) gives soft labels ŷ = σ(teacher score) for the reversed
+// items, and a consistency BCE weighted α applies to those entries only (FCR, Eq. 7–9). The loss
+// is normalised as the authors' code (`rowLoss`), and after warm-up the teacher is the model that
+// is validated and tested (`evaluated`, `UFNRecSelection`).
 // Official defaults: n = 100, m = 5, d = 0.999, α = 0.3.
 //
 // Shapes: B batch, n negatives per row, N items (score column j = item j + 1).
@@ -15,6 +17,7 @@ import Darwin
 import Numerics
 import Models
 import Data
+import Training
 
 /// UFNRec's hyper-parameters.
 public struct UFNRecConfig: Sendable, Codable, Equatable {
@@ -24,7 +27,8 @@ public struct UFNRecConfig: Sendable, Codable, Equatable {
     public var m = 5
     /// EMA decay d of the teacher. Grid {0.9, 0.99, 0.995, 0.999}.
     public var decay: Float = 0.999
-    /// Weight α of the consistency loss. Grid {0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5}.
+    /// Weight α of the consistency loss, on the authors' scale (mean consistency BCE against twice
+    /// the mean basic BCE, `rowLoss`). Grid {0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5}.
     public var alpha: Float = 0.3
     /// Warm-up ends after the first epoch whose mean loss fell by less than this fraction.
     public var plateau: Float = 0.01
@@ -54,19 +58,28 @@ public struct UFNRecConfig: Sendable, Codable, Equatable {
     }
 }
 
-/// Per-instance records of false-negative candidates (FMR's N_rec) and reversed items (N_false).
+/// Per-instance records of FMR (§3.2): N_rec, the negatives that outscored the positive the last
+/// time the instance was trained on (re-fed at its next visit, one epoch later: "we record [them]
+/// ... and retrain them ... in the next epoch", Eq. 5); how many times each negative has outscored
+/// it over the run; and N_false, the items reversed into positives. A candidate that stops
+/// outscoring the positive leaves N_rec (the authors rebuild `hard_items[(user, position)]` from
+/// each step's scores); its count stays, as "recorded over m times" counts over the run and the
+/// authors' `cnt_items` is never reset, so it can add to it again only when drawn again at random.
 public struct FalseNegativeRecords: Sendable {
     public let m: Int
-    /// instance → item → times it scored above the positive (not yet reversed)
+    /// instance → the negatives that outscored the positive at its last visit, in draw order (N_rec)
+    public private(set) var last: [Int32: [Int32]] = [:]
+    /// instance → item → times it scored above the positive over the run (not yet reversed)
     public private(set) var counts: [Int32: [Int32: Int]] = [:]
     /// instance → reversed items (now positives)
     public private(set) var reversed: [Int32: [Int32]] = [:]
 
     public init(m: Int) { self.m = m }
 
-    /// Records one observation of instance `k`: every negative whose score exceeds the
-    /// positive's is counted; one counted more than m times moves to the reversed set.
+    /// Records one visit of instance `k`: the negatives whose score exceeds the positive's replace
+    /// N_rec(k) and are counted; one counted more than m times moves to the reversed set instead.
     public mutating func observe(instance k: Int32, positiveScore: Float, negatives: [(item: Int32, score: Float)]) {
+        var hard: [Int32] = []
         for (item, s) in negatives where s > positiveScore {
             let c = (counts[k]?[item] ?? 0) + 1
             if c > m {
@@ -74,16 +87,57 @@ public struct FalseNegativeRecords: Sendable {
                 reversed[k, default: []].append(item)
             } else {
                 counts[k, default: [:]][item] = c
+                hard.append(item)
             }
         }
+        last[k] = hard.isEmpty ? nil : hard
     }
 
-    /// Recorded (not reversed) negatives of instance `k`, lowest id first.
-    public func recorded(_ k: Int32) -> [Int32] { (counts[k]?.keys).map { $0.sorted() } ?? [] }
+    /// N_rec of instance `k`: the negatives that outscored its positive at its last visit, in draw
+    /// order (at most the n negatives of that visit).
+    public func recorded(_ k: Int32) -> [Int32] { last[k] ?? [] }
+    /// Times `item` has outscored the positive of instance `k` (0 once reversed).
+    public func count(_ k: Int32, _ item: Int32) -> Int { counts[k]?[item] ?? 0 }
     /// Reversed items of instance `k`, in reversal order.
     public func reversedItems(_ k: Int32) -> [Int32] { reversed[k] ?? [] }
     public func isReversed(_ k: Int32, _ item: Int32) -> Bool { reversed[k]?.contains(item) ?? false }
     public var reversedCount: Int { reversed.values.reduce(0) { $0 + $1.count } }
+}
+
+/// Each user's training items, which UFNRec never draws as negatives: the authors' sampler draws
+/// a user's negatives from outside `set(user_train[user])`, the whole training sequence (items
+/// after the instance's position included), not only the input before the target.
+public struct TrainingSequences: Sendable {
+    /// (instances) user of each training instance
+    private let users: [Int32]
+    /// user u's distinct training items are items[offsets[u] ..< offsets[u + 1]]
+    private let offsets: [Int]
+    private let items: [Int32]
+
+    /// A user's training sequence ends at the target of their last instance in `instances`.
+    public init(data: SequenceDataset, instances: InstanceSet) {
+        var end = [Int](repeating: 0, count: data.userCount)
+        for k in 0..<instances.count {
+            let u = Int(instances.users[k])
+            end[u] = max(end[u], Int(instances.positions[k]) + 1)
+        }
+        var offsets = [0], items: [Int32] = []
+        var seen = [Int](repeating: -1, count: data.itemCount + 1)
+        for u in 0..<data.userCount {
+            for i in data.sequence(u).prefix(end[u]) where seen[Int(i)] != u {
+                seen[Int(i)] = u
+                items.append(i)
+            }
+            offsets.append(items.count)
+        }
+        self.users = instances.users; self.offsets = offsets; self.items = items
+    }
+
+    /// The distinct training items of the user of training instance `k`.
+    public func items(ofInstance k: Int32) -> ArraySlice<Int32> {
+        let u = Int(users[Int(k)])
+        return items[offsets[u] ..< offsets[u + 1]]
+    }
 }
 
 /// ω' ← d·ω' + (1 − d)·ω over a whole parameter set (Eq. 6).
@@ -101,11 +155,13 @@ public final class ExponentialMovingAverage {
 }
 
 /// UFNRec's loss on a batch; `teacher` is a second instance of the student's architecture that
-/// holds the EMA weights.
+/// holds the EMA weights. Negatives are never the user's own items: those of the row's input
+/// always, and with `history` every item of the user's training sequence, as the authors draw them.
 public final class UFNRecObjective: LabelObjective {
     public let config: UFNRecConfig
     public let student: Backbone
     public let teacher: Backbone
+    public let history: TrainingSequences?
     public let ema: ExponentialMovingAverage
     public private(set) var records: FalseNegativeRecords
     /// True until the basic loss plateaus.
@@ -113,10 +169,18 @@ public final class UFNRecObjective: LabelObjective {
     public private(set) var warmupEpochs = 0
     private var previousLoss: Double? = nil
     private var rng: RNG
+    /// (N + 1) item → the row whose draw excludes it (the positive, reversed items, the user's
+    /// items, negatives already taken); a row is a new `stamp`, so nothing is cleared per row.
+    private var excluded: [UInt32] = []
+    private var stamp: UInt32 = 0
+    /// A batch's reversed items and negatives, row b's ending at positiveEnds[b] / negativeEnds[b].
+    private var positives: [Int32] = [], negatives: [Int32] = []
+    private var positiveEnds: [Int] = [], negativeEnds: [Int] = []
 
-    public init(config: UFNRecConfig, student: Backbone, teacher: Backbone, seed: UInt64) {
+    public init(config: UFNRecConfig, student: Backbone, teacher: Backbone, seed: UInt64,
+                history: TrainingSequences? = nil) {
         precondition(student.parameters.entries == teacher.parameters.entries, "teacher must share the student's architecture")
-        self.config = config; self.student = student; self.teacher = teacher
+        self.config = config; self.student = student; self.teacher = teacher; self.history = history
         ema = ExponentialMovingAverage(average: teacher.parameters, decay: config.decay)
         records = FalseNegativeRecords(m: config.m)
         rng = RNG(seed: seed).derived(0xF4E)
@@ -139,53 +203,84 @@ public final class UFNRecObjective: LabelObjective {
     /// Ends the warm-up now (tests; a job that resumes from a warmed-up model).
     public func endWarmup() { warmingUp = false; ema.reset(to: student.parameters) }
 
+    /// The model UFNRec validates, tests and serves: the student during warm-up, the EMA teacher
+    /// after it (the authors evaluate `with ema.average_parameters()` once warm-up has ended).
+    public var evaluated: Backbone { warmingUp ? student : teacher }
+
     public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
         rowLoss(batch: batch, logits: logits, dlogits: dlogits, weights: nil, norm: Float(batch.B), losses: nil)
     }
 
     /// The loss with row b weighted w_b / norm (nil weights: 1): returns Σ_b w_b ℓ_b / norm, writes
     /// its gradient over `dlogits` and the unweighted ℓ_b into `losses` (ATJT + UFNRec).
+    ///
+    /// Normalised as the authors' code, so that α means what the paper's grid means: the basic
+    /// BCE is 2 × its mean over the batch's E entries (each row's positive, reversed items and
+    /// negatives: `2 * BCEWithLogitsLoss()(logits, labels)`), the consistency BCE its mean over the
+    /// batch's R reversed entries (`lbd * BCEWithLogitsLoss()(logits[reversed], σ(teacher))`):
+    ///   L = 2/E · Σ basic + α/R · Σ consistency.
+    /// A row's share is ℓ_b = 2B/E · basic_b + αB/R · consistency_b, so that L = Σ_b ℓ_b / B.
     func rowLoss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats, weights: UnsafePointer<Float>?,
                  norm: Float, losses: Floats?) -> Double {
-        let B = batch.B, N = batch.N, n = config.negatives
+        let B = batch.B, T = batch.T, N = batch.N, n = config.negatives
         dlogits.update(repeating: 0, count: B * N)
         let inv = 1 / norm
-        // Teacher scores are needed only for rows with reversed items.
-        var teacherUser: UnsafePointer<Float>? = nil
-        if !warmingUp && (0..<B).contains(where: { !records.reversedItems(batch.instances[$0]).isEmpty }) {
-            teacherUser = teacher.forward(items: batch.items, lengths: batch.lengths, B: B, training: false)
+        // Pass 1: every row's reversed items and negatives, for the batch's counts E and R.
+        positives.removeAll(keepingCapacity: true); negatives.removeAll(keepingCapacity: true)
+        positiveEnds.removeAll(keepingCapacity: true); negativeEnds.removeAll(keepingCapacity: true)
+        for b in 0..<B {
+            let k = batch.instances[b], pos = batch.targets[b]
+            let rev = warmingUp ? [] : records.reversedItems(k)
+            positives.append(contentsOf: rev); positiveEnds.append(positives.count)
+            // Negatives: recorded ones first (Eq. 5), then random; never the positive, a reversed
+            // item or one of the user's own items.
+            if excluded.count != N + 1 || stamp == .max { excluded = [UInt32](repeating: 0, count: N + 1); stamp = 0 }
+            stamp += 1
+            excluded[Int(pos)] = stamp
+            for i in rev { excluded[Int(i)] = stamp }
+            for t in 0..<Int(batch.lengths[b]) { excluded[Int(batch.items[b * T + t])] = stamp }
+            if let history { for i in history.items(ofInstance: k) { excluded[Int(i)] = stamp } }
+            let first = negatives.count
+            if !warmingUp {
+                for i in records.recorded(k) where excluded[Int(i)] != stamp { excluded[Int(i)] = stamp; negatives.append(i) }
+            }
+            var draws = 0
+            while negatives.count - first < n && draws < 20 * n {
+                draws += 1
+                let i = Int32(1 + rng.below(N))
+                if excluded[Int(i)] == stamp { continue }
+                excluded[Int(i)] = stamp; negatives.append(i)
+            }
+            negativeEnds.append(negatives.count)
         }
+        let R = positives.count, E = B + R + negatives.count
+        let basicScale = 2 * Float(B) / Float(E)
+        let consistencyScale = R > 0 ? config.alpha * Float(B) / Float(R) : 0
+        // Teacher scores are needed only when some row has reversed items.
+        var teacherUser: UnsafePointer<Float>? = nil
+        if R > 0 { teacherUser = teacher.forward(items: batch.items, lengths: batch.lengths, B: B, training: false) }
+        // Pass 2: loss and gradient per row.
         var total = 0.0
-        var negs: [Int32] = []
-        negs.reserveCapacity(n)
+        var p0 = 0, n0 = 0
         for b in 0..<B {
             let k = batch.instances[b], pos = batch.targets[b]
             let x = logits + b * N, d = dlogits + b * N
-            let scale = weights.map { $0[b] * inv } ?? inv
-            let rev = warmingUp ? [] : records.reversedItems(k)
-            // Negatives: recorded ones first (Eq. 5), then random, never the positive or a reversed item.
-            negs.removeAll(keepingCapacity: true)
-            var taken = Set<Int32>()
-            if !warmingUp { for i in records.recorded(k).prefix(n) where taken.insert(i).inserted { negs.append(i) } }
-            var guardCount = 0
-            while negs.count < n && guardCount < 20 * n {
-                guardCount += 1
-                let i = Int32(1 + rng.below(N))
-                if i == pos || rev.contains(i) || !taken.insert(i).inserted { continue }
-                negs.append(i)
-            }
+            let w = weights?[b] ?? 1, scale = w * inv
+            let rev = positives[p0 ..< positiveEnds[b]], negs = negatives[n0 ..< negativeEnds[b]]
+            p0 = positiveEnds[b]; n0 = negativeEnds[b]
             // basic loss (Eq. 4) with the reversed items as positives
             let sp = x[Int(pos) - 1]
-            var l = softplus(-sp)
-            d[Int(pos) - 1] += (sigmoid(sp) - 1) * scale
+            var basic = softplus(-sp)
+            d[Int(pos) - 1] += (sigmoid(sp) - 1) * basicScale * scale
             for i in rev {
                 let s = x[Int(i) - 1]
-                l += softplus(-s); d[Int(i) - 1] += (sigmoid(s) - 1) * scale
+                basic += softplus(-s); d[Int(i) - 1] += (sigmoid(s) - 1) * basicScale * scale
             }
             for i in negs {
                 let s = x[Int(i) - 1]
-                l += softplus(s); d[Int(i) - 1] += sigmoid(s) * scale
+                basic += softplus(s); d[Int(i) - 1] += sigmoid(s) * basicScale * scale
             }
+            var l = basicScale * basic
             // consistency (Eq. 7–8) on reversed entries: BCE(ŷ, σ(s)) = softplus(s) − ŷ·s
             if let tu = teacherUser, !rev.isEmpty {
                 let C = teacher.dim, u = tu + b * C
@@ -194,17 +289,54 @@ public final class UFNRecObjective: LabelObjective {
                     var ts: Float = 0
                     for c in 0..<C { ts += u[c] * e[c] }
                     let yHat = sigmoid(ts), s = x[Int(i) - 1]
-                    l += config.alpha * (softplus(s) - yHat * s)
-                    d[Int(i) - 1] += config.alpha * (sigmoid(s) - yHat) * scale
+                    l += consistencyScale * (softplus(s) - yHat * s)
+                    d[Int(i) - 1] += consistencyScale * (sigmoid(s) - yHat) * scale
                 }
             }
-            total += Double(l) * Double(weights?[b] ?? 1)
+            total += Double(l) * Double(w)
             losses?[b] = l
             if !warmingUp {
                 records.observe(instance: k, positiveScore: sp, negatives: negs.map { ($0, x[Int($0) - 1]) })
             }
         }
         return total * Double(inv)
+    }
+}
+
+/// UFNRec's model selection for a loop that validates and keeps the model it trains (`LabelLoop`):
+/// `validate` scores `objective.evaluated` instead (the EMA teacher after warm-up) and keeps the
+/// weights of the best-scoring evaluation by the loop's rule (a strictly higher `metric`), and
+/// `restoreBest(into:)` puts them in the student after `fit`, where the loop has left the
+/// student's own weights of that epoch. Teacher and student share one architecture.
+public final class UFNRecSelection {
+    public let objective: UFNRecObjective
+    public let metric: String
+    private let evaluate: ModelEvaluation
+    private let best: ParameterSet
+    private var bestScore = -Double.infinity
+    /// Whether the best evaluation so far was of the EMA teacher.
+    public private(set) var bestIsTeacher = false
+
+    public init(objective: UFNRecObjective, validate: @escaping ModelEvaluation, metric: String) {
+        self.objective = objective; self.metric = metric; evaluate = validate
+        best = objective.student.parameters.clone()
+    }
+
+    /// Validation metrics of `objective.evaluated`; the model the loop passes is the student.
+    public func validate(_ student: Backbone) -> [String: Double] {
+        let model = objective.evaluated
+        let valid = evaluate(model)
+        let score = valid[metric] ?? 0
+        if score > bestScore {
+            bestScore = score; bestIsTeacher = model !== objective.student
+            best.copyValues(from: model.parameters)
+        }
+        return valid
+    }
+
+    /// Leaves the best evaluated weights in `model` (nothing when nothing was validated).
+    public func restoreBest(into model: Backbone) {
+        if bestScore > -Double.infinity { model.parameters.copyValues(from: best) }
     }
 }
 

@@ -128,6 +128,44 @@ final class ATJTTests: XCTestCase {
         }
     }
 
+    /// Algorithm 1 initialises g(·; Θ_D) for every round (line 4): when a group comes back as the
+    /// recommender's data after a full pass over every group, its recogniser weighs the round's
+    /// first batch with its initial weights again, not with what it learnt in the last round.
+    func testRecogniserIsReinitialisedWhenItsGroupStartsANewRound() throws {
+        let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0.1)
+        let inst = world.split.train, T = 6, B = 16
+        var config = ATJTConfig(itemCount: 30, maxLength: T)
+        config.recogniserBatch = 16; config.recogniser.dim = 4; config.recogniser.outputHidden = [8]
+        let weigher = ATJTWeigher(config: config, data: world.data, instances: inst)
+        let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: T, seed: 1), weigher: weigher, maxBatch: B)
+        let initial = weigher.recognisers.map { $0.parameters.clone() }
+        func isInitial(_ g: Int) -> Bool {
+            memcmp(weigher.recognisers[g].parameters.values, initial[g].values, initial[g].count * 4) == 0
+        }
+        let buf = AuxBatches(B: B, T: T)
+        for round in 0..<3 {
+            for g in 0..<2 {
+                let members = weigher.partition.members[g]
+                var start = 0
+                while start < members.count {
+                    let end = min(start + B, members.count), n = end - start
+                    let batch = buf.fill(world.data, inst, members[start..<end])
+                    if start == 0 {
+                        let w = AuxFloats(n), dW = AuxFloats(n)
+                        try weigher.weigh(batch, group: g, weights: w.p)
+                        XCTAssertTrue(isInitial(g), "round \(round), group \(g): weighed by a re-initialised recogniser")
+                        try weigher.feedback(dWeights: dW.p, B: n, group: g)
+                    } else {
+                        try trainer.step(batch, group: g)
+                    }
+                    start = end
+                }
+                XCTAssertFalse(isInitial(g), "round \(round), group \(g): trained during the round")
+            }
+        }
+        XCTAssertEqual(weigher.rounds, [3, 3])
+    }
+
     func testRecommenderLossAloneTrainsTheRecogniserWhenAlphaIsZero() throws {
         let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0.1)
         var config = ATJTConfig(itemCount: 30, maxLength: 6)

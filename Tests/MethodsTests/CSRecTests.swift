@@ -66,17 +66,22 @@ final class CSRecTests: XCTestCase {
         }
     }
 
-    func testDataLevelSubsampleKeepsFractionPWithoutRepeats() {
+    /// Data-level subsets are of users (Alg. 2 samples sequences s_u; the authors draw
+    /// int(p · #users) users): round(p · U) users, each with all of its training instances.
+    func testDataLevelSubsampleKeepsFractionPOfTheUsersWithAllTheirInstances() {
         let data = cyclicDataset()
         let train = LeaveOneOut(data).train
         let sub = CSRecTeachers.subsample(train, p: 0.8, seed: 1)
-        XCTAssertEqual(sub.count, Int((Float(train.count) * 0.8).rounded()))
+        let users = Set(sub.users), all = Set(train.users)
+        XCTAssertEqual(users.count, Int((Float(all.count) * 0.8).rounded()))
+        for u in users {
+            XCTAssertEqual(sub.users.filter { $0 == u }.count, train.users.filter { $0 == u }.count, "user \(u) kept whole")
+        }
         let pairs = Set(zip(sub.users, sub.positions).map { "\($0)-\($1)" })
         XCTAssertEqual(pairs.count, sub.count)
-        let all = Set(zip(train.users, train.positions).map { "\($0)-\($1)" })
-        XCTAssertTrue(pairs.isSubset(of: all))
-        XCTAssertNotEqual(zip(CSRecTeachers.subsample(train, p: 0.8, seed: 2).users, CSRecTeachers.subsample(train, p: 0.8, seed: 2).positions).map { "\($0)-\($1)" },
-                          zip(sub.users, sub.positions).map { "\($0)-\($1)" })
+        XCTAssertTrue(pairs.isSubset(of: Set(zip(train.users, train.positions).map { "\($0)-\($1)" })))
+        XCTAssertNotEqual(Set(CSRecTeachers.subsample(train, p: 0.8, seed: 2).users), users, "another seed, other users")
+        XCTAssertEqual(Set(CSRecTeachers.subsample(train, p: 0.01, seed: 1).users).count, 1, "at least one user")
     }
 
     /// Each teacher kind trains, and the student's loss falls under its soft labels.
