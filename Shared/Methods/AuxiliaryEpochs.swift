@@ -1,44 +1,12 @@
-// Epochs of the auxiliary-task trainers (DSS, ATJT — alone or composed with CSRec) and the
-// early-stopping loop around them. `LabelLoop` owns its batches because every label method is a
-// loss on the same forward; DSS and ATJT own their steps (two encodes per batch; a weigher
-// between batch and loss), so here an epoch is a closure and the loop only selects on validation.
+// Epochs of the auxiliary-task trainers (DSS, ATJT — alone or composed with CSRec). The label
+// methods' losses run inside the loop's own step; DSS and ATJT own their steps (two encodes per
+// batch; a weigher between batch and loss), so an epoch here is a closure that
+// `TrainingLoop.fit(model:validate:evaluated:epoch:)` calls, selecting on validation.
 import Foundation
 import Numerics
 import Models
 import Data
 import Training
-
-/// Early stopping over epochs of any trainer: `epoch(e)` (0-based) trains one epoch and returns
-/// its mean loss; validation after every epoch, stop after `patience` epochs without a better
-/// `selectMetric`, best-validation weights restored (`LabelLoop.fit`'s rule).
-public enum EpochLoop {
-    @discardableResult
-    public static func fit(model: Backbone, config: LoopConfig, epoch: (Int) throws -> Double, validate: ModelEvaluation,
-                           report: ((_ epoch: Int, _ loss: Double, _ valid: [String: Double]) -> Void)? = nil) throws -> FitResult {
-        let start = Date()
-        let best = model.parameters.clone()
-        var bestScore = -Double.infinity, bestEpoch = 0, bad = 0, epochs = 0
-        var bestValid: [String: Double] = [:], losses: [Double] = []
-        for e in 0..<max(1, config.maxEpochs) {
-            let loss = try epoch(e)
-            losses.append(loss)
-            epochs = e + 1
-            let valid = validate(model)
-            report?(e + 1, loss, valid)
-            let score = valid[config.selectMetric] ?? 0
-            if score > bestScore {
-                bestScore = score; bestEpoch = e + 1; bad = 0; bestValid = valid
-                best.copyValues(from: model.parameters)
-            } else {
-                bad += 1
-                if bad >= config.patience { break }
-            }
-        }
-        model.parameters.copyValues(from: best)
-        return FitResult(epochs: epochs, bestEpoch: bestEpoch, bestValid: bestValid, losses: losses,
-                         seconds: Date().timeIntervalSince(start), scheme: .prefixes, log: [])
-    }
-}
 
 /// Right-padded batch rows with their instance indices, allocated once.
 final class InstanceBatchBuffers {

@@ -109,6 +109,7 @@ public final class CSRecStudentObjective: LabelObjective {
     public func beginEpoch(_ epoch: Int) { hard.beginEpoch(epoch) }
     public func afterUpdate() { hard.afterUpdate() }
     public func endEpoch(_ epoch: Int, meanLoss: Double) { hard.endEpoch(epoch, meanLoss: meanLoss) }
+    public var evaluatedModel: Backbone? { hard.evaluatedModel }
 
     public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
         let B = batch.B, N = batch.N

@@ -249,15 +249,17 @@ public enum JobRunner {
         } else if let u = job.methods.ufnrec {
             model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             let teacher = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+            // after warm-up the EMA teacher is what the loop validates, keeps and leaves in `model`
             let objective = UFNRecObjective(config: u, student: model, teacher: teacher, seed: seed,
                                             history: TrainingSequences(data: data, instances: train))
-            // after warm-up the EMA teacher is what is validated, kept and tested
-            let selection = UFNRecSelection(objective: objective, validate: validate, metric: job.loop.selectMetric)
-            final = try loop.fit(model: model, instances: train, objective: student(objective), validate: selection.validate)
-            selection.restoreBest(into: model)
-        } else {
+            final = try loop.fit(model: model, instances: train, objective: student(objective), validate: validate)
+        } else if job.methods.csrec != nil {
             model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
             final = try loop.fit(model: model, instances: train, objective: student(CrossEntropyObjective()), validate: validate)
+        } else {
+            // base: the fused cross-entropy, under either scheme
+            model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+            final = try loop.fit(model: model, instances: train, loss: CrossEntropyLoss(seed: seed), validate: validate)
         }
         stages["final"] = final
         let valid = validate(model), testMetrics = test(model)

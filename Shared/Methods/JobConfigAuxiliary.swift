@@ -155,24 +155,32 @@ enum AuxiliaryJob {
         if let c = job.methods.csrec, let source {
             distillation = CSRecDistillation(source: source, beta: c.beta, temperature: c.temperature, direction: c.direction.direction)
         }
-        let report: (Int, Double, [String: Double]) -> Void = { e, loss, valid in
-            progress?(String(format: "epoch %d  loss %.4f  valid %@ %.4f", e, loss, loop.selectMetric, valid[loop.selectMetric] ?? 0))
+        let epochLoop = TrainingLoop(data: data, config: loop)
+        var note: () -> String = { "" }   // ATJT: the epoch's weight statistics
+        if let progress {
+            epochLoop.progress = { p in
+                guard p.event == .epoch else { return }
+                progress(String(format: "epoch %d  loss %.4f  valid %@ %.4f", p.epoch, p.loss, loop.selectMetric, p.valid[loop.selectMetric] ?? 0))
+                let extra = note()
+                if !extra.isEmpty { progress("  " + extra) }
+            }
         }
         if let d = job.methods.dss {
             let trainer = DSSTrainer(config: d.trainerConfig(itemCount: N, loop: loop), data: data, instances: instances,
                                      maxBatch: loop.batchSize, distillation: distillation)
             let epochs = DSSEpochs(trainer: trainer, batchSize: loop.batchSize, seed: loop.seed)
-            let fit = try EpochLoop.fit(model: trainer.model, config: loop, epoch: { try epochs.run(epoch: $0) }, validate: validate, report: report)
+            let fit = try epochLoop.fit(model: trainer.model, validate: validate) { try epochs.run(epoch: $0 - 1) }
             return (trainer.model, fit)
         }
         guard let a = job.methods.atjt else { preconditionFailure("no auxiliary-task method in the job") }
         let model = job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed)
         let weigher = ATJTWeigher(config: a.trainerConfig(itemCount: N, loop: loop), data: data, instances: instances)
         // ℓ_b: UFNRec's row loss or the next-item CE, inside CSRec's student loss when the job names csrec
-        var hard: WeightedSequenceLoss? = nil
+        var hard: WeightedSequenceLoss? = nil, ufnrec: UFNRecObjective? = nil
         if let u = job.methods.ufnrec {
-            hard = UFNRecObjective(config: u, student: model, teacher: job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed),
-                                   seed: loop.seed)
+            ufnrec = UFNRecObjective(config: u, student: model, teacher: job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed),
+                                     seed: loop.seed, history: TrainingSequences(data: data, instances: instances))
+            hard = ufnrec
         }
         var loss = hard
         if let d = distillation {
@@ -181,8 +189,10 @@ enum AuxiliaryJob {
         }
         let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss)
         let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: loop.batchSize, seed: loop.seed)
-        let fit = try EpochLoop.fit(model: model, config: loop, epoch: { try epochs.run(epoch: $0) }, validate: validate) { e, l, v in
-            report(e, l, v); progress?("  " + epochs.summary)
+        note = { epochs.summary }
+        // UFNRec's EMA teacher is the model validated and kept after its warm-up
+        let fit = try epochLoop.fit(model: model, validate: validate, evaluated: ufnrec.map { u in { u.evaluated } }) {
+            try epochs.run(epoch: $0 - 1)
         }
         return (model, fit)
     }

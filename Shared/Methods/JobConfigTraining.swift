@@ -37,9 +37,12 @@ public protocol LabelObjective: AnyObject {
     func afterUpdate()
     /// Called after each epoch with the mean training loss.
     func endEpoch(_ epoch: Int, meanLoss: Double)
+    /// The model to validate and keep instead of the trained one (`RowLoss.evaluatedModel`).
+    var evaluatedModel: Backbone? { get }
 }
 
 extension LabelObjective {
+    public var evaluatedModel: Backbone? { nil }
     public func beginEpoch(_ epoch: Int) {}
     public func afterUpdate() {}
     public func endEpoch(_ epoch: Int, meanLoss: Double) {}
@@ -68,15 +71,17 @@ final class ObjectiveLoss: RowLoss {
     init(_ objective: LabelObjective) { self.objective = objective }
 
     var fingerprint: String { String(describing: type(of: objective)) }
-    /// Objectives read one row per sequence (soft labels of its prefix, records per instance),
-    /// except the plain cross-entropy.
-    func supports(_ scheme: TrainingScheme) -> Bool { scheme == .prefixes || objective is CrossEntropyObjective }
+    var evaluatedModel: Backbone? { objective.evaluatedModel }
+    /// Objectives read one row per sequence (soft labels of its prefix, records per instance);
+    /// under all positions the loss is `CrossEntropyLoss`.
+    func supports(_ scheme: TrainingScheme) -> Bool { scheme == .prefixes }
     func beginEpoch(_ epoch: Int) { objective.beginEpoch(epoch) }
     func afterUpdate() { objective.afterUpdate() }
     func endEpoch(_ epoch: Int, meanLoss: Double) { objective.endEpoch(epoch, meanLoss: meanLoss) }
 
     func loss(_ batch: TrainingBatch, user: UnsafePointer<Float>, model: Backbone, dUser: Floats,
               weights: UnsafePointer<Float>?) throws -> Double {
+        guard weights == nil else { throw TrainingError.unsupported("\(fingerprint) takes no per-sequence weights") }
         let R = batch.R, N = batch.N
         if head == nil { head = FullSoftmaxHead(itemCount: N, dim: model.dim, interests: model.interests) }
         let head = head!
@@ -110,9 +115,16 @@ public final class LabelLoop {
     @discardableResult
     public func fit(model: Backbone, instances: InstanceSet, objective: LabelObjective,
                     validate: ModelEvaluation?, optimizer: Adam? = nil) throws -> FitResult {
+        try fit(model: model, instances: instances, loss: ObjectiveLoss(objective), validate: validate, optimizer: optimizer)
+    }
+
+    /// The same with a loss of the loop's own (base training's `CrossEntropyLoss`).
+    @discardableResult
+    public func fit(model: Backbone, instances: InstanceSet, loss: RowLoss, validate: ModelEvaluation?,
+                    optimizer: Adam? = nil) throws -> FitResult {
         let loop = TrainingLoop(data: data, config: config)
         if let progress { loop.progress = { if $0.event == .epoch { progress($0.line) } } }
-        return try loop.fit(model: model, instances: instances, loss: ObjectiveLoss(objective), validate: validate, optimizer: optimizer)
+        return try loop.fit(model: model, instances: instances, loss: loss, validate: validate, optimizer: optimizer)
     }
 }
 

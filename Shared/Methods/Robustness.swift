@@ -265,6 +265,7 @@ public enum RobustnessTrainer {
         var trained: FitResult? = nil      // a method that runs its own loop (csrec: LabelLoop)
         var atjtWeigher: ATJTWeigher? = nil
         var note: () -> String = { "" }   // extra per-epoch log text (ATJT: weight statistics)
+        var evaluated: (() -> Backbone)? = nil   // ATJT + UFNRec: the EMA teacher after warm-up
         switch method {
         case .base, .csrec, .ufnrec:
             let m = backbone(cfg, itemCount: data.itemCount)
@@ -273,7 +274,8 @@ public enum RobustnessTrainer {
             // one loop with the method's objective (UFNRec's EMA teacher the same backbone)
             let objective: LabelObjective
             if method == .ufnrec {
-                objective = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed)
+                objective = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed,
+                                            history: TrainingSequences(data: data, instances: split.train))
             } else if method == .csrec, let d = distillation {
                 objective = CSRecStudentObjective(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
             } else {
@@ -306,16 +308,22 @@ public enum RobustnessTrainer {
             if method == .atjtCSRec, let d = distillation {
                 loss = WeightedCSRecStudent(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
             } else if method == .atjtUFNRec {
-                loss = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed)
+                let u = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed,
+                                        history: TrainingSequences(data: data, instances: split.train))
+                loss = u
+                evaluated = { u.evaluated }
             }
             let trainer = ATJTTrainer(model: m, weigher: weigher, learningRate: cfg.learningRate, maxBatch: B, loss: loss)
             let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: B, seed: cfg.seed)
             epoch = { try epochs.run(epoch: $0) }
             note = { epochs.summary }
         }
-        let fit = try trained ?? EpochLoop.fit(model: model, config: cfg.loop, epoch: epoch!, validate: validate) { e, loss, valid in
-            cfg.log?("\(method.rawValue) corruption \(corruption) epoch \(e): loss \(String(format: "%.4f", loss)) valid ndcg@10 \(String(format: "%.4f", valid["ndcg@10"] ?? 0))\(note())")
-        }
+        let epochLoop = TrainingLoop(data: data, config: cfg.loop)
+        epochLoop.progress = cfg.log.map { log in { p in
+            guard p.event == .epoch else { return }
+            log("\(method.rawValue) corruption \(corruption) epoch \(p.epoch): loss \(String(format: "%.4f", p.loss)) valid ndcg@10 \(String(format: "%.4f", p.valid["ndcg@10"] ?? 0))\(note())")
+        } }
+        let fit = try trained ?? epochLoop.fit(model: model, validate: validate, evaluated: evaluated) { try epoch!($0 - 1) }
         let test = evaluate(model, data: data, instances: split.test, maxLength: T)
         let popular = evaluate(model, data: data, instances: groups.popular, maxLength: T)
         let niche = evaluate(model, data: data, instances: groups.niche, maxLength: T)

@@ -5,7 +5,7 @@
 // copy of the student (decay d, Eq. 6) gives soft labels ŷ = σ(teacher score) for the reversed
 // items, and a consistency BCE weighted α applies to those entries only (FCR, Eq. 7–9). The loss
 // is normalised as the authors' code (`rowLoss`), and after warm-up the teacher is the model that
-// is validated and tested (`evaluated`, `UFNRecSelection`).
+// is validated and tested (`evaluated`: the loop selects on it and keeps its weights).
 // Official defaults: n = 100, m = 5, d = 0.999, α = 0.3.
 //
 // Shapes: B batch, n negatives per row, N items (score column j = item j + 1).
@@ -206,6 +206,8 @@ public final class UFNRecObjective: LabelObjective {
     /// The model UFNRec validates, tests and serves: the student during warm-up, the EMA teacher
     /// after it (the authors evaluate `with ema.average_parameters()` once warm-up has ended).
     public var evaluated: Backbone { warmingUp ? student : teacher }
+    /// The loop validates, keeps and restores `evaluated` (its best weights end in the student).
+    public var evaluatedModel: Backbone? { evaluated }
 
     public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
         rowLoss(batch: batch, logits: logits, dlogits: dlogits, weights: nil, norm: Float(batch.B), losses: nil)
@@ -300,43 +302,6 @@ public final class UFNRecObjective: LabelObjective {
             }
         }
         return total * Double(inv)
-    }
-}
-
-/// UFNRec's model selection for a loop that validates and keeps the model it trains (`LabelLoop`):
-/// `validate` scores `objective.evaluated` instead (the EMA teacher after warm-up) and keeps the
-/// weights of the best-scoring evaluation by the loop's rule (a strictly higher `metric`), and
-/// `restoreBest(into:)` puts them in the student after `fit`, where the loop has left the
-/// student's own weights of that epoch. Teacher and student share one architecture.
-public final class UFNRecSelection {
-    public let objective: UFNRecObjective
-    public let metric: String
-    private let evaluate: ModelEvaluation
-    private let best: ParameterSet
-    private var bestScore = -Double.infinity
-    /// Whether the best evaluation so far was of the EMA teacher.
-    public private(set) var bestIsTeacher = false
-
-    public init(objective: UFNRecObjective, validate: @escaping ModelEvaluation, metric: String) {
-        self.objective = objective; self.metric = metric; evaluate = validate
-        best = objective.student.parameters.clone()
-    }
-
-    /// Validation metrics of `objective.evaluated`; the model the loop passes is the student.
-    public func validate(_ student: Backbone) -> [String: Double] {
-        let model = objective.evaluated
-        let valid = evaluate(model)
-        let score = valid[metric] ?? 0
-        if score > bestScore {
-            bestScore = score; bestIsTeacher = model !== objective.student
-            best.copyValues(from: model.parameters)
-        }
-        return valid
-    }
-
-    /// Leaves the best evaluated weights in `model` (nothing when nothing was validated).
-    public func restoreBest(into model: Backbone) {
-        if bestScore > -Double.infinity { model.parameters.copyValues(from: best) }
     }
 }
 

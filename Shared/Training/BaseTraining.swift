@@ -86,14 +86,13 @@ public final class BaseTraining {
                                checkpoint: checkpoint)
         let evaluation = Date()
         let valid = evaluate(split.validation), test = evaluate(split.test)
-        let rows = config.loop.scheme == .allPositions ? WindowSet(split.train, maxLength: config.loop.maxLength).count : split.train.count
         return TrainingResult(model: config.model.rawValue, seed: config.loop.seed, epochs: fit.epochs, bestEpoch: fit.bestEpoch,
                               valid: valid, test: test,
                               seconds: fit.seconds + Date().timeIntervalSince(evaluation),
                               threads: Threads.count, scheme: config.loop.scheme, batch: config.loop.batchSize,
                               lr: config.loop.learningRate, maxLen: config.loop.maxLength,
                               data: ["users": data.userCount, "items": data.itemCount, "interactions": data.interactionCount,
-                                     "train_instances": split.train.count, "train_rows": rows],
+                                     "train_instances": split.train.count, "train_rows": fit.rows],
                               log: fit.log)
     }
 }

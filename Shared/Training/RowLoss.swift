@@ -35,11 +35,16 @@ public struct TrainingBatch {
 public protocol RowLoss: AnyObject {
     /// What a checkpoint records of this loss (a mismatch refuses to continue a run).
     var fingerprint: String { get }
+    /// The model the loop validates, keeps and leaves in the trained model's place, when it is
+    /// not the trained model (UFNRec's EMA teacher after warm-up; same architecture); nil: the
+    /// trained model.
+    var evaluatedModel: Backbone? { get }
     /// Whether this loss can score rows of `scheme` (some methods read one row per sequence).
     func supports(_ scheme: TrainingScheme) -> Bool
     /// Given the rows' user vectors `user` (R, K, C), returns the batch loss (a mean over rows,
-    /// each row weighted by its sequence's weight when `weights` (B) is given), writes its
-    /// gradient on `user` into `dUser` (R, K, C) and accumulates the item table's.
+    /// row r weighted by `weights[r]` when given: its sequence's weight, as `TrainStep` spreads
+    /// per-sequence weights over their rows), writes its gradient on `user` into `dUser`
+    /// (R, K, C) and accumulates the item table's.
     func loss(_ batch: TrainingBatch, user: UnsafePointer<Float>, model: Backbone, dUser: Floats,
               weights: UnsafePointer<Float>?) throws -> Double
     /// Called before each epoch (1-based).
@@ -55,6 +60,7 @@ public protocol RowLoss: AnyObject {
 }
 
 extension RowLoss {
+    public var evaluatedModel: Backbone? { nil }
     public func supports(_ scheme: TrainingScheme) -> Bool { true }
     public func beginEpoch(_ epoch: Int) {}
     public func afterUpdate() {}
@@ -107,30 +113,20 @@ public final class CrossEntropyLoss: RowLoss {
     public func loss(_ batch: TrainingBatch, user: UnsafePointer<Float>, model: Backbone, dUser: Floats,
                      weights: UnsafePointer<Float>?) throws -> Double {
         let R = batch.R, C = model.dim, K = model.interests
-        // per-sequence weights become per-row weights (the same pointer when rows are sequences)
-        var rowWeights: UnsafePointer<Float>? = weights
-        var expanded: [Float] = []
-        if let weights, batch.scheme == .allPositions {
-            expanded = (0..<R).map { weights[Int(batch.sequences[$0])] }
-            rowWeights = nil
-        }
-        return try expanded.withUnsafeBufferPointer { ew -> Double in
-            let w = expanded.isEmpty ? rowWeights : UnsafePointer(ew.baseAddress!)
-            switch kind {
-            case .fullSoftmax:
-                if full == nil { full = FullSoftmaxHead(itemCount: model.itemCount, dim: C, interests: K) }
-                let total = full!.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad,
-                                               targets: batch.targets, weights: w, scale: 1 / Float(R), B: R)
-                dUser.update(from: full!.dUser, count: R * K * C)
-                return total
-            case .sampledSoftmax(let S, let sampler):
-                guard K == 1 else { throw TrainingError.unsupported("sampled softmax takes one user vector per row, \(model.name) gives \(K)") }
-                if sampled == nil { sampled = SampledSoftmaxHead(itemCount: model.itemCount, dim: C, negatives: S, sampler: sampler) }
-                let total = sampled!.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad,
-                                                  targets: batch.targets, weights: w, scale: 1 / Float(R), B: R, rng: &samplerRNG)
-                dUser.update(from: sampled!.dUser, count: R * C)
-                return total
-            }
+        switch kind {
+        case .fullSoftmax:
+            if full == nil { full = FullSoftmaxHead(itemCount: model.itemCount, dim: C, interests: K) }
+            let total = full!.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad,
+                                           targets: batch.targets, weights: weights, scale: 1 / Float(R), B: R)
+            dUser.update(from: full!.dUser, count: R * K * C)
+            return total
+        case .sampledSoftmax(let S, let sampler):
+            guard K == 1 else { throw TrainingError.unsupported("sampled softmax takes one user vector per row, \(model.name) gives \(K)") }
+            if sampled == nil { sampled = SampledSoftmaxHead(itemCount: model.itemCount, dim: C, negatives: S, sampler: sampler) }
+            let total = sampled!.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad,
+                                              targets: batch.targets, weights: weights, scale: 1 / Float(R), B: R, rng: &samplerRNG)
+            dUser.update(from: sampled!.dUser, count: R * C)
+            return total
         }
     }
 
@@ -149,11 +145,12 @@ public final class TrainStep {
     public let loss: RowLoss
     public let scheme: TrainingScheme
     private let maxBatch: Int
-    // scored rows: targets, instances, sequences, positions (R each, R <= B·T); user rows and
-    // their gradient (R·K·C); the (B, T, C) gradient the all-position readout takes back
+    // scored rows: targets, instances, sequences, positions (R each, R <= B·T); all positions'
+    // user rows gathered from the readout, the rows' gradient (R·K·C), the (B, T, C) gradient the
+    // readout takes back, and the rows' weights (R)
     private var rowTargets: [Int32], rowInstances: [Int32], rowSequences: [Int32], rowPositions: [Int32]
-    private let work = Workspace()
-    private var userRows: Floats! = nil, dUserRows: Floats! = nil, dEvery: Floats! = nil
+    private let slab: Slab
+    private let userRows: Floats, dUserRows: Floats, dEvery: Floats, rowWeights: Floats
 
     /// A step over batches of at most `batchSize` sequences. Throws when `loss` cannot score
     /// `scheme`'s rows or the model cannot read out every position.
@@ -169,9 +166,10 @@ public final class TrainStep {
         let R = scheme == .allPositions ? batchSize * model.maxLength : batchSize
         rowTargets = [Int32](repeating: 0, count: R); rowInstances = rowTargets; rowSequences = rowTargets; rowPositions = rowTargets
         let KC = model.interests * model.dim, BTC = batchSize * model.maxLength * model.dim
-        _ = work.ensure(1) { _ in [R * KC, R * KC, scheme == .allPositions ? BTC : 0] }
-        let v = work.slab!.views
-        userRows = v[0]; dUserRows = v[1]; dEvery = v[2]
+        let every = scheme == .allPositions
+        slab = Slab([every ? R * KC : 0, R * KC, every ? BTC : 0, R])
+        let v = slab.views
+        userRows = v[0]; dUserRows = v[1]; dEvery = v[2]; rowWeights = v[3]
     }
 
     /// One step on B sequences items (B, T), lengths (B). Prefixes: targets and instances (B).
@@ -181,19 +179,19 @@ public final class TrainStep {
     public func step(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
                      instances: UnsafePointer<Int32>?, weights: UnsafePointer<Float>? = nil, B: Int) throws -> Double {
         precondition(B >= 1 && B <= maxBatch, "batch of \(B) sequences outside 1...\(maxBatch)")
-        let T = model.maxLength, C = model.dim, KC = model.interests * C
+        let T = model.maxLength, C = model.dim
         model.parameters.zeroGrad()
         let out = model.forward(items: items, lengths: lengths, B: B, training: true,
                                 readout: scheme == .allPositions ? .every : .last)
-        var R = 0
+        var R = 0, user = out
         switch scheme {
         case .prefixes:
+            // the readout's rows are the scored rows
             R = B
             for b in 0..<B {
                 rowTargets[b] = targets[b]; rowInstances[b] = instances?[b] ?? -1
                 rowSequences[b] = Int32(b); rowPositions[b] = lengths[b] - 1
             }
-            userRows.update(from: out, count: B * KC)
         case .allPositions:
             for b in 0..<B {
                 for t in 0..<Int(lengths[b]) where targets[b * T + t] > 0 {
@@ -203,14 +201,16 @@ public final class TrainStep {
                     R += 1
                 }
             }
+            user = UnsafePointer(userRows)
         }
         guard R > 0 else { return 0 }
+        if let weights { for r in 0..<R { rowWeights[r] = weights[Int(rowSequences[r])] } }
         let total = try rowTargets.withUnsafeBufferPointer { tg in try rowInstances.withUnsafeBufferPointer { ins in
             try rowSequences.withUnsafeBufferPointer { sq in try rowPositions.withUnsafeBufferPointer { ps in
                 let batch = TrainingBatch(items: items, lengths: lengths, B: B, T: T, N: model.itemCount, scheme: scheme, R: R,
                                           targets: tg.baseAddress!, instances: ins.baseAddress!, sequences: sq.baseAddress!,
                                           positions: ps.baseAddress!)
-                return try loss.loss(batch, user: userRows, model: model, dUser: dUserRows, weights: weights)
+                return try loss.loss(batch, user: user, model: model, dUser: dUserRows, weights: weights == nil ? nil : UnsafePointer(rowWeights))
             } }
         } }
         if scheme == .allPositions {

@@ -25,6 +25,20 @@ public struct EpochLog: Codable, Sendable, Equatable {
         case epoch, loss, seconds, valid
         case validNDCG10 = "valid_ndcg@10", validHR10 = "valid_hr@10"
     }
+    public init(epoch: Int, loss: Double, valid: Double, validNDCG10: Double, validHR10: Double, seconds: Double) {
+        self.epoch = epoch; self.loss = loss; self.valid = valid; self.validNDCG10 = validNDCG10
+        self.validHR10 = validHR10; self.seconds = seconds
+    }
+    /// Logs written before `valid` existed selected on NDCG@10.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        epoch = try c.decode(Int.self, forKey: .epoch)
+        loss = try c.decode(Double.self, forKey: .loss)
+        validNDCG10 = try c.decode(Double.self, forKey: .validNDCG10)
+        validHR10 = try c.decode(Double.self, forKey: .validHR10)
+        seconds = try c.decode(Double.self, forKey: .seconds)
+        valid = try c.decodeIfPresent(Double.self, forKey: .valid) ?? validNDCG10
+    }
 }
 
 /// What the loop reports while it runs.
@@ -71,14 +85,29 @@ public struct FitResult: Sendable, Codable {
     public var losses: [Double]
     public var seconds: Double
     public var scheme: TrainingScheme
+    /// Training rows per epoch: windows or prefixes (0 when the caller trained its own epochs).
+    public var rows: Int
     public var log: [EpochLog]
     enum CodingKeys: String, CodingKey {
-        case epochs, losses, seconds, scheme, log, bestEpoch = "best_epoch", bestValid = "best_valid"
+        case epochs, losses, seconds, scheme, rows, log, bestEpoch = "best_epoch", bestValid = "best_valid"
     }
     public init(epochs: Int, bestEpoch: Int, bestValid: [String: Double], losses: [Double], seconds: Double,
-                scheme: TrainingScheme, log: [EpochLog]) {
+                scheme: TrainingScheme, rows: Int, log: [EpochLog]) {
         self.epochs = epochs; self.bestEpoch = bestEpoch; self.bestValid = bestValid; self.losses = losses
-        self.seconds = seconds; self.scheme = scheme; self.log = log
+        self.seconds = seconds; self.scheme = scheme; self.rows = rows; self.log = log
+    }
+    /// Results written before the scheme existed were prefix fits with no per-epoch log (a
+    /// stopped sweep's directory reads them back).
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        epochs = try c.decode(Int.self, forKey: .epochs)
+        bestEpoch = try c.decode(Int.self, forKey: .bestEpoch)
+        bestValid = try c.decode([String: Double].self, forKey: .bestValid)
+        losses = try c.decode([Double].self, forKey: .losses)
+        seconds = try c.decode(Double.self, forKey: .seconds)
+        scheme = try c.decodeIfPresent(TrainingScheme.self, forKey: .scheme) ?? .prefixes
+        rows = try c.decodeIfPresent(Int.self, forKey: .rows) ?? 0
+        log = try c.decodeIfPresent([EpochLog].self, forKey: .log) ?? []
     }
 }
 
@@ -127,41 +156,76 @@ public final class TrainingLoop {
             report(.resumed, state: state, step: 0, steps: batcher.batchCount, loss: 0, valid: [:])
         }
         guard batcher.count > 0 else {
-            return FitResult(epochs: 0, bestEpoch: 0, bestValid: validate?(model) ?? [:], losses: [], seconds: 0, scheme: scheme, log: [])
+            return FitResult(epochs: 0, bestEpoch: 0, bestValid: validate?(model) ?? [:], losses: [], seconds: 0, scheme: scheme,
+                             rows: 0, log: [])
         }
-        while !state.stopped && state.epoch < config.maxEpochs {
-            let epoch = state.epoch + 1, t0 = Date()
+        let steps = batcher.batchCount
+        return try epochs(model: model, evaluated: { loss.evaluatedModel ?? model }, validate: validate, state: state,
+                          best: best, start: start, steps: steps, scheme: scheme, rows: batcher.count) { epoch, state in
             batcher.shuffle()
             loss.beginEpoch(epoch)
             var total = 0.0
-            for i in 0..<batcher.batchCount {
+            for i in 0..<steps {
                 if cancellation?.isCancelled == true { throw TrainingError.cancelled(epoch: epoch) }
                 let n = scheme == .allPositions
                     ? batcher.fillWindows(batch: i, items: &items, lengths: &lengths, targets: &targets, instances: &rows)
                     : batcher.fill(batch: i, items: &items, lengths: &lengths, targets: &targets, instances: &rows)
                 total += try step.step(items: items, lengths: lengths, targets: targets, instances: rows, B: n)
                 if progress != nil {
-                    report(.step, state: state, epoch: epoch, step: i + 1, steps: batcher.batchCount,
-                           loss: total / Double(i + 1), valid: [:], since: start)
+                    report(.step, state: state, epoch: epoch, step: i + 1, steps: steps, loss: total / Double(i + 1), valid: [:], since: start)
                 }
             }
-            let mean = total / Double(batcher.batchCount)
+            let mean = total / Double(steps)
             loss.endEpoch(epoch, meanLoss: mean)
+            return mean
+        } epochEnded: { state in
+            try file?.save(state, seconds: state.secondsBefore + Date().timeIntervalSince(start), step: step, batcher: batcher, best: best)
+        }
+    }
+
+    /// Early stopping over epochs that the caller trains itself, `epoch(e)` training epoch e
+    /// (1-based) and returning its mean loss: for trainers that own their steps (DSS's two
+    /// encodes per batch, ATJT's weigher between batch and loss). `evaluated` names the model to
+    /// validate and keep when it is not `model` (UFNRec's EMA teacher after warm-up; it shares
+    /// the model's architecture). No checkpoints.
+    @discardableResult
+    public func fit(model: Backbone, validate: @escaping ModelEvaluation, evaluated: (() -> Backbone)? = nil,
+                    epoch: (Int) throws -> Double) throws -> FitResult {
+        try config.validate()
+        return try epochs(model: model, evaluated: evaluated ?? { model }, validate: validate,
+                          state: LoopState(stopping: EarlyStopping(metric: config.selectMetric, patience: config.patience)),
+                          best: model.parameters.clone(), start: Date(), steps: 0, scheme: config.scheme, rows: 0,
+                          train: { e, _ in try epoch(e) }, epochEnded: { _ in })
+    }
+
+    /// The epochs both fits share: train, validate `evaluated()`, keep its weights in `best` on a
+    /// gain, stop after `patience` epochs without one, report, then `epochEnded` (checkpoints);
+    /// at the end the best weights go into `model`.
+    private func epochs(model: Backbone, evaluated: () -> Backbone, validate: ModelEvaluation?, state initial: LoopState,
+                        best: ParameterSet, start: Date, steps: Int, scheme: TrainingScheme, rows: Int,
+                        train: (Int, LoopState) throws -> Double, epochEnded: (LoopState) throws -> Void) throws -> FitResult {
+        var state = initial
+        while !state.stopped && state.epoch < config.maxEpochs {
+            let epoch = state.epoch + 1, t0 = Date()
+            let mean = try train(epoch, state)
             state.epoch = epoch
-            let valid = validate?(model) ?? [:]
+            let judged = evaluated()
+            let valid = validate?(judged) ?? [:]
+            if validate != nil && valid[config.selectMetric] == nil {
+                throw TrainingError.unsupported("select_metric \(config.selectMetric) is not among the validation metrics (\(valid.keys.sorted().joined(separator: ", ")))")
+            }
             state.log.append(EpochLog(epoch: epoch, loss: mean, valid: valid[config.selectMetric] ?? 0,
                                       validNDCG10: valid["ndcg@10"] ?? 0, validHR10: valid["hr@10"] ?? 0,
                                       seconds: Date().timeIntervalSince(t0)))
             if validate != nil {
                 switch state.stopping.update(epoch: epoch, metrics: valid) {
-                case .improved: best.copyValues(from: model.parameters); state.bestValid = valid
+                case .improved: best.copyValues(from: judged.parameters); state.bestValid = valid
                 case .wait: break
                 case .stop: state.stopped = true
                 }
             }
-            report(.epoch, state: state, step: batcher.batchCount, steps: batcher.batchCount, loss: mean, valid: valid, since: start)
-            try file?.save(state, seconds: state.secondsBefore + Date().timeIntervalSince(start), step: step,
-                           batcher: batcher, best: best)
+            report(.epoch, state: state, step: steps, steps: steps, loss: mean, valid: valid, since: start)
+            try epochEnded(state)
         }
         let bestEpoch: Int
         if validate != nil {
@@ -170,7 +234,7 @@ public final class TrainingLoop {
             bestEpoch = state.epoch
         }
         return FitResult(epochs: state.epoch, bestEpoch: bestEpoch, bestValid: state.bestValid, losses: state.log.map(\.loss),
-                         seconds: state.secondsBefore + Date().timeIntervalSince(start), scheme: scheme, log: state.log)
+                         seconds: state.secondsBefore + Date().timeIntervalSince(start), scheme: scheme, rows: rows, log: state.log)
     }
 
     private func report(_ event: TrainingProgress.Event, state: LoopState, epoch: Int? = nil, step: Int, steps: Int,

@@ -59,7 +59,7 @@ final class JobConfigTests: XCTestCase {
     /// best epoch's weights in the model.
     func testLoopStopsOnPatienceAndRestoresTheBestWeights() throws {
         let data = cyclicDataset(users: 30, items: 16, length: 10)
-        var c = LoopConfig(); c.maxEpochs = 10; c.patience = 2; c.batchSize = 64; c.maxLength = 6
+        var c = LoopConfig(); c.maxEpochs = 10; c.patience = 2; c.batchSize = 64; c.maxLength = 6; c.scheme = .prefixes
         let loop = LabelLoop(data: data, config: c)
         let model = labelsSASRec(items: data.itemCount, maxLength: 6)
         let scripted = [0.1, 0.3, 0.2, 0.25, 0.9]

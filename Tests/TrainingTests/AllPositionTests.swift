@@ -27,11 +27,13 @@ final class AllPositionTests: XCTestCase {
         return (GRU4Rec(c), GRU4Rec(c))
     }
 
-    /// One step of each scheme over every training target, learning rate 0 (the weights stay).
+    /// One step of each scheme over every training target, learning rate 0 (the weights stay);
+    /// then the same with a weight per user, which each scheme spreads over that user's rows.
     func testAllPositionLossAndGradientsEqualThePrefixScheme() throws {
         Threads.set(1)
         let T = 8, d = data(), train = LeaveOneOut(d).train
-        for kind in ["SASRec", "GRU4Rec"] {
+        let userWeight: [Float] = [0.5, 2, 1.25, 0.75]
+        for (kind, weighted) in [("SASRec", false), ("GRU4Rec", false), ("SASRec", true), ("GRU4Rec", true)] {
             let (a, b) = models(kind, T: T)
             var losses: [Double] = []
             for (model, scheme) in [(a, TrainingScheme.prefixes), (b, .allPositions)] {
@@ -46,14 +48,52 @@ final class AllPositionTests: XCTestCase {
                 } else {
                     n = Batcher(data: d, windowsOf: train, maxLength: T, batchSize: rows).fillWindows(batch: 0, items: &items, lengths: &lengths, targets: &targets)
                 }
-                losses.append(try step.step(items: items, lengths: lengths, targets: targets, instances: nil, B: n))
+                // the user of each row: the prefix's, or the window's (one window per user here)
+                let users = scheme == .prefixes ? Array(train.users) : WindowSet(train, maxLength: T).users
+                let weights = users.map { userWeight[Int($0)] }
+                losses.append(try step.step(items: items, lengths: lengths, targets: targets, instances: nil,
+                                            weights: weighted ? weights : nil, B: n))
             }
-            XCTAssertEqual(losses[0], losses[1], accuracy: 1e-5 * abs(losses[0]), "\(kind): the mean loss over the same targets")
+            XCTAssertEqual(losses[0], losses[1], accuracy: 1e-5 * abs(losses[0]), "\(kind) weighted \(weighted): the mean loss over the same targets")
+            if weighted {
+                // independently: Σ_u w_u · (user u's summed unweighted loss) / all targets, from one
+                // unweighted prefix step per user on a third copy of the model
+                let (c, _) = models(kind, T: T)
+                var expected = 0.0
+                for u in 0..<d.userCount {
+                    let mine = train.subset((0..<train.count).filter { train.users[$0] == Int32(u) })
+                    guard mine.count > 0 else { continue }
+                    let step = try TrainStep(model: c, loss: CrossEntropyLoss(), optimizer: Adam(parameters: c.parameters, learningRate: 0),
+                                             scheme: .prefixes, batchSize: mine.count)
+                    var items = [Int32](repeating: 0, count: mine.count * T), lengths = [Int32](repeating: 0, count: mine.count)
+                    var targets = [Int32](repeating: 0, count: mine.count)
+                    let n = Batcher(data: d, instances: mine, maxLength: T, batchSize: mine.count)
+                        .fill(batch: 0, items: &items, lengths: &lengths, targets: &targets)
+                    let mean = try step.step(items: items, lengths: lengths, targets: targets, instances: nil, B: n)
+                    expected += Double(userWeight[u]) * mean * Double(n)
+                }
+                expected /= Double(train.count)
+                XCTAssertEqual(losses[1], expected, accuracy: 1e-5 * abs(expected), "\(kind): each window's rows carry its user's weight")
+            }
             let ga = a.parameters, gb = b.parameters
             var worst: Float = 0, scale: Float = 0
             for i in 0..<ga.count { worst = max(worst, abs(ga.grads[i] - gb.grads[i])); scale = max(scale, abs(ga.grads[i])) }
             XCTAssertGreaterThan(scale, 0, kind)
-            XCTAssertLessThan(worst, 1e-4 * scale, "\(kind): every parameter's gradient")
+            XCTAssertLessThan(worst, 1e-4 * scale, "\(kind) weighted \(weighted): every parameter's gradient")
+        }
+    }
+
+    /// A selection metric the validation does not report is an error naming it, not a run that
+    /// never improves and keeps its initial weights.
+    func testAnUnknownSelectionMetricIsRefusedByName() {
+        Threads.set(1)
+        var config = LoopConfig(); config.maxLength = 8; config.batchSize = 2; config.maxEpochs = 2; config.selectMetric = "ndgc@10"
+        let d = data(), split = LeaveOneOut(d)
+        let (model, _) = models("GRU4Rec", T: 8)
+        let validate: ModelEvaluation = { LabelEvaluation.fullRanking($0, data: d, instances: split.validation, maxLength: 8) }
+        XCTAssertThrowsError(try TrainingLoop(data: d, config: config).fit(model: model, instances: split.train, loss: CrossEntropyLoss(),
+                                                                           validate: validate)) { error in
+            XCTAssertTrue("\(error)".contains("ndgc@10") && "\(error)".contains("ndcg@10"), "\(error)")
         }
     }
 
