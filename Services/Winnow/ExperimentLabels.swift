@@ -80,12 +80,15 @@ struct ExperimentLabels: ParsableCommand {
     @Option(help: "Maximum epochs per fit.") var epochs = 200
     @Option(help: "Early-stopping patience.") var patience = 10
     @Option(name: .customLong("max-length"), help: "Positions per sequence.") var maxLength = 50
-    @Option(name: .customLong("batch-size"), help: "Batch size.") var batchSize = 256
+    @Option(help: "How targets reach the models (every method and base alike): all_positions or prefixes.")
+    var scheme = TrainingScheme.allPositions
+    @Option(name: .customLong("batch-size"), help: "Rows per batch, windows or prefixes (default: 128 windows, 256 prefixes).")
+    var batchSize: Int?
     @Option(help: "Threads of Winnow's loops and products.") var threads = 2
     @Flag(help: "No per-epoch progress on stderr.") var quiet = false
 
     func validate() throws {
-        guard epochs >= 1, patience >= 1, threads >= 1, maxLength >= 1, batchSize >= 1 else {
+        guard epochs >= 1, patience >= 1, threads >= 1, maxLength >= 1, (batchSize ?? 1) >= 1 else {
             throw ValidationError("--epochs, --patience, --threads, --max-length and --batch-size must be >= 1")
         }
         guard JobProtocol(rawValue: `protocol`) != nil else { throw ValidationError("--protocol must be loo or user_split") }
@@ -140,8 +143,9 @@ struct ExperimentLabels: ParsableCommand {
             var base = JobConfig(backbone: kind)
             base.protocol = proto
             base.loop.maxEpochs = epochs; base.loop.patience = patience; base.loop.maxLength = maxLength
-            base.loop.batchSize = batchSize; base.loop.selectMetric = proto == .loo ? "ndcg@10" : "recall@50"
-            base.loop.scheme = .prefixes   // base and the methods under one scheme (see JobConfig.validate)
+            base.loop.batchSize = batchSize ?? LoopConfig.defaultBatchSize(scheme)
+            base.loop.selectMetric = proto == .loo ? "ndcg@10" : "recall@50"
+            base.loop.scheme = scheme   // base and the methods under one scheme
             var chosen: [String: (methods: JobMethods, valid: Double)] = [:]
             var baseSeconds: Double? = nil
             var baseLists: [UInt64: [[Int32]]] = [:]

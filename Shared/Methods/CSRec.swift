@@ -117,8 +117,8 @@ public final class CSRecStudentObjective: LabelObjective {
         if losses.count < B { losses = [Float](repeating: 0, count: B) }
         let h = try hard.loss(batch: batch, logits: logits, dlogits: dlogits)
         return try labels.withUnsafeMutableBufferPointer { r -> Double in
-            try source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: B, T: batch.T,
-                                  temperature: temperature, out: r.baseAddress!)
+            try source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: batch.sequenceCount,
+                                  T: batch.T, rows: batch.rows, temperature: temperature, out: r.baseAddress!)
             return CSRecStudentObjective.combine(hardLoss: h, dlogits: dlogits, logits: logits, labels: r.baseAddress!,
                                                  beta: beta, direction: direction, losses: &losses, B: B, N: N)
         }
@@ -254,7 +254,7 @@ public final class CSRecTeacherObjective: LabelObjective {
         var total = try ce.loss(batch: batch, logits: logits, dlogits: dlogits)
         try g2.withUnsafeMutableBufferPointer { pb in
             let p = pb.baseAddress!
-            try side.logits(items: batch.items, lengths: batch.lengths, B: B, T: batch.T, out: p)
+            try side.logits(items: batch.items, lengths: batch.lengths, B: batch.sequenceCount, T: batch.T, rows: batch.rows, out: p)
             SoftLabels.fromLogits(p, logits: UnsafePointer(p), targets: nil, temperature: 1, B: B, N: N)
             total += CSRecTeacherObjective.consistency(logits: logits, dlogits: dlogits, side: p, alpha: alpha,
                                                        losses: &losses, B: B, N: N)
@@ -317,11 +317,16 @@ public enum CSRecTeachers {
                               validate: ModelEvaluation?, seed: UInt64,
                               side: Backbone? = nil) throws -> (source: ModelSoftLabelSource, side: Backbone?, sideSeconds: Double) {
         let N = loop.data.itemCount
-        func trained(_ s: UInt64, on set: InstanceSet, objective: LabelObjective = CrossEntropyObjective()) throws -> Backbone {
+        // a teacher trains as base training does (the fused cross-entropy) unless it has an objective of its own
+        func trained(_ s: UInt64, on set: InstanceSet, objective: LabelObjective? = nil) throws -> Backbone {
             let g = make(s)
             let sub = LabelLoop(data: loop.data, config: { var c = loop.config; c.seed = s; return c }())
             sub.progress = loop.progress.map { p in { p("  teacher \(s): \($0)") } }
-            try sub.fit(model: g, instances: set, objective: objective, validate: validate)
+            if let objective {
+                try sub.fit(model: g, instances: set, objective: objective, validate: validate)
+            } else {
+                try sub.fit(model: g, instances: set, loss: CrossEntropyLoss(seed: s), validate: validate)
+            }
             return g
         }
         switch config.teachers {

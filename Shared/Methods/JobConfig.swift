@@ -112,10 +112,12 @@ public struct JobConfig: Sendable, Codable, Equatable {
             throw JobConfigError.invalid(key: "methods", reason: "wslrec and ufnrec cannot be composed (both replace the hard labels)")
         }
         try AuxiliaryComposition.validate(self)
-        // The methods' losses read one row per sequence (a prefix's soft labels, an instance's
-        // records, a sequence's weight against its target): all-position training is the base's.
-        if methods != JobMethods() && loop.scheme == .allPositions {
-            throw JobConfigError.invalid(key: "loop.scheme", reason: "\(methods.name) trains under \"prefixes\" only; all_positions is base training's")
+        // The label methods score every position (soft labels, records and multi-positives per
+        // row). DSS's sequence-to-sequence task and ATJT's recogniser read one (history, target)
+        // pair per sequence: they train on prefixes.
+        if (methods.dss != nil || methods.atjt != nil) && loop.scheme == .allPositions {
+            throw JobConfigError.invalid(key: "loop.scheme",
+                                         reason: "\(methods.name) trains under \"prefixes\" only (\(methods.dss != nil ? "dss" : "atjt") reads one target per sequence)")
         }
     }
 
@@ -164,7 +166,7 @@ public final class TeacherCache {
         var k = "\(job.backbone.rawValue)|\(job.protocol.rawValue)|\(job.splitSeed)|\(c.teachers.rawValue)|m\(c.m)|p\(c.p)"
         if c.teachers == .training { k += "|a\(c.alpha)|r\(c.noiseRank)" }
         let l = job.loop
-        return k + "|\(l.maxEpochs)|\(l.patience)|\(l.batchSize)|\(l.maxLength)|\(l.learningRate)|\(l.seed)|\(l.selectMetric)"
+        return k + "|\(l.scheme.rawValue)|\(l.maxEpochs)|\(l.patience)|\(l.batchSize)|\(l.maxLength)|\(l.learningRate)|\(l.weightDecay)|\(l.seed)|\(l.selectMetric)"
     }
     private var sides: [String: (side: Backbone, seconds: Double)] = [:]
     func get(_ key: String) -> (source: ModelSoftLabelSource, seconds: Double)? { sources[key] }

@@ -19,10 +19,16 @@ public struct LabelBatch {
     public let targets: UnsafePointer<Int32>
     /// (B) index of each row's instance in the training `InstanceSet`
     public let instances: UnsafePointer<Int32>
+    /// Rows B (scored rows, or sequences when `rows` is nil).
     public let B: Int
     public let T: Int
     /// Items N: score rows are (N) wide.
     public let N: Int
+    /// Under all-position training, which sequence and position each of the B rows reads (the
+    /// batch's `items` and `lengths` are then per sequence); nil: row b is sequence b at its end.
+    public var rows: ScoredRows? = nil
+    /// Sequences in `items` and `lengths`.
+    public var sequenceCount: Int { rows?.batchSize ?? B }
 }
 
 /// What a label method changes: the loss on a batch's scores. The loop owns forward, backward
@@ -62,7 +68,8 @@ public final class CrossEntropyObjective: LabelObjective {
 }
 
 /// A label method's objective as the loop's `RowLoss`: the full score matrix (R, N) of the rows
-/// in, its gradient back through the table and the user vectors.
+/// in, its gradient back through the table and the user vectors. Under all positions the rows
+/// are every target of the batch's windows, each knowing its sequence and position (`rows`).
 final class ObjectiveLoss: RowLoss {
     let objective: LabelObjective
     private var head: FullSoftmaxHead? = nil
@@ -72,9 +79,6 @@ final class ObjectiveLoss: RowLoss {
 
     var fingerprint: String { String(describing: type(of: objective)) }
     var evaluatedModel: Backbone? { objective.evaluatedModel }
-    /// Objectives read one row per sequence (soft labels of its prefix, records per instance);
-    /// under all positions the loss is `CrossEntropyLoss`.
-    func supports(_ scheme: TrainingScheme) -> Bool { scheme == .prefixes }
     func beginEpoch(_ epoch: Int) { objective.beginEpoch(epoch) }
     func afterUpdate() { objective.afterUpdate() }
     func endEpoch(_ epoch: Int, meanLoss: Double) { objective.endEpoch(epoch, meanLoss: meanLoss) }
@@ -89,8 +93,10 @@ final class ObjectiveLoss: RowLoss {
         head.scores(user: user, table: model.itemTable, B: R)
         return try scores.withUnsafeMutableBufferPointer { sc -> Double in
             sc.baseAddress!.update(from: head.logits, count: R * N)
+            let scored = batch.scheme == .allPositions
+                ? ScoredRows(sequences: batch.sequences, positions: batch.positions, count: R, batchSize: batch.B) : nil
             let rows = LabelBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
-                                  B: R, T: batch.T, N: N)
+                                  B: R, T: batch.T, N: N, rows: scored)
             let total = try objective.loss(batch: rows, logits: sc.baseAddress!, dlogits: head.logits)
             head.backward(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, B: R)
             dUser.update(from: head.dUser, count: R * model.interests * model.dim)

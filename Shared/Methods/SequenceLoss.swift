@@ -71,8 +71,8 @@ public final class WeightedCSRecStudent: WeightedSequenceLoss {
         if klLosses.count < B { klLosses = [Float](repeating: 0, count: B) }
         let h = try hard.loss(batch: batch, logits: logits, dlogits: dlogits, weights: weights, norm: norm, losses: losses)
         return try labels.withUnsafeMutableBufferPointer { r -> Double in
-            try source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: B, T: batch.T,
-                                  temperature: temperature, out: r.baseAddress!)
+            try source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: batch.sequenceCount,
+                                  T: batch.T, rows: batch.rows, temperature: temperature, out: r.baseAddress!)
             let total = CSRecStudentObjective.combine(hardLoss: h, dlogits: dlogits, logits: logits, labels: r.baseAddress!,
                                                       beta: beta, direction: direction, losses: &klLosses, B: B, N: N,
                                                       weights: weights, norm: norm)

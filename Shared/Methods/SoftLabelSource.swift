@@ -2,7 +2,9 @@
 // sequences. The in-process implementation runs teacher backbones here; a remote one (a teacher
 // process behind the broker) implements the same protocol, and no method changes when it moves.
 //
-// Shapes: B batch, T positions, N items; logits and labels are (B, N), column j = item j + 1.
+// Shapes: B batch, T positions, R rows, N items; logits and labels are (R, N), column j = item
+// j + 1. A batch's rows are its sequences at their last positions (R = B), or, under
+// all-position training, the `ScoredRows` a loss scores (a teacher reads each row's prefix).
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -22,19 +24,27 @@ public struct SoftLabelError: Error, CustomStringConvertible {
 public protocol SoftLabelSource: AnyObject {
     /// Items N; every answer covers ids 1...N.
     var itemCount: Int { get }
-    /// The teacher's logits e (B, N) for sequences items (B, T), lengths (B), into `out`.
-    func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, out: Floats) throws
+    /// The teacher's logits e (R, N) for sequences items (B, T), lengths (B), into `out`: one
+    /// row per sequence (rows nil) or one per scored row.
+    func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?, out: Floats) throws
     /// The top-k item ids by teacher logit (B, k), best first, ties to the lower id.
     func topK(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, k: Int,
               out: UnsafeMutablePointer<Int32>) throws
 }
 
 extension SoftLabelSource {
-    /// CSRec's soft labels (Eq. 14) r = ½ (softmax(e / τ) + onehot(target)) into `out` (B, N).
+    /// The logits of one row per sequence.
+    public func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, out: Floats) throws {
+        try logits(items: items, lengths: lengths, B: B, T: T, rows: nil, out: out)
+    }
+
+    /// CSRec's soft labels (Eq. 14) r = ½ (softmax(e / τ) + onehot(target)) into `out` (R, N);
+    /// `targets` (R) are the rows' observed items.
     public func softLabels(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
-                           B: Int, T: Int, temperature: Float, out: Floats) throws {
-        try logits(items: items, lengths: lengths, B: B, T: T, out: out)
-        SoftLabels.fromLogits(out, logits: UnsafePointer(out), targets: targets, temperature: temperature, B: B, N: itemCount)
+                           B: Int, T: Int, rows: ScoredRows? = nil, temperature: Float, out: Floats) throws {
+        try logits(items: items, lengths: lengths, B: B, T: T, rows: rows, out: out)
+        SoftLabels.fromLogits(out, logits: UnsafePointer(out), targets: targets, temperature: temperature,
+                              B: rows?.count ?? B, N: itemCount)
     }
 }
 
@@ -88,6 +98,8 @@ public enum SoftLabels {
 public final class ModelSoftLabelSource: SoftLabelSource {
     public let teachers: [Backbone]
     public var itemCount: Int { teachers[0].itemCount }
+    /// A teacher's user vectors for one batch's rows (grows to the largest batch).
+    private var users: [Float] = []
 
     public init(teachers: [Backbone]) {
         precondition(!teachers.isEmpty, "at least one teacher")
@@ -96,15 +108,19 @@ public final class ModelSoftLabelSource: SoftLabelSource {
         self.teachers = teachers
     }
 
-    public func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, out: Floats) throws {
-        let N = itemCount
+    public func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
+                       out: Floats) throws {
+        let N = itemCount, R = rows?.count ?? B
         let m = Float(teachers.count)
         for (k, g) in teachers.enumerated() {
             precondition(g.maxLength == T, "teacher positions \(g.maxLength) differ from the batch's \(T)")
-            let user = g.forward(items: items, lengths: lengths, B: B, training: false)
-            // out (B, N) (+)= user (B, C) · table[1...N]ᵀ / m
-            sgemm(transB: true, M: B, N: N, K: g.dim, alpha: 1 / m, A: user, lda: g.dim, B: g.scoringTable, ldb: g.dim,
-                  beta: k == 0 ? 0 : 1, C: out, ldc: N)
+            if users.count < R * g.dim { users = [Float](repeating: 0, count: R * g.dim) }
+            users.withUnsafeMutableBufferPointer { u in
+                g.encode(items: items, lengths: lengths, B: B, rows: rows, into: u.baseAddress!)
+                // out (R, N) (+)= user (R, C) · table[1...N]ᵀ / m
+                sgemm(transB: true, M: R, N: N, K: g.dim, alpha: 1 / m, A: u.baseAddress!, lda: g.dim, B: g.scoringTable, ldb: g.dim,
+                      beta: k == 0 ? 0 : 1, C: out, ldc: N)
+            }
         }
     }
 

@@ -176,6 +176,8 @@ public final class UFNRecObjective: LabelObjective {
     /// A batch's reversed items and negatives, row b's ending at positiveEnds[b] / negativeEnds[b].
     private var positives: [Int32] = [], negatives: [Int32] = []
     private var positiveEnds: [Int] = [], negativeEnds: [Int] = []
+    /// The EMA teacher's user vectors of a batch's rows.
+    private let teacherUsers = Workspace()
 
     public init(config: UFNRecConfig, student: Backbone, teacher: Backbone, seed: UInt64,
                 history: TrainingSequences? = nil) {
@@ -240,7 +242,9 @@ public final class UFNRecObjective: LabelObjective {
             stamp += 1
             excluded[Int(pos)] = stamp
             for i in rev { excluded[Int(i)] = stamp }
-            for t in 0..<Int(batch.lengths[b]) { excluded[Int(batch.items[b * T + t])] = stamp }
+            // the row's input: its sequence up to its position
+            let (s, end) = batch.rows.map { (Int($0.sequences[b]), Int($0.positions[b]) + 1) } ?? (b, Int(batch.lengths[b]))
+            for t in 0..<end { excluded[Int(batch.items[s * T + t])] = stamp }
             if let history { for i in history.items(ofInstance: k) { excluded[Int(i)] = stamp } }
             let first = negatives.count
             if !warmingUp {
@@ -260,7 +264,12 @@ public final class UFNRecObjective: LabelObjective {
         let consistencyScale = R > 0 ? config.alpha * Float(B) / Float(R) : 0
         // Teacher scores are needed only when some row has reversed items.
         var teacherUser: UnsafePointer<Float>? = nil
-        if R > 0 { teacherUser = teacher.forward(items: batch.items, lengths: batch.lengths, B: B, training: false) }
+        if R > 0 {
+            _ = teacherUsers.ensure(B) { [$0 * self.teacher.dim] }
+            let u = teacherUsers.slab!.views[0]
+            teacher.encode(items: batch.items, lengths: batch.lengths, B: batch.sequenceCount, rows: batch.rows, into: u)
+            teacherUser = UnsafePointer(u)
+        }
         // Pass 2: loss and gradient per row.
         var total = 0.0
         var p0 = 0, n0 = 0

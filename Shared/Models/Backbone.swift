@@ -51,8 +51,42 @@ extension Backbone {
         forward(items: items, lengths: lengths, B: B, training: training, readout: .last)
     }
 
+    /// Eval-mode user vectors of a batch into `out`: (B, K, C) at each sequence's last position,
+    /// or with `rows` (K = 1) the (R, C) outputs at each row's sequence and position, from one
+    /// `.every` forward. A causal encoder's output at position p of a sequence equals the
+    /// `.last` output of its prefix 0...p, so a row scores as its prefix would.
+    public func encode(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, rows: ScoredRows?, into out: Floats) {
+        guard let rows else {
+            out.update(from: forward(items: items, lengths: lengths, B: B, training: false), count: B * interests * dim)
+            return
+        }
+        precondition(interests == 1, "\(name) gives \(interests) user vectors per sequence, not one per position")
+        let every = forward(items: items, lengths: lengths, B: B, training: false, readout: .every)
+        let T = maxLength, C = dim
+        for r in 0..<rows.count {
+            let b = Int(rows.sequences[r]), t = Int(rows.positions[r])
+            precondition(b >= 0 && b < B && t >= 0 && t < Int(lengths[b]), "row \(r) reads sequence \(b) position \(t) outside the batch")
+            (out + r * C).update(from: every + (b * T + t) * C, count: C)
+        }
+    }
+
     /// Rows 1...N of the item table: the (N, C) matrix scores are taken against.
     public var scoringTable: UnsafePointer<Float> { UnsafePointer(itemTable + dim) }
+}
+
+/// The rows a loss scores in a batch when they are not one per sequence (all-position
+/// training): row r reads sequence `sequences[r]` up to position `positions[r]` and predicts the
+/// item after it. Pointers are valid for the call they are passed to.
+public struct ScoredRows {
+    public let sequences: UnsafePointer<Int32>
+    public let positions: UnsafePointer<Int32>
+    /// Rows R.
+    public let count: Int
+    /// The batch's sequences B, which `sequences` index.
+    public let batchSize: Int
+    public init(sequences: UnsafePointer<Int32>, positions: UnsafePointer<Int32>, count: Int, batchSize: Int) {
+        self.sequences = sequences; self.positions = positions; self.count = count; self.batchSize = batchSize
+    }
 }
 
 /// Grows-only storage for per-batch activations: allocated for the largest batch seen, reused by

@@ -7,6 +7,7 @@
 import CBLAS
 import Dispatch
 import Kernels
+import KernelsAVX2
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -15,6 +16,9 @@ import Darwin
 #if arch(x86_64)
 import _Builtin_intrinsics.intel
 #endif
+
+/// Whether this process runs the AVX2 build of the element-wise kernels (see KernelChoice).
+let avx2Kernels = KernelChoice.current == .avx2
 
 /// A pointer to float32 storage; every layer function takes and returns these.
 public typealias Floats = UnsafeMutablePointer<Float>
@@ -218,22 +222,8 @@ public func maxElement(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
 /// out[i] = e^(x[i] − shift) (out may alias x, or be nil to only sum); returns Σ out[i].
 @inline(__always)
 public func expShifted(out: Floats?, _ x: UnsafePointer<Float>, shift: Float, _ n: Int) -> Float {
-    var i = 0
-    var acc = SIMD8<Float>()
-    let rx = UnsafeRawPointer(x), s8 = SIMD8<Float>(repeating: shift)
-    while i + 8 <= n {
-        let e = expLanes(rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) - s8)
-        if let out { UnsafeMutableRawPointer(out).storeBytes(of: e, toByteOffset: 4 * i, as: SIMD8<Float>.self) }
-        acc += e
-        i += 8
-    }
-    var s = acc.sum()
-    while i < n {
-        var t = SIMD8<Float>(repeating: -.infinity); t[0] = x[i] - shift
-        let e = expLanes(t)[0]
-        out?[i] = e; s += e; i += 1
-    }
-    return s
+    avx2Kernels ? KernelsAVX2.expShiftedSum(out: out, x: x, shift: shift, n: n)
+        : Kernels.expShiftedSum(out: out, x: x, shift: shift, n: n)
 }
 
 /// x[i] *= k (SIMD lanes).

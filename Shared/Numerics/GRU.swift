@@ -33,9 +33,6 @@ import Darwin
 import Kernels
 import KernelsAVX2
 
-/// The gate arithmetic in the copy this process runs (see KernelChoice).
-private let gatesAVX2 = KernelChoice.current == .avx2
-
 /// Rows of a chunk [lo, hi) still running at step t (a prefix of the chunk); `rows` is the
 /// count at the step before.
 @inline(__always)
@@ -83,7 +80,7 @@ public func gruForward(out: Floats, gates: Floats, gh: Floats, inp: UnsafePointe
             }
             let g = gates + (t * B + lo) * H3, o = out + (t * B + lo) * H
             let hp = t > 0 ? UnsafePointer(out + ((t - 1) * B + lo) * H) : nil
-            if gatesAVX2 {
+            if avx2Kernels {
                 KernelsAVX2.gruGatesForward(g: g, hh: ght, hp: hp, o: o, rows: rows, H: H)
             } else {
                 Kernels.gruGatesForward(g: g, hh: ght, hp: hp, o: o, rows: rows, H: H)
@@ -130,7 +127,7 @@ public func gruBackward(dinp: Floats?, dwih: Floats, dwhh: Floats, dbih: Floats?
             let g = gates + (t * B + lo) * H3, hh = gh + (t * B + lo) * H3, go = dout + (t * B + lo) * H
             let di = dgi + (t * B + lo) * H3, dg = dgh + (t * B + lo) * H3, dhc = dh + lo * H
             let hp = t > 0 ? out + ((t - 1) * B + lo) * H : nil
-            if gatesAVX2 {
+            if avx2Kernels {
                 KernelsAVX2.gruGatesBackward(g: g, hh: hh, hp: hp, go: go, dh: dhc, di: di, dg: dg, sums: sums, rows: rows, H: H)
             } else {
                 Kernels.gruGatesBackward(g: g, hh: hh, hp: hp, go: go, dh: dhc, di: di, dg: dg, sums: sums, rows: rows, H: H)

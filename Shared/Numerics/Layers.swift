@@ -6,6 +6,8 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Kernels
+import KernelsAVX2
 
 // MARK: Embedding
 
@@ -166,26 +168,21 @@ public func reluBackward(dinp: Floats, dout: UnsafePointer<Float>, inp: UnsafePo
     for i in 0..<n where inp[i] > 0 { dinp[i] += dout[i] }
 }
 
-/// Exact GELU, x · Φ(x) (PyTorch's default, RecBole's `gelu`). When `cdf` (n) is given, Φ(x)
-/// is kept there for the backward pass.
+/// Exact GELU, x · Φ(x) (PyTorch's default, RecBole's `gelu`; erf by Kernels' rational form).
+/// When `cdf` (n) is given, Φ(x) is kept there for the backward pass.
 public func geluForward(out: Floats, inp: UnsafePointer<Float>, cdf: Floats? = nil, n: Int) {
     Threads.parallelFor(n, minPerChunk: 16384) { lo, hi in
-        for i in lo..<hi {
-            let x = inp[i], phi = 0.5 * (1 + erff(x * 0.70710678118654752))
-            cdf?[i] = phi
-            out[i] = x * phi
-        }
+        let c = cdf.map { $0 + lo }
+        if avx2Kernels { KernelsAVX2.geluForward(out: out + lo, inp: inp + lo, cdf: c, n: hi - lo) }
+        else { Kernels.geluForward(out: out + lo, inp: inp + lo, cdf: c, n: hi - lo) }
     }
 }
 /// dinp += dout · (Φ(x) + x · φ(x)); `cdf` is Φ(x) cached by the forward, or nil to recompute.
 public func geluBackward(dinp: Floats, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, cdf: UnsafePointer<Float>? = nil, n: Int) {
     Threads.parallelFor(n, minPerChunk: 16384) { lo, hi in
-        for i in lo..<hi {
-            let x = inp[i]
-            let phi = cdf?[i] ?? 0.5 * (1 + erff(x * 0.70710678118654752))
-            let pdf = 0.3989422804014327 * expf(-0.5 * x * x)
-            dinp[i] += dout[i] * (phi + x * pdf)
-        }
+        let c = cdf.map { $0 + lo }
+        if avx2Kernels { KernelsAVX2.geluBackward(dinp: dinp + lo, dout: dout + lo, inp: inp + lo, cdf: c, n: hi - lo) }
+        else { Kernels.geluBackward(dinp: dinp + lo, dout: dout + lo, inp: inp + lo, cdf: c, n: hi - lo) }
     }
 }
 

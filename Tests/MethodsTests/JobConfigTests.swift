@@ -29,29 +29,40 @@ final class JobConfigTests: XCTestCase {
         XCTAssertEqual(UFNRecConfig(), try JSONDecoder().decode(UFNRecConfig.self, from: Data("{}".utf8)))
     }
 
-    /// All-position training is the default and base training's; a method composed with it is
-    /// refused with the reason and the key to change, before anything trains.
-    func testAllPositionsIsTheDefaultAndMethodsRefuseItWithTheReason() throws {
+    /// All-position training is the default, for base and the label methods alike; DSS and ATJT,
+    /// whose auxiliary tasks read one target per sequence, are refused it with the reason and the
+    /// key to change, before anything trains.
+    func testAllPositionsIsTheDefaultAndOnlyTheAuxiliaryMethodsRefuseIt() throws {
         let base = try JobConfig.parse(Data(#"{"backbone": "sasrec"}"#.utf8))
         XCTAssertEqual(base.loop.scheme, .allPositions)
-        let json = #"{"backbone": "sasrec", "methods": {"csrec": {}}}"#
-        XCTAssertThrowsError(try JobConfig.parse(Data(json.utf8))) { error in
-            XCTAssertEqual(error as? JobConfigError,
-                           .invalid(key: "loop.scheme", reason: "CSRec-M trains under \"prefixes\" only; all_positions is base training's"))
+        for (method, name) in [("dss", "DSS"), ("atjt", "ATJT")] {
+            let json = #"{"backbone": "sasrec", "methods": {"\#(method)": {}}}"#
+            XCTAssertThrowsError(try JobConfig.parse(Data(json.utf8))) { error in
+                XCTAssertEqual(error as? JobConfigError,
+                               .invalid(key: "loop.scheme", reason: "\(name) trains under \"prefixes\" only (\(method) reads one target per sequence)"))
+            }
+            let prefixes = #"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"\#(method)": {}}}"#
+            XCTAssertEqual(try JobConfig.parse(Data(prefixes.utf8)).loop.scheme, .prefixes)
         }
-        let prefixes = #"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"csrec": {}}}"#
-        XCTAssertEqual(try JobConfig.parse(Data(prefixes.utf8)).loop.scheme, .prefixes)
         XCTAssertThrowsError(try JobConfig.parse(Data(#"{"backbone": "sasrec", "loop": {"scheme": "every"}}"#.utf8))) { error in
             XCTAssertTrue("\(error)".contains("loop.scheme"), "\(error)")
         }
-        // a base job trains on the one loop under either scheme
+        // base and every label method train on the one loop under either scheme
         let data = cyclicDataset(users: 30, items: 16, length: 10)
-        for scheme in TrainingScheme.allCases {
-            var job = JobConfig(backbone: .gru4rec)
-            job.loop.maxEpochs = 2; job.loop.maxLength = 6; job.loop.batchSize = 16; job.loop.scheme = scheme
-            let r = try JobRunner.run(job, data: data)
-            XCTAssertEqual(r.stages["final"]?.scheme, scheme)
-            XCTAssertEqual(r.epochs, 2)
+        var small = CSRecConfig(); small.m = 2
+        var ufn = UFNRecConfig(); ufn.negatives = 8; ufn.maxWarmupEpochs = 1
+        var wsl = WSLRecConfig(); wsl.sources = [.br]
+        for methods in [JobMethods(), JobMethods(csrec: small), JobMethods(ufnrec: ufn), JobMethods(wslrec: wsl)] {
+            for scheme in TrainingScheme.allCases {
+                var job = JobConfig(backbone: .gru4rec)
+                job.loop.maxEpochs = 2; job.loop.maxLength = 6; job.loop.batchSize = 16; job.loop.scheme = scheme
+                job.methods = methods
+                try job.validate()
+                let r = try JobRunner.run(job, data: data)
+                XCTAssertEqual(r.stages["final"]?.scheme, scheme, methods.name)
+                XCTAssertEqual(r.epochs, 2, methods.name)
+                XCTAssertTrue(r.test.values.allSatisfy(\.isFinite), "\(methods.name) under \(scheme.rawValue)")
+            }
         }
     }
 

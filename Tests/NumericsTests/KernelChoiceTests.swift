@@ -3,6 +3,9 @@ import KernelsAVX2
 import Numerics
 import WinnowTestSupport
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The two builds of the element-wise kernels, and how a process chooses between them.
 final class KernelChoiceTests: XCTestCase {
@@ -42,6 +45,57 @@ final class KernelChoiceTests: XCTestCase {
                 XCTAssertNotEqual(o1[rows * H - 1], 0); XCTAssertNotEqual(di1[rows * H3 - 1], 0)
             }
         }
+    }
+
+    /// GELU forward and backward and the shifted exponential sum, on n = 1,003 values (a partial
+    /// lane group) spanning both tails.
+    func testAVX2ActivationKernelsGiveTheBaselineBits() throws {
+        try XCTSkipUnless(KernelChoice.machineAllowsAVX2, "this CPU cannot run the AVX2 build")
+        var rng = RNG(seed: 43)
+        let n = 1003
+        let x = Buf(random: n, rng: &rng, scale: 6), dout = Buf(random: n, rng: &rng)
+        let o1 = Buf(n), o2 = Buf(n), c1 = Buf(n), c2 = Buf(n)
+        Kernels.geluForward(out: o1.p, inp: x.p, cdf: c1.p, n: n)
+        KernelsAVX2.geluForward(out: o2.p, inp: x.p, cdf: c2.p, n: n)
+        assertSameBits(o1, o2, "gelu"); assertSameBits(c1, c2, "Φ")
+        for cached in [true, false] {
+            let d1 = Buf(random: n, rng: &rng), d2 = copy(d1)
+            Kernels.geluBackward(dinp: d1.p, dout: dout.p, inp: x.p, cdf: cached ? UnsafePointer(c1.p) : nil, n: n)
+            KernelsAVX2.geluBackward(dinp: d2.p, dout: dout.p, inp: x.p, cdf: cached ? UnsafePointer(c1.p) : nil, n: n)
+            assertSameBits(d1, d2, "gelu backward, Φ cached \(cached)")
+        }
+        let e1 = Buf(n), e2 = Buf(n)
+        let s1 = Kernels.expShiftedSum(out: e1.p, x: x.p, shift: 2, n: n), s2 = KernelsAVX2.expShiftedSum(out: e2.p, x: x.p, shift: 2, n: n)
+        assertSameBits(e1, e2, "e^(x − shift)")
+        XCTAssertEqual(s1.bitPattern, s2.bitPattern, "Σ e^(x − shift)")
+        XCTAssertNotEqual(o1[n - 1], 0); XCTAssertNotEqual(e1[n - 1], 0)
+    }
+
+    /// The rational erf behind GELU stays within 6e-7 of libm's erff over [−10, 10], read back through Φ (and GELU
+    /// within 2e-6 of its libm form, x · ½ (1 + erff(x / √2))); Φ's derivative is the normal density.
+    func testGELUsErfMatchesLibm() {
+        let n = 200_001
+        let x = Buf(n), out = Buf(n), cdf = Buf(n)
+        for i in 0..<n { x[i] = -10 + 20 * Float(i) / Float(n - 1) }
+        Kernels.geluForward(out: out.p, inp: x.p, cdf: cdf.p, n: n)
+        var worstErf: Float = 0, worstGELU: Float = 0
+        for i in 0..<n {
+            let erfLibm = erff(x[i] * 0.70710678118654752)
+            worstErf = max(worstErf, abs((2 * cdf[i] - 1) - erfLibm))
+            worstGELU = max(worstGELU, abs(out[i] - x[i] * 0.5 * (1 + erfLibm)))
+        }
+        XCTAssertLessThan(worstErf, 6e-7)
+        XCTAssertLessThan(worstGELU, 2e-6)
+        // backward: dGELU/dx = Φ(x) + x·φ(x), against the formula with libm
+        let d = Buf(n), ones = Buf(n)
+        for i in 0..<n { ones[i] = 1 }
+        Kernels.geluBackward(dinp: d.p, dout: ones.p, inp: x.p, cdf: nil, n: n)
+        var worstGrad: Float = 0
+        for i in 0..<n {
+            let v = x[i], expected = 0.5 * (1 + erff(v * 0.70710678118654752)) + v * 0.3989422804014327 * expf(-0.5 * v * v)
+            worstGrad = max(worstGrad, abs(d[i] - expected))
+        }
+        XCTAssertLessThan(worstGrad, 2e-6)
     }
 
     func testCpuinfoFlagsDecideWhetherTheAVX2BuildMayRun() {

@@ -1,0 +1,111 @@
+import XCTest
+import Numerics
+import Models
+import Data
+import Training
+@testable import Methods
+
+/// Under all-position training a label method scores each target of a window as the prefix
+/// scheme scores that target's prefix: soft labels from the teachers' output at the row's
+/// position, UFNRec's records and multi-positives by the row's instance, its input items by the
+/// row's position. On sequences that fit one window, steps of each scheme over every training
+/// target (learning rate 0, no dropout) give the same losses and gradients.
+final class AllPositionMethodTests: XCTestCase {
+    override func tearDown() { Threads.set(1) }
+    let T = 8
+
+    func data() -> SequenceDataset {
+        SequenceDataset(sequences: [[1, 2, 3, 4, 5, 6, 7], [8, 9, 1, 3, 5], [2, 4, 6, 8, 10, 12, 1, 3, 11], [5, 6, 7, 8]],
+                        itemCount: 12)
+    }
+
+    func sasrec(_ seed: UInt64) -> SASRec {
+        var c = SASRecConfig(itemCount: 12)
+        c.maxLength = T; c.dim = 8; c.heads = 2; c.blocks = 2; c.inner = 12; c.initStd = 0.3; c.seed = seed
+        c.hiddenDropout = 0; c.attentionDropout = 0
+        return SASRec(c)
+    }
+
+    /// `steps` steps of the objective `make(student)` on one batch of every training target under
+    /// each scheme, each on a fresh student of the same seed; the losses of every step, and the
+    /// largest gradient difference against the largest gradient after the last.
+    func compare(steps: Int = 1, _ make: (Backbone) -> LabelObjective,
+                 file: StaticString = #filePath, line: UInt = #line) throws {
+        Threads.set(1)
+        let d = data(), train = LeaveOneOut(d).train
+        var losses: [[Double]] = [], grads: [[Float]] = []
+        for scheme in [TrainingScheme.prefixes, .allPositions] {
+            let model = sasrec(5)
+            let rows = scheme == .prefixes ? train.count : WindowSet(train, maxLength: T).count
+            let step = try TrainStep(model: model, loss: ObjectiveLoss(make(model)),
+                                     optimizer: Adam(parameters: model.parameters, learningRate: 0), scheme: scheme, batchSize: rows)
+            let per = scheme == .prefixes ? rows : rows * T
+            var items = [Int32](repeating: 0, count: rows * T), lengths = [Int32](repeating: 0, count: rows)
+            var targets = [Int32](repeating: 0, count: per), instances = [Int32](repeating: 0, count: per)
+            let n = scheme == .prefixes
+                ? Batcher(data: d, instances: train, maxLength: T, batchSize: rows)
+                    .fill(batch: 0, items: &items, lengths: &lengths, targets: &targets, instances: &instances)
+                : Batcher(data: d, windowsOf: train, maxLength: T, batchSize: rows)
+                    .fillWindows(batch: 0, items: &items, lengths: &lengths, targets: &targets, instances: &instances)
+            losses.append(try (0..<steps).map { _ in
+                try step.step(items: items, lengths: lengths, targets: targets, instances: instances, B: n)
+            })
+            grads.append(Array(UnsafeBufferPointer(start: model.parameters.grads, count: model.parameters.count)))
+        }
+        for s in 0..<steps {
+            XCTAssertEqual(losses[0][s], losses[1][s], accuracy: 1e-5 * abs(losses[0][s]), "step \(s + 1)'s loss", file: file, line: line)
+        }
+        var worst: Float = 0, scale: Float = 0
+        for i in 0..<grads[0].count { worst = max(worst, abs(grads[0][i] - grads[1][i])); scale = max(scale, abs(grads[0][i])) }
+        XCTAssertGreaterThan(scale, 0, file: file, line: line)
+        XCTAssertLessThan(worst, 1e-4 * scale, "every parameter's gradient", file: file, line: line)
+    }
+
+    func testCSRecStudentsSoftLabelsComeFromEachRowsPosition() throws {
+        let source = ModelSoftLabelSource(teachers: [sasrec(11), sasrec(12)])
+        try compare { _ in CSRecStudentObjective(source: source, beta: 0.5, temperature: 2) }
+    }
+
+    func testCSRecTMainTeachersConsistencyAndNoiseTermsPerRow() throws {
+        let side = ModelSoftLabelSource(teachers: [sasrec(13)])
+        try compare { _ in
+            CSRecTeacherObjective(side: side, noise: NoiseMatrix(itemCount: 12, rank: 3, seed: 1), alpha: 0.3, learningRate: 0)
+        }
+    }
+
+    func testWSLRecsMultiPositivesAreLookedUpByEachRowsInstance() throws {
+        var config = WSLRecConfig(); config.sources = [.br]; config.weakK = 3
+        let d = data(), train = LeaveOneOut(d).train
+        let sets = WSLRec.pretrainingPositives(config, data: d, instances: train, neighbours: nil, maxLength: T)
+        try compare { _ in MultiPositiveObjective(sets) }
+    }
+
+    /// After warm-up, with m = 1 and more negatives than items (every allowed item is drawn, so
+    /// the draws' order does not matter): step 1 records the hard negatives, step 2 re-feeds and
+    /// reverses them, step 3 trains them as positives with the EMA teacher's soft labels, which
+    /// the teacher reads at each row's position.
+    func testUFNRecsRecordsReversalsAndTeacherPerRow() throws {
+        var config = UFNRecConfig(); config.negatives = 30; config.m = 1
+        var reversed: [Int] = []
+        try compare(steps: 3) { student in
+            let u = UFNRecObjective(config: config, student: student, teacher: sasrec(5), seed: 3)
+            u.endWarmup()
+            reversed.append(0)
+            return CheckReversals(u) { reversed[reversed.count - 1] = $0 }
+        }
+        XCTAssertEqual(reversed.count, 2)
+        XCTAssertGreaterThan(reversed[0], 0, "some negatives were reversed, so the teacher path ran")
+        XCTAssertEqual(reversed[0], reversed[1], "the same reversals under both schemes")
+    }
+
+    /// UFNRec's objective, reporting its reversed count after each step.
+    final class CheckReversals: LabelObjective {
+        let inner: UFNRecObjective, report: (Int) -> Void
+        init(_ inner: UFNRecObjective, report: @escaping (Int) -> Void) { self.inner = inner; self.report = report }
+        func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
+            defer { report(inner.records.reversedCount) }
+            return try inner.loss(batch: batch, logits: logits, dlogits: dlogits)
+        }
+        func afterUpdate() { inner.afterUpdate() }
+    }
+}
