@@ -284,70 +284,137 @@ public final class ATJTWeigher: SequenceWeigher {
 }
 
 /// The recommender side of ATJT: one Adam step on Σ w ℓ / Σ w with w from a `SequenceWeigher`,
-/// then dL/dw back to the weigher. Works with any backbone (full-softmax head, K >= 1). ℓ_b is the
-/// next-item cross-entropy, or any `WeightedSequenceLoss` (ATJT + CSRec: CSRec's student loss).
+/// then dL/dw back to the weigher. Works with any backbone (full-softmax head; K >= 1 under the
+/// prefix scheme, K = 1 under all positions). ℓ_r is the next-item cross-entropy, or any
+/// `WeightedSequenceLoss` (ATJT + CSRec: CSRec's student loss). A weight belongs to a row, one
+/// (history, target) pair: under all positions each target of a window is a row, and the weigher
+/// sees its history, the window up to the row's position, as under the prefix scheme.
 public final class ATJTTrainer {
     public let model: Backbone
     public let optimizer: Adam
     public let weigher: SequenceWeigher
-    /// The per-sequence loss w multiplies; nil = the next-item cross-entropy of the head.
+    /// The per-row loss w multiplies; nil = the next-item cross-entropy of the head.
     public let sequenceLoss: WeightedSequenceLoss?
-    private let head: FullSoftmaxHead
-    private let w: Floats, dW: Floats
-    private let scores: Floats?, rowLosses: Floats?   // (B, N), (B): only with a `sequenceLoss`
-    private let capacity: Int
+    public let scheme: TrainingScheme
+    private let loss: WeighedLoss
+    private let maxBatch: Int
+    private var trainStep: TrainStep? = nil
 
     public init(model: Backbone, weigher: SequenceWeigher, learningRate: Float = 1e-3, maxBatch: Int = 256,
-                loss: WeightedSequenceLoss? = nil) {
-        self.model = model; self.weigher = weigher; sequenceLoss = loss
+                loss: WeightedSequenceLoss? = nil, scheme: TrainingScheme = .prefixes) {
+        self.model = model; self.weigher = weigher; sequenceLoss = loss; self.scheme = scheme
         optimizer = Adam(parameters: model.parameters, learningRate: learningRate)
-        head = FullSoftmaxHead(itemCount: model.itemCount, dim: model.dim, interests: model.interests)
-        capacity = maxBatch
-        w = .allocate(capacity: maxBatch); dW = .allocate(capacity: maxBatch)
-        scores = loss == nil ? nil : .allocate(capacity: maxBatch * model.itemCount)
-        rowLosses = loss == nil ? nil : .allocate(capacity: maxBatch)
+        self.maxBatch = maxBatch
+        self.loss = WeighedLoss(weigher: weigher, sequenceLoss: loss, model: model,
+                                maxRows: scheme == .allPositions ? maxBatch * model.maxLength : maxBatch)
     }
 
-    deinit { w.deallocate(); dW.deallocate(); scores?.deallocate(); rowLosses?.deallocate() }
+    /// Rows R of the last step.
+    public var rows: Int { loss.rows }
+    /// The weights of the last step (R).
+    public var weights: UnsafePointer<Float> { UnsafePointer(loss.w) }
+    /// Per-row losses ℓ (R) of the last step.
+    public var losses: UnsafePointer<Float> { loss.losses }
 
-    /// The weights of the last step (B).
-    public var weights: UnsafePointer<Float> { UnsafePointer(w) }
-    /// Per-sequence losses ℓ (B) of the last step.
-    public var losses: UnsafePointer<Float> { UnsafePointer(rowLosses ?? head.losses) }
-
-    /// One joint step on a batch of group `group`; returns L_R = Σ w ℓ / Σ w.
+    /// One joint step on a prefix batch of group `group`; returns L_R = Σ w ℓ / Σ w.
     @discardableResult
     public func step(_ batch: SequenceBatch, group: Int) throws -> Double {
-        let B = batch.B
-        precondition(B <= capacity, "batch larger than the trainer's maxBatch")
-        try weigher.weigh(batch, group: group, weights: w)
-        var sum: Float = 0
-        for b in 0..<B { sum += w[b] }
-        let S = max(sum, 1e-12)
-        let ps = model.parameters
-        ps.zeroGrad()
-        let user = model.forward(items: batch.items, lengths: batch.lengths, B: B, training: true)
-        let loss: Double
-        if let sequenceLoss, let scores, let rowLosses {
-            // as `LabelLoop`: scores copied, the loss's gradient written over the head's logits
-            let N = model.itemCount
-            head.scores(user: user, table: model.itemTable, B: B)
-            scores.update(from: head.logits, count: B * N)
-            let lb = LabelBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
-                                B: B, T: batch.T, N: N)
-            loss = try sequenceLoss.loss(batch: lb, logits: scores, dlogits: head.logits, weights: w, norm: S, losses: rowLosses)
-            head.backward(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, B: B)
-        } else {
-            loss = head.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, targets: batch.targets,
-                                     weights: w, scale: 1 / S, B: B)
+        precondition(scheme == .prefixes, "a trainer of windows steps with step(items:lengths:targets:instances:B:group:)")
+        return try step(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances, B: batch.B,
+                        group: group)
+    }
+
+    /// One joint step on B sequences of group `group` in `TrainStep`'s layout: targets and
+    /// instances (B) under the prefix scheme, (B, T) under all positions (0 / -1 where a position
+    /// has no target). Returns L_R.
+    @discardableResult
+    public func step(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
+                     instances: UnsafePointer<Int32>, B: Int, group: Int) throws -> Double {
+        if trainStep == nil {
+            trainStep = try TrainStep(model: model, loss: loss, optimizer: optimizer, scheme: scheme, batchSize: maxBatch)
         }
-        model.backward(dUser: head.dUser)
-        optimizer.update()
-        sequenceLoss?.afterUpdate()
-        // dL_R/dw_b = (ℓ_b − L_R) / Σ w
+        loss.group = group
+        return try trainStep!.step(items: items, lengths: lengths, targets: targets, instances: instances, B: B)
+    }
+}
+
+/// ATJT's L_R as the step's loss: the rows weighed by the weigher, the weighted loss and its
+/// gradient, then dL_R/dw_r = (ℓ_r − L_R) / Σ w to the weigher (its update touches only its own
+/// parameters, so it may run before the recommender's backward).
+final class WeighedLoss: RowLoss {
+    let weigher: SequenceWeigher
+    let sequenceLoss: WeightedSequenceLoss?
+    /// The group of the batch being stepped.
+    var group = 0
+    private(set) var rows = 0
+    private let head: FullSoftmaxHead
+    let w: Floats
+    private let dW: Floats
+    private let scores: Floats?, rowLosses: Floats?   // (R, N), (R): only with a `sequenceLoss`
+    // each row's history for the weigher under all positions: (R, T) right-padded, (R) lengths
+    private let historyItems: UnsafeMutablePointer<Int32>, historyLengths: UnsafeMutablePointer<Int32>
+    private let maxRows: Int, T: Int
+
+    init(weigher: SequenceWeigher, sequenceLoss: WeightedSequenceLoss?, model: Backbone, maxRows: Int) {
+        self.weigher = weigher; self.sequenceLoss = sequenceLoss; self.maxRows = maxRows; T = model.maxLength
+        head = FullSoftmaxHead(itemCount: model.itemCount, dim: model.dim, interests: model.interests)
+        w = .allocate(capacity: maxRows); dW = .allocate(capacity: maxRows)
+        scores = sequenceLoss == nil ? nil : .allocate(capacity: maxRows * model.itemCount)
+        rowLosses = sequenceLoss == nil ? nil : .allocate(capacity: maxRows)
+        historyItems = .allocate(capacity: maxRows * T); historyLengths = .allocate(capacity: maxRows)
+    }
+
+    deinit {
+        w.deallocate(); dW.deallocate(); scores?.deallocate(); rowLosses?.deallocate()
+        historyItems.deallocate(); historyLengths.deallocate()
+    }
+
+    var fingerprint: String { "atjt-" + (sequenceLoss.map { String(describing: type(of: $0)) } ?? "cross-entropy") }
+    var losses: UnsafePointer<Float> { UnsafePointer(rowLosses ?? head.losses) }
+    func beginEpoch(_ epoch: Int) { sequenceLoss?.beginEpoch(epoch) }
+    func afterUpdate() { sequenceLoss?.afterUpdate() }
+    func endEpoch(_ epoch: Int, meanLoss: Double) { sequenceLoss?.endEpoch(epoch, meanLoss: meanLoss) }
+
+    func loss(_ batch: TrainingBatch, user: UnsafePointer<Float>, model: Backbone, dUser: Floats,
+              weights: UnsafePointer<Float>?) throws -> Double {
+        let R = batch.R
+        precondition(R <= maxRows, "\(R) rows, more than the \(maxRows) allocated")
+        rows = R
+        var history = SequenceBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
+                                    B: R, T: batch.T)
+        if batch.scheme == .allPositions {
+            for r in 0..<R {
+                let len = Int(batch.positions[r]) + 1, row = historyItems + r * T
+                row.update(from: batch.items + Int(batch.sequences[r]) * T, count: len)
+                (row + len).update(repeating: 0, count: T - len)
+                historyLengths[r] = Int32(len)
+            }
+            history.items = UnsafePointer(historyItems); history.lengths = UnsafePointer(historyLengths)
+        }
+        try weigher.weigh(history, group: group, weights: w)
+        var sum: Float = 0
+        for r in 0..<R { sum += w[r] }
+        let S = max(sum, 1e-12)
+        let total: Double
+        if let sequenceLoss, let scores, let rowLosses {
+            // as `ObjectiveLoss`: scores copied, the loss's gradient written over the head's logits
+            let N = model.itemCount
+            head.scores(user: user, table: model.itemTable, B: R)
+            scores.update(from: head.logits, count: R * N)
+            let scored = batch.scheme == .allPositions
+                ? ScoredRows(sequences: batch.sequences, positions: batch.positions, count: R, batchSize: batch.B) : nil
+            let lb = LabelBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
+                                B: R, T: batch.T, N: N, rows: scored)
+            total = try sequenceLoss.loss(batch: lb, logits: scores, dlogits: head.logits, weights: w, norm: S, losses: rowLosses)
+            head.backward(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, B: R)
+        } else {
+            total = head.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, targets: batch.targets,
+                                      weights: w, scale: 1 / S, B: R)
+        }
+        dUser.update(from: head.dUser, count: R * model.interests * model.dim)
         let l = losses
-        for b in 0..<B { dW[b] = (l[b] - Float(loss)) / S }
-        try weigher.feedback(dWeights: dW, B: B, group: group)
-        return loss
+        for r in 0..<R { dW[r] = (l[r] - Float(total)) / S }
+        try weigher.feedback(dWeights: dW, B: R, group: group)
+        return total
     }
 }

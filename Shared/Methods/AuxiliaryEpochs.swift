@@ -8,13 +8,14 @@ import Models
 import Data
 import Training
 
-/// Right-padded batch rows with their instance indices, allocated once.
+/// Right-padded batch rows with their instance indices, allocated once: targets and ids (B), or
+/// (B, T) for batches of windows.
 final class InstanceBatchBuffers {
     let items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>
     let targets: UnsafeMutablePointer<Int32>, ids: UnsafeMutablePointer<Int32>
-    init(B: Int, T: Int) {
+    init(B: Int, T: Int, windows: Bool = false) {
         items = .allocate(capacity: B * T); lengths = .allocate(capacity: B)
-        targets = .allocate(capacity: B); ids = .allocate(capacity: B)
+        targets = .allocate(capacity: windows ? B * T : B); ids = .allocate(capacity: windows ? B * T : B)
     }
     deinit { items.deallocate(); lengths.deallocate(); targets.deallocate(); ids.deallocate() }
 }
@@ -47,7 +48,9 @@ public final class DSSEpochs {
 }
 
 /// ATJT's epochs: each group's shuffled batches in turn (a batch holds one group's sequences, so
-/// it is weighed by the recogniser that never trained on it), one `ATJTTrainer.step` each.
+/// it is weighed by the recogniser that never trained on it), one `ATJTTrainer.step` each; under
+/// all positions a group's batches are windows of its users (groups split users, so a window
+/// stays in its group).
 public final class ATJTEpochs {
     public let trainer: ATJTTrainer
     public let weigher: ATJTWeigher
@@ -60,11 +63,13 @@ public final class ATJTEpochs {
     public init(trainer: ATJTTrainer, weigher: ATJTWeigher, batchSize B: Int, seed: UInt64) {
         self.trainer = trainer; self.weigher = weigher
         T = weigher.config.recogniser.maxLength
+        let windows = trainer.scheme == .allPositions, L = T
         batchers = (0..<weigher.groups).map { g in
-            Batcher(data: weigher.data, instances: weigher.partition.instanceSet(g, of: weigher.instances), maxLength: weigher.config.recogniser.maxLength,
-                    batchSize: B, seed: seed &+ UInt64(g))
+            let mine = weigher.partition.instanceSet(g, of: weigher.instances)
+            return windows ? Batcher(data: weigher.data, windowsOf: mine, maxLength: L, batchSize: B, seed: seed &+ UInt64(g))
+                : Batcher(data: weigher.data, instances: mine, maxLength: L, batchSize: B, seed: seed &+ UInt64(g))
         }
-        buf = InstanceBatchBuffers(B: B, T: T)
+        buf = InstanceBatchBuffers(B: B, T: T, windows: windows)
     }
 
     /// One epoch (0-based `epoch`); returns the mean of the batches' L_R. The loss's epoch hooks
@@ -77,12 +82,17 @@ public final class ATJTEpochs {
             batchers[g].shuffle()
             let members = weigher.partition.members[g]
             for i in 0..<batchers[g].batchCount {
-                let n = batchers[g].fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
-                for b in 0..<n { buf.ids[b] = members[Int(buf.ids[b])] }   // local -> global instance index
-                sum += try trainer.step(SequenceBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids, B: n, T: T),
-                                        group: g)
+                let n: Int
+                if trainer.scheme == .allPositions {
+                    n = batchers[g].fillWindows(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
+                    for k in 0..<(n * T) where buf.ids[k] >= 0 { buf.ids[k] = members[Int(buf.ids[k])] }   // local -> global
+                } else {
+                    n = batchers[g].fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
+                    for b in 0..<n { buf.ids[b] = members[Int(buf.ids[b])] }   // local -> global instance index
+                }
+                sum += try trainer.step(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids, B: n, group: g)
                 count += 1
-                for b in 0..<n {
+                for b in 0..<trainer.rows {
                     let w = trainer.weights[b]
                     wSum += Double(w); wSq += Double(w) * Double(w); wMin = min(wMin, w); wMax = max(wMax, w); wN += 1
                 }

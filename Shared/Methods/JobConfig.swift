@@ -112,12 +112,12 @@ public struct JobConfig: Sendable, Codable, Equatable {
             throw JobConfigError.invalid(key: "methods", reason: "wslrec and ufnrec cannot be composed (both replace the hard labels)")
         }
         try AuxiliaryComposition.validate(self)
-        // The label methods score every position (soft labels, records and multi-positives per
-        // row). DSS's sequence-to-sequence task and ATJT's recogniser read one (history, target)
-        // pair per sequence: they train on prefixes.
-        if (methods.dss != nil || methods.atjt != nil) && loop.scheme == .allPositions {
+        // The label methods and ATJT score every position (soft labels, records, multi-positives
+        // and the recogniser's weights per row). DSS's sequence-to-sequence task contrasts each
+        // sequence's future with the others' in the batch: it trains on prefixes.
+        if methods.dss != nil && loop.scheme == .allPositions {
             throw JobConfigError.invalid(key: "loop.scheme",
-                                         reason: "\(methods.name) trains under \"prefixes\" only (\(methods.dss != nil ? "dss" : "atjt") reads one target per sequence)")
+                                         reason: "\(methods.name) trains under \"prefixes\" only (dss contrasts one future per sequence)")
         }
     }
 

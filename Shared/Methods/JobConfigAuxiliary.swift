@@ -86,7 +86,10 @@ public struct ATJTJobConfig: Sendable, Codable, Equatable {
     func trainerConfig(itemCount: Int, loop: LoopConfig) -> ATJTConfig {
         var c = ATJTConfig(itemCount: itemCount, maxLength: loop.maxLength)
         c.groups = groups; c.alpha = alpha; c.replaced = replaced; c.recogniserLearningRate = recogniserLearningRate
-        c.seed = loop.seed; c.recogniserBatch = loop.batchSize
+        // a self-supervised batch as large as a recommender batch's rows: under all positions a
+        // batch of windows holds up to batchSize · maxLength (history, target) rows, and
+        // Algorithm 1 pairs each recommender batch with one recogniser update
+        c.seed = loop.seed; c.recogniserBatch = loop.batchSize * (loop.scheme == .allPositions ? loop.maxLength : 1)
         return c
     }
 }
@@ -187,7 +190,8 @@ enum AuxiliaryJob {
             loss = WeightedCSRecStudent(source: d.source, hard: hard ?? WeightedCrossEntropy(), beta: d.beta, temperature: d.temperature,
                                         direction: d.direction)
         }
-        let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss)
+        let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss,
+                                  scheme: loop.scheme)
         let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: loop.batchSize, seed: loop.seed)
         note = { epochs.summary }
         // UFNRec's EMA teacher is the model validated and kept after its warm-up

@@ -26,30 +26,31 @@ final class AllPositionMethodTests: XCTestCase {
         return SASRec(c)
     }
 
-    /// `steps` steps of the objective `make(student)` on one batch of every training target under
-    /// each scheme, each on a fresh student of the same seed; the losses of every step, and the
-    /// largest gradient difference against the largest gradient after the last.
-    func compare(steps: Int = 1, _ make: (Backbone) -> LabelObjective,
-                 file: StaticString = #filePath, line: UInt = #line) throws {
-        Threads.set(1)
+    /// One batch of every training target under `scheme`, in `TrainStep`'s layout.
+    struct Batch { var items: [Int32], lengths: [Int32], targets: [Int32], instances: [Int32], n: Int, capacity: Int }
+    func batch(_ scheme: TrainingScheme) -> Batch {
         let d = data(), train = LeaveOneOut(d).train
+        let rows = scheme == .prefixes ? train.count : WindowSet(train, maxLength: T).count
+        let per = scheme == .prefixes ? rows : rows * T
+        var items = [Int32](repeating: 0, count: rows * T), lengths = [Int32](repeating: 0, count: rows)
+        var targets = [Int32](repeating: 0, count: per), instances = [Int32](repeating: 0, count: per)
+        let n = scheme == .prefixes
+            ? Batcher(data: d, instances: train, maxLength: T, batchSize: rows)
+                .fill(batch: 0, items: &items, lengths: &lengths, targets: &targets, instances: &instances)
+            : Batcher(data: d, windowsOf: train, maxLength: T, batchSize: rows)
+                .fillWindows(batch: 0, items: &items, lengths: &lengths, targets: &targets, instances: &instances)
+        return Batch(items: items, lengths: lengths, targets: targets, instances: instances, n: n, capacity: rows)
+    }
+
+    /// Runs `step` (returning the loss) `steps` times per scheme on a fresh student of the same
+    /// seed; asserts equal losses at every step and equal gradients after the last.
+    func compare(steps: Int = 1, file: StaticString = #filePath, line: UInt = #line,
+                 _ step: (Backbone, TrainingScheme, Batch) throws -> Double) throws {
+        Threads.set(1)
         var losses: [[Double]] = [], grads: [[Float]] = []
         for scheme in [TrainingScheme.prefixes, .allPositions] {
-            let model = sasrec(5)
-            let rows = scheme == .prefixes ? train.count : WindowSet(train, maxLength: T).count
-            let step = try TrainStep(model: model, loss: ObjectiveLoss(make(model)),
-                                     optimizer: Adam(parameters: model.parameters, learningRate: 0), scheme: scheme, batchSize: rows)
-            let per = scheme == .prefixes ? rows : rows * T
-            var items = [Int32](repeating: 0, count: rows * T), lengths = [Int32](repeating: 0, count: rows)
-            var targets = [Int32](repeating: 0, count: per), instances = [Int32](repeating: 0, count: per)
-            let n = scheme == .prefixes
-                ? Batcher(data: d, instances: train, maxLength: T, batchSize: rows)
-                    .fill(batch: 0, items: &items, lengths: &lengths, targets: &targets, instances: &instances)
-                : Batcher(data: d, windowsOf: train, maxLength: T, batchSize: rows)
-                    .fillWindows(batch: 0, items: &items, lengths: &lengths, targets: &targets, instances: &instances)
-            losses.append(try (0..<steps).map { _ in
-                try step.step(items: items, lengths: lengths, targets: targets, instances: instances, B: n)
-            })
+            let model = sasrec(5), b = batch(scheme)
+            losses.append(try (0..<steps).map { _ in try step(model, scheme, b) })
             grads.append(Array(UnsafeBufferPointer(start: model.parameters.grads, count: model.parameters.count)))
         }
         for s in 0..<steps {
@@ -59,6 +60,20 @@ final class AllPositionMethodTests: XCTestCase {
         for i in 0..<grads[0].count { worst = max(worst, abs(grads[0][i] - grads[1][i])); scale = max(scale, abs(grads[0][i])) }
         XCTAssertGreaterThan(scale, 0, file: file, line: line)
         XCTAssertLessThan(worst, 1e-4 * scale, "every parameter's gradient", file: file, line: line)
+    }
+
+    /// `compare` for a label objective `make(student)` on the loop's step (learning rate 0).
+    func compare(steps: Int = 1, _ make: (Backbone) -> LabelObjective,
+                 file: StaticString = #filePath, line: UInt = #line) throws {
+        var current: (model: Backbone, step: TrainStep)? = nil
+        try compare(steps: steps, file: file, line: line) { model, scheme, b in
+            if current?.model !== model {
+                current = (model, try TrainStep(model: model, loss: ObjectiveLoss(make(model)),
+                                                optimizer: Adam(parameters: model.parameters, learningRate: 0), scheme: scheme,
+                                                batchSize: b.capacity))
+            }
+            return try current!.step.step(items: b.items, lengths: b.lengths, targets: b.targets, instances: b.instances, B: b.n)
+        }
     }
 
     func testCSRecStudentsSoftLabelsComeFromEachRowsPosition() throws {
@@ -107,5 +122,47 @@ final class AllPositionMethodTests: XCTestCase {
             return try inner.loss(batch: batch, logits: logits, dlogits: dlogits)
         }
         func afterUpdate() { inner.afterUpdate() }
+    }
+
+    /// Weighs a (history, target) pair by a fixed function of it, and keeps what it saw.
+    final class HistoryWeigher: SequenceWeigher {
+        var groups: Int { 1 }
+        func group(ofInstance instance: Int) -> Int { 0 }
+        /// instance → history + target, as weighed; instance → dL/dw
+        var seen: [Int32: [Int32]] = [:], dW: [Int32: Float] = [:]
+        private var order: [Int32] = []
+        func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws {
+            order = (0..<batch.B).map { batch.instances[$0] }
+            for b in 0..<batch.B {
+                let h = Array(UnsafeBufferPointer(start: batch.items + b * batch.T, count: Int(batch.lengths[b])))
+                seen[batch.instances[b]] = h + [batch.targets[b]]
+                weights[b] = 0.25 + Float(h.reduce(0, +) % 7) / 8 + Float(batch.targets[b]) / 40
+            }
+        }
+        func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws {
+            for b in 0..<B { dW[order[b]] = dWeights[b] }
+        }
+    }
+
+    /// ATJT weighs each row, one (history, target) pair: under all positions the weigher sees the
+    /// window up to the row, as the prefix scheme's row, and the loss, gradients and dL/dw per
+    /// instance equal the prefix scheme's, with the next-item CE and with CSRec's student loss.
+    func testATJTWeighsEachRowsHistoryAsThePrefixSchemeDoes() throws {
+        let source = ModelSoftLabelSource(teachers: [sasrec(11)])
+        for composed in [false, true] {
+            var weighers: [HistoryWeigher] = []
+            try compare { model, scheme, b in
+                let weigher = HistoryWeigher()
+                weighers.append(weigher)
+                let loss = composed ? WeightedCSRecStudent(source: source, beta: 0.5, temperature: 2) : nil
+                let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: 0, maxBatch: b.capacity, loss: loss, scheme: scheme)
+                return try trainer.step(items: b.items, lengths: b.lengths, targets: b.targets, instances: b.instances, B: b.n, group: 0)
+            }
+            XCTAssertEqual(weighers[0].seen.count, LeaveOneOut(data()).train.count)
+            XCTAssertEqual(weighers[0].seen, weighers[1].seen, "each instance's history and target")
+            for (k, d) in weighers[0].dW {
+                XCTAssertEqual(d, weighers[1].dW[k] ?? .nan, accuracy: 1e-5 * max(abs(d), 1e-3), "dL/dw of instance \(k), CSRec \(composed)")
+            }
+        }
     }
 }

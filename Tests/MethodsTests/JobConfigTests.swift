@@ -29,30 +29,30 @@ final class JobConfigTests: XCTestCase {
         XCTAssertEqual(UFNRecConfig(), try JSONDecoder().decode(UFNRecConfig.self, from: Data("{}".utf8)))
     }
 
-    /// All-position training is the default, for base and the label methods alike; DSS and ATJT,
-    /// whose auxiliary tasks read one target per sequence, are refused it with the reason and the
-    /// key to change, before anything trains.
-    func testAllPositionsIsTheDefaultAndOnlyTheAuxiliaryMethodsRefuseIt() throws {
+    /// All-position training is the default, for base, the label methods and ATJT alike; DSS,
+    /// whose sequence-to-sequence task contrasts one future per sequence, is refused it with the
+    /// reason and the key to change, before anything trains.
+    func testAllPositionsIsTheDefaultAndOnlyDSSRefusesIt() throws {
         let base = try JobConfig.parse(Data(#"{"backbone": "sasrec"}"#.utf8))
         XCTAssertEqual(base.loop.scheme, .allPositions)
-        for (method, name) in [("dss", "DSS"), ("atjt", "ATJT")] {
-            let json = #"{"backbone": "sasrec", "methods": {"\#(method)": {}}}"#
-            XCTAssertThrowsError(try JobConfig.parse(Data(json.utf8))) { error in
-                XCTAssertEqual(error as? JobConfigError,
-                               .invalid(key: "loop.scheme", reason: "\(name) trains under \"prefixes\" only (\(method) reads one target per sequence)"))
-            }
-            let prefixes = #"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"\#(method)": {}}}"#
-            XCTAssertEqual(try JobConfig.parse(Data(prefixes.utf8)).loop.scheme, .prefixes)
+        XCTAssertThrowsError(try JobConfig.parse(Data(#"{"backbone": "sasrec", "methods": {"dss": {}}}"#.utf8))) { error in
+            XCTAssertEqual(error as? JobConfigError,
+                           .invalid(key: "loop.scheme", reason: "DSS trains under \"prefixes\" only (dss contrasts one future per sequence)"))
         }
+        let prefixes = #"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"dss": {}}}"#
+        XCTAssertEqual(try JobConfig.parse(Data(prefixes.utf8)).loop.scheme, .prefixes)
+        XCTAssertEqual(try JobConfig.parse(Data(#"{"backbone": "sasrec", "methods": {"atjt": {}}}"#.utf8)).loop.scheme, .allPositions)
         XCTAssertThrowsError(try JobConfig.parse(Data(#"{"backbone": "sasrec", "loop": {"scheme": "every"}}"#.utf8))) { error in
             XCTAssertTrue("\(error)".contains("loop.scheme"), "\(error)")
         }
-        // base and every label method train on the one loop under either scheme
+        // base, every label method and ATJT (with UFNRec) train under either scheme
         let data = cyclicDataset(users: 30, items: 16, length: 10)
         var small = CSRecConfig(); small.m = 2
         var ufn = UFNRecConfig(); ufn.negatives = 8; ufn.maxWarmupEpochs = 1
         var wsl = WSLRecConfig(); wsl.sources = [.br]
-        for methods in [JobMethods(), JobMethods(csrec: small), JobMethods(ufnrec: ufn), JobMethods(wslrec: wsl)] {
+        let atjt = ATJTJobConfig()
+        for methods in [JobMethods(), JobMethods(csrec: small), JobMethods(ufnrec: ufn), JobMethods(wslrec: wsl),
+                        JobMethods(ufnrec: ufn, atjt: atjt)] {
             for scheme in TrainingScheme.allCases {
                 var job = JobConfig(backbone: .gru4rec)
                 job.loop.maxEpochs = 2; job.loop.maxLength = 6; job.loop.batchSize = 16; job.loop.scheme = scheme
