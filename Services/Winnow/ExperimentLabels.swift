@@ -113,7 +113,8 @@ struct ExperimentLabels: ParsableCommand {
         let seedList = list(seeds).map { UInt64($0)! }
         let settings = ["data": path, "users": "\(data.userCount)", "items": "\(data.itemCount)",
                         "interactions": "\(data.interactionCount)", "protocol": `protocol`, "epochs": "\(epochs)",
-                        "patience": "\(patience)", "max_length": "\(maxLength)", "batch_size": "\(batchSize)"]
+                        "patience": "\(patience)", "max_length": "\(maxLength)",
+                        "batch_size": "\(batchSize ?? LoopConfig.defaultBatchSize(scheme))", "scheme": scheme.rawValue]
         let directory: ExperimentDirectory
         do { directory = try ExperimentDirectory(path: out, settings: settings) } catch { throw ValidationError("\(error)") }
         func write<T: Encodable>(_ value: T, _ relative: String) throws { try directory.store(value, at: relative) }

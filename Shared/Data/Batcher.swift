@@ -188,3 +188,50 @@ public struct Batcher: Sendable {
         return n
     }
 }
+
+/// A filled batch's pointers: items (B, T), lengths (B), and targets and instances (B) for
+/// instances or (B, T) for windows (0 / -1 where a position has no target), as `Batcher` writes.
+public struct FilledBatch {
+    public let items: UnsafePointer<Int32>
+    public let lengths: UnsafePointer<Int32>
+    public let targets: UnsafePointer<Int32>
+    public let instances: UnsafePointer<Int32>?
+    public let B: Int
+    public init(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
+                instances: UnsafePointer<Int32>?, B: Int) {
+        self.items = items; self.lengths = lengths; self.targets = targets; self.instances = instances; self.B = B
+    }
+}
+
+/// Storage one batch is filled into, allocated once for batches of up to B sequences of T
+/// positions; targets and instances per sequence, or per position for a batcher of windows.
+public final class BatchBuffers {
+    public let B: Int, T: Int, perPosition: Bool
+    public let items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>
+    public let targets: UnsafeMutablePointer<Int32>, instances: UnsafeMutablePointer<Int32>
+    /// Sequences in the last fill.
+    public private(set) var count = 0
+
+    public init(B: Int, T: Int, perPosition: Bool = false) {
+        self.B = B; self.T = T; self.perPosition = perPosition
+        items = .allocate(capacity: B * T); lengths = .allocate(capacity: B)
+        targets = .allocate(capacity: perPosition ? B * T : B); instances = .allocate(capacity: perPosition ? B * T : B)
+    }
+    deinit { items.deallocate(); lengths.deallocate(); targets.deallocate(); instances.deallocate() }
+
+    /// Fills batch `index` of `batcher` (of windows or of instances, as it holds); returns its sequences.
+    @discardableResult
+    public func fill(_ batcher: Batcher, batch index: Int) -> Int {
+        precondition(batcher.batchSize <= B && batcher.maxLength == T && (batcher.windows != nil) == perPosition,
+                     "buffers of \(B) × \(T)\(perPosition ? " per position" : "") do not fit the batcher's batches")
+        count = batcher.windows != nil
+            ? batcher.fillWindows(batch: index, items: items, lengths: lengths, targets: targets, instances: instances)
+            : batcher.fill(batch: index, items: items, lengths: lengths, targets: targets, instances: instances)
+        return count
+    }
+
+    /// The last fill's pointers.
+    public var filled: FilledBatch {
+        FilledBatch(items: items, lengths: lengths, targets: targets, instances: instances, B: count)
+    }
+}

@@ -54,16 +54,16 @@ public enum KernelChoice: String, Sendable {
         }
     }
 
-    /// The process's choice, made on first use. A setting that cannot be honoured ends the
-    /// process with exit status 2 and the reason on standard error (a misconfigured machine, not
-    /// a bug: no crash report).
+    /// The process's choice, made on first use. Both builds give the same bits, so the setting
+    /// changes speed only: one that cannot be honoured is reported on standard error, once, and
+    /// the baseline build runs (a library does not end its process).
     public static let current: KernelChoice = {
         let setting = getenv("WINNOW_KERNELS").map { String(cString: $0) }
         switch resolve(setting, machineAllowsAVX2: machineAllowsAVX2) {
         case .success(let choice): return choice
         case .failure(let error):
-            fputs("\(error)\n", stderr)
-            exit(2)
+            fputs("\(error); running the baseline build\n", stderr)
+            return .baseline
         }
     }()
 }

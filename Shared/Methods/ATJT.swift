@@ -119,8 +119,9 @@ public enum ATJTNoise {
     }
 }
 
-/// ATJT's noise recognisers in process: one per group, each trained on the other groups.
-public final class ATJTWeigher: SequenceWeigher {
+/// ATJT's noise recognisers in process: one per group, each trained on the other groups, and
+/// exposed as one `SequenceWeigher` per group (`weighers[g]`).
+public final class ATJTWeigher {
     public let config: ATJTConfig
     public let data: SequenceDataset
     public let instances: InstanceSet
@@ -134,7 +135,8 @@ public final class ATJTWeigher: SequenceWeigher {
     private var pools: [[Int32]]          // per g: the instances of the other groups (shuffled per pass)
     private var cursors: [Int]
     private var rng: RNG
-    private var pending: [Int?]
+    /// Per group, the batch weighed and not yet fed back, and its rows.
+    private var pending: [(id: BatchID, rows: Int)?]
     // recogniser batch buffers (recogniserBatch rows)
     private let dItems: UnsafeMutablePointer<Int32>, dLengths: UnsafeMutablePointer<Int32>, dTargets: UnsafeMutablePointer<Int32>
     private let dIds: UnsafeMutablePointer<Int32>, dUsers: UnsafeMutablePointer<Int32>, dLabels: Floats
@@ -147,6 +149,21 @@ public final class ATJTWeigher: SequenceWeigher {
     public private(set) var lastRecogniserLoss = 0.0
 
     public var groups: Int { config.groups }
+    /// The weigher of each group, for the trainer (each holds this object).
+    public var weighers: [SequenceWeigher] { (0..<groups).map { Group(self, $0) } }
+
+    /// Group g's recogniser as a weigher: it weighs group g's batches only.
+    final class Group: SequenceWeigher {
+        let owner: ATJTWeigher
+        let g: Int
+        init(_ owner: ATJTWeigher, _ g: Int) { self.owner = owner; self.g = g }
+        func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws {
+            try owner.weigh(batch, group: g, id: id, weights: weights)
+        }
+        func feedback(dWeights: UnsafePointer<Float>, B: Int, id: BatchID) throws {
+            try owner.feedback(dWeights: dWeights, B: B, group: g, id: id)
+        }
+    }
 
     public init(config: ATJTConfig, data: SequenceDataset, instances: InstanceSet) {
         precondition(config.groups >= 2, "ATJT needs at least two groups")
@@ -166,7 +183,7 @@ public final class ATJTWeigher: SequenceWeigher {
         rounds = [Int](repeating: 0, count: config.groups)
         roundRows = [Int](repeating: 0, count: config.groups)
         rng = RNG(seed: config.seed).derived(0xA7)
-        pending = [Int?](repeating: nil, count: config.groups)
+        pending = [(id: BatchID, rows: Int)?](repeating: nil, count: config.groups)
         let B = config.recogniserBatch, L = config.recogniser.maxLength
         dItems = .allocate(capacity: B * L); dLengths = .allocate(capacity: B); dTargets = .allocate(capacity: B)
         dIds = .allocate(capacity: B); dUsers = .allocate(capacity: B); dLabels = .allocate(capacity: B)
@@ -182,8 +199,7 @@ public final class ATJTWeigher: SequenceWeigher {
 
     public func group(ofInstance instance: Int) -> Int { Int(partition.userGroup[Int(instances.users[instance])]) }
 
-    public func weigh(_ batch: SequenceBatch, group g: Int, weights: Floats) throws {
-        guard g >= 0 && g < groups else { throw SequenceWeigherError.unknownGroup(g, groups: groups) }
+    func weigh(_ batch: SequenceBatch, group g: Int, id: BatchID, weights: Floats) throws {
         precondition(batch.T == config.recogniser.maxLength, "batch width differs from the recogniser's maxLength")
         for b in 0..<batch.B {
             let k = Int(batch.instances[b]), actual = group(ofInstance: k)
@@ -199,13 +215,12 @@ public final class ATJTWeigher: SequenceWeigher {
         let w = recognisers[g].forward(users: users, items: batch.items, lengths: batch.lengths, targets: batch.targets,
                                        B: batch.B, training: true)
         weights.update(from: w, count: batch.B)
-        pending[g] = batch.B
+        pending[g] = (id, batch.B)
         if config.audit { for b in 0..<batch.B { weighed[g].insert(batch.instances[b]) } }
     }
 
-    public func feedback(dWeights: UnsafePointer<Float>, B: Int, group g: Int) throws {
-        guard g >= 0 && g < groups else { throw SequenceWeigherError.unknownGroup(g, groups: groups) }
-        guard pending[g] == B else { throw SequenceWeigherError.feedbackWithoutWeigh(group: g, rows: B) }
+    func feedback(dWeights: UnsafePointer<Float>, B: Int, group g: Int, id: BatchID) throws {
+        guard let p = pending[g], p.id == id, p.rows == B else { throw SequenceWeigherError.feedbackWithoutWeigh(batch: id, rows: B) }
         pending[g] = nil
         let rec = recognisers[g]
         rec.parameters.zeroGrad()
@@ -283,16 +298,17 @@ public final class ATJTWeigher: SequenceWeigher {
     }
 }
 
-/// The recommender side of ATJT: one Adam step on Σ w ℓ / Σ w with w from a `SequenceWeigher`,
-/// then dL/dw back to the weigher. Works with any backbone (full-softmax head; K >= 1 under the
-/// prefix scheme, K = 1 under all positions). ℓ_r is the next-item cross-entropy, or any
-/// `WeightedSequenceLoss` (ATJT + CSRec: CSRec's student loss). A weight belongs to a row, one
-/// (history, target) pair: under all positions each target of a window is a row, and the weigher
-/// sees its history, the window up to the row's position, as under the prefix scheme.
+/// The recommender side of ATJT: one Adam step on Σ w ℓ / Σ w with w from the batch's group's
+/// `SequenceWeigher`, then dL/dw back to it. Works with any backbone (full-softmax head; K >= 1
+/// under the prefix scheme, K = 1 under all positions). ℓ_r is the next-item cross-entropy, or
+/// any `WeightedSequenceLoss` (ATJT + CSRec: CSRec's student loss). A weight belongs to a row,
+/// one (history, target) pair: under all positions each target of a window is a row, and the
+/// weigher sees its history, the window up to the row's position, as under the prefix scheme.
 public final class ATJTTrainer {
     public let model: Backbone
     public let optimizer: Adam
-    public let weigher: SequenceWeigher
+    /// weighers[g] weighs group g's batches.
+    public let weighers: [SequenceWeigher]
     /// The per-row loss w multiplies; nil = the next-item cross-entropy of the head.
     public let sequenceLoss: WeightedSequenceLoss?
     public let scheme: TrainingScheme
@@ -300,12 +316,13 @@ public final class ATJTTrainer {
     private let maxBatch: Int
     private var trainStep: TrainStep? = nil
 
-    public init(model: Backbone, weigher: SequenceWeigher, learningRate: Float = 1e-3, maxBatch: Int = 256,
+    public init(model: Backbone, weighers: [SequenceWeigher], learningRate: Float = 1e-3, maxBatch: Int = 256,
                 loss: WeightedSequenceLoss? = nil, scheme: TrainingScheme = .prefixes) {
-        self.model = model; self.weigher = weigher; sequenceLoss = loss; self.scheme = scheme
+        precondition(!weighers.isEmpty, "at least one group's weigher")
+        self.model = model; self.weighers = weighers; sequenceLoss = loss; self.scheme = scheme
         optimizer = Adam(parameters: model.parameters, learningRate: learningRate)
         self.maxBatch = maxBatch
-        self.loss = WeighedLoss(weigher: weigher, sequenceLoss: loss, model: model,
+        self.loss = WeighedLoss(weighers: weighers, sequenceLoss: loss, model: model,
                                 maxRows: scheme == .allPositions ? maxBatch * model.maxLength : maxBatch)
     }
 
@@ -319,55 +336,56 @@ public final class ATJTTrainer {
     /// One joint step on a prefix batch of group `group`; returns L_R = Σ w ℓ / Σ w.
     @discardableResult
     public func step(_ batch: SequenceBatch, group: Int) throws -> Double {
-        precondition(scheme == .prefixes, "a trainer of windows steps with step(items:lengths:targets:instances:B:group:)")
-        return try step(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances, B: batch.B,
-                        group: group)
+        precondition(scheme == .prefixes, "a trainer of windows steps with step(_:group:next:)")
+        return try step(FilledBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
+                                    B: batch.B), group: group)
     }
 
-    /// One joint step on B sequences of group `group` in `TrainStep`'s layout: targets and
-    /// instances (B) under the prefix scheme, (B, T) under all positions (0 / -1 where a position
-    /// has no target). Returns L_R.
+    /// One joint step on a batch of group `group` in `TrainStep`'s layout; `next`, the batch the
+    /// following step trains and its group, is announced to that group's weigher (and the loss's
+    /// teachers) first. Returns L_R.
     @discardableResult
-    public func step(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
-                     instances: UnsafePointer<Int32>, B: Int, group: Int) throws -> Double {
+    public func step(_ batch: FilledBatch, group: Int, next: (batch: FilledBatch, group: Int)? = nil) throws -> Double {
+        for g in [group] + (next.map { [$0.group] } ?? []) where g < 0 || g >= weighers.count {
+            throw SequenceWeigherError.unknownGroup(g, groups: weighers.count)
+        }
         if trainStep == nil {
             trainStep = try TrainStep(model: model, loss: loss, optimizer: optimizer, scheme: scheme, batchSize: maxBatch)
         }
-        loss.group = group
-        return try trainStep!.step(items: items, lengths: lengths, targets: targets, instances: instances, B: B)
+        loss.group = group; loss.nextGroup = next?.group ?? group
+        return try trainStep!.step(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
+                                   B: batch.B, next: next?.batch)
     }
 }
 
-/// ATJT's L_R as the step's loss: the rows weighed by the weigher, the weighted loss and its
-/// gradient, then dL_R/dw_r = (ℓ_r − L_R) / Σ w to the weigher (its update touches only its own
-/// parameters, so it may run before the recommender's backward).
+/// ATJT's L_R as the step's loss: the rows weighed by their group's weigher, the weighted loss
+/// and its gradient, then dL_R/dw_r = (ℓ_r − L_R) / Σ w to the weigher (its update touches only
+/// its own parameters, so it may run before the recommender's backward).
 final class WeighedLoss: RowLoss {
-    let weigher: SequenceWeigher
+    let weighers: [SequenceWeigher]
     let sequenceLoss: WeightedSequenceLoss?
-    /// The group of the batch being stepped.
-    var group = 0
+    /// The groups of the batch being stepped and of the one announced.
+    var group = 0, nextGroup = 0
     private(set) var rows = 0
     private let head: FullSoftmaxHead
     let w: Floats
     private let dW: Floats
     private let scores: Floats?, rowLosses: Floats?   // (R, N), (R): only with a `sequenceLoss`
-    // each row's history for the weigher under all positions: (R, T) right-padded, (R) lengths
-    private let historyItems: UnsafeMutablePointer<Int32>, historyLengths: UnsafeMutablePointer<Int32>
+    // each row's history for the weigher under all positions, for this batch and the announced
+    // one: (R, T) right-padded, (R) lengths
+    private let histories: (BatchBuffers, BatchBuffers)
     private let maxRows: Int, T: Int
 
-    init(weigher: SequenceWeigher, sequenceLoss: WeightedSequenceLoss?, model: Backbone, maxRows: Int) {
-        self.weigher = weigher; self.sequenceLoss = sequenceLoss; self.maxRows = maxRows; T = model.maxLength
+    init(weighers: [SequenceWeigher], sequenceLoss: WeightedSequenceLoss?, model: Backbone, maxRows: Int) {
+        self.weighers = weighers; self.sequenceLoss = sequenceLoss; self.maxRows = maxRows; T = model.maxLength
         head = FullSoftmaxHead(itemCount: model.itemCount, dim: model.dim, interests: model.interests)
         w = .allocate(capacity: maxRows); dW = .allocate(capacity: maxRows)
         scores = sequenceLoss == nil ? nil : .allocate(capacity: maxRows * model.itemCount)
         rowLosses = sequenceLoss == nil ? nil : .allocate(capacity: maxRows)
-        historyItems = .allocate(capacity: maxRows * T); historyLengths = .allocate(capacity: maxRows)
+        histories = (BatchBuffers(B: maxRows, T: T), BatchBuffers(B: maxRows, T: T))
     }
 
-    deinit {
-        w.deallocate(); dW.deallocate(); scores?.deallocate(); rowLosses?.deallocate()
-        historyItems.deallocate(); historyLengths.deallocate()
-    }
+    deinit { w.deallocate(); dW.deallocate(); scores?.deallocate(); rowLosses?.deallocate() }
 
     var fingerprint: String { "atjt-" + (sequenceLoss.map { String(describing: type(of: $0)) } ?? "cross-entropy") }
     var losses: UnsafePointer<Float> { UnsafePointer(rowLosses ?? head.losses) }
@@ -375,23 +393,34 @@ final class WeighedLoss: RowLoss {
     func afterUpdate() { sequenceLoss?.afterUpdate() }
     func endEpoch(_ epoch: Int, meanLoss: Double) { sequenceLoss?.endEpoch(epoch, meanLoss: meanLoss) }
 
+    /// The rows as the weigher sees them: (history, target) pairs, each row's history its
+    /// sequence (prefixes) or its window up to its position (all positions, written into `into`).
+    private func pairs(_ batch: TrainingBatch, into buffer: BatchBuffers) -> SequenceBatch {
+        precondition(batch.R <= maxRows, "\(batch.R) rows, more than the \(maxRows) allocated")
+        guard batch.scheme == .allPositions else {
+            return SequenceBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
+                                 B: batch.R, T: batch.T)
+        }
+        for r in 0..<batch.R {
+            let len = Int(batch.positions[r]) + 1, row = buffer.items + r * T
+            row.update(from: batch.items + Int(batch.sequences[r]) * T, count: len)
+            (row + len).update(repeating: 0, count: T - len)
+            buffer.lengths[r] = Int32(len)
+        }
+        return SequenceBatch(items: buffer.items, lengths: buffer.lengths, targets: batch.targets, instances: batch.instances,
+                             B: batch.R, T: batch.T)
+    }
+
+    func prefetch(_ batch: TrainingBatch) throws {
+        try weighers[nextGroup].prefetch(pairs(batch, into: histories.1), id: batch.id)
+        try sequenceLoss?.prefetch(LabelBatch(batch))
+    }
+
     func loss(_ batch: TrainingBatch, user: UnsafePointer<Float>, model: Backbone, dUser: Floats,
               weights: UnsafePointer<Float>?) throws -> Double {
         let R = batch.R
-        precondition(R <= maxRows, "\(R) rows, more than the \(maxRows) allocated")
         rows = R
-        var history = SequenceBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
-                                    B: R, T: batch.T)
-        if batch.scheme == .allPositions {
-            for r in 0..<R {
-                let len = Int(batch.positions[r]) + 1, row = historyItems + r * T
-                row.update(from: batch.items + Int(batch.sequences[r]) * T, count: len)
-                (row + len).update(repeating: 0, count: T - len)
-                historyLengths[r] = Int32(len)
-            }
-            history.items = UnsafePointer(historyItems); history.lengths = UnsafePointer(historyLengths)
-        }
-        try weigher.weigh(history, group: group, weights: w)
+        try weighers[group].weigh(pairs(batch, into: histories.0), id: batch.id, weights: w)
         var sum: Float = 0
         for r in 0..<R { sum += w[r] }
         let S = max(sum, 1e-12)
@@ -401,11 +430,8 @@ final class WeighedLoss: RowLoss {
             let N = model.itemCount
             head.scores(user: user, table: model.itemTable, B: R)
             scores.update(from: head.logits, count: R * N)
-            let scored = batch.scheme == .allPositions
-                ? ScoredRows(sequences: batch.sequences, positions: batch.positions, count: R, batchSize: batch.B) : nil
-            let lb = LabelBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
-                                B: R, T: batch.T, N: N, rows: scored)
-            total = try sequenceLoss.loss(batch: lb, logits: scores, dlogits: head.logits, weights: w, norm: S, losses: rowLosses)
+            total = try sequenceLoss.loss(batch: LabelBatch(batch), logits: scores, dlogits: head.logits, weights: w, norm: S,
+                                          losses: rowLosses)
             head.backward(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, B: R)
         } else {
             total = head.crossEntropy(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, targets: batch.targets,
@@ -414,7 +440,7 @@ final class WeighedLoss: RowLoss {
         dUser.update(from: head.dUser, count: R * model.interests * model.dim)
         let l = losses
         for r in 0..<R { dW[r] = (l[r] - Float(total)) / S }
-        try weigher.feedback(dWeights: dW, B: R, group: group)
+        try weighers[group].feedback(dWeights: dW, B: R, id: batch.id)
         return total
     }
 }

@@ -8,30 +8,18 @@ import Models
 import Data
 import Training
 
-/// Right-padded batch rows with their instance indices, allocated once: targets and ids (B), or
-/// (B, T) for batches of windows.
-final class InstanceBatchBuffers {
-    let items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>
-    let targets: UnsafeMutablePointer<Int32>, ids: UnsafeMutablePointer<Int32>
-    init(B: Int, T: Int, windows: Bool = false) {
-        items = .allocate(capacity: B * T); lengths = .allocate(capacity: B)
-        targets = .allocate(capacity: windows ? B * T : B); ids = .allocate(capacity: windows ? B * T : B)
-    }
-    deinit { items.deallocate(); lengths.deallocate(); targets.deallocate(); ids.deallocate() }
-}
-
 /// DSS's epochs: shuffled batches of the training instances, one `DSSTrainer.step` each.
 public final class DSSEpochs {
     public let trainer: DSSTrainer
     private var batcher: Batcher
-    private let buf: InstanceBatchBuffers
+    private let buf: BatchBuffers
     private let T: Int
 
     public init(trainer: DSSTrainer, batchSize B: Int, seed: UInt64) {
         self.trainer = trainer
         T = trainer.config.encoder.maxLength
         batcher = Batcher(data: trainer.data, instances: trainer.instances, maxLength: T, batchSize: B, seed: seed)
-        buf = InstanceBatchBuffers(B: B, T: T)
+        buf = BatchBuffers(B: B, T: T)
     }
 
     /// One epoch (0-based `epoch`, for the schedule); returns the mean batch loss.
@@ -40,8 +28,8 @@ public final class DSSEpochs {
         batcher.shuffle()
         var sum = 0.0
         for i in 0..<batcher.batchCount {
-            let n = batcher.fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
-            sum += try trainer.step(SequenceBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids, B: n, T: T))
+            let n = buf.fill(batcher, batch: i)
+            sum += try trainer.step(SequenceBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.instances, B: n, T: T))
         }
         return sum / Double(max(batcher.batchCount, 1))
     }
@@ -55,7 +43,8 @@ public final class ATJTEpochs {
     public let trainer: ATJTTrainer
     public let weigher: ATJTWeigher
     private var batchers: [Batcher]
-    private let buf: InstanceBatchBuffers
+    /// this step's batch and the next
+    private var buffers: (BatchBuffers, BatchBuffers)
     private let T: Int
     /// Weight statistics and the recogniser loss of the last epoch, for logs.
     public private(set) var summary = ""
@@ -69,35 +58,38 @@ public final class ATJTEpochs {
             return windows ? Batcher(data: weigher.data, windowsOf: mine, maxLength: L, batchSize: B, seed: seed &+ UInt64(g))
                 : Batcher(data: weigher.data, instances: mine, maxLength: L, batchSize: B, seed: seed &+ UInt64(g))
         }
-        buf = InstanceBatchBuffers(B: B, T: T, windows: windows)
+        buffers = (BatchBuffers(B: B, T: T, perPosition: windows), BatchBuffers(B: B, T: T, perPosition: windows))
     }
 
     /// One epoch (0-based `epoch`); returns the mean of the batches' L_R. The loss's epoch hooks
-    /// (UFNRec's warm-up) get the 1-based epoch and that mean, as `LabelLoop` gives them.
+    /// (UFNRec's warm-up) get the 1-based epoch and that mean, as `LabelLoop` gives them. Each
+    /// step announces the next batch (the next of its group, or the next group's first) to the
+    /// weigher that will weigh it.
     public func run(epoch: Int) throws -> Double {
         trainer.sequenceLoss?.beginEpoch(epoch + 1)
-        var sum = 0.0, count = 0
+        for g in 0..<batchers.count { batchers[g].shuffle() }
+        let order = (0..<batchers.count).flatMap { g in (0..<batchers[g].batchCount).map { (group: g, batch: $0) } }
+        var sum = 0.0
         var wSum = 0.0, wSq = 0.0, wMin = Float.infinity, wMax = -Float.infinity, wN = 0
-        for g in 0..<batchers.count {
-            batchers[g].shuffle()
-            let members = weigher.partition.members[g]
-            for i in 0..<batchers[g].batchCount {
-                let n: Int
-                if trainer.scheme == .allPositions {
-                    n = batchers[g].fillWindows(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
-                    for k in 0..<(n * T) where buf.ids[k] >= 0 { buf.ids[k] = members[Int(buf.ids[k])] }   // local -> global
-                } else {
-                    n = batchers[g].fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids)
-                    for b in 0..<n { buf.ids[b] = members[Int(buf.ids[b])] }   // local -> global instance index
-                }
-                sum += try trainer.step(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.ids, B: n, group: g)
-                count += 1
-                for b in 0..<trainer.rows {
-                    let w = trainer.weights[b]
-                    wSum += Double(w); wSq += Double(w) * Double(w); wMin = min(wMin, w); wMax = max(wMax, w); wN += 1
-                }
+        func fill(_ k: Int, into buf: BatchBuffers) {
+            let (g, i) = order[k]
+            let n = buf.fill(batchers[g], batch: i)
+            let ids = buf.instances, members = weigher.partition.members[g]
+            for j in 0..<(buf.perPosition ? n * T : n) where ids[j] >= 0 { ids[j] = members[Int(ids[j])] }   // local -> global
+        }
+        if !order.isEmpty { fill(0, into: buffers.0) }
+        for k in 0..<order.count {
+            let hasNext = k + 1 < order.count
+            if hasNext { fill(k + 1, into: buffers.1) }
+            sum += try trainer.step(buffers.0.filled, group: order[k].group,
+                                    next: hasNext ? (buffers.1.filled, order[k + 1].group) : nil)
+            buffers = (buffers.1, buffers.0)
+            for b in 0..<trainer.rows {
+                let w = trainer.weights[b]
+                wSum += Double(w); wSq += Double(w) * Double(w); wMin = min(wMin, w); wMax = max(wMax, w); wN += 1
             }
         }
+        let count = order.count
         let mean = wSum / Double(max(wN, 1))
         summary = String(format: " w mean %.3f std %.3f min %.3f max %.3f, recogniser loss %.4f", mean,
                          (max(wSq / Double(max(wN, 1)) - mean * mean, 0)).squareRoot(), wMin, wMax, weigher.lastRecogniserLoss)

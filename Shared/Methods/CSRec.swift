@@ -110,6 +110,10 @@ public final class CSRecStudentObjective: LabelObjective {
     public func afterUpdate() { hard.afterUpdate() }
     public func endEpoch(_ epoch: Int, meanLoss: Double) { hard.endEpoch(epoch, meanLoss: meanLoss) }
     public var evaluatedModel: Backbone? { hard.evaluatedModel }
+    public func prefetch(_ batch: LabelBatch) throws {
+        try hard.prefetch(batch)
+        try source.prefetch(items: batch.items, lengths: batch.lengths, B: batch.sequenceCount, T: batch.T, rows: batch.rows, batch: batch.id)
+    }
 
     public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
         let B = batch.B, N = batch.N
@@ -118,7 +122,7 @@ public final class CSRecStudentObjective: LabelObjective {
         let h = try hard.loss(batch: batch, logits: logits, dlogits: dlogits)
         return try labels.withUnsafeMutableBufferPointer { r -> Double in
             try source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: batch.sequenceCount,
-                                  T: batch.T, rows: batch.rows, temperature: temperature, out: r.baseAddress!)
+                                  T: batch.T, rows: batch.rows, batch: batch.id, temperature: temperature, out: r.baseAddress!)
             return CSRecStudentObjective.combine(hardLoss: h, dlogits: dlogits, logits: logits, labels: r.baseAddress!,
                                                  beta: beta, direction: direction, losses: &losses, B: B, N: N)
         }
@@ -247,6 +251,10 @@ public final class CSRecTeacherObjective: LabelObjective {
         noiseAdam = Adam(parameters: noise.parameters, learningRate: learningRate)
     }
 
+    public func prefetch(_ batch: LabelBatch) throws {
+        try side.prefetch(items: batch.items, lengths: batch.lengths, B: batch.sequenceCount, T: batch.T, rows: batch.rows, batch: batch.id)
+    }
+
     public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats) throws -> Double {
         let B = batch.B, N = batch.N
         if g2.count < B * N { g2 = [Float](repeating: 0, count: B * N) }
@@ -254,7 +262,8 @@ public final class CSRecTeacherObjective: LabelObjective {
         var total = try ce.loss(batch: batch, logits: logits, dlogits: dlogits)
         try g2.withUnsafeMutableBufferPointer { pb in
             let p = pb.baseAddress!
-            try side.logits(items: batch.items, lengths: batch.lengths, B: batch.sequenceCount, T: batch.T, rows: batch.rows, out: p)
+            try side.logits(items: batch.items, lengths: batch.lengths, B: batch.sequenceCount, T: batch.T, rows: batch.rows,
+                            batch: batch.id, out: p)
             SoftLabels.fromLogits(p, logits: UnsafePointer(p), targets: nil, temperature: 1, B: B, N: N)
             total += CSRecTeacherObjective.consistency(logits: logits, dlogits: dlogits, side: p, alpha: alpha,
                                                        losses: &losses, B: B, N: N)

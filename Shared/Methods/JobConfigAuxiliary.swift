@@ -190,7 +190,7 @@ enum AuxiliaryJob {
             loss = WeightedCSRecStudent(source: d.source, hard: hard ?? WeightedCrossEntropy(), beta: d.beta, temperature: d.temperature,
                                         direction: d.direction)
         }
-        let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss,
+        let trainer = ATJTTrainer(model: model, weighers: weigher.weighers, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss,
                                   scheme: loop.scheme)
         let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: loop.batchSize, seed: loop.seed)
         note = { epochs.summary }

@@ -27,6 +27,8 @@ public struct LabelBatch {
     /// Under all-position training, which sequence and position each of the B rows reads (the
     /// batch's `items` and `lengths` are then per sequence); nil: row b is sequence b at its end.
     public var rows: ScoredRows? = nil
+    /// The step that trains it (a remote teacher matches a prefetched request by it).
+    public var id: BatchID = 0
     /// Sequences in `items` and `lengths`.
     public var sequenceCount: Int { rows?.batchSize ?? B }
 }
@@ -45,10 +47,14 @@ public protocol LabelObjective: AnyObject {
     func endEpoch(_ epoch: Int, meanLoss: Double)
     /// The model to validate and keep instead of the trained one (`RowLoss.evaluatedModel`).
     var evaluatedModel: Backbone? { get }
+    /// The next step's batch, before this step's loss (`RowLoss.prefetch`): an objective with
+    /// teachers asks them now. `B` counts its rows; there are no scores.
+    func prefetch(_ batch: LabelBatch) throws
 }
 
 extension LabelObjective {
     public var evaluatedModel: Backbone? { nil }
+    public func prefetch(_ batch: LabelBatch) throws {}
     public func beginEpoch(_ epoch: Int) {}
     public func afterUpdate() {}
     public func endEpoch(_ epoch: Int, meanLoss: Double) {}
@@ -67,6 +73,17 @@ public final class CrossEntropyObjective: LabelObjective {
     }
 }
 
+extension LabelBatch {
+    /// The rows of a step's batch: its sequences' rows under the prefix scheme, every target of
+    /// its windows (with their sequences and positions) under all positions.
+    init(_ batch: TrainingBatch) {
+        let scored = batch.scheme == .allPositions
+            ? ScoredRows(sequences: batch.sequences, positions: batch.positions, count: batch.R, batchSize: batch.B) : nil
+        self.init(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
+                  B: batch.R, T: batch.T, N: batch.N, rows: scored, id: batch.id)
+    }
+}
+
 /// A label method's objective as the loop's `RowLoss`: the full score matrix (R, N) of the rows
 /// in, its gradient back through the table and the user vectors. Under all positions the rows
 /// are every target of the batch's windows, each knowing its sequence and position (`rows`).
@@ -82,6 +99,7 @@ final class ObjectiveLoss: RowLoss {
     func beginEpoch(_ epoch: Int) { objective.beginEpoch(epoch) }
     func afterUpdate() { objective.afterUpdate() }
     func endEpoch(_ epoch: Int, meanLoss: Double) { objective.endEpoch(epoch, meanLoss: meanLoss) }
+    func prefetch(_ batch: TrainingBatch) throws { try objective.prefetch(LabelBatch(batch)) }
 
     func loss(_ batch: TrainingBatch, user: UnsafePointer<Float>, model: Backbone, dUser: Floats,
               weights: UnsafePointer<Float>?) throws -> Double {
@@ -93,11 +111,7 @@ final class ObjectiveLoss: RowLoss {
         head.scores(user: user, table: model.itemTable, B: R)
         return try scores.withUnsafeMutableBufferPointer { sc -> Double in
             sc.baseAddress!.update(from: head.logits, count: R * N)
-            let scored = batch.scheme == .allPositions
-                ? ScoredRows(sequences: batch.sequences, positions: batch.positions, count: R, batchSize: batch.B) : nil
-            let rows = LabelBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances,
-                                  B: R, T: batch.T, N: N, rows: scored)
-            let total = try objective.loss(batch: rows, logits: sc.baseAddress!, dlogits: head.logits)
+            let total = try objective.loss(batch: LabelBatch(batch), logits: sc.baseAddress!, dlogits: head.logits)
             head.backward(user: user, table: model.itemTable, tableGrad: model.itemTableGrad, B: R)
             dUser.update(from: head.dUser, count: R * model.interests * model.dim)
             return total
@@ -134,21 +148,6 @@ public final class LabelLoop {
     }
 }
 
-/// Per-batch buffers of the loop, allocated once.
-final class BatchBuffers {
-    let items: UnsafeMutablePointer<Int32>, lengths: UnsafeMutablePointer<Int32>
-    let targets: UnsafeMutablePointer<Int32>, rows: UnsafeMutablePointer<Int32>
-    let scores: Floats   // (B, N)
-    init(B: Int, T: Int, N: Int) {
-        items = .allocate(capacity: B * T); lengths = .allocate(capacity: B)
-        targets = .allocate(capacity: B); rows = .allocate(capacity: B)
-        scores = .allocate(capacity: B * N)
-    }
-    deinit {
-        items.deallocate(); lengths.deallocate(); targets.deallocate(); rows.deallocate(); scores.deallocate()
-    }
-}
-
 extension LabelEvaluation {
     /// Each instance's top-k list (best first) under `model`, in instance order.
     public static func topLists(_ model: Backbone, data: SequenceDataset, instances: InstanceSet,
@@ -158,10 +157,10 @@ extension LabelEvaluation {
         out.reserveCapacity(instances.count)
         let B = 256
         let batcher = Batcher(data: data, instances: instances, maxLength: maxLength, batchSize: B, padding: .right)
-        let buf = BatchBuffers(B: B, T: maxLength, N: 1)
+        let buf = BatchBuffers(B: B, T: maxLength)
         var lists = [Int32](repeating: 0, count: B * k)
         for i in 0..<batcher.batchCount {
-            let n = batcher.fill(batch: i, items: buf.items, lengths: buf.lengths, targets: buf.targets)
+            let n = buf.fill(batcher, batch: i)
             try lists.withUnsafeMutableBufferPointer {
                 try source.topK(items: buf.items, lengths: buf.lengths, B: n, T: maxLength, k: k, out: $0.baseAddress!)
             }

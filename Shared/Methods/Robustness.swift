@@ -313,7 +313,7 @@ public enum RobustnessTrainer {
                 loss = u
                 evaluated = { u.evaluated }
             }
-            let trainer = ATJTTrainer(model: m, weigher: weigher, learningRate: cfg.learningRate, maxBatch: B, loss: loss)
+            let trainer = ATJTTrainer(model: m, weighers: weigher.weighers, learningRate: cfg.learningRate, maxBatch: B, loss: loss)
             let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: B, seed: cfg.seed)
             epoch = { try epochs.run(epoch: $0) }
             note = { epochs.summary }

@@ -21,9 +21,12 @@ public protocol WeightedSequenceLoss: AnyObject {
     func afterUpdate()
     /// Called after each epoch with the mean training loss.
     func endEpoch(_ epoch: Int, meanLoss: Double)
+    /// The next step's batch, before this step's loss (`LabelObjective.prefetch`).
+    func prefetch(_ batch: LabelBatch) throws
 }
 
 extension WeightedSequenceLoss {
+    public func prefetch(_ batch: LabelBatch) throws {}
     public func beginEpoch(_ epoch: Int) {}
     public func afterUpdate() {}
     public func endEpoch(_ epoch: Int, meanLoss: Double) {}
@@ -63,6 +66,10 @@ public final class WeightedCSRecStudent: WeightedSequenceLoss {
     public func beginEpoch(_ epoch: Int) { hard.beginEpoch(epoch) }
     public func afterUpdate() { hard.afterUpdate() }
     public func endEpoch(_ epoch: Int, meanLoss: Double) { hard.endEpoch(epoch, meanLoss: meanLoss) }
+    public func prefetch(_ batch: LabelBatch) throws {
+        try hard.prefetch(batch)
+        try source.prefetch(items: batch.items, lengths: batch.lengths, B: batch.sequenceCount, T: batch.T, rows: batch.rows, batch: batch.id)
+    }
 
     public func loss(batch: LabelBatch, logits: UnsafePointer<Float>, dlogits: Floats, weights: UnsafePointer<Float>,
                      norm: Float, losses: Floats) throws -> Double {
@@ -72,7 +79,7 @@ public final class WeightedCSRecStudent: WeightedSequenceLoss {
         let h = try hard.loss(batch: batch, logits: logits, dlogits: dlogits, weights: weights, norm: norm, losses: losses)
         return try labels.withUnsafeMutableBufferPointer { r -> Double in
             try source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: batch.sequenceCount,
-                                  T: batch.T, rows: batch.rows, temperature: temperature, out: r.baseAddress!)
+                                  T: batch.T, rows: batch.rows, batch: batch.id, temperature: temperature, out: r.baseAddress!)
             let total = CSRecStudentObjective.combine(hardLoss: h, dlogits: dlogits, logits: logits, labels: r.baseAddress!,
                                                       beta: beta, direction: direction, losses: &klLosses, B: B, N: N,
                                                       weights: weights, norm: norm)

@@ -1,21 +1,24 @@
 // The seam between a recommender and whatever weighs its training sequences (ATJT's noise
-// recogniser today, in process; a remote noise service later). A weigher is asked for one weight
-// per training sequence of a batch and is then told dL/dw for that batch, so that it can learn
-// from the recommender's loss (ATJT's joint training) as well as from its own task.
+// recognisers, in process today; a noise service per group later). A weigher is asked for one
+// weight per training sequence of a batch and is then told dL/dw for that batch, so that it can
+// learn from the recommender's loss (ATJT's joint training) as well as from its own task.
 //
-// Group protocol (ATJT's cross-fitting): every training sequence belongs to one of N groups; the
-// trainer says which group a batch comes from, and a weigher must never weigh a sequence with a
-// model that was trained on that sequence.
+// One weigher serves one group of ATJT's cross-fitting: every training sequence belongs to one of
+// N groups, the trainer holds one weigher per group and asks group g's weigher about group g's
+// batches only, and a weigher must never weigh a sequence with a model trained on it. A batch id
+// (the training step's) ties an early `prefetch` to its `weigh`, and a `weigh` to its `feedback`,
+// so that a remote weigher can have the next batch's weights on the way while a step computes.
 import Numerics
+import Training
 
 /// Why a weigher could not weigh or learn.
 public enum SequenceWeigherError: Error, Equatable, CustomStringConvertible {
-    /// The group index is outside 0..<groups.
+    /// The group index is outside 0..<groups (the trainer's weighers).
     case unknownGroup(Int, groups: Int)
     /// Instance `instance` was said to be in group `said` but belongs to group `actual`.
     case wrongGroup(instance: Int, said: Int, actual: Int)
-    /// `feedback` for a group that has no outstanding `weigh` of that size.
-    case feedbackWithoutWeigh(group: Int, rows: Int)
+    /// `feedback` for a batch that is not the last one weighed, or of another size.
+    case feedbackWithoutWeigh(batch: BatchID, rows: Int)
     /// The remote side failed (message from it).
     case remote(String)
 
@@ -23,7 +26,7 @@ public enum SequenceWeigherError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .unknownGroup(g, n): return "sequence weigher: group \(g) outside 0..<\(n)"
         case let .wrongGroup(i, s, a): return "sequence weigher: instance \(i) is in group \(a), not \(s)"
-        case let .feedbackWithoutWeigh(g, b): return "sequence weigher: feedback for group \(g) (\(b) rows) without a matching weigh"
+        case let .feedbackWithoutWeigh(id, b): return "sequence weigher: feedback for batch \(id) (\(b) rows) without a matching weigh"
         case let .remote(m): return "sequence weigher: \(m)"
         }
     }
@@ -49,39 +52,32 @@ public struct SequenceBatch {
     }
 }
 
-/// Weighs training sequences and learns from dL/dw.
+/// Weighs one group's training sequences and learns from dL/dw.
 public protocol SequenceWeigher: AnyObject {
-    /// Number of groups N the training instances are partitioned into.
-    var groups: Int { get }
-    /// The group of training instance `instance`.
-    func group(ofInstance instance: Int) -> Int
-    /// Writes one weight per row into `weights` (B) for a batch drawn from group `group`.
-    func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws
-    /// Gives dL/dw (B) for the last `weigh` of `group`; the weigher updates itself.
-    func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws
+    /// Announces a batch that a later `weigh` with the same `id` will pass (pointers valid for
+    /// this call only), before the trainer weighs the current one. The default does nothing.
+    func prefetch(_ batch: SequenceBatch, id: BatchID) throws
+    /// Writes one weight per row into `weights` (B) for batch `id`.
+    func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws
+    /// Gives dL/dw (B) for batch `id`, the last one weighed; the weigher updates itself.
+    func feedback(dWeights: UnsafePointer<Float>, B: Int, id: BatchID) throws
+}
+
+extension SequenceWeigher {
+    public func prefetch(_ batch: SequenceBatch, id: BatchID) throws {}
 }
 
 /// w ≡ c for every sequence; learns nothing. With c = 1 a weighted trainer is base training.
 public final class ConstantWeigher: SequenceWeigher {
     public let value: Float
-    public let groups: Int
-    private let groupOf: (Int) -> Int
     /// Number of `feedback` calls received (tests check the trainer calls back).
     public private(set) var feedbackCalls = 0
 
-    public init(value: Float = 1, groups: Int = 1, groupOf: @escaping (Int) -> Int = { _ in 0 }) {
-        self.value = value; self.groups = groups; self.groupOf = groupOf
-    }
+    public init(value: Float = 1) { self.value = value }
 
-    public func group(ofInstance instance: Int) -> Int { groupOf(instance) }
-
-    public func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws {
-        guard group >= 0 && group < groups else { throw SequenceWeigherError.unknownGroup(group, groups: groups) }
+    public func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws {
         weights.update(repeating: value, count: batch.B)
     }
 
-    public func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws {
-        guard group >= 0 && group < groups else { throw SequenceWeigherError.unknownGroup(group, groups: groups) }
-        feedbackCalls += 1
-    }
+    public func feedback(dWeights: UnsafePointer<Float>, B: Int, id: BatchID) throws { feedbackCalls += 1 }
 }

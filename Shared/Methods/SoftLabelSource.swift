@@ -12,6 +12,7 @@ import Darwin
 #endif
 import Numerics
 import Models
+import Training
 
 /// Why a soft-label source could not answer.
 public struct SoftLabelError: Error, CustomStringConvertible {
@@ -24,25 +25,36 @@ public struct SoftLabelError: Error, CustomStringConvertible {
 public protocol SoftLabelSource: AnyObject {
     /// Items N; every answer covers ids 1...N.
     var itemCount: Int { get }
+    /// Announces what a later `logits` call for training batch `batch` will ask for (the same
+    /// items, lengths and rows; pointers valid for this call only), before the trainer consumes
+    /// the current batch: a remote source sends the request now, so its answer travels while the
+    /// student computes. An in-process source may ignore it (the default).
+    func prefetch(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
+                  batch: BatchID) throws
     /// The teacher's logits e (R, N) for sequences items (B, T), lengths (B), into `out`: one
-    /// row per sequence (rows nil) or one per scored row.
-    func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?, out: Floats) throws
+    /// row per sequence (rows nil) or one per scored row. `batch` names the training batch, as
+    /// announced to `prefetch` (nil outside training: mining, tests).
+    func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
+                batch: BatchID?, out: Floats) throws
     /// The top-k item ids by teacher logit (B, k), best first, ties to the lower id.
     func topK(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, k: Int,
               out: UnsafeMutablePointer<Int32>) throws
 }
 
 extension SoftLabelSource {
-    /// The logits of one row per sequence.
+    public func prefetch(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
+                         batch: BatchID) throws {}
+
+    /// The logits of one row per sequence, outside training.
     public func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, out: Floats) throws {
-        try logits(items: items, lengths: lengths, B: B, T: T, rows: nil, out: out)
+        try logits(items: items, lengths: lengths, B: B, T: T, rows: nil, batch: nil, out: out)
     }
 
     /// CSRec's soft labels (Eq. 14) r = ½ (softmax(e / τ) + onehot(target)) into `out` (R, N);
     /// `targets` (R) are the rows' observed items.
     public func softLabels(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
-                           B: Int, T: Int, rows: ScoredRows? = nil, temperature: Float, out: Floats) throws {
-        try logits(items: items, lengths: lengths, B: B, T: T, rows: rows, out: out)
+                           B: Int, T: Int, rows: ScoredRows? = nil, batch: BatchID? = nil, temperature: Float, out: Floats) throws {
+        try logits(items: items, lengths: lengths, B: B, T: T, rows: rows, batch: batch, out: out)
         SoftLabels.fromLogits(out, logits: UnsafePointer(out), targets: targets, temperature: temperature,
                               B: rows?.count ?? B, N: itemCount)
     }
@@ -109,7 +121,7 @@ public final class ModelSoftLabelSource: SoftLabelSource {
     }
 
     public func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
-                       out: Floats) throws {
+                       batch: BatchID?, out: Floats) throws {
         let N = itemCount, R = rows?.count ?? B
         let m = Float(teachers.count)
         for (k, g) in teachers.enumerated() {

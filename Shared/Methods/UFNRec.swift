@@ -190,6 +190,8 @@ public final class UFNRecObjective: LabelObjective {
 
     public func beginEpoch(_ epoch: Int) {}
     public func afterUpdate() { if !warmingUp { ema.update(from: student.parameters) } }
+    /// The EMA teacher is in process: nothing to ask ahead.
+    public func prefetch(_ batch: LabelBatch) throws {}
 
     public func endEpoch(_ epoch: Int, meanLoss: Double) {
         guard warmingUp else { return }

@@ -8,8 +8,14 @@ import Numerics
 import Models
 import Data
 
+/// A batch's identity across a seam: the index of the step that trains it, counted from 0 over a
+/// `TrainStep`'s life. A remote teacher or weigher matches a prefetched request to its use by it.
+public typealias BatchID = UInt64
+
 /// One batch as the step hands it to a loss. Pointers are valid for the call only.
 public struct TrainingBatch {
+    /// The step that trains it.
+    public let id: BatchID
     /// (B, T) right-padded input items and (B) their lengths.
     public let items: UnsafePointer<Int32>
     public let lengths: UnsafePointer<Int32>
@@ -53,6 +59,11 @@ public protocol RowLoss: AnyObject {
     func afterUpdate()
     /// Called after each epoch with the mean training loss.
     func endEpoch(_ epoch: Int, meanLoss: Double)
+    /// The batch the next step will train, announced before this step's loss is computed (its
+    /// rows, no user vectors; pointers valid for the call only): a loss with a remote side (a
+    /// teacher or weigher process) sends that batch's request now, so the wire works while this
+    /// step computes. The default does nothing.
+    func prefetch(_ batch: TrainingBatch) throws
     /// The loss's own state for a checkpoint (generators, records); [] when it has none.
     func checkpointState() -> [UInt64]
     /// Puts back what `checkpointState` returned; false (changing nothing) when it does not fit.
@@ -65,6 +76,7 @@ extension RowLoss {
     public func beginEpoch(_ epoch: Int) {}
     public func afterUpdate() {}
     public func endEpoch(_ epoch: Int, meanLoss: Double) {}
+    public func prefetch(_ batch: TrainingBatch) throws {}
     public func checkpointState() -> [UInt64] { [] }
     public func restore(checkpointState state: [UInt64]) -> Bool { state.isEmpty }
 }
@@ -138,17 +150,61 @@ public final class CrossEntropyLoss: RowLoss {
     }
 }
 
+/// A batch's scored rows: target, instance, sequence and position of each (R <= B·T).
+struct BatchRows {
+    var targets: [Int32], instances: [Int32], sequences: [Int32], positions: [Int32]
+    var count = 0
+    init(capacity: Int) {
+        targets = [Int32](repeating: 0, count: capacity); instances = targets; sequences = targets; positions = targets
+    }
+
+    /// The rows of `batch` under `scheme`: one per sequence at its end (prefixes), or one per
+    /// position that has a target (all positions).
+    mutating func gather(_ batch: FilledBatch, scheme: TrainingScheme, T: Int) {
+        count = 0
+        for b in 0..<batch.B {
+            switch scheme {
+            case .prefixes:
+                append(target: batch.targets[b], instance: batch.instances?[b] ?? -1, sequence: b, position: Int(batch.lengths[b]) - 1)
+            case .allPositions:
+                for t in 0..<Int(batch.lengths[b]) where batch.targets[b * T + t] > 0 {
+                    append(target: batch.targets[b * T + t], instance: batch.instances?[b * T + t] ?? -1, sequence: b, position: t)
+                }
+            }
+        }
+    }
+
+    private mutating func append(target: Int32, instance: Int32, sequence: Int, position: Int) {
+        targets[count] = target; instances[count] = instance; sequences[count] = Int32(sequence); positions[count] = Int32(position)
+        count += 1
+    }
+
+    /// The loss's view of these rows (valid inside `body` only).
+    func withBatch<R>(_ batch: FilledBatch, id: BatchID, T: Int, N: Int, scheme: TrainingScheme,
+                      _ body: (TrainingBatch) throws -> R) rethrows -> R {
+        try targets.withUnsafeBufferPointer { tg in try instances.withUnsafeBufferPointer { ins in
+            try sequences.withUnsafeBufferPointer { sq in try positions.withUnsafeBufferPointer { ps in
+                try body(TrainingBatch(id: id, items: batch.items, lengths: batch.lengths, B: batch.B, T: T, N: N, scheme: scheme, R: count,
+                                       targets: tg.baseAddress!, instances: ins.baseAddress!, sequences: sq.baseAddress!,
+                                       positions: ps.baseAddress!))
+            } }
+        } }
+    }
+}
+
 /// Forward + loss + backward + Adam for one batch of either scheme; the loop's one step.
 public final class TrainStep {
     public let model: Backbone
     public let optimizer: Adam
     public let loss: RowLoss
     public let scheme: TrainingScheme
+    /// Steps taken: the id of the batch the next `step` trains.
+    public private(set) var steps: BatchID = 0
     private let maxBatch: Int
-    // scored rows: targets, instances, sequences, positions (R each, R <= B·T); all positions'
-    // user rows gathered from the readout, the rows' gradient (R·K·C), the (B, T, C) gradient the
-    // readout takes back, and the rows' weights (R)
-    private var rowTargets: [Int32], rowInstances: [Int32], rowSequences: [Int32], rowPositions: [Int32]
+    // the current batch's scored rows and the announced next batch's
+    private var rows: BatchRows, nextRows: BatchRows
+    // all positions' user rows gathered from the readout, the rows' gradient (R·K·C), the
+    // (B, T, C) gradient the readout takes back, and the rows' weights (R)
     private let slab: Slab
     private let userRows: Floats, dUserRows: Floats, dEvery: Floats, rowWeights: Floats
 
@@ -164,7 +220,7 @@ public final class TrainStep {
         self.model = model; self.loss = loss; self.optimizer = optimizer; self.scheme = scheme
         maxBatch = batchSize
         let R = scheme == .allPositions ? batchSize * model.maxLength : batchSize
-        rowTargets = [Int32](repeating: 0, count: R); rowInstances = rowTargets; rowSequences = rowTargets; rowPositions = rowTargets
+        rows = BatchRows(capacity: R); nextRows = BatchRows(capacity: R)
         let KC = model.interests * model.dim, BTC = batchSize * model.maxLength * model.dim
         let every = scheme == .allPositions
         slab = Slab([every ? R * KC : 0, R * KC, every ? BTC : 0, R])
@@ -174,50 +230,44 @@ public final class TrainStep {
 
     /// One step on B sequences items (B, T), lengths (B). Prefixes: targets and instances (B).
     /// All positions: targets and instances (B, T), 0 and -1 where a position has no target.
-    /// `weights` (B) weighs each sequence's rows (nil = 1). Returns the batch loss.
+    /// `weights` (B) weighs each sequence's rows (nil = 1). `next`, the batch the following step
+    /// will train, is announced to the loss (`RowLoss.prefetch`) before this batch's loss.
+    /// Returns the batch loss.
     @discardableResult
     public func step(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
-                     instances: UnsafePointer<Int32>?, weights: UnsafePointer<Float>? = nil, B: Int) throws -> Double {
+                     instances: UnsafePointer<Int32>?, weights: UnsafePointer<Float>? = nil, B: Int,
+                     next: FilledBatch? = nil) throws -> Double {
         precondition(B >= 1 && B <= maxBatch, "batch of \(B) sequences outside 1...\(maxBatch)")
-        let T = model.maxLength, C = model.dim
+        let T = model.maxLength, C = model.dim, N = model.itemCount, id = steps
+        let current = FilledBatch(items: items, lengths: lengths, targets: targets, instances: instances, B: B)
+        steps += 1
+        if let next {
+            precondition(next.B >= 1 && next.B <= maxBatch, "next batch of \(next.B) sequences outside 1...\(maxBatch)")
+            nextRows.gather(next, scheme: scheme, T: T)
+            try nextRows.withBatch(next, id: id + 1, T: T, N: N, scheme: scheme) { try loss.prefetch($0) }
+        }
         model.parameters.zeroGrad()
         let out = model.forward(items: items, lengths: lengths, B: B, training: true,
                                 readout: scheme == .allPositions ? .every : .last)
-        var R = 0, user = out
-        switch scheme {
-        case .prefixes:
-            // the readout's rows are the scored rows
-            R = B
-            for b in 0..<B {
-                rowTargets[b] = targets[b]; rowInstances[b] = instances?[b] ?? -1
-                rowSequences[b] = Int32(b); rowPositions[b] = lengths[b] - 1
-            }
-        case .allPositions:
-            for b in 0..<B {
-                for t in 0..<Int(lengths[b]) where targets[b * T + t] > 0 {
-                    rowTargets[R] = targets[b * T + t]; rowInstances[R] = instances?[b * T + t] ?? -1
-                    rowSequences[R] = Int32(b); rowPositions[R] = Int32(t)
-                    (userRows + R * C).update(from: out + (b * T + t) * C, count: C)
-                    R += 1
-                }
+        rows.gather(current, scheme: scheme, T: T)
+        let R = rows.count
+        guard R > 0 else { return 0 }
+        var user = out
+        if scheme == .allPositions {
+            for r in 0..<R {
+                (userRows + r * C).update(from: out + (Int(rows.sequences[r]) * T + Int(rows.positions[r])) * C, count: C)
             }
             user = UnsafePointer(userRows)
         }
-        guard R > 0 else { return 0 }
-        if let weights { for r in 0..<R { rowWeights[r] = weights[Int(rowSequences[r])] } }
-        let total = try rowTargets.withUnsafeBufferPointer { tg in try rowInstances.withUnsafeBufferPointer { ins in
-            try rowSequences.withUnsafeBufferPointer { sq in try rowPositions.withUnsafeBufferPointer { ps in
-                let batch = TrainingBatch(items: items, lengths: lengths, B: B, T: T, N: model.itemCount, scheme: scheme, R: R,
-                                          targets: tg.baseAddress!, instances: ins.baseAddress!, sequences: sq.baseAddress!,
-                                          positions: ps.baseAddress!)
-                return try loss.loss(batch, user: user, model: model, dUser: dUserRows, weights: weights == nil ? nil : UnsafePointer(rowWeights))
-            } }
-        } }
+        if let weights { for r in 0..<R { rowWeights[r] = weights[Int(rows.sequences[r])] } }
+        let total = try rows.withBatch(current, id: id, T: T, N: N, scheme: scheme) {
+            try loss.loss($0, user: user, model: model, dUser: dUserRows, weights: weights == nil ? nil : UnsafePointer(rowWeights))
+        }
         if scheme == .allPositions {
             // scatter the rows' gradient back to their positions; every other position gets none
             zeroFill(dEvery, B * T * C)
             for r in 0..<R {
-                (dEvery + (Int(rowSequences[r]) * T + Int(rowPositions[r])) * C).update(from: dUserRows + r * C, count: C)
+                (dEvery + (Int(rows.sequences[r]) * T + Int(rows.positions[r])) * C).update(from: dUserRows + r * C, count: C)
             }
             model.backward(dUser: dEvery)
         } else {

@@ -145,9 +145,9 @@ public final class TrainingLoop {
         var batcher = scheme == .allPositions
             ? Batcher(data: data, windowsOf: instances, maxLength: T, batchSize: B, seed: config.seed)
             : Batcher(data: data, instances: instances, maxLength: T, batchSize: B, padding: .right, seed: config.seed)
-        let targetWidth = scheme == .allPositions ? B * T : B
-        var items = [Int32](repeating: 0, count: B * T), lengths = [Int32](repeating: 0, count: B)
-        var targets = [Int32](repeating: 0, count: targetWidth), rows = [Int32](repeating: 0, count: targetWidth)
+        // this step's batch and the next, which the step announces to the loss (`RowLoss.prefetch`)
+        var buffers = (BatchBuffers(B: B, T: T, perPosition: scheme == .allPositions),
+                       BatchBuffers(B: B, T: T, perPosition: scheme == .allPositions))
         let best = model.parameters.clone()
         var state = LoopState(stopping: EarlyStopping(metric: config.selectMetric, patience: config.patience))
         let file = checkpoint.map { CheckpointFile(path: $0, loop: self, model: model, instances: instances, loss: loss) }
@@ -165,12 +165,14 @@ public final class TrainingLoop {
             batcher.shuffle()
             loss.beginEpoch(epoch)
             var total = 0.0
+            buffers.0.fill(batcher, batch: 0)
             for i in 0..<steps {
                 if cancellation?.isCancelled == true { throw TrainingError.cancelled(epoch: epoch) }
-                let n = scheme == .allPositions
-                    ? batcher.fillWindows(batch: i, items: &items, lengths: &lengths, targets: &targets, instances: &rows)
-                    : batcher.fill(batch: i, items: &items, lengths: &lengths, targets: &targets, instances: &rows)
-                total += try step.step(items: items, lengths: lengths, targets: targets, instances: rows, B: n)
+                if i + 1 < steps { buffers.1.fill(batcher, batch: i + 1) }
+                let b = buffers.0.filled
+                total += try step.step(items: b.items, lengths: b.lengths, targets: b.targets, instances: b.instances, B: b.B,
+                                       next: i + 1 < steps ? buffers.1.filled : nil)
+                buffers = (buffers.1, buffers.0)
                 if progress != nil {
                     report(.step, state: state, epoch: epoch, step: i + 1, steps: steps, loss: total / Double(i + 1), valid: [:], since: start)
                 }

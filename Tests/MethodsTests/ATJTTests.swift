@@ -62,7 +62,7 @@ final class ATJTTests: XCTestCase {
             let step = try TrainStep(model: base, loss: CrossEntropyLoss(), optimizer: Adam(parameters: base.parameters),
                                      scheme: .prefixes, batchSize: B)
             let weigher = ConstantWeigher(value: 1)
-            let atjt = ATJTTrainer(model: other, weigher: weigher, maxBatch: B)
+            let atjt = ATJTTrainer(model: other, weighers: [weigher], maxBatch: B)
             let buf = AuxBatches(B: B, T: T)
             for s in 0..<6 {
                 let ids = (0..<Int32(B)).map { Int32((Int($0) * 7 + s * 13) % inst.count) }
@@ -83,7 +83,7 @@ final class ATJTTests: XCTestCase {
         let B = 6, T = 6
         let w: [Float] = [0.9, 0.2, 0.5, 0.7, 0.05, 0.6]
         let weigher = FixedWeigher(w)
-        let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: T, seed: 2), weigher: weigher, maxBatch: B)
+        let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: T, seed: 2), weighers: [weigher], maxBatch: B)
         let buf = AuxBatches(B: B, T: T)
         let loss = try trainer.step(buf.fill(world.data, world.split.train, Array(0..<Int32(B))[...]), group: 0)
         let l = (0..<B).map { Double(trainer.losses[$0]) }
@@ -99,7 +99,7 @@ final class ATJTTests: XCTestCase {
             config.groups = N; config.audit = true; config.recogniserBatch = 16
             config.recogniser.dim = 4; config.recogniser.outputHidden = [8]
             let weigher = ATJTWeigher(config: config, data: world.data, instances: inst)
-            let trainer = ATJTTrainer(model: tinySASRec(items: 40, T: T, seed: 1), weigher: weigher, maxBatch: B)
+            let trainer = ATJTTrainer(model: tinySASRec(items: 40, T: T, seed: 1), weighers: weigher.weighers, maxBatch: B)
             let buf = AuxBatches(B: B, T: T)
             for g in 0..<N {
                 let members = weigher.partition.members[g]
@@ -121,7 +121,7 @@ final class ATJTTests: XCTestCase {
             // a batch that mixes in another group's instance is refused
             let mixed = [weigher.partition.members[0][0], weigher.partition.members[1][0]]
             let w = AuxFloats(2)
-            XCTAssertThrowsError(try weigher.weigh(buf.fill(world.data, inst, mixed[...]), group: 0, weights: w.p)) { e in
+            XCTAssertThrowsError(try weigher.weighers[0].weigh(buf.fill(world.data, inst, mixed[...]), id: 0, weights: w.p)) { e in
                 XCTAssertEqual(e as? SequenceWeigherError,
                                .wrongGroup(instance: Int(mixed[1]), said: 0, actual: 1))
             }
@@ -137,7 +137,7 @@ final class ATJTTests: XCTestCase {
         var config = ATJTConfig(itemCount: 30, maxLength: T)
         config.recogniserBatch = 16; config.recogniser.dim = 4; config.recogniser.outputHidden = [8]
         let weigher = ATJTWeigher(config: config, data: world.data, instances: inst)
-        let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: T, seed: 1), weigher: weigher, maxBatch: B)
+        let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: T, seed: 1), weighers: weigher.weighers, maxBatch: B)
         let initial = weigher.recognisers.map { $0.parameters.clone() }
         func isInitial(_ g: Int) -> Bool {
             memcmp(weigher.recognisers[g].parameters.values, initial[g].values, initial[g].count * 4) == 0
@@ -152,9 +152,9 @@ final class ATJTTests: XCTestCase {
                     let batch = buf.fill(world.data, inst, members[start..<end])
                     if start == 0 {
                         let w = AuxFloats(n), dW = AuxFloats(n)
-                        try weigher.weigh(batch, group: g, weights: w.p)
+                        try weigher.weighers[g].weigh(batch, id: 0, weights: w.p)
                         XCTAssertTrue(isInitial(g), "round \(round), group \(g): weighed by a re-initialised recogniser")
-                        try weigher.feedback(dWeights: dW.p, B: n, group: g)
+                        try weigher.weighers[g].feedback(dWeights: dW.p, B: n, id: 0)
                     } else {
                         try trainer.step(batch, group: g)
                     }
@@ -171,14 +171,14 @@ final class ATJTTests: XCTestCase {
         var config = ATJTConfig(itemCount: 30, maxLength: 6)
         config.alpha = 0; config.recogniser.dim = 4; config.recogniser.outputHidden = [8]; config.recogniser.dropout = 0
         let weigher = ATJTWeigher(config: config, data: world.data, instances: world.split.train)
-        let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: 6, seed: 1), weigher: weigher, maxBatch: 8)
+        let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: 6, seed: 1), weighers: weigher.weighers, maxBatch: 8)
         let before = weigher.recognisers[0].parameters.clone()
         let buf = AuxBatches(B: 8, T: 6)
         try trainer.step(buf.fill(world.data, world.split.train, weigher.partition.members[0].prefix(8)), group: 0)
         let after = weigher.recognisers[0].parameters
         XCTAssertNotEqual(memcmp(before.values, after.values, after.count * 4), 0, "dL_R/dw did not reach the recogniser")
         XCTAssertEqual(weigher.lastRecogniserLoss, 0)
-        XCTAssertThrowsError(try weigher.feedback(dWeights: after.grads, B: 8, group: 0))
+        XCTAssertThrowsError(try weigher.weighers[0].feedback(dWeights: after.grads, B: 8, id: 0))
     }
 
     func testTinyEndToEndRunDecreasesTheLoss() throws {
@@ -187,7 +187,7 @@ final class ATJTTests: XCTestCase {
         var config = ATJTConfig(itemCount: 50, maxLength: T)
         config.recogniserBatch = 32; config.recogniser.dim = 8; config.recogniser.outputHidden = [16]
         let weigher = ATJTWeigher(config: config, data: world.data, instances: inst)
-        let trainer = ATJTTrainer(model: tinySASRec(items: 50, T: T, seed: 4), weigher: weigher, learningRate: 5e-3, maxBatch: B)
+        let trainer = ATJTTrainer(model: tinySASRec(items: 50, T: T, seed: 4), weighers: weigher.weighers, learningRate: 5e-3, maxBatch: B)
         let buf = AuxBatches(B: B, T: T)
         var epochLoss: [Double] = []
         for _ in 0..<6 {
@@ -205,5 +205,51 @@ final class ATJTTests: XCTestCase {
         }
         XCTAssertLessThan(epochLoss.last!, epochLoss.first! - 0.1, "losses \(epochLoss)")
         XCTAssertTrue(epochLoss.allSatisfy { $0.isFinite })
+    }
+
+    /// Each group has its own weigher, and every step announces the next batch, with its id and
+    /// its (history, target) rows, to the weigher of that batch's group before the current batch
+    /// is weighed: under either scheme, every batch but an epoch's first is prefetched, once, by
+    /// the group that then weighs it, with the rows it then weighs.
+    func testEachGroupsWeigherIsAskedAheadForItsNextBatch() throws {
+        final class Recording: SequenceWeigher {
+            let inner: SequenceWeigher
+            var calls: [(prefetch: Bool, id: BatchID, rows: [[Int32]])] = []
+            init(_ inner: SequenceWeigher) { self.inner = inner }
+            func rows(_ b: SequenceBatch) -> [[Int32]] {
+                (0..<b.B).map { Array(UnsafeBufferPointer(start: b.items + $0 * b.T, count: Int(b.lengths[$0]))) + [b.targets[$0], b.instances[$0]] }
+            }
+            func prefetch(_ batch: SequenceBatch, id: BatchID) throws { calls.append((true, id, rows(batch))) }
+            func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws {
+                calls.append((false, id, rows(batch)))
+                try inner.weigh(batch, id: id, weights: weights)
+            }
+            func feedback(dWeights: UnsafePointer<Float>, B: Int, id: BatchID) throws {
+                try inner.feedback(dWeights: dWeights, B: B, id: id)
+            }
+        }
+        let world = AuxWorld(users: 24, items: 30, perUser: 10, noise: 0.1)
+        for scheme in TrainingScheme.allCases {
+            var config = ATJTConfig(itemCount: 30, maxLength: 6)
+            config.recogniser.dim = 4; config.recogniser.outputHidden = [8]; config.recogniserBatch = 16
+            let weigher = ATJTWeigher(config: config, data: world.data, instances: world.split.train)
+            let recorders = weigher.weighers.map(Recording.init)
+            let B = scheme == .allPositions ? 4 : 16
+            let trainer = ATJTTrainer(model: tinySASRec(items: 30, T: 6, seed: 1), weighers: recorders, maxBatch: B, scheme: scheme)
+            try ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: B, seed: 2).run(epoch: 0)
+            var weighed: [BatchID] = []
+            for (g, recorder) in recorders.enumerated() {
+                for (index, call) in recorder.calls.enumerated() where !call.prefetch {
+                    weighed.append(call.id)
+                    let ahead = recorder.calls[..<index].filter { $0.prefetch && $0.id == call.id }
+                    if call.id == 0 { XCTAssertTrue(ahead.isEmpty, "\(scheme.rawValue): the epoch's first batch"); continue }
+                    XCTAssertEqual(ahead.count, 1, "\(scheme.rawValue): group \(g) was asked ahead for batch \(call.id) once")
+                    XCTAssertEqual(ahead.first?.rows, call.rows, "\(scheme.rawValue): batch \(call.id)'s rows as announced")
+                }
+            }
+            XCTAssertEqual(weighed.sorted(), (0..<BatchID(weighed.count)).map { $0 }, scheme.rawValue)
+            XCTAssertGreaterThan(recorders.filter { r in r.calls.contains { !$0.prefetch } }.count, 1, "both groups weighed")
+            XCTAssertEqual(recorders.map { r in r.calls.filter(\.prefetch).count }.reduce(0, +), weighed.count - 1, scheme.rawValue)
+        }
     }
 }

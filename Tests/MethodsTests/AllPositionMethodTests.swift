@@ -126,12 +126,10 @@ final class AllPositionMethodTests: XCTestCase {
 
     /// Weighs a (history, target) pair by a fixed function of it, and keeps what it saw.
     final class HistoryWeigher: SequenceWeigher {
-        var groups: Int { 1 }
-        func group(ofInstance instance: Int) -> Int { 0 }
         /// instance → history + target, as weighed; instance → dL/dw
         var seen: [Int32: [Int32]] = [:], dW: [Int32: Float] = [:]
         private var order: [Int32] = []
-        func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws {
+        func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws {
             order = (0..<batch.B).map { batch.instances[$0] }
             for b in 0..<batch.B {
                 let h = Array(UnsafeBufferPointer(start: batch.items + b * batch.T, count: Int(batch.lengths[b])))
@@ -139,7 +137,7 @@ final class AllPositionMethodTests: XCTestCase {
                 weights[b] = 0.25 + Float(h.reduce(0, +) % 7) / 8 + Float(batch.targets[b]) / 40
             }
         }
-        func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws {
+        func feedback(dWeights: UnsafePointer<Float>, B: Int, id: BatchID) throws {
             for b in 0..<B { dW[order[b]] = dWeights[b] }
         }
     }
@@ -155,8 +153,13 @@ final class AllPositionMethodTests: XCTestCase {
                 let weigher = HistoryWeigher()
                 weighers.append(weigher)
                 let loss = composed ? WeightedCSRecStudent(source: source, beta: 0.5, temperature: 2) : nil
-                let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: 0, maxBatch: b.capacity, loss: loss, scheme: scheme)
-                return try trainer.step(items: b.items, lengths: b.lengths, targets: b.targets, instances: b.instances, B: b.n, group: 0)
+                let trainer = ATJTTrainer(model: model, weighers: [weigher], learningRate: 0, maxBatch: b.capacity, loss: loss, scheme: scheme)
+                return try b.items.withUnsafeBufferPointer { i in try b.lengths.withUnsafeBufferPointer { l in
+                    try b.targets.withUnsafeBufferPointer { t in try b.instances.withUnsafeBufferPointer { k in
+                        try trainer.step(FilledBatch(items: i.baseAddress!, lengths: l.baseAddress!, targets: t.baseAddress!,
+                                                     instances: k.baseAddress!, B: b.n), group: 0)
+                    } }
+                } }
             }
             XCTAssertEqual(weighers[0].seen.count, LeaveOneOut(data()).train.count)
             XCTAssertEqual(weighers[0].seen, weighers[1].seen, "each instance's history and target")

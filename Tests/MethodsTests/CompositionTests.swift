@@ -37,7 +37,7 @@ final class CompositionTests: XCTestCase {
         for run in runs {
             let model = tinySASRec(items: 40, T: T, seed: 3)
             let weigher = ATJTWeigher(config: c, data: world.data, instances: inst)
-            let trainer = ATJTTrainer(model: model, weigher: weigher, maxBatch: B, loss: run.loss)
+            let trainer = ATJTTrainer(model: model, weighers: weigher.weighers, maxBatch: B, loss: run.loss)
             let buf = AuxBatches(B: B, T: T)
             var l: [Double] = [], r: [Float] = []
             for s in 0..<6 {
@@ -71,7 +71,7 @@ final class CompositionTests: XCTestCase {
         // ATJT + CSRec with w ≡ 1 (α is then irrelevant: the weigher learns nothing), fed the loop's batches
         let model = labelsSASRec(items: 24, maxLength: T, seed: 5)
         let weigher = ConstantWeigher(value: 1)
-        let trainer = ATJTTrainer(model: model, weigher: weigher, learningRate: loop.config.learningRate, maxBatch: loop.config.batchSize,
+        let trainer = ATJTTrainer(model: model, weighers: [weigher], learningRate: loop.config.learningRate, maxBatch: loop.config.batchSize,
                                   loss: WeightedCSRecStudent(source: source, beta: 0.4, temperature: 2))
         var batcher = Batcher(data: data, instances: inst, maxLength: T, batchSize: loop.config.batchSize, padding: .right, seed: loop.config.seed)
         batcher.shuffle()
@@ -96,7 +96,7 @@ final class CompositionTests: XCTestCase {
         var c = SASRecConfig(itemCount: 30); c.maxLength = T; c.dim = 8; c.blocks = 1; c.heads = 2; c.inner = 16
         c.hiddenDropout = 0; c.attentionDropout = 0
         let model = SASRec(c)
-        let trainer = ATJTTrainer(model: model, weigher: weigher, maxBatch: B, loss: WeightedCSRecStudent(source: source, beta: 0.5, temperature: 2))
+        let trainer = ATJTTrainer(model: model, weighers: [weigher], maxBatch: B, loss: WeightedCSRecStudent(source: source, beta: 0.5, temperature: 2))
         let buf = AuxBatches(B: B, T: T)
         let batch = buf.fill(world.data, world.split.train, Array(0..<Int32(B))[...])
         // ℓ_b before the step, computed independently: CE and KL of the model's scores
@@ -289,7 +289,7 @@ final class CompositionTests: XCTestCase {
         c.recogniser.dim = 8; c.recogniser.attentionHidden = 8; c.recogniser.outputHidden = [16]; c.recogniserBatch = B
         let weigher = ATJTWeigher(config: c, data: world.data, instances: inst)
         let model = labelsSASRec(items: 30, maxLength: T, seed: 2)
-        let atjt = ATJTEpochs(trainer: ATJTTrainer(model: model, weigher: weigher, learningRate: 5e-3, maxBatch: B,
+        let atjt = ATJTEpochs(trainer: ATJTTrainer(model: model, weighers: weigher.weighers, learningRate: 5e-3, maxBatch: B,
                                                    loss: WeightedCSRecStudent(source: source, beta: 0.5, temperature: 2)),
                               weigher: weigher, batchSize: B, seed: 1)
         for (name, run) in [("DSS+CSRec", dss.run), ("ATJT+CSRec", atjt.run)] {
@@ -315,7 +315,7 @@ final class CompositionTests: XCTestCase {
         XCTAssertTrue((0..<Int32(inst.count)).contains { !alone.records.reversedItems($0).isEmpty }, "some items were reversed")
         let model = labelsSASRec(items: 24, maxLength: T, seed: 5)
         let composed = UFNRecObjective(config: u, student: model, teacher: labelsSASRec(items: 24, maxLength: T, seed: 5), seed: 4)
-        let trainer = ATJTTrainer(model: model, weigher: ConstantWeigher(value: 1), learningRate: loop.config.learningRate,
+        let trainer = ATJTTrainer(model: model, weighers: [ConstantWeigher(value: 1)], learningRate: loop.config.learningRate,
                                   maxBatch: loop.config.batchSize, loss: composed)
         // `LabelLoop`'s batches and hooks, with the weighted trainer's step
         var batcher = Batcher(data: data, instances: inst, maxLength: T, batchSize: loop.config.batchSize, padding: .right, seed: loop.config.seed)
@@ -380,7 +380,7 @@ final class CompositionTests: XCTestCase {
         c.recogniser.dim = 8; c.recogniser.attentionHidden = 8; c.recogniser.outputHidden = [16]; c.recogniserBatch = 32
         let weigher = ATJTWeigher(config: c, data: world.data, instances: world.split.train)
         let spy = Spy()
-        let epochs = ATJTEpochs(trainer: ATJTTrainer(model: tinySASRec(items: 30, T: 6, seed: 1), weigher: weigher, maxBatch: 32, loss: spy),
+        let epochs = ATJTEpochs(trainer: ATJTTrainer(model: tinySASRec(items: 30, T: 6, seed: 1), weighers: weigher.weighers, maxBatch: 32, loss: spy),
                                 weigher: weigher, batchSize: 32, seed: 1)
         _ = try epochs.run(epoch: 0)
         let steps = spy.calls.filter { $0 == "loss" }.count

@@ -77,8 +77,8 @@ final class RobustnessTests: XCTestCase {
         for _ in 0..<steps {
             for g in 0..<2 {
                 let w = AuxFloats(1)
-                try weigher.weigh(buf.fill(world.data, inst, weigher.partition.members[g].prefix(1)), group: g, weights: w.p)
-                try weigher.feedback(dWeights: zero.p, B: 1, group: g)
+                try weigher.weighers[g].weigh(buf.fill(world.data, inst, weigher.partition.members[g].prefix(1)), id: 0, weights: w.p)
+                try weigher.weighers[g].feedback(dWeights: zero.p, B: 1, id: 0)
             }
         }
         // every training sequence, half of each group's with one history item replaced

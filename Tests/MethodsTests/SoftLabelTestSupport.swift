@@ -56,10 +56,8 @@ final class FixedWeigher: SequenceWeigher {
     let w: [Float]
     var dW: [Float] = []
     init(_ w: [Float]) { self.w = w }
-    var groups: Int { 1 }
-    func group(ofInstance instance: Int) -> Int { 0 }
-    func weigh(_ batch: SequenceBatch, group: Int, weights: Floats) throws { for b in 0..<batch.B { weights[b] = w[b] } }
-    func feedback(dWeights: UnsafePointer<Float>, B: Int, group: Int) throws {
+    func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws { for b in 0..<batch.B { weights[b] = w[b] } }
+    func feedback(dWeights: UnsafePointer<Float>, B: Int, id: BatchID) throws {
         dW = Array(UnsafeBufferPointer(start: dWeights, count: B))
     }
 }

@@ -2,6 +2,7 @@ import XCTest
 import Numerics
 import Models
 import Data
+import Training
 @testable import Methods
 
 final class SoftLabelTests: XCTestCase {
@@ -73,5 +74,65 @@ final class SoftLabelTests: XCTestCase {
         let fit = try quickLoop(data, epochs: 6).fit(model: model, instances: split.train, objective: CrossEntropyObjective(), validate: nil)
         XCTAssertEqual(fit.losses.count, 6)
         XCTAssertLessThan(fit.losses.last!, fit.losses.first! * 0.9, "\(fit.losses)")
+    }
+
+    /// The loop announces each batch to the teachers before the student consumes the one before
+    /// it (`SoftLabelSource.prefetch`): under either scheme, every batch but an epoch's first is
+    /// announced with the id and the rows (each row's history) its `logits` call later asks for,
+    /// and before that call.
+    func testTheLoopAnnouncesEachBatchToTheTeachersBeforeItIsNeeded() throws {
+        /// Records each call as (kind, batch id, each row's history).
+        final class Recording: SoftLabelSource {
+            let inner: ModelSoftLabelSource
+            var calls: [(prefetch: Bool, id: BatchID?, rows: [[Int32]])] = []
+            init(_ inner: ModelSoftLabelSource) { self.inner = inner }
+            var itemCount: Int { inner.itemCount }
+            func histories(_ items: UnsafePointer<Int32>, _ lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?) -> [[Int32]] {
+                guard let rows else { return (0..<B).map { Array(UnsafeBufferPointer(start: items + $0 * T, count: Int(lengths[$0]))) } }
+                return (0..<rows.count).map { r in
+                    Array(UnsafeBufferPointer(start: items + Int(rows.sequences[r]) * T, count: Int(rows.positions[r]) + 1))
+                }
+            }
+            func prefetch(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
+                          batch: BatchID) throws {
+                calls.append((true, batch, histories(items, lengths, B: B, T: T, rows: rows)))
+            }
+            func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
+                        batch: BatchID?, out: Floats) throws {
+                calls.append((false, batch, histories(items, lengths, B: B, T: T, rows: rows)))
+                try inner.logits(items: items, lengths: lengths, B: B, T: T, rows: rows, batch: batch, out: out)
+            }
+            func topK(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, k: Int,
+                      out: UnsafeMutablePointer<Int32>) throws {
+                try inner.topK(items: items, lengths: lengths, B: B, T: T, k: k, out: out)
+            }
+        }
+        let data = cyclicDataset(users: 40, items: 16, length: 10)
+        let split = LeaveOneOut(data)
+        for scheme in TrainingScheme.allCases {
+            var c = quickLoop(data, epochs: 2).config
+            c.scheme = scheme; c.batchSize = scheme == .allPositions ? 8 : 32
+            let source = Recording(ModelSoftLabelSource(teachers: [labelsSASRec(items: data.itemCount, seed: 9)]))
+            try LabelLoop(data: data, config: c).fit(model: labelsSASRec(items: data.itemCount), instances: split.train,
+                                                     objective: CSRecStudentObjective(source: source, beta: 0.5, temperature: 2),
+                                                     validate: nil)
+            let used = source.calls.enumerated().filter { !$0.element.prefetch }
+            let stepsPerEpoch = used.count / 2
+            XCTAssertGreaterThan(stepsPerEpoch, 2, scheme.rawValue)
+            XCTAssertEqual(used.map { $0.element.id }, (0..<used.count).map { BatchID($0) }, "\(scheme.rawValue): one logits call per step, by id")
+            var announced = 0
+            for (index, call) in used {
+                let id = call.id!
+                let prefetched = source.calls[..<index].filter { $0.prefetch && $0.id == id }
+                if id % BatchID(stepsPerEpoch) == 0 {
+                    XCTAssertTrue(prefetched.isEmpty, "\(scheme.rawValue): an epoch's first batch is not announced")
+                    continue
+                }
+                XCTAssertEqual(prefetched.count, 1, "\(scheme.rawValue): batch \(id) announced once, before its use")
+                XCTAssertEqual(prefetched.first?.rows, call.rows, "\(scheme.rawValue): batch \(id)'s rows as announced")
+                announced += 1
+            }
+            XCTAssertEqual(announced, used.count - 2, scheme.rawValue)
+        }
     }
 }
