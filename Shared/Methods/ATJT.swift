@@ -200,7 +200,12 @@ public final class ATJTWeigher {
     public func group(ofInstance instance: Int) -> Int { Int(partition.userGroup[Int(instances.users[instance])]) }
 
     func weigh(_ batch: SequenceBatch, group g: Int, id: BatchID, weights: Floats) throws {
-        precondition(batch.T == config.recogniser.maxLength, "batch width differs from the recogniser's maxLength")
+        guard batch.T == config.recogniser.maxLength else {
+            throw SequenceWeigherError.invalidBatch("\(batch.T) positions per row, the recogniser reads \(config.recogniser.maxLength)")
+        }
+        for b in 0..<batch.B where !(batch.instances[b] >= 0 && Int(batch.instances[b]) < instances.count) {
+            throw SequenceWeigherError.invalidBatch("row \(b) names instance \(batch.instances[b]), outside 0..<\(instances.count)")
+        }
         for b in 0..<batch.B {
             let k = Int(batch.instances[b]), actual = group(ofInstance: k)
             guard actual == g else { throw SequenceWeigherError.wrongGroup(instance: k, said: g, actual: actual) }

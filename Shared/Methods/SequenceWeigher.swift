@@ -19,6 +19,8 @@ public enum SequenceWeigherError: Error, Equatable, CustomStringConvertible {
     case wrongGroup(instance: Int, said: Int, actual: Int)
     /// `feedback` for a batch that is not the last one weighed, or of another size.
     case feedbackWithoutWeigh(batch: BatchID, rows: Int)
+    /// The batch cannot be weighed as sent (its shape or instance ids), and why.
+    case invalidBatch(String)
     /// The remote side failed (message from it).
     case remote(String)
 
@@ -27,6 +29,7 @@ public enum SequenceWeigherError: Error, Equatable, CustomStringConvertible {
         case let .unknownGroup(g, n): return "sequence weigher: group \(g) outside 0..<\(n)"
         case let .wrongGroup(i, s, a): return "sequence weigher: instance \(i) is in group \(a), not \(s)"
         case let .feedbackWithoutWeigh(id, b): return "sequence weigher: feedback for batch \(id) (\(b) rows) without a matching weigh"
+        case let .invalidBatch(why): return "sequence weigher: invalid batch: \(why)"
         case let .remote(m): return "sequence weigher: \(m)"
         }
     }

@@ -124,8 +124,17 @@ public final class ModelSoftLabelSource: SoftLabelSource {
                        batch: BatchID?, out: Floats) throws {
         let N = itemCount, R = rows?.count ?? B
         let m = Float(teachers.count)
+        // what a request can get wrong is an error, checked before any teacher runs
+        for (k, g) in teachers.enumerated() where g.maxLength != T {
+            throw SoftLabelError("teacher \(k) reads \(g.maxLength) positions, the batch has \(T)")
+        }
+        for r in 0..<(rows?.count ?? 0) {
+            let b = Int(rows!.sequences[r]), t = Int(rows!.positions[r])
+            guard b >= 0 && b < B && t >= 0 && t < Int(lengths[b]) else {
+                throw SoftLabelError("row \(r) reads sequence \(b) position \(t), outside the batch of \(B) sequences")
+            }
+        }
         for (k, g) in teachers.enumerated() {
-            precondition(g.maxLength == T, "teacher positions \(g.maxLength) differ from the batch's \(T)")
             if users.count < R * g.dim { users = [Float](repeating: 0, count: R * g.dim) }
             users.withUnsafeMutableBufferPointer { u in
                 g.encode(items: items, lengths: lengths, B: B, rows: rows, into: u.baseAddress!)
@@ -139,7 +148,7 @@ public final class ModelSoftLabelSource: SoftLabelSource {
     public func topK(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, k: Int,
                      out: UnsafeMutablePointer<Int32>) throws {
         let N = itemCount
-        precondition(k >= 1 && k <= N, "k \(k) outside 1...\(N)")
+        guard k >= 1 && k <= N else { throw SoftLabelError("top-k: k \(k) outside 1...\(N)") }
         let e = Floats.allocate(capacity: B * N)
         defer { e.deallocate() }
         try logits(items: items, lengths: lengths, B: B, T: T, out: e)

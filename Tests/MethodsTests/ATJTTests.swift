@@ -118,6 +118,17 @@ final class ATJTTests: XCTestCase {
                 XCTAssertTrue(weigher.trainedOn[g].isDisjoint(with: own), "N \(N): recogniser \(g) trained on its own group")
                 XCTAssertTrue(weigher.trainedOn[g].isDisjoint(with: weigher.weighed[g]))
             }
+            // a batch of another width, or naming an instance that does not exist, is refused
+            let wrongWidth = AuxBatches(B: 2, T: T + 1).fill(world.data, inst, weigher.partition.members[0].prefix(2))
+            let w2 = AuxFloats(2)
+            XCTAssertThrowsError(try weigher.weighers[0].weigh(wrongWidth, id: 0, weights: w2.p)) {
+                XCTAssertTrue("\($0)".contains("\(T + 1) positions per row, the recogniser reads \(T)"), "\($0)")
+            }
+            let ghost = buf.fill(world.data, inst, weigher.partition.members[0].prefix(1))
+            ghost.instances.withMemoryRebound(to: Int32.self, capacity: 1) { UnsafeMutablePointer(mutating: $0)[0] = Int32(inst.count) }
+            XCTAssertThrowsError(try weigher.weighers[0].weigh(ghost, id: 0, weights: w2.p)) {
+                XCTAssertTrue("\($0)".contains("names instance \(inst.count)"), "\($0)")
+            }
             // a batch that mixes in another group's instance is refused
             let mixed = [weigher.partition.members[0][0], weigher.partition.members[1][0]]
             let w = AuxFloats(2)

@@ -135,4 +135,26 @@ final class SoftLabelTests: XCTestCase {
             XCTAssertEqual(announced, used.count - 2, scheme.rawValue)
         }
     }
+
+    /// What a request can get wrong (a batch of another width, a row outside the batch, k outside
+    /// the items) is an error naming it, before any teacher runs; nothing is written.
+    func testBadRequestsAreErrorsNamingWhatIsWrong() {
+        let source = ModelSoftLabelSource(teachers: [labelsSASRec(items: 12, maxLength: 8)])
+        let items = [Int32](repeating: 3, count: 2 * 6), lengths: [Int32] = [6, 4]
+        let out = FBuf(2 * 12, fill: 7)
+        XCTAssertThrowsError(try source.logits(items: items, lengths: lengths, B: 2, T: 6, out: out.p)) {
+            XCTAssertTrue("\($0)".contains("reads 8 positions, the batch has 6"), "\($0)")
+        }
+        let wide = [Int32](repeating: 3, count: 2 * 8), seqs: [Int32] = [0, 1], positions: [Int32] = [2, 5]
+        XCTAssertThrowsError(try seqs.withUnsafeBufferPointer { s in try positions.withUnsafeBufferPointer { p in
+            try source.logits(items: wide, lengths: lengths, B: 2, T: 8,
+                              rows: ScoredRows(sequences: s.baseAddress!, positions: p.baseAddress!, count: 2, batchSize: 2),
+                              batch: nil, out: out.p)
+        } }) { XCTAssertTrue("\($0)".contains("row 1 reads sequence 1 position 5"), "\($0)") }
+        var top = [Int32](repeating: 0, count: 2 * 13)
+        XCTAssertThrowsError(try source.topK(items: wide, lengths: lengths, B: 2, T: 8, k: 13, out: &top)) {
+            XCTAssertTrue("\($0)".contains("k 13 outside 1...12"), "\($0)")
+        }
+        XCTAssertTrue(out.array.allSatisfy { $0 == 7 }, "nothing written")
+    }
 }
