@@ -90,12 +90,19 @@ let package = Package(
         .target(name: "Methods", dependencies: ["Numerics", "Models", "Data", "Evaluation", "Training"],
                 path: "Shared/Methods", swiftSettings: releaseSpeed),
 
+        // Each service's handlers and state; they check every request.
+        .target(name: "TrainerKit",
+                dependencies: ["Methods", "Training", "Models", "Data", "Numerics", "Store", "RPC", "WinnowProto",
+                               .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Shared/TrainerKit"),
+
         // Processes.
         .executableTarget(name: "broker", dependencies: ["BrokerKit", "ServiceKit"], path: "Services/Broker"),
         .executableTarget(name: "featurestore", dependencies: ["ServiceKit", "Postgres", "Store"], path: "Services/FeatureStore"),
         .executableTarget(name: "teacher", dependencies: ["ServiceKit"], path: "Services/Teacher"),
         .executableTarget(name: "noise", dependencies: ["ServiceKit"], path: "Services/Noise"),
-        .executableTarget(name: "trainer", dependencies: ["ServiceKit"], path: "Services/Trainer"),
+        .executableTarget(name: "trainer", dependencies: ["ServiceKit", "TrainerKit", "Store", "RPC", "Numerics"], path: "Services/Trainer"),
         .executableTarget(name: "retrieval", dependencies: ["ServiceKit"], path: "Services/Retrieval"),
         .executableTarget(name: "winnow",
                           dependencies: ["RPC", "ServiceKit", "Stack", "Training", "Data", "Evaluation", "Store", "Postgres",
@@ -114,8 +121,14 @@ let package = Package(
         .testTarget(name: "ServiceKitTests", dependencies: ["ServiceKit", "RPC", "WinnowProto", "Postgres"],
                     path: "Tests/ServiceKitTests"),
         .testTarget(name: "StackTests", dependencies: ["Stack", "Postgres", "RPC"], path: "Tests/StackTests"),
+        // An embedded Postgres and a fresh database per test, for the targets that need the store.
+        .target(name: "StoreTestSupport", dependencies: ["Store", "Postgres", "WinnowProto"], path: "Tests/StoreTestSupport"),
+        .testTarget(name: "TrainerKitTests",
+                    dependencies: ["TrainerKit", "StoreTestSupport", "Store", "Methods", "Training", "Models", "Data", "Numerics",
+                                   "RPC", "WinnowProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                    path: "Tests/TrainerKitTests"),
         .testTarget(name: "StoreTests",
-                    dependencies: ["Store", "Postgres", "Data", "RPC", "WinnowProto", "ServiceKit", "BrokerKit",
+                    dependencies: ["Store", "StoreTestSupport", "Postgres", "Data", "RPC", "WinnowProto", "ServiceKit", "BrokerKit",
                                    .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                     path: "Tests/StoreTests"),
         .testTarget(name: "NumericsTests", dependencies: ["Numerics", "Kernels", "KernelsAVX2", "WinnowTestSupport"], path: "Tests/NumericsTests"),

@@ -46,14 +46,15 @@ struct ExperimentJob: ParsableCommand {
 /// `winnow experiment labels`: base and the label methods (WSLRec, CSRec-M/D/T, UFNRec, the
 /// WSLRec + CSRec composition) on one dataset, each backbone, several seeds. Hyper-parameters
 /// are chosen on validation only (the papers' grids with `--grid`), with the first seed; the
-/// chosen setting then runs every seed. Writes DIR/grid/…, DIR/runs/<model>/<method>/seed<k>.json
-/// and DIR/summary.json (mean ± std of the test metrics, wall time relative to base). Started
+/// chosen setting then runs every seed. Writes DIR/grid/…, DIR/runs/<model>/<method>/seed<k>.json,
+/// DIR/summary.json (mean ± std of the test metrics, the paired difference to base with its 95 %
+/// interval, wall time relative to base) and DIR/table.md (the same as a Markdown table). Started
 /// again with the same DIR and settings, every fit stored there for the same job is read back
 /// instead of trained, so a stopped sweep continues where it stopped.
 struct ExperimentLabels: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "labels",
-        abstract: "Base vs WSLRec, CSRec-M/D/T, UFNRec and WSLRec+CSRec, selected on validation."
+        abstract: "Base vs WSLRec, CSRec-M/D/T, UFNRec, WSLRec+CSRec, DSS and ATJT, selected on validation."
     )
 
     @Option(help: "ml-100k (the cache of scripts/fetch-ml100k) or a RecBole .inter file.")
@@ -62,7 +63,7 @@ struct ExperimentLabels: ParsableCommand {
     @Option(help: "Comma-separated backbones: sasrec, gru4rec.")
     var models = "sasrec,gru4rec"
 
-    @Option(help: "Comma-separated methods: base, wslrec, csrec-m, csrec-d, csrec-t, ufnrec, wslrec+csrec.")
+    @Option(help: "Comma-separated methods: base, wslrec, csrec-m, csrec-d, csrec-t, ufnrec, dss (on prefixes), atjt, or compositions joined by + (a composition takes its parts' chosen settings; csrec: the best of -M, -D, -T).")
     var methods = "base,wslrec,csrec-m,csrec-d,csrec-t,ufnrec,wslrec+csrec"
 
     @Option(help: "Comma-separated seeds; the first one selects hyper-parameters.")
@@ -93,8 +94,8 @@ struct ExperimentLabels: ParsableCommand {
         }
         guard JobProtocol(rawValue: `protocol`) != nil else { throw ValidationError("--protocol must be loo or user_split") }
         for m in list(models) where ModelKind(rawValue: m) == nil { throw ValidationError("--models: unknown backbone '\(m)'") }
-        for m in list(methods) where !LabelGrid.known.contains(m) {
-            throw ValidationError("--methods: unknown method '\(m)' (known: \(LabelGrid.known.joined(separator: ", ")))")
+        for m in list(methods) {
+            do { _ = try JobMethods(parsing: m) } catch { throw ValidationError("--methods: \(error)") }
         }
         guard !list(seeds).isEmpty, list(seeds).allSatisfy({ UInt64($0) != nil }) else { throw ValidationError("--seeds: comma-separated integers") }
     }
@@ -149,21 +150,30 @@ struct ExperimentLabels: ParsableCommand {
             base.loop.scheme = scheme   // base and the methods under one scheme
             var chosen: [String: (methods: JobMethods, valid: Double)] = [:]
             var baseSeconds: Double? = nil
+            var baseResults: [JobResult] = []
             var baseLists: [UInt64: [[Int32]]] = [:]
             for method in list(methods) {
-                var candidates = grid ? LabelGrid.candidates(method) : [LabelGrid.defaults(method)]
-                if method == "wslrec+csrec" {
-                    // the composition takes the settings selected for its parts (or their defaults)
-                    let w = chosen["wslrec"]?.methods.wslrec ?? WSLRecConfig()
-                    let bestCS = ["csrec-m", "csrec-d", "csrec-t"].compactMap { chosen[$0] }.max { $0.valid < $1.valid }
-                    candidates = [JobMethods(wslrec: w, csrec: bestCS?.methods.csrec ?? CSRecConfig())]
+                var candidates = grid ? try LabelGrid.candidates(method) : [try JobMethods(parsing: method)]
+                if method.contains("+") {
+                    // a composition takes the settings selected for its parts (or their defaults);
+                    // "csrec" the best-validated of CSRec-M, -D and -T
+                    var m = try JobMethods(parsing: method)
+                    for part in method.split(separator: "+").map(String.init) {
+                        let picked = part == "csrec"
+                            ? ["csrec-m", "csrec-d", "csrec-t"].compactMap { chosen[$0] }.max { $0.valid < $1.valid }
+                            : chosen[part]
+                        guard let p = picked?.methods else { continue }
+                        m.wslrec = p.wslrec ?? m.wslrec; m.csrec = p.csrec ?? m.csrec; m.ufnrec = p.ufnrec ?? m.ufnrec
+                        m.dss = p.dss ?? m.dss; m.atjt = p.atjt ?? m.atjt
+                    }
+                    candidates = [m]
                 }
                 // selection on validation with the first seed
                 var best = candidates[0], bestScore = -Double.infinity
                 var firstSeedRun: JobResult? = nil
                 if candidates.count > 1 {
                     for (i, m) in candidates.enumerated() {
-                        var job = base; job.methods = m; job.loop.seed = seedList[0]
+                        let job = base.with(m, seed: seedList[0], batchSize: batchSize)
                         let r = try fit(job, "grid/\(modelName)/\(method)/\(i).json",
                                         "[\(modelName) \(method)] grid \(i + 1)/\(candidates.count): \(LabelGrid.describe(m))", cache)
                         let score = r.valid[base.loop.selectMetric] ?? 0
@@ -174,7 +184,7 @@ struct ExperimentLabels: ParsableCommand {
                 for seed in seedList {
                     let r: JobResult
                     if seed == seedList[0], let f = firstSeedRun { r = f } else {
-                        var job = base; job.methods = best; job.loop.seed = seed
+                        let job = base.with(best, seed: seed, batchSize: batchSize)
                         r = try fit(job, "runs/\(modelName)/\(method)/seed\(seed).json",
                                     "[\(modelName) \(method)] seed \(seed): \(LabelGrid.describe(best))", cache)
                     }
@@ -186,7 +196,8 @@ struct ExperimentLabels: ParsableCommand {
                 var row = SummaryRow(model: modelName, method: method, protocol: proto.rawValue, results: results,
                                      searched: candidates.count > 1 ? LabelGrid.searched(method) : "none (defaults)",
                                      chosen: LabelGrid.describe(best), baseSeconds: baseSeconds)
-                if method == "base" { baseSeconds = row.secondsMean }
+                if method == "base" { baseSeconds = row.secondsMean; baseResults = results }
+                else { row.pair(with: baseResults, metric: proto == .loo ? "ndcg@10" : "recall@50") }
                 if let ref = reference {
                     if method == "base" { for r in results { baseLists[r.seed] = r.testLists } }
                     var hdr: [String: Double] = [:]
@@ -205,6 +216,8 @@ struct ExperimentLabels: ParsableCommand {
                 }
                 rows.append(row)
                 try write(rows, "summary.json")
+                try SummaryRow.markdown(rows, command: CommandLine.arguments.joined(separator: " "))
+                    .write(toFile: (out as NSString).appendingPathComponent("table.md"), atomically: true, encoding: .utf8)
                 print(row.line)
             }
         }
@@ -226,6 +239,41 @@ struct SummaryRow: Codable {
     var chosen: String
     /// user_split only: mean HDR@k over seeds against base, BR and ItemCF.
     var hdr: [String: Double]? = nil
+    /// The paired difference to base on `pairedMetric` over the seeds both ran (same
+    /// initialisation and shuffles): mean and the 95 % interval's half-width (Student's t).
+    var pairedMetric: String? = nil
+    var pairedDifference: Double? = nil
+    var pairedHalfWidth: Double? = nil
+    /// Mean over the paired seeds of each seed's wall time ÷ base's.
+    var pairedTimeRatio: Double? = nil
+
+    /// Pairs this row's runs with base's of the same seeds.
+    mutating func pair(with base: [JobResult], metric: String) {
+        var d: [Double] = [], ratios: [Double] = []
+        for (i, seed) in seeds.enumerated() {
+            guard let b = base.first(where: { $0.seed == seed }) else { continue }
+            d.append((runs[i][metric] ?? 0) - (b.test[metric] ?? 0))
+            ratios.append(times[i] / max(b.seconds, 1e-9))
+        }
+        guard !d.isEmpty else { return }
+        let n = Double(d.count), m = d.reduce(0, +) / n
+        pairedMetric = metric; pairedDifference = m
+        pairedTimeRatio = ratios.reduce(0, +) / n
+        if d.count > 1 {
+            let sd = (d.map { ($0 - m) * ($0 - m) }.reduce(0, +) / (n - 1)).squareRoot()
+            pairedHalfWidth = Self.t975(d.count - 1) * sd / n.squareRoot()
+        }
+    }
+
+    /// Student's t, 97.5 % quantile, for 1–10 degrees of freedom (normal beyond).
+    static func t975(_ df: Int) -> Double {
+        let t = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+        return df >= 1 && df <= t.count ? t[df - 1] : 1.96
+    }
+
+    /// The test metrics of each seed's run and its wall time (for pairing; not written).
+    private var runs: [[String: Double]] = []
+    private var times: [Double] = []
 
     init(model: String, method: String, protocol: String, results: [JobResult], searched: String, chosen: String, baseSeconds: Double?) {
         self.model = model; self.method = method; self.protocol = `protocol`
@@ -241,6 +289,34 @@ struct SummaryRow: Codable {
         self.mean = mean; self.std = std
         secondsMean = results.map(\.seconds).reduce(0, +) / Double(max(results.count, 1))
         timeVsBase = baseSeconds.map { secondsMean / $0 }
+        runs = results.map(\.test); times = results.map(\.seconds)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case model, method, `protocol`, seeds, mean, std, secondsMean, timeVsBase, searched, chosen, hdr
+        case pairedMetric, pairedDifference, pairedHalfWidth, pairedTimeRatio
+    }
+
+    /// The table docs/RESULTS.md shows: test metrics mean ± std, the paired difference to base
+    /// with its 95 % interval, wall time ÷ base.
+    static func markdown(_ rows: [SummaryRow], command: String) -> String {
+        guard let first = rows.first else { return "" }
+        let keys = first.protocol == "loo" ? ["ndcg@10", "hr@10", "mrr@10"] : ["recall@20", "ndcg@20", "recall@50", "ndcg@50"]
+        var s = "Command: `\(command)`\n\n"
+        s += "| model | method | chosen on validation | " + keys.map { $0.uppercased() }.joined(separator: " | ")
+        s += " | Δ \(first.protocol == "loo" ? "NDCG@10" : "RECALL@50") vs base (95 %) | time ÷ base | seeds |\n"
+        s += "|---|---|---|" + keys.map { _ in "---|" }.joined() + "---|---|---|\n"
+        for r in rows {
+            let cells = keys.map { String(format: "%.4f ± %.4f", r.mean[$0] ?? 0, r.std[$0] ?? 0) }.joined(separator: " | ")
+            var delta = "—"
+            if let d = r.pairedDifference {
+                delta = String(format: "%+.4f", d)
+                if let h = r.pairedHalfWidth { delta += String(format: " [%+.4f, %+.4f]", d - h, d + h) }
+            }
+            let time = r.pairedTimeRatio.map { String(format: "%.1f", $0) } ?? (r.method == "base" ? "1.0" : "—")
+            s += "| \(r.model) | \(r.method) | \(r.chosen) | \(cells) | \(delta) | \(time) | \(r.seeds.map(String.init).joined(separator: ",")) |\n"
+        }
+        return s
     }
 
     var line: String {
@@ -253,19 +329,6 @@ struct SummaryRow: Codable {
 
 /// The papers' hyper-parameter grids and defaults.
 enum LabelGrid {
-    static let known = ["base", "wslrec", "csrec-m", "csrec-d", "csrec-t", "ufnrec", "wslrec+csrec"]
-
-    static func defaults(_ method: String) -> JobMethods {
-        switch method {
-        case "wslrec": return JobMethods(wslrec: WSLRecConfig())
-        case "csrec-m", "csrec-d", "csrec-t":
-            var c = CSRecConfig(); c.teachers = teacherKind(method); return JobMethods(csrec: c)
-        case "ufnrec": return JobMethods(ufnrec: UFNRecConfig())
-        case "wslrec+csrec": return JobMethods(wslrec: WSLRecConfig(), csrec: CSRecConfig())
-        default: return JobMethods()
-        }
-    }
-
     static func teacherKind(_ method: String) -> CSRecTeacherKind {
         method == "csrec-d" ? .data : method == "csrec-t" ? .training : .model
     }
@@ -274,9 +337,15 @@ enum LabelGrid {
     /// sources as in its Table 8 (without Original, which §6.3.2 finds worse). CSRec-M, -D and
     /// -T: β ∈ {0.25, 0.5, 0.75} × τ ∈ {1, 6} of the paper's {0.25, 0.5, 0.75} × {1, 3, 6, 9}
     /// (CSRec-T with α = 0.5, the middle of its grid, so that one main teacher serves all six:
-    /// β and τ change only the student). UFNRec: the official defaults (m 5, α 0.3, d 0.999), then
-    /// one parameter at a time: m ∈ {2, 10}, α ∈ {0.1, 0.5}, d = 0.99 (§4.3's grids).
-    static func candidates(_ method: String) -> [JobMethods] {
+    /// β and τ change only the student). UFNRec: the official defaults (n 100, m 5, α 0.3,
+    /// d 0.999); n = 10 negatives with those, then one parameter at a time: m ∈ {2, 10}, α = 0.1,
+    /// d = 0.99 (§4.3's grids). n is not in the paper's grid: on ML-100K's 1,349 items, 100
+    /// uniform negatives per position hold the warm-up's BCE in a user-independent popularity
+    /// ranking for longer than early stopping waits (docs/RESULTS.md); 10 is about the share of
+    /// the catalogue that the authors' 100 negatives are on Beauty's 12,101 items. DSS: K ∈
+    /// {2, 4} × λ ∈ {0.2, 0.5, 1} of its K 1…8 and λ 0.05…1 (§5.3). ATJT: α ∈ {1, 10, 100} × the
+    /// recogniser's learning rate ∈ {0.01, 0.001} of the paper's {0.1, 0.01, 0.001, 0.0001}.
+    static func candidates(_ method: String) throws -> [JobMethods] {
         switch method {
         case "wslrec":
             return [[WSLRecSource.br], [.itemcf], [.br, .itemcf]].map { s in var w = WSLRecConfig(); w.sources = s; return JobMethods(wslrec: w) }
@@ -289,11 +358,25 @@ enum LabelGrid {
             return out
         case "ufnrec":
             var out: [JobMethods] = [JobMethods(ufnrec: UFNRecConfig())]
-            for m in [2, 10] { var u = UFNRecConfig(); u.m = m; out.append(JobMethods(ufnrec: u)) }
-            for a: Float in [0.1, 0.5] { var u = UFNRecConfig(); u.alpha = a; out.append(JobMethods(ufnrec: u)) }
-            var u = UFNRecConfig(); u.decay = 0.99; out.append(JobMethods(ufnrec: u))
+            var few = UFNRecConfig(); few.negatives = 10
+            out.append(JobMethods(ufnrec: few))
+            for m in [2, 10] { var u = few; u.m = m; out.append(JobMethods(ufnrec: u)) }
+            var a = few; a.alpha = 0.1; out.append(JobMethods(ufnrec: a))
+            var d = few; d.decay = 0.99; out.append(JobMethods(ufnrec: d))
             return out
-        default: return [defaults(method)]
+        case "dss":
+            var out: [JobMethods] = []
+            for k in [2, 4] { for l: Float in [0.2, 0.5, 1] {
+                var d = DSSJobConfig(); d.interests = k; d.lambda = l; out.append(JobMethods(dss: d))
+            } }
+            return out
+        case "atjt":
+            var out: [JobMethods] = []
+            for a: Float in [1, 10, 100] { for lr: Float in [0.01, 0.001] {
+                var c = ATJTJobConfig(); c.alpha = a; c.recogniserLearningRate = lr; out.append(JobMethods(atjt: c))
+            } }
+            return out
+        default: return [try JobMethods(parsing: method)]
         }
     }
 
@@ -302,7 +385,9 @@ enum LabelGrid {
         case "wslrec": return "sources ∈ {BR, ItemCF, BR∪ItemCF}"
         case "csrec-m", "csrec-d": return "β ∈ {0.25,0.5,0.75} × τ ∈ {1,6}"
         case "csrec-t": return "α = 0.5; β ∈ {0.25,0.5,0.75} × τ ∈ {1,6}"
-        case "ufnrec": return "(m 5, α 0.3, d 0.999), then one at a time: m ∈ {2,10}, α ∈ {0.1,0.5}, d = 0.99"
+        case "ufnrec": return "(n 100, m 5, α 0.3, d 0.999); n 10 with those, then one at a time: m ∈ {2,10}, α = 0.1, d = 0.99"
+        case "dss": return "K ∈ {2,4} × λ ∈ {0.2,0.5,1}"
+        case "atjt": return "α ∈ {1,10,100} × recogniser lr ∈ {0.01,0.001}"
         default: return "none"
         }
     }
@@ -314,6 +399,8 @@ enum LabelGrid {
             parts.append("csrec \(c.teachers.rawValue) m=\(c.m) p=\(c.p) β=\(c.beta) τ=\(c.temperature)" + (c.teachers == .training ? " α=\(c.alpha)" : ""))
         }
         if let u = m.ufnrec { parts.append("ufnrec n=\(u.negatives) m=\(u.m) α=\(u.alpha) d=\(u.decay)") }
+        if let d = m.dss { parts.append("dss K=\(d.interests) λ=\(d.lambda)") }
+        if let a = m.atjt { parts.append("atjt N=\(a.groups) α=\(a.alpha) recogniser lr=\(a.recogniserLearningRate)") }
         return parts.isEmpty ? "base" : parts.joined(separator: "; ")
     }
 }

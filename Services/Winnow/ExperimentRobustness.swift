@@ -32,12 +32,15 @@ struct ExperimentRobustness: ParsableCommand {
     @Option(help: "RecBole .inter file (5-core applied).") var dataset: String?
     @Option(help: "Synthetic data USERS,ITEMS,INTERACTIONS instead of --dataset.") var synthetic: String?
     @Option(help: "Corruption levels, comma-separated fractions.") var levels: String = "0,0.1,0.2,0.3,0.5"
-    @Option(help: "Methods, comma-separated: base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec.") var methods: String = "base,dss,atjt"
+    @Option(help: "Methods, comma-separated; a composition joins names with +: base, wslrec, csrec (its teachers from --teachers), csrec-m, csrec-d, csrec-t, ufnrec, dss (on prefixes), atjt.")
+    var methods: String = "base,dss,atjt"
     @Option(help: "Backbone: sasrec or gru4rec (DSS always uses its SASRec encoder).") var model: String = "sasrec"
     @Option(help: "Seeds, comma-separated.") var seeds: String = "1"
     @Option(help: "Maximum epochs.") var epochs: Int = 200
     @Option(help: "Early-stopping patience in epochs.") var patience: Int = 10
-    @Option(name: .customLong("batch-size"), help: "Batch size.") var batchSize: Int = 256
+    @Option(help: "How targets reach the models: all_positions or prefixes (DSS trains on prefixes either way).")
+    var scheme = TrainingScheme.allPositions
+    @Option(name: .customLong("batch-size"), help: "Rows per batch, windows or prefixes (default: 128 windows, 256 prefixes).") var batchSize: Int?
     @Option(name: .customLong("max-length"), help: "Input length T.") var maxLength: Int = 50
     @Option(help: "Adam learning rate.") var lr: Float = 1e-3
     @Option(help: "Embedding size (default: the protocol's 64).") var dim: Int?
@@ -47,9 +50,10 @@ struct ExperimentRobustness: ParsableCommand {
     @Option(help: "ATJT: weight α of the recogniser loss.") var alpha: Float = 10
     @Option(help: "ATJT: number of groups N.") var groups: Int = 2
     @Option(name: .customLong("recogniser-lr"), help: "ATJT: Adagrad learning rate of the recogniser.") var recogniserLR: Float = 0.01
-    @Option(help: "CSRec: teacher module, model, data or training.") var teachers: String = "model"
+    @Option(help: "CSRec (csrec): teacher module, model, data or training.") var teachers: String = "model"
     @Option(help: "CSRec: weight β of the soft-label KL.") var beta: Float = 0.5
     @Option(help: "CSRec: soft-label temperature τ.") var temperature: Float = 1
+    @Option(name: .customLong("ufnrec-negatives"), help: "UFNRec: negatives n per positive.") var ufnrecNegatives: Int = 100
     @Option(name: .customLong("ufnrec-m"), help: "UFNRec: reversal threshold m.") var ufnrecM: Int = 5
     @Option(name: .customLong("ufnrec-alpha"), help: "UFNRec: weight α of the consistency loss.") var ufnrecAlpha: Float = 0.3
     @Option(name: .customLong("ufnrec-decay"), help: "UFNRec: EMA decay d of the teacher.") var ufnrecDecay: Float = 0.999
@@ -58,12 +62,37 @@ struct ExperimentRobustness: ParsableCommand {
     @Flag(help: "Print only the summary.") var quiet = false
 
     var levelList: [Double] { levels.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) } }
-    var methodList: [RobustnessMethod] { methods.split(separator: ",").compactMap { try? RobustnessMethod.parse(String($0)) } }
-    var ufnrecConfig: UFNRecConfig {
-        var u = UFNRecConfig(); u.m = ufnrecM; u.alpha = ufnrecAlpha; u.decay = ufnrecDecay
-        return u
-    }
+    var methodNames: [String] { methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty } }
     var seedList: [UInt64] { seeds.split(separator: ",").compactMap { UInt64($0.trimmingCharacters(in: .whitespaces)) } }
+
+    /// The methods a name spells, with this command's settings for each part.
+    func jobMethods(_ name: String) throws -> JobMethods {
+        var m = try JobMethods(parsing: name)
+        if m.dss != nil { var d = DSSJobConfig(); d.interests = interests; d.lambda = lambda; m.dss = d }
+        if m.atjt != nil {
+            var a = ATJTJobConfig(); a.alpha = alpha; a.groups = groups; a.recogniserLearningRate = recogniserLR; m.atjt = a
+        }
+        if var c = m.csrec {
+            // "csrec" takes --teachers; "csrec-m/d/t" name their module
+            if !name.split(separator: "+").contains(where: { $0.hasPrefix("csrec-") }) { c.teachers = CSRecTeacherKind(rawValue: teachers) ?? .model }
+            c.beta = beta; c.temperature = temperature; m.csrec = c
+        }
+        if m.ufnrec != nil {
+            var u = UFNRecConfig(); u.negatives = ufnrecNegatives; u.m = ufnrecM; u.alpha = ufnrecAlpha; u.decay = ufnrecDecay
+            m.ufnrec = u
+        }
+        return m
+    }
+
+    /// The settings every fit shares (backbone, protocol, loop); methods and seed come per fit.
+    var template: JobConfig {
+        var job = JobConfig(backbone: ModelKind(rawValue: model) ?? .sasrec)
+        job.loop.maxEpochs = epochs; job.loop.patience = patience; job.loop.maxLength = maxLength
+        job.loop.learningRate = lr; job.loop.selectMetric = "ndcg@10"
+        job.loop.scheme = scheme; job.loop.batchSize = batchSize ?? LoopConfig.defaultBatchSize(scheme)
+        job.dim = dim; job.blocks = blocks
+        return job
+    }
 
     func validate() throws {
         guard (dataset == nil) != (synthetic == nil) else { throw ValidationError("give exactly one of --dataset and --synthetic") }
@@ -74,25 +103,24 @@ struct ExperimentRobustness: ParsableCommand {
         guard !l.isEmpty, levelList.count == l.count, levelList.allSatisfy({ $0 >= 0 && $0 <= 1 }) else {
             throw ValidationError("--levels must be fractions in 0...1, got '\(levels)'")
         }
-        for name in methods.split(separator: ",") {
-            do { _ = try RobustnessMethod.parse(String(name)) } catch { throw ValidationError("--methods: \(error)") }
-        }
-        guard !methodList.isEmpty else { throw ValidationError("--methods must be a list of base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec, got '\(methods)'") }
+        guard !methodNames.isEmpty else { throw ValidationError("--methods: name at least one method") }
         guard CSRecTeacherKind(rawValue: teachers) != nil else { throw ValidationError("--teachers must be model, data or training, got '\(teachers)'") }
-        var c = CSRecConfig(); c.teachers = CSRecTeacherKind(rawValue: teachers)!; c.beta = beta; c.temperature = temperature
-        do { try c.validate(); try ufnrecConfig.validate() } catch { throw ValidationError("\(error)") }
         guard ModelKind(rawValue: model) != nil else { throw ValidationError("--model must be sasrec or gru4rec, got '\(model)'") }
         guard !seedList.isEmpty, seedList.count == seeds.split(separator: ",").count else { throw ValidationError("--seeds must be integers, got '\(seeds)'") }
-        guard epochs >= 1, patience >= 1, batchSize >= 2, maxLength >= 1 else { throw ValidationError("epochs, patience, max-length >= 1 and batch-size >= 2") }
-        guard lambda >= 0 && lambda <= 1 else { throw ValidationError("--lambda must be in 0...1") }
-        guard groups >= 2 else { throw ValidationError("--groups must be >= 2") }
-        guard interests >= 1 else { throw ValidationError("--interests must be >= 1") }
         guard threads >= 1 else { throw ValidationError("--threads must be >= 1") }
+        // every fit's job checked as the runner will check it (ranges, compositions)
+        for name in methodNames {
+            do {
+                let m = try jobMethods(name)
+                if m.dss != nil && template.backbone != .sasrec { continue }   // skipped at run time, said so
+                try template.with(m, seed: seedList.first ?? 1, batchSize: batchSize).validate()
+            } catch { throw ValidationError("--methods \(name): \(error)") }
+        }
     }
 
     func loadData() throws -> SequenceDataset {
         if let path = dataset {
-            let interactions = try InterReader().read(path: path)
+            let interactions = try InterReader().read(path: try Train.resolve(path))
             return SequenceDataset(interactions, userK: 5, itemK: 5)
         }
         let p = synthetic!.split(separator: ",").map { Int($0)! }
@@ -106,7 +134,6 @@ struct ExperimentRobustness: ParsableCommand {
         Threads.set(threads)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let clean = try loadData()
-        let kind = ModelKind(rawValue: model)!
         let groupsByPopularity = RobustnessData.popularityGroups(clean, split: LeaveOneOut(clean))
         if !quiet {
             print("data: \(clean.userCount) users, \(clean.itemCount) items, \(clean.interactionCount) interactions; "
@@ -117,11 +144,12 @@ struct ExperimentRobustness: ParsableCommand {
         var settings: [String: String] = [
             "data": dataset ?? "synthetic \(synthetic ?? "")", "users": "\(clean.userCount)", "items": "\(clean.itemCount)",
             "interactions": "\(clean.interactionCount)", "model": model, "epochs": "\(epochs)", "patience": "\(patience)",
-            "batch_size": "\(batchSize)", "max_length": "\(maxLength)", "lr": "\(lr)", "dim": dim.map(String.init) ?? "protocol",
+            "scheme": scheme.rawValue, "batch_size": "\(template.loop.batchSize)", "max_length": "\(maxLength)", "lr": "\(lr)",
+            "dim": dim.map(String.init) ?? "protocol",
             "blocks": blocks.map(String.init) ?? "protocol", "interests": "\(interests)", "lambda": "\(lambda)", "alpha": "\(alpha)",
             "groups": "\(groups)", "recogniser_lr": "\(recogniserLR)", "teachers": teachers, "beta": "\(beta)",
             "temperature": "\(temperature)"]
-        settings["ufnrec"] = "m \(ufnrecM) alpha \(ufnrecAlpha) decay \(ufnrecDecay)"
+        settings["ufnrec"] = "n \(ufnrecNegatives) m \(ufnrecM) alpha \(ufnrecAlpha) decay \(ufnrecDecay)"
         let directory: ExperimentDirectory
         do { directory = try ExperimentDirectory(path: out, settings: settings) } catch { throw ValidationError("\(error)") }
         var runs = try directory.records("runs.jsonl", as: RobustnessRun.self)
@@ -129,46 +157,37 @@ struct ExperimentRobustness: ParsableCommand {
         for seed in seedList {
             for level in levelList {
                 let (data, flags) = RobustnessData.corruptTrainingClicks(clean, fraction: level, seed: seed)
-                var teacherModule: RobustnessTeachers? = nil   // CSRec's, trained once for this copy
-                for method in methodList {
-                    if method.usesDSS && kind != .sasrec {
-                        if !quiet { print("\(method.rawValue): skipped for \(model) (DSS's encoder is SASRec)") }
+                let teachersOfCopy = TeacherCache()   // CSRec's, trained once for this corrupted copy
+                for name in methodNames {
+                    let methods = try jobMethods(name)
+                    if methods.dss != nil && template.backbone != .sasrec {
+                        if !quiet { print("\(name): skipped for \(model) (DSS's encoder is SASRec)") }
                         continue
                     }
-                    if runs.contains(where: { $0.method == method.rawValue && $0.corruption == level && $0.seed == seed }) { continue }
-                    var cfg = RobustnessConfig()
-                    cfg.model = kind; cfg.maxLength = maxLength; cfg.batchSize = batchSize; cfg.maxEpochs = epochs
-                    cfg.patience = patience; cfg.learningRate = lr; cfg.seed = seed; cfg.dim = dim; cfg.blocks = blocks
-                    cfg.interests = interests; cfg.lambda = lambda; cfg.alpha = alpha; cfg.groups = groups
-                    cfg.recogniserLearningRate = recogniserLR
-                    cfg.csrec.teachers = CSRecTeacherKind(rawValue: teachers)!; cfg.csrec.beta = beta; cfg.csrec.temperature = temperature
-                    cfg.ufnrec = ufnrecConfig
-                    if !quiet { cfg.log = { print($0) } }
-                    if method.usesCSRec && teacherModule == nil {
-                        teacherModule = try RobustnessTrainer.teachers(data: data, cfg: cfg)
-                        if !quiet { print("csrec teachers p=\(level) seed=\(seed): \(String(format: "%.1f", teacherModule!.seconds)) s") }
-                    }
-                    let r = try RobustnessTrainer.run(method, data: data, corruption: level, noisy: flags, groups: groupsByPopularity, cfg: cfg,
-                                                      teachers: method.usesCSRec ? teacherModule : nil)
+                    if runs.contains(where: { $0.method == name && $0.corruption == level && $0.seed == seed }) { continue }
+                    let job = template.with(methods, seed: seed, batchSize: batchSize)
+                    let r = try RobustnessSuite.run(job, name: name, data: data, corruption: level, noisy: flags, groups: groupsByPopularity,
+                                                    cache: teachersOfCopy,
+                                                    progress: quiet ? nil : { print("\(name) p=\(level) seed=\(seed) \($0)") })
                     runs.append(r)
                     try directory.append(r, to: "runs.jsonl")
-                    print("\(method.rawValue) p=\(level) seed=\(seed): test ndcg@10 \(f4(r.test["ndcg@10"])) hr@10 \(f4(r.test["hr@10"])) "
+                    print("\(name) p=\(level) seed=\(seed): test ndcg@10 \(f4(r.test["ndcg@10"])) hr@10 \(f4(r.test["hr@10"])) "
                           + "mrr@10 \(f4(r.test["mrr@10"])) best epoch \(r.bestEpoch)/\(r.epochs) \(String(format: "%.1f", r.seconds)) s"
                           + (r.recogniserAUC.map { " recogniser AUC \(f4($0))" } ?? ""))
                 }
             }
         }
         // the table covers this invocation's plan (the file may hold more seeds, levels or methods)
-        runs = runs.filter { r in seedList.contains(r.seed) && levelList.contains(r.corruption) && methodList.contains { $0.rawValue == r.method } }
-        let table = RobustnessReport.markdown(runs, levels: levelList, methods: methodList.map(\.rawValue), command: CommandLine.arguments.joined(separator: " "))
+        runs = runs.filter { r in seedList.contains(r.seed) && levelList.contains(r.corruption) && methodNames.contains(r.method) }
+        let table = RobustnessReport.markdown(runs, levels: levelList, methods: methodNames, command: CommandLine.arguments.joined(separator: " "))
         try table.write(toFile: out + "/robustness.md", atomically: true, encoding: .utf8)
         for (metric, title) in [("ndcg@10", "NDCG@10"), ("hr@10", "HR@10")] {
-            let series = RobustnessReport.series(runs, metric: metric, methods: methodList.map(\.rawValue), relative: false)
+            let series = RobustnessReport.series(runs, metric: metric, methods: methodNames, relative: false)
             try SVGPlot.lineChart(title: "Test \(title) vs corrupted training clicks", xLabel: "fraction of training clicks corrupted",
                                   yLabel: title, series: series).write(toFile: out + "/robustness-\(metric.replacingOccurrences(of: "@", with: ""))" + ".svg",
                                                                        atomically: true, encoding: .utf8)
         }
-        let drop = RobustnessReport.series(runs, metric: "ndcg@10", methods: methodList.map(\.rawValue), relative: true)
+        let drop = RobustnessReport.series(runs, metric: "ndcg@10", methods: methodNames, relative: true)
         try SVGPlot.lineChart(title: "Relative NDCG@10 (corrupted / clean)", xLabel: "fraction of training clicks corrupted",
                               yLabel: "NDCG@10 ÷ clean NDCG@10", series: drop).write(toFile: out + "/robustness-relative.svg", atomically: true, encoding: .utf8)
         print(table)
@@ -203,7 +222,7 @@ enum RobustnessReport {
                 if relative { guard let c = clean, c > 0 else { return nil }; return (p, v / c) }
                 return (p, v)
             }
-            return SVGPlot.Series(name: m == "base" ? "base" : m.uppercased().replacingOccurrences(of: "CSREC", with: "CSRec").replacingOccurrences(of: "UFNREC", with: "UFNRec"), points: points)
+            return SVGPlot.Series(name: (try? JobMethods(parsing: m).name) ?? m, points: points)
         }
     }
 

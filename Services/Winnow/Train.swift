@@ -4,12 +4,14 @@ import Numerics
 import Data
 import Models
 import Training
+import Methods
 
-/// `winnow train --local`: the base seq2item training run of the protocol in this process
-/// (no services): leave-one-out split, full-softmax CE (at every position of windows by default,
-/// or per prefix), Adam, early stopping on validation NDCG@10, full-ranking test metrics of the
-/// best-validation weights.
-struct Train: ParsableCommand {
+/// `winnow train`: the base seq2item training run of the protocol — leave-one-out split,
+/// full-softmax CE (at every position of windows by default, or per prefix), Adam, early stopping
+/// on validation NDCG@10, full-ranking test metrics of the best-validation weights — as a job of
+/// the trainer service of the stack `--state-dir` names, or with `--local` in this process. Both
+/// write the same result JSON.
+struct Train: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Train a sequential recommender and evaluate it by full ranking."
@@ -17,6 +19,8 @@ struct Train: ParsableCommand {
 
     @Flag(help: "Train in this process, without the trainer service.")
     var local = false
+
+    @OptionGroup var connection: ConnectionOptions
 
     @Option(help: "Backbone: \(ModelKind.allCases.map(\.rawValue).joined(separator: ", ")).")
     var model: ModelKind
@@ -42,13 +46,13 @@ struct Train: ParsableCommand {
     @Option(help: "Adam's learning rate.")
     var lr = LoopConfig().learningRate
 
-    @Option(help: "Threads of Winnow's loops and products; results are reproducible for a fixed count.")
+    @Option(help: "With --local: threads of Winnow's loops and products; results are reproducible for a fixed count (the trainer service trains with its own, WINNOW_TRAIN_THREADS).")
     var threads = 2
 
     @Option(help: "Write the result JSON to this file.")
     var json: String?
 
-    @Option(help: ArgumentHelp("Save the run's state to this file after every epoch; when the file exists, continue from it.",
+    @Option(help: ArgumentHelp("With --local: save the run's state to this file after every epoch; when the file exists, continue from it (the trainer service checkpoints every job itself).",
                                discussion: "A continued run gives the figures of one that never stopped (same seed and --threads)."))
     var checkpoint: String?
 
@@ -56,8 +60,8 @@ struct Train: ParsableCommand {
     var quiet = false
 
     func validate() throws {
-        guard local else {
-            throw ValidationError("only --local training is available in this build (the trainer service runs jobs through `winnow up`)")
+        if !local, checkpoint != nil {
+            throw ValidationError("--checkpoint is for --local runs; the trainer service checkpoints every job under its state directory")
         }
         guard epochs >= 1, patience >= 1, threads >= 1, (batchSize ?? 1) >= 1 else {
             throw ValidationError("--epochs, --patience, --batch-size and --threads must be >= 1")
@@ -82,7 +86,23 @@ struct Train: ParsableCommand {
         return dataset
     }
 
-    func run() throws {
+    /// The job these flags describe: base training of the backbone under the protocol.
+    var job: JobConfig {
+        var job = JobConfig(backbone: model)
+        job.loop.seed = seed; job.loop.maxEpochs = epochs; job.loop.patience = patience
+        job.loop.scheme = scheme; job.loop.batchSize = batchSize ?? LoopConfig.defaultBatchSize(scheme); job.loop.learningRate = lr
+        return job
+    }
+
+    func run() async throws {
+        guard local else {
+            // the stack's trainer: the dataset from the feature store (ingested first when a file)
+            let trainer = try TrainerClient(connection)
+            let id = try await trainer.submit(job, dataset: dataset, name: nil, publish: false)
+            FileHandle.standardError.write(Data("submitted job \(id) to the trainer at \(connection.target)\n".utf8))
+            try TrainerClient.report(try await trainer.watch(id, draw: !quiet), json: json)
+            return
+        }
         Threads.set(threads)
         let path = try Self.resolve(dataset)
         let interactions = try InterReader().read(path: path)
@@ -90,16 +110,13 @@ struct Train: ParsableCommand {
         guard data.userCount > 0, data.itemCount > 0 else {
             throw ValidationError("\(path): nothing left after 5-core filtering")
         }
-        var config = TrainingConfig(model: model)
-        config.loop.seed = seed; config.loop.maxEpochs = epochs; config.loop.patience = patience
-        config.loop.scheme = scheme; config.loop.batchSize = batchSize ?? LoopConfig.defaultBatchSize(scheme); config.loop.learningRate = lr
-        let training = BaseTraining(data: data, config: config)
         let err = FileHandle.standardError
-        err.write("data: \(data.userCount) users, \(data.itemCount) items, \(data.interactionCount) interactions, \(training.split.train.count) training targets (\(scheme.rawValue))\n".data(using: .utf8)!)
-        if !quiet { training.loop.progress = { if $0.event != .step { err.write(($0.line + "\n").data(using: .utf8)!) } } }
-        let result: TrainingResult
-        do { result = try training.run(checkpoint: checkpoint) }
-        catch { throw ValidationError("\(error)") }
+        err.write("data: \(data.userCount) users, \(data.itemCount) items, \(data.interactionCount) interactions, \(LeaveOneOut(data).train.count) training targets (\(scheme.rawValue))\n".data(using: .utf8)!)
+        let result: JobResult
+        do {
+            result = try JobRunner.run(job, data: data, progress: quiet ? nil : { err.write(($0 + "\n").data(using: .utf8)!) },
+                                       control: JobControl(checkpoints: checkpoint))
+        } catch { throw ValidationError("\(error)") }
         let keys = ["ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20", "mrr@20"]
         print("\(model.rawValue) seed \(seed): \(result.epochs) epochs, best \(result.bestEpoch), \(String(format: "%.1f", result.seconds)) s")
         for (name, m) in [("valid", result.valid), ("test", result.test)] {

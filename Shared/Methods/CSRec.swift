@@ -329,8 +329,7 @@ public enum CSRecTeachers {
         // a teacher trains as base training does (the fused cross-entropy) unless it has an objective of its own
         func trained(_ s: UInt64, on set: InstanceSet, objective: LabelObjective? = nil) throws -> Backbone {
             let g = make(s)
-            let sub = LabelLoop(data: loop.data, config: { var c = loop.config; c.seed = s; return c }())
-            sub.progress = loop.progress.map { p in { p("  teacher \(s): \($0)") } }
+            let sub = loop.sub(stage: "teacher \(s)", seed: s)
             if let objective {
                 try sub.fit(model: g, instances: set, objective: objective, validate: validate)
             } else {

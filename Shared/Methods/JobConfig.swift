@@ -11,7 +11,8 @@
 // Compositions: none (base), csrec, wslrec, ufnrec, wslrec + csrec (CSRec's soft labels in
 // WSLRec's fine-tuning), ufnrec + csrec (CSRec's KL beside UFNRec's BCE). CSRec's student loss
 // wraps whatever hard-label objective the other method uses. The auxiliary-task methods dss and
-// atjt, alone or with csrec: JobConfigAuxiliary.swift.
+// atjt, alone or with csrec: JobConfigAuxiliary.swift. The refused compositions are stated once,
+// in `MethodComposition`.
 import Foundation
 import Numerics
 import Models
@@ -53,6 +54,47 @@ public struct JobMethods: Sendable, Codable, Equatable {
                 dss: DSSJobConfig? = nil, atjt: ATJTJobConfig? = nil) {
         self.wslrec = wslrec; self.csrec = csrec; self.ufnrec = ufnrec; self.dss = dss; self.atjt = atjt
     }
+    /// The names of the methods, as commands and sweeps spell them; a composition joins them
+    /// with "+" ("atjt+csrec-m"). "csrec" alone means "csrec-m".
+    public static let names = ["base", "wslrec", "csrec-m", "csrec-d", "csrec-t", "ufnrec", "dss", "atjt"]
+
+    /// The methods a name spells, each part with its defaults (`names`; parts in any order,
+    /// case ignored). Throws naming an unknown part or a refused composition (`MethodComposition`).
+    public init(parsing spelled: String) throws {
+        self.init()
+        let parts = spelled.lowercased().split(separator: "+", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        func bad(_ reason: String) -> JobConfigError { .invalid(key: "methods", reason: "'\(spelled)': \(reason)") }
+        guard !parts.isEmpty, !parts.contains("") else { throw bad("empty method name") }
+        if parts.contains("base") {
+            guard parts.count == 1 else { throw bad("base composes with nothing") }
+            return
+        }
+        for part in parts {
+            switch part {
+            case "wslrec": wslrec = WSLRecConfig()
+            case "csrec", "csrec-m", "csrec-d", "csrec-t":
+                guard csrec == nil else { throw bad("one CSRec teacher module per job") }
+                var c = CSRecConfig()
+                c.teachers = part == "csrec-d" ? .data : part == "csrec-t" ? .training : .model
+                csrec = c
+            case "ufnrec": ufnrec = UFNRecConfig()
+            case "dss": dss = DSSJobConfig()
+            case "atjt": atjt = ATJTJobConfig()
+            default: throw bad("unknown method '\(part)' (known: \(Self.names.joined(separator: ", ")), joined by +)")
+            }
+        }
+        try MethodComposition.check(self)
+    }
+
+    /// The keys a job file's "methods" may hold.
+    static let keysInFiles = ["atjt", "csrec", "dss", "ufnrec", "wslrec"]
+
+    /// The job keys of the methods present ("dss", "atjt", "wslrec", "csrec", "ufnrec").
+    var keys: [String] {
+        [("dss", dss != nil), ("atjt", atjt != nil), ("wslrec", wslrec != nil), ("csrec", csrec != nil), ("ufnrec", ufnrec != nil)]
+            .filter(\.1).map(\.0)
+    }
+
     /// "base", or the method names joined by "+".
     public var name: String {
         var parts: [String] = []
@@ -73,10 +115,14 @@ public struct JobConfig: Sendable, Codable, Equatable {
     public var methods = JobMethods()
     /// Seed of the user split (user_split protocol).
     public var splitSeed: UInt64 = 0
+    /// Backbone width and SASRec blocks instead of the protocol's 64 and 2 (smoke runs); nil:
+    /// the protocol's.
+    public var dim: Int? = nil
+    public var blocks: Int? = nil
 
     public init(backbone: ModelKind) { self.backbone = backbone }
 
-    enum CodingKeys: String, CodingKey { case backbone, `protocol`, loop, methods, splitSeed = "split_seed" }
+    enum CodingKeys: String, CodingKey { case backbone, `protocol`, loop, methods, splitSeed = "split_seed", dim, blocks }
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         backbone = try c.decode(ModelKind.self, forKey: .backbone)
@@ -84,15 +130,55 @@ public struct JobConfig: Sendable, Codable, Equatable {
         loop = try c.decodeIfPresent(LoopConfig.self, forKey: .loop) ?? LoopConfig()
         methods = try c.decodeIfPresent(JobMethods.self, forKey: .methods) ?? JobMethods()
         splitSeed = try c.decodeIfPresent(UInt64.self, forKey: .splitSeed) ?? 0
+        dim = try c.decodeIfPresent(Int.self, forKey: .dim)
+        blocks = try c.decodeIfPresent(Int.self, forKey: .blocks)
     }
 
-    /// Parses a job from JSON bytes (flow-style YAML in the JSON subset).
+    /// The job's backbone for `itemCount` items, initialised from `seed` (the loop's by default).
+    public func makeBackbone(itemCount: Int, seed: UInt64? = nil) -> Backbone {
+        backbone.make(itemCount: itemCount, maxLength: loop.maxLength, seed: seed ?? loop.seed, dim: dim, blocks: blocks)
+    }
+
+    /// This job with `methods` and `seed`, under the scheme those methods train with: DSS trains
+    /// on prefixes (its sequence-to-sequence task contrasts one future per sequence), with the
+    /// prefix scheme's batch unless `batchSize` names one. Sweeps build every fit so.
+    public func with(_ methods: JobMethods, seed: UInt64, batchSize: Int? = nil) -> JobConfig {
+        var job = self; job.methods = methods; job.loop.seed = seed
+        if methods.dss != nil, job.loop.scheme == .allPositions {
+            job.loop.scheme = .prefixes; job.loop.batchSize = batchSize ?? LoopConfig.defaultBatchSize(.prefixes)
+        }
+        return job
+    }
+
+    /// Parses a job from JSON bytes (flow-style YAML in the JSON subset). A key the job does not
+    /// know (a misspelt setting, a method that does not exist) is an error naming it, not a
+    /// default silently taken.
     public static func parse(_ bytes: Data, path: String = "<memory>") throws -> JobConfig {
         let job: JobConfig
         do { job = try JSONDecoder().decode(JobConfig.self, from: bytes) }
         catch let e as DecodingError { throw JobConfigError.unreadable(path: path, reason: describe(e)) }
+        // every key given must be one the job reads: what it reads, it writes back
+        if let given = try? JSONSerialization.jsonObject(with: bytes), let read = try? JSONSerialization.jsonObject(with: JSONEncoder().encode(job)),
+           let unknown = unknownKey(given, read, at: "") {
+            let known = unknown.known.isEmpty ? "" : " (known here: \(unknown.known.joined(separator: ", ")))"
+            throw JobConfigError.invalid(key: unknown.key, reason: "unknown key\(known)")
+        }
         try job.validate()
         return job
+    }
+
+    /// The first key of `given` (depth first, sorted) that `read` lacks, with the keys `read` has there.
+    private static func unknownKey(_ given: Any, _ read: Any, at path: String) -> (key: String, known: [String])? {
+        guard let g = given as? [String: Any], let r = read as? [String: Any] else { return nil }
+        for key in g.keys.sorted() {
+            let here = path.isEmpty ? key : path + "." + key
+            guard let sub = r[key] else {
+                let known = path == "methods" ? JobMethods.keysInFiles : r.keys.sorted()
+                return (here, known)
+            }
+            if let found = unknownKey(g[key]!, sub, at: here) { return found }
+        }
+        return nil
     }
 
     public static func load(path: String) throws -> JobConfig {
@@ -108,10 +194,12 @@ public struct JobConfig: Sendable, Codable, Equatable {
         try methods.wslrec?.validate()
         try methods.csrec?.validate()
         try methods.ufnrec?.validate()
-        if methods.wslrec != nil && methods.ufnrec != nil {
-            throw JobConfigError.invalid(key: "methods", reason: "wslrec and ufnrec cannot be composed (both replace the hard labels)")
-        }
-        try AuxiliaryComposition.validate(self)
+        try methods.dss?.validate()
+        try methods.atjt?.validate()
+        if let d = dim, d < 1 { throw JobConfigError.invalid(key: "dim", reason: "must be at least 1, got \(d)") }
+        if let b = blocks, b < 1 { throw JobConfigError.invalid(key: "blocks", reason: "must be at least 1, got \(b)") }
+        try MethodComposition.check(methods)
+        try MethodComposition.checkAuxiliary(self)
         // The label methods and ATJT score every position (soft labels, records, multi-positives
         // and the recogniser's weights per row). DSS's sequence-to-sequence task contrasts each
         // sequence's future with the others' in the batch: it trains on prefixes.
@@ -132,8 +220,12 @@ public struct JobConfig: Sendable, Codable, Equatable {
     }
 }
 
-/// The outcome of a job: the protocol's run JSON plus the method and its stages.
+/// The outcome of a job, the one fit result every command writes: the protocol's run JSON
+/// (`model`, `seed`, `epochs`, `best_epoch`, `valid`, `test`, `seconds`, `framework`, `threads`,
+/// `scheme`, `batch`, `lr`, `history_masked`, `max_len`, `padding`, `data`, `log` — the keys the
+/// PyTorch reference writes too) plus the method, its stages and the job.
 public struct JobResult: Codable, Sendable {
+    /// The backbone ("sasrec", "gru4rec"; results written before were its display name).
     public var model: String
     public var method: String
     public var seed: UInt64
@@ -141,6 +233,8 @@ public struct JobResult: Codable, Sendable {
     public var bestEpoch: Int
     public var valid: [String: Double]
     public var test: [String: Double]
+    /// Wall time of the job, CSRec's teachers included; a job continued from checkpoints adds
+    /// its final stage's time before the stop.
     public var seconds: Double
     public var `protocol`: String
     /// Seconds spent training CSRec teachers (included in `seconds`).
@@ -150,9 +244,25 @@ public struct JobResult: Codable, Sendable {
     public var config: JobConfig
     /// user_split only: each test instance's top-50 list (for HDR, Eq. 11–12).
     public var testLists: [[Int32]]?
+    // The run JSON's context (absent from results written before they were recorded).
+    public var framework: String?
+    public var threads: Int?
+    /// The final stage's scheme (DSS: prefixes).
+    public var scheme: TrainingScheme?
+    public var batch: Int?
+    public var lr: Float?
+    public var historyMasked: Bool?
+    public var maxLen: Int?
+    public var padding: String?
+    /// users, items, interactions, train_instances, train_rows (rows per epoch of the final stage).
+    public var data: [String: Int]?
+    /// The final stage's epochs.
+    public var log: [EpochLog]?
     enum CodingKeys: String, CodingKey {
         case model, method, seed, epochs, valid, test, seconds, `protocol`, stages, config
         case bestEpoch = "best_epoch", teacherSeconds = "teacher_seconds", testLists = "test_lists"
+        case framework, threads, scheme, batch, lr, padding, data, log
+        case historyMasked = "history_masked", maxLen = "max_len"
     }
 }
 
@@ -180,16 +290,34 @@ public final class TeacherCache {
     func putSide(_ key: String, _ value: (side: Backbone, seconds: Double)) { sides[key] = value }
 }
 
+/// A job's trained parts, for callers that examine more than the result (the robustness suite
+/// scores user groups and the recogniser).
+public struct TrainedJob {
+    public let result: JobResult
+    /// The model validated and tested (best weights).
+    public let model: Backbone
+    /// ATJT's recognisers, when the job names atjt.
+    public let recogniser: ATJTWeigher?
+}
+
 /// Runs a job in this process.
 public enum JobRunner {
     /// Runs `job`; CSRec teachers come from `cache` when it holds them (their training time is
     /// still reported in `teacher_seconds`, as measured when they were built).
     public static func run(_ job: JobConfig, data: SequenceDataset, cache: TeacherCache? = nil,
-                           progress: ((String) -> Void)? = nil) throws -> JobResult {
+                           progress: ((String) -> Void)? = nil, control: JobControl = JobControl()) throws -> JobResult {
+        try train(job, data: data, cache: cache, progress: progress, control: control).result
+    }
+
+    /// `run`, returning the trained model and recognisers beside the result. `control` receives
+    /// every stage's progress events, can cancel the job, and names where its stages checkpoint.
+    public static func train(_ job: JobConfig, data: SequenceDataset, cache: TeacherCache? = nil,
+                             progress: ((String) -> Void)? = nil, control: JobControl = JobControl()) throws -> TrainedJob {
         try job.validate()
         let T = job.loop.maxLength, seed = job.loop.seed
         let loop = LabelLoop(data: data, config: job.loop)
         loop.progress = progress
+        loop.control = control
         // Protocol: training instances, validation/test evaluations, training ends per user.
         let train: InstanceSet, trainEnds: [Int], trainUsers: [Int32]?
         let validate: ModelEvaluation, test: ModelEvaluation
@@ -221,8 +349,8 @@ public enum JobRunner {
                 let sideKey = TeacherCache.sideKey(job, c)
                 let side = c.teachers == .training ? cache?.side(sideKey) : nil
                 let t0 = Date()
-                let N = data.itemCount, kind = job.backbone
-                let built = try CSRecTeachers.module(c, make: { kind.make(itemCount: N, maxLength: T, seed: $0) }, loop: loop,
+                let N = data.itemCount
+                let built = try CSRecTeachers.module(c, make: { job.makeBackbone(itemCount: N, seed: $0) }, loop: loop,
                                                      instances: train, validate: validate, seed: seed, side: side?.side)
                 // a reused side teacher is still charged at the time it took to train
                 teacherSeconds = Date().timeIntervalSince(t0) + (side?.seconds ?? 0)
@@ -232,6 +360,7 @@ public enum JobRunner {
             }
         }
         let studentStart = Date()
+        var finalStart = Date()   // when the final stage's fit began (reset below)
         func student(_ hard: LabelObjective) -> LabelObjective {
             guard let c = job.methods.csrec, let source else { return hard }
             return CSRecStudentObjective(source: source, hard: hard, beta: c.beta, temperature: c.temperature,
@@ -239,28 +368,34 @@ public enum JobRunner {
         }
         let model: Backbone
         let final: FitResult
+        var recogniser: ATJTWeigher? = nil
         if job.methods.dss != nil || job.methods.atjt != nil {
-            let trained = try AuxiliaryJob.train(job, data: data, instances: train, source: source, validate: validate, progress: progress)
-            model = trained.model; final = trained.fit
+            finalStart = Date()
+            let trained = try AuxiliaryJob.train(job, data: data, instances: train, source: source, validate: validate, progress: progress,
+                                                 control: control)
+            model = trained.model; final = trained.fit; recogniser = trained.recogniser
         } else if let w = job.methods.wslrec {
-            model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+            model = job.makeBackbone(itemCount: data.itemCount)
             let r = try WSLRec.train(w, model: model, loop: loop, instances: train, trainEnds: trainEnds, trainUsers: trainUsers,
                                      validate: validate, fineTune: student)
             stages["pretrain"] = r.pre
             final = r.fine
         } else if let u = job.methods.ufnrec {
-            model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
-            let teacher = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+            model = job.makeBackbone(itemCount: data.itemCount)
+            let teacher = job.makeBackbone(itemCount: data.itemCount)
             // after warm-up the EMA teacher is what the loop validates, keeps and leaves in `model`
             let objective = UFNRecObjective(config: u, student: model, teacher: teacher, seed: seed,
                                             history: TrainingSequences(data: data, instances: train))
+            finalStart = Date()
             final = try loop.fit(model: model, instances: train, objective: student(objective), validate: validate)
         } else if job.methods.csrec != nil {
-            model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+            model = job.makeBackbone(itemCount: data.itemCount)
+            finalStart = Date()
             final = try loop.fit(model: model, instances: train, objective: student(CrossEntropyObjective()), validate: validate)
         } else {
             // base: the fused cross-entropy, under either scheme
-            model = job.backbone.make(itemCount: data.itemCount, maxLength: T, seed: seed)
+            model = job.makeBackbone(itemCount: data.itemCount)
+            finalStart = Date()
             final = try loop.fit(model: model, instances: train, loss: CrossEntropyLoss(seed: seed), validate: validate)
         }
         stages["final"] = final
@@ -270,9 +405,17 @@ public enum JobRunner {
             lists = try LabelEvaluation.topLists(model, data: data, instances: UserSplit(data, seed: job.splitSeed).test,
                                                  k: min(50, data.itemCount), maxLength: T)
         }
-        return JobResult(model: model.name, method: job.methods.name, seed: seed, epochs: final.epochs, bestEpoch: final.bestEpoch,
-                         valid: valid, test: testMetrics, seconds: teacherSeconds + Date().timeIntervalSince(studentStart),
-                         protocol: job.protocol.rawValue, teacherSeconds: teacherSeconds, stages: stages, config: job,
-                         testLists: lists)
+        // the final stage's time before a stop it continued from (its fit counts it, this call did not see it)
+        let before = max(0, final.seconds - Date().timeIntervalSince(finalStart))
+        let result = JobResult(model: job.backbone.rawValue, method: job.methods.name, seed: seed, epochs: final.epochs,
+                               bestEpoch: final.bestEpoch, valid: valid, test: testMetrics,
+                               seconds: teacherSeconds + Date().timeIntervalSince(studentStart) + (final.log.isEmpty ? 0 : before),
+                               protocol: job.protocol.rawValue, teacherSeconds: teacherSeconds, stages: stages, config: job,
+                               testLists: lists, framework: "winnow", threads: Threads.count, scheme: final.scheme,
+                               batch: job.loop.batchSize, lr: job.loop.learningRate, historyMasked: false, maxLen: T, padding: "right",
+                               data: ["users": data.userCount, "items": data.itemCount, "interactions": data.interactionCount,
+                                      "train_instances": train.count, "train_rows": final.rows],
+                               log: final.log)
+        return TrainedJob(result: result, model: model, recogniser: recogniser)
     }
 }

@@ -7,7 +7,7 @@
 // intentions), atjt + csrec (the recogniser's w scales CSRec's per-sequence student loss),
 // atjt + ufnrec (w scales UFNRec's row loss) and atjt + ufnrec + csrec (w scales CSRec's student
 // loss around UFNRec's, as `ufnrec + csrec` composes them without ATJT). Refused, with the reason
-// (`AuxiliaryComposition.whyNot`): dss + atjt, atjt + wslrec, dss + wslrec, dss + ufnrec. Both
+// (`MethodComposition.whyNot`): dss + atjt, atjt + wslrec, dss + wslrec, dss + ufnrec. Both
 // run under leave-one-out (the robustness protocol).
 import Foundation
 import Numerics
@@ -47,12 +47,14 @@ public struct DSSJobConfig: Sendable, Codable, Equatable {
         if pretrainEpochs < 0 { throw bad("pretrain_epochs", "must be non-negative, got \(pretrainEpochs)") }
     }
     /// The trainer's configuration for a job's loop.
-    func trainerConfig(itemCount: Int, loop: LoopConfig) -> DSSConfig {
+    func trainerConfig(itemCount: Int, loop: LoopConfig, dim: Int? = nil, blocks: Int? = nil) -> DSSConfig {
         var c = DSSConfig(itemCount: itemCount)
         c.lambda = lambda; c.seq2seqWeight = seq2seqWeight; c.learningRate = loop.learningRate
         c.candidates = candidates == "in_batch" ? .inBatch : .full
         c.schedule = pretrainEpochs > 0 ? .pretrainThenFinetune(pretrainEpochs: pretrainEpochs) : .joint
         c.encoder.maxLength = loop.maxLength; c.encoder.interests = interests; c.encoder.seed = loop.seed
+        if let dim { c.encoder.dim = dim; c.encoder.inner = 4 * dim }
+        if let blocks { c.encoder.blocks = blocks }
         return c
     }
 }
@@ -94,48 +96,42 @@ public struct ATJTJobConfig: Sendable, Codable, Equatable {
     }
 }
 
-/// Which auxiliary-task and label methods compose, and why the others do not.
-public enum AuxiliaryComposition {
+/// Which methods compose, and why the others do not: the one table every command, job file and
+/// sweep is checked against.
+public enum MethodComposition {
+    /// Pairs of job keys that are not composed, with the reason.
+    public static let refused: [(a: String, b: String, why: String)] = [
+        ("wslrec", "ufnrec", "both replace the hard labels (WSLRec with weak positive sets, UFNRec with reversed negatives)"),
+        ("dss", "atjt", "ATJT weighs one loss per sequence, while DSS's seq2seq terms are per (sequence, intention) pair and are "
+            + "already filtered by its own confidence selection (Eq. 4); the two ways of discounting noise are not combined"),
+        ("dss", "wslrec", "WSLRec pre-trains and fine-tunes a K = 1 backbone on sets of weak positives in three stages; DSS trains its "
+            + "own K-intention encoder with seq2seq supervision, and no stage of one is defined in the other"),
+        ("dss", "ufnrec", "UFNRec's loss is a BCE over sampled negatives with an EMA teacher of the same backbone and reversed "
+            + "negatives per instance; DSS's seq2item is a softmax over all items with max over K, and the EMA teacher "
+            + "would need DSS's whole encoder"),
+        ("atjt", "wslrec", "the recogniser judges a (history, next item) pair, but WSLRec's rows learn from weak positive sets "
+            + "(BR / ItemCF / mined top-k), so a recogniser weight has no meaning for them"),
+    ]
+
     /// The reason methods `a` and `b` (job keys) are not composed.
     public static func whyNot(_ a: String, _ b: String) -> String {
-        switch Set([a, b]) {
-        case ["dss", "atjt"]:
-            return "ATJT weighs one loss per sequence, while DSS's seq2seq terms are per (sequence, intention) pair and are "
-                + "already filtered by its own confidence selection (Eq. 4); the two ways of discounting noise are not combined"
-        case ["dss", "wslrec"]:
-            return "WSLRec pre-trains and fine-tunes a K = 1 backbone on sets of weak positives in three stages; DSS trains its "
-                + "own K-intention encoder with seq2seq supervision, and no stage of one is defined in the other"
-        case ["dss", "ufnrec"]:
-            return "UFNRec's loss is a BCE over sampled negatives with an EMA teacher of the same backbone and reversed "
-                + "negatives per instance; DSS's seq2item is a softmax over all items with max over K, and the EMA teacher "
-                + "would need DSS's whole encoder"
-        case ["atjt", "wslrec"]:
-            return "the recogniser judges a (history, next item) pair, but WSLRec's rows learn from weak positive sets "
-                + "(BR / ItemCF / mined top-k), so a recogniser weight has no meaning for them"
-        default:
-            return "not a supported composition"
+        refused.first { Set([$0.a, $0.b]) == Set([a, b]) }?.why ?? "not a supported composition"
+    }
+
+    /// Throws naming the first refused pair among `methods`.
+    static func check(_ methods: JobMethods) throws {
+        let present = methods.keys
+        for r in refused where present.contains(r.a) && present.contains(r.b) {
+            throw JobConfigError.invalid(key: "methods", reason: "\(r.a) and \(r.b) cannot be composed: \(r.why)")
         }
     }
 
-    /// Pairs of job keys that are not composed.
-    static let refused: [(String, String)] = [("dss", "atjt"), ("dss", "wslrec"), ("dss", "ufnrec"), ("atjt", "wslrec")]
-
-    /// Checks a job's methods: at most one auxiliary-task method, with the label methods it composes with.
-    static func validate(_ job: JobConfig) throws {
+    /// What the auxiliary-task methods need of the rest of the job.
+    static func checkAuxiliary(_ job: JobConfig) throws {
         let m = job.methods
         guard m.dss != nil || m.atjt != nil else { return }
-        try m.dss?.validate()
-        try m.atjt?.validate()
-        var present: [String] = []
-        if m.dss != nil { present.append("dss") }
-        if m.atjt != nil { present.append("atjt") }
-        if m.wslrec != nil { present.append("wslrec") }
-        if m.ufnrec != nil { present.append("ufnrec") }
-        for (a, b) in refused where present.contains(a) && present.contains(b) {
-            throw JobConfigError.invalid(key: "methods", reason: "\(a) and \(b) cannot be composed: \(whyNot(a, b))")
-        }
         if job.protocol != .loo {
-            throw JobConfigError.invalid(key: "protocol", reason: "\(present[0]) runs under loo (the robustness protocol), got \(job.protocol.rawValue)")
+            throw JobConfigError.invalid(key: "protocol", reason: "\(m.keys[0]) runs under loo (the robustness protocol), got \(job.protocol.rawValue)")
         }
         if m.dss != nil && job.backbone != .sasrec {
             throw JobConfigError.invalid(key: "backbone", reason: "dss needs sasrec (its encoder is a single-head SASRec), got \(job.backbone.rawValue)")
@@ -152,36 +148,39 @@ public enum AuxiliaryComposition {
 /// its fit.
 enum AuxiliaryJob {
     static func train(_ job: JobConfig, data: SequenceDataset, instances: InstanceSet, source: SoftLabelSource?,
-                      validate: @escaping ModelEvaluation, progress: ((String) -> Void)?) throws -> (model: Backbone, fit: FitResult) {
+                      validate: @escaping ModelEvaluation, progress: ((String) -> Void)?,
+                      control: JobControl = JobControl()) throws -> (model: Backbone, fit: FitResult, recogniser: ATJTWeigher?) {
         let loop = job.loop, N = data.itemCount
         var distillation: CSRecDistillation? = nil
         if let c = job.methods.csrec, let source {
             distillation = CSRecDistillation(source: source, beta: c.beta, temperature: c.temperature, direction: c.direction.direction)
         }
         let epochLoop = TrainingLoop(data: data, config: loop)
+        epochLoop.cancellation = control.cancellation
         var note: () -> String = { "" }   // ATJT: the epoch's weight statistics
-        if let progress {
+        if progress != nil || control.events != nil {
             epochLoop.progress = { p in
-                guard p.event == .epoch else { return }
+                control.events?(p)
+                guard p.event == .epoch, let progress else { return }
                 progress(String(format: "epoch %d  loss %.4f  valid %@ %.4f", p.epoch, p.loss, loop.selectMetric, p.valid[loop.selectMetric] ?? 0))
                 let extra = note()
                 if !extra.isEmpty { progress("  " + extra) }
             }
         }
         if let d = job.methods.dss {
-            let trainer = DSSTrainer(config: d.trainerConfig(itemCount: N, loop: loop), data: data, instances: instances,
+            let trainer = DSSTrainer(config: d.trainerConfig(itemCount: N, loop: loop, dim: job.dim, blocks: job.blocks), data: data, instances: instances,
                                      maxBatch: loop.batchSize, distillation: distillation)
             let epochs = DSSEpochs(trainer: trainer, batchSize: loop.batchSize, seed: loop.seed)
             let fit = try epochLoop.fit(model: trainer.model, validate: validate) { try epochs.run(epoch: $0 - 1) }
-            return (trainer.model, fit)
+            return (trainer.model, fit, nil)
         }
         guard let a = job.methods.atjt else { preconditionFailure("no auxiliary-task method in the job") }
-        let model = job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed)
+        let model = job.makeBackbone(itemCount: N)
         let weigher = ATJTWeigher(config: a.trainerConfig(itemCount: N, loop: loop), data: data, instances: instances)
         // ℓ_b: UFNRec's row loss or the next-item CE, inside CSRec's student loss when the job names csrec
         var hard: WeightedSequenceLoss? = nil, ufnrec: UFNRecObjective? = nil
         if let u = job.methods.ufnrec {
-            ufnrec = UFNRecObjective(config: u, student: model, teacher: job.backbone.make(itemCount: N, maxLength: loop.maxLength, seed: loop.seed),
+            ufnrec = UFNRecObjective(config: u, student: model, teacher: job.makeBackbone(itemCount: N),
                                      seed: loop.seed, history: TrainingSequences(data: data, instances: instances))
             hard = ufnrec
         }
@@ -198,6 +197,6 @@ enum AuxiliaryJob {
         let fit = try epochLoop.fit(model: model, validate: validate, evaluated: ufnrec.map { u in { u.evaluated } }) {
             try epochs.run(epoch: $0 - 1)
         }
-        return (model, fit)
+        return (model, fit, weigher)
     }
 }

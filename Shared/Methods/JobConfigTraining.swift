@@ -119,15 +119,49 @@ final class ObjectiveLoss: RowLoss {
     }
 }
 
-/// The one training loop (`TrainingLoop`) with a label method's objective.
+/// What a caller controls of a running job: where its progress events go, how it is cancelled,
+/// and where each stage checkpoints (a trainer service resumes a job from them).
+public struct JobControl {
+    /// Structured progress of every stage (`TrainingProgress.stage` names it).
+    public var events: ((TrainingProgress) -> Void)?
+    /// Checked before every step of every stage.
+    public var cancellation: Cancellation?
+    /// Where the stages checkpoint: the "train" stage in this file, any other stage beside it
+    /// (`FILE.teacher-103`, `FILE.pretrain`, …); a stage whose file exists continues from it, and
+    /// one that had finished returns its fit at once. Stages of DSS and ATJT, which train their
+    /// own epochs, are not checkpointed.
+    public var checkpoints: String?
+    public init(events: ((TrainingProgress) -> Void)? = nil, cancellation: Cancellation? = nil, checkpoints: String? = nil) {
+        self.events = events; self.cancellation = cancellation; self.checkpoints = checkpoints
+    }
+
+    /// The checkpoint file of `stage` ("teacher 2" → `FILE.teacher-2`).
+    public func checkpoint(_ stage: String) -> String? {
+        checkpoints.map { stage == "train" ? $0 : $0 + "." + String(stage.map { $0.isLetter || $0.isNumber ? $0 : "-" }) }
+    }
+}
+
+/// The one training loop (`TrainingLoop`) with a label method's objective, for one stage of a
+/// job at a time.
 public final class LabelLoop {
     public let data: SequenceDataset
     public let config: LoopConfig
-    /// A line per epoch; nil for silence.
+    /// A line per epoch and per stage change; nil for silence.
     public var progress: ((String) -> Void)?
+    /// The job's events, cancellation and checkpoints, shared by its stages.
+    public var control = JobControl()
+    /// The stage the next fit trains (progress events and its checkpoint file name it).
+    public var stage = "train"
 
     public init(data: SequenceDataset, config: LoopConfig) {
         self.data = data; self.config = config
+    }
+
+    /// A loop for another stage of the same job (a teacher): same data, control and progress.
+    func sub(stage: String, seed: UInt64) -> LabelLoop {
+        let sub = LabelLoop(data: data, config: { var c = config; c.seed = seed; return c }())
+        sub.progress = progress; sub.control = control; sub.stage = stage
+        return sub
     }
 
     /// Trains to early stop (or maxEpochs) and leaves the best-validation weights in `model`.
@@ -143,8 +177,21 @@ public final class LabelLoop {
     public func fit(model: Backbone, instances: InstanceSet, loss: RowLoss, validate: ModelEvaluation?,
                     optimizer: Adam? = nil) throws -> FitResult {
         let loop = TrainingLoop(data: data, config: config)
-        if let progress { loop.progress = { if $0.event == .epoch { progress($0.line) } } }
-        return try loop.fit(model: model, instances: instances, loss: loss, validate: validate, optimizer: optimizer)
+        loop.stage = stage
+        loop.cancellation = control.cancellation
+        let lines = progress, events = control.events
+        if lines != nil || events != nil {
+            loop.progress = { p in
+                if p.event != .step { lines?(p.line) }
+                events?(p)
+            }
+        }
+        if let file = control.checkpoints {
+            let dir = (file as NSString).deletingLastPathComponent
+            if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        }
+        return try loop.fit(model: model, instances: instances, loss: loss, validate: validate, optimizer: optimizer,
+                            checkpoint: control.checkpoint(stage))
     }
 }
 

@@ -82,103 +82,9 @@ public func binaryAUC(scores: [Float], positive: [Bool]) -> Double? {
 
 // MARK: - Training runs
 
-/// Which training method a robustness run uses: base, an auxiliary-task method, a label method
-/// (CSRec, UFNRec), or an auxiliary-task method composed with one (the name joins them with "+").
-public enum RobustnessMethod: String, Sendable, CaseIterable, Codable {
-    case base, dss, atjt, csrec, ufnrec
-    /// DSS whose seq2item part also fits CSRec's soft labels.
-    case dssCSRec = "dss+csrec"
-    /// ATJT whose weights scale CSRec's per-sequence student loss.
-    case atjtCSRec = "atjt+csrec"
-    /// ATJT whose weights scale UFNRec's row loss.
-    case atjtUFNRec = "atjt+ufnrec"
-
-    /// Whether the run needs CSRec's teachers.
-    public var usesCSRec: Bool { self == .csrec || self == .dssCSRec || self == .atjtCSRec }
-    /// Whether the recommender is DSS's encoder (SASRec only).
-    public var usesDSS: Bool { self == .dss || self == .dssCSRec }
-
-    /// Parses a method name; parts may come in any order ("csrec+atjt"). Compositions that exist
-    /// as words but are not supported are refused with the reason.
-    public static func parse(_ name: String) throws -> RobustnessMethod {
-        let parts = name.lowercased().split(separator: "+").map { $0.trimmingCharacters(in: .whitespaces) }
-        let known: Set<String> = ["base", "dss", "atjt", "csrec", "wslrec", "ufnrec"]
-        guard !parts.isEmpty, parts.allSatisfy(known.contains) else { throw RobustnessMethodError.unknown(name) }
-        let set = Set(parts)
-        for (a, b) in AuxiliaryComposition.refused where set.contains(a) && set.contains(b) {
-            throw RobustnessMethodError.unsupported(name, reason: AuxiliaryComposition.whyNot(a, b))
-        }
-        let aux = parts.filter { $0 == "dss" || $0 == "atjt" }.sorted()
-        let label = parts.filter { $0 != "dss" && $0 != "atjt" && $0 != "base" }.sorted()
-        if set.contains("base") {
-            guard parts.count == 1 else { throw RobustnessMethodError.unsupported(name, reason: "base composes with nothing") }
-            return .base
-        }
-        guard !label.contains("wslrec") else {
-            throw RobustnessMethodError.unsupported(name, reason: "WSLRec has its own protocol and stages; it runs in `winnow experiment labels`")
-        }
-        guard Set(label).count <= 1 else {
-            throw RobustnessMethodError.unsupported(name, reason: "the robustness suite composes at most one label method (ufnrec + csrec and atjt + ufnrec + csrec run as jobs: `winnow experiment job`)")
-        }
-        guard let m = RobustnessMethod(rawValue: (aux + Array(Set(label))).joined(separator: "+")) else {
-            throw RobustnessMethodError.unknown(name)
-        }
-        return m
-    }
-}
-
-/// A `--methods` entry that is not a robustness method.
-public enum RobustnessMethodError: Error, CustomStringConvertible, Equatable {
-    /// Not a method name.
-    case unknown(String)
-    /// Known methods whose composition is not supported, and why.
-    case unsupported(String, reason: String)
-    public var description: String {
-        switch self {
-        case .unknown(let n): return "unknown method '\(n)' (base, dss, atjt, csrec, ufnrec, dss+csrec, atjt+csrec, atjt+ufnrec)"
-        case .unsupported(let n, let r): return "method '\(n)' is not supported: \(r)"
-        }
-    }
-}
-
-/// Settings of one robustness experiment (every method shares them).
-public struct RobustnessConfig {
-    public var model: ModelKind = .sasrec
-    public var maxLength = 50
-    public var batchSize = 256
-    public var maxEpochs = 200
-    public var patience = 10
-    public var learningRate: Float = 1e-3
-    public var seed: UInt64 = 1
-    /// SASRec / GRU4Rec sizes for small smoke runs (nil = the protocol's).
-    public var dim: Int? = nil
-    public var blocks: Int? = nil
-    /// DSS: K and λ.
-    public var interests = 4
-    public var lambda: Float = 0.5
-    /// ATJT: α, groups, recogniser learning rate.
-    public var alpha: Float = 10
-    public var groups = 2
-    public var recogniserLearningRate: Float = 0.01
-    /// CSRec (csrec, dss+csrec, atjt+csrec): teachers, β, τ, KL direction.
-    public var csrec = CSRecConfig()
-    /// UFNRec (ufnrec, atjt+ufnrec).
-    public var ufnrec = UFNRecConfig()
-    public var log: ((String) -> Void)? = nil
-    public init() {}
-
-    /// The loop settings the teachers and the early stopping share.
-    var loop: LoopConfig {
-        var l = LoopConfig()
-        l.maxEpochs = maxEpochs; l.patience = patience; l.batchSize = batchSize; l.maxLength = maxLength
-        l.learningRate = learningRate; l.seed = seed; l.selectMetric = "ndcg@10"
-        l.scheme = .prefixes   // every method of the comparison trains so (see JobConfig.validate)
-        return l
-    }
-}
-
-/// What one training run produced.
+/// What one robustness fit produced.
 public struct RobustnessRun: Sendable, Codable {
+    /// The method as the sweep names it ("atjt+csrec").
     public var method: String
     public var model: String
     public var corruption: Double
@@ -198,137 +104,22 @@ public struct RobustnessRun: Sendable, Codable {
     public var teacherSeconds: Double?
 }
 
-/// CSRec's trained teachers for one corrupted copy, shared by every method that uses them.
-public struct RobustnessTeachers {
-    public let source: SoftLabelSource
-    public let seconds: Double
-}
-
-public enum RobustnessTrainer {
-    static func backbone(_ cfg: RobustnessConfig, itemCount: Int, seed: UInt64? = nil) -> Backbone {
-        switch cfg.model {
-        case .sasrec:
-            var c = SASRecConfig(itemCount: itemCount); c.maxLength = cfg.maxLength; c.seed = seed ?? cfg.seed
-            if let d = cfg.dim { c.dim = d; c.inner = 4 * d }
-            if let b = cfg.blocks { c.blocks = b }
-            return SASRec(c)
-        case .gru4rec:
-            var c = GRU4RecConfig(itemCount: itemCount); c.maxLength = cfg.maxLength; c.seed = seed ?? cfg.seed
-            if let d = cfg.dim { c.embedding = d; c.hidden = 2 * d }
-            return GRU4Rec(c)
-        }
-    }
-
-    static func evaluate(_ model: Backbone, data: SequenceDataset, instances: InstanceSet, maxLength: Int) -> [String: Double] {
-        guard instances.count > 0 else { return [:] }
-        let K = model.interests, C = model.dim
-        let evaluator = RankingEvaluator(itemCount: model.itemCount, dim: C, maxBatch: 256, interests: K, ks: [10, 20])
-        let report = evaluator.evaluateFullRanking(EvaluationInput(data: data, instances: instances, maxLength: maxLength),
-                                                   items: model.scoringTable) { items, lengths, n, out in
-            let u = model.forward(items: items, lengths: lengths, B: n, training: false)
-            out.update(from: u, count: n * K * C)
-        }
-        return report.metrics.filter { ["ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20", "mrr@20"].contains($0.key) }
-    }
-
-    /// Trains CSRec's teachers (`cfg.csrec`, the run's backbone) on `data` (already corrupted:
-    /// the teachers see the same noisy clicks as the student), early-stopped on validation NDCG@10.
-    public static func teachers(data: SequenceDataset, cfg: RobustnessConfig) throws -> RobustnessTeachers {
-        let split = LeaveOneOut(data), T = cfg.maxLength, started = Date()
-        let loop = LabelLoop(data: data, config: cfg.loop)
-        loop.progress = cfg.log.map { log in { log("csrec" + $0) } }
-        let source = try CSRecTeachers.build(cfg.csrec, make: { backbone(cfg, itemCount: data.itemCount, seed: $0) }, loop: loop,
-                                             instances: split.train,
-                                             validate: { evaluate($0, data: data, instances: split.validation, maxLength: T) },
-                                             seed: cfg.seed)
-        return RobustnessTeachers(source: source, seconds: Date().timeIntervalSince(started))
-    }
-
-    /// Trains `method` on `data` (already corrupted) with early stopping on validation NDCG@10 and
-    /// evaluates the best weights on the test split and its popular / niche groups. `noisy` flags
-    /// corrupted interactions (for the recogniser's AUC). Methods with CSRec need `teachers`
-    /// (trained on the same `data`); their time is added to the run's.
-    public static func run(_ method: RobustnessMethod, data: SequenceDataset, corruption: Double, noisy: [Bool],
-                           groups: (popular: InstanceSet, niche: InstanceSet), cfg: RobustnessConfig,
-                           teachers: RobustnessTeachers? = nil) throws -> RobustnessRun {
-        let split = LeaveOneOut(data)
-        let T = cfg.maxLength, B = cfg.batchSize
-        let started = Date()
-        precondition(!method.usesCSRec || teachers != nil, "\(method.rawValue) needs CSRec's teachers")
-        let distillation = teachers.map {
-            CSRecDistillation(source: $0.source, beta: cfg.csrec.beta, temperature: cfg.csrec.temperature,
-                              direction: cfg.csrec.direction.direction)
-        }
-        let validate: ModelEvaluation = { evaluate($0, data: data, instances: split.validation, maxLength: T) }
-        let model: Backbone
-        var epoch: ((Int) throws -> Double)? = nil
-        var trained: FitResult? = nil      // a method that runs its own loop (csrec: LabelLoop)
-        var atjtWeigher: ATJTWeigher? = nil
-        var note: () -> String = { "" }   // extra per-epoch log text (ATJT: weight statistics)
-        var evaluated: (() -> Backbone)? = nil   // ATJT + UFNRec: the EMA teacher after warm-up
-        switch method {
-        case .base, .csrec, .ufnrec:
-            let m = backbone(cfg, itemCount: data.itemCount)
-            model = m
-            // base, UFNRec and the CSRec student as `winnow experiment labels` trains them: the
-            // one loop with the method's objective (UFNRec's EMA teacher the same backbone)
-            let objective: LabelObjective
-            if method == .ufnrec {
-                objective = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed,
-                                            history: TrainingSequences(data: data, instances: split.train))
-            } else if method == .csrec, let d = distillation {
-                objective = CSRecStudentObjective(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
-            } else {
-                objective = CrossEntropyObjective()
-            }
-            let loop = LabelLoop(data: data, config: cfg.loop)
-            loop.progress = cfg.log.map { log in { log("\(method.rawValue) corruption \(corruption) \($0)") } }
-            trained = try loop.fit(model: m, instances: split.train, objective: objective, validate: validate)
-        case .dss, .dssCSRec:
-            precondition(cfg.model == .sasrec, "DSS is built on SASRec")
-            var c = DSSConfig(itemCount: data.itemCount)
-            c.encoder.maxLength = T; c.encoder.seed = cfg.seed; c.encoder.interests = cfg.interests
-            if let d = cfg.dim { c.encoder.dim = d; c.encoder.inner = 4 * d }
-            if let b = cfg.blocks { c.encoder.blocks = b }
-            c.lambda = cfg.lambda; c.learningRate = cfg.learningRate
-            let trainer = DSSTrainer(config: c, data: data, instances: split.train, maxBatch: B,
-                                     distillation: method == .dssCSRec ? distillation : nil)
-            model = trainer.model
-            let epochs = DSSEpochs(trainer: trainer, batchSize: B, seed: cfg.seed)
-            epoch = { try epochs.run(epoch: $0) }
-        case .atjt, .atjtCSRec, .atjtUFNRec:
-            let m = backbone(cfg, itemCount: data.itemCount)
-            model = m
-            var c = ATJTConfig(itemCount: data.itemCount, maxLength: T)
-            c.groups = cfg.groups; c.alpha = cfg.alpha; c.recogniserLearningRate = cfg.recogniserLearningRate
-            c.seed = cfg.seed; c.recogniserBatch = B
-            let weigher = ATJTWeigher(config: c, data: data, instances: split.train)
-            atjtWeigher = weigher
-            var loss: WeightedSequenceLoss? = nil
-            if method == .atjtCSRec, let d = distillation {
-                loss = WeightedCSRecStudent(source: d.source, beta: d.beta, temperature: d.temperature, direction: d.direction)
-            } else if method == .atjtUFNRec {
-                let u = UFNRecObjective(config: cfg.ufnrec, student: m, teacher: backbone(cfg, itemCount: data.itemCount), seed: cfg.seed,
-                                        history: TrainingSequences(data: data, instances: split.train))
-                loss = u
-                evaluated = { u.evaluated }
-            }
-            let trainer = ATJTTrainer(model: m, weighers: weigher.weighers, learningRate: cfg.learningRate, maxBatch: B, loss: loss)
-            let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: B, seed: cfg.seed)
-            epoch = { try epochs.run(epoch: $0) }
-            note = { epochs.summary }
-        }
-        let epochLoop = TrainingLoop(data: data, config: cfg.loop)
-        epochLoop.progress = cfg.log.map { log in { p in
-            guard p.event == .epoch else { return }
-            log("\(method.rawValue) corruption \(corruption) epoch \(p.epoch): loss \(String(format: "%.4f", p.loss)) valid ndcg@10 \(String(format: "%.4f", p.valid["ndcg@10"] ?? 0))\(note())")
-        } }
-        let fit = try trained ?? epochLoop.fit(model: model, validate: validate, evaluated: evaluated) { try epoch!($0 - 1) }
-        let test = evaluate(model, data: data, instances: split.test, maxLength: T)
-        let popular = evaluate(model, data: data, instances: groups.popular, maxLength: T)
-        let niche = evaluate(model, data: data, instances: groups.niche, maxLength: T)
+public enum RobustnessSuite {
+    /// Trains `job` on `data` (a corrupted copy) with the one job runner, and scores its model on
+    /// the test users' popular / niche `groups` and, with ATJT, its recognisers on the training
+    /// sequences whose target `noisy` flags. CSRec's teachers come from (or go to) `cache`, one
+    /// per corrupted copy, so that the methods of a copy share them; their time is charged to
+    /// each run that uses them.
+    public static func run(_ job: JobConfig, name: String, data: SequenceDataset, corruption: Double, noisy: [Bool],
+                           groups: (popular: InstanceSet, niche: InstanceSet), cache: TeacherCache,
+                           progress: ((String) -> Void)? = nil) throws -> RobustnessRun {
+        let trained = try JobRunner.train(job, data: data, cache: cache, progress: progress)
+        let r = trained.result, T = job.loop.maxLength
+        let popular = LabelEvaluation.fullRanking(trained.model, data: data, instances: groups.popular, maxLength: T)
+        let niche = LabelEvaluation.fullRanking(trained.model, data: data, instances: groups.niche, maxLength: T)
         var auc: Double? = nil
-        if let weigher = atjtWeigher, noisy.contains(true) {
+        if let weigher = trained.recogniser, noisy.contains(true) {
+            let split = LeaveOneOut(data)
             let all = (0..<split.train.count).map { Int32($0) }
             let w = weigher.evaluate(ids: all)
             let clean = all.map { k -> Bool in
@@ -337,11 +128,9 @@ public enum RobustnessTrainer {
             }
             auc = binaryAUC(scores: w, positive: clean)
         }
-        let teacherSeconds = method.usesCSRec ? teachers?.seconds : nil
-        return RobustnessRun(method: method.rawValue, model: model.name, corruption: corruption, seed: cfg.seed, epochs: fit.epochs,
-                             bestEpoch: fit.bestEpoch, seconds: Date().timeIntervalSince(started) + (teacherSeconds ?? 0),
-                             valid: fit.bestValid, test: test, popular: popular, niche: niche, recogniserAUC: auc,
-                             teacherSeconds: teacherSeconds)
+        return RobustnessRun(method: name, model: r.model, corruption: corruption, seed: r.config.loop.seed, epochs: r.epochs,
+                             bestEpoch: r.bestEpoch, seconds: r.seconds, valid: r.valid, test: r.test, popular: popular, niche: niche,
+                             recogniserAUC: auc, teacherSeconds: job.methods.csrec != nil ? r.teacherSeconds : nil)
     }
 }
 

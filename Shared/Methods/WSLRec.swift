@@ -151,12 +151,16 @@ public enum WSLRec {
         let nb = config.sources.contains(.itemcf)
             ? try neighbours(data, trainUsers: trainUsers, trainEnds: trainEnds, k: config.weakK) : nil
         let pre = pretrainingPositives(config, data: data, instances: instances, neighbours: nb, maxLength: T)
+        let stage = loop.stage
+        defer { loop.stage = stage }
         loop.progress?("WSLRec stage 1: pre-training on \(config.sources.map(\.rawValue).joined(separator: " ∪ "))")
+        loop.stage = "pretrain"
         let r1 = try loop.fit(model: model, instances: instances, objective: MultiPositiveObjective(pre), validate: validate)
         loop.progress?("WSLRec stage 2: top-\(config.miningK) mining")
         let lists = try LabelEvaluation.topLists(model, data: data, instances: instances, k: min(config.miningK, data.itemCount), maxLength: T)
         let fin = fineTuningPositives(data: data, instances: instances, topK: lists, trainEnds: trainEnds)
         loop.progress?("WSLRec stage 3: fine-tuning (\(fin.items.count - fin.count) mined positives)")
+        loop.stage = "finetune"
         let r2 = try loop.fit(model: model, instances: instances, objective: try fineTune(MultiPositiveObjective(fin)), validate: validate)
         return (r1, r2)
     }

@@ -25,6 +25,12 @@ public struct RPCError: Error, CustomStringConvertible, Equatable, Sendable {
     public static func resourceExhausted(_ message: String) -> RPCError { RPCError(.resourceExhausted, message) }
 }
 
+/// An error of a library beneath a service that knows its own status (the feature store's
+/// NOT_FOUND, INVALID_ARGUMENT, …): a handler may throw it as is, and the server answers with it.
+public protocol RPCStatusConvertible: Error {
+    var rpcError: RPCError { get }
+}
+
 extension Winnow_V1_StatusCode {
     /// The gRPC spelling, e.g. `DEADLINE_EXCEEDED`.
     public var name: String {

@@ -421,7 +421,7 @@ public final class RPCServer: @unchecked Sendable {
 
     private static func fail(_ reply: inout Winnow_V1_ReplyHeader, _ body: inout Frame, _ error: Error, _ method: String) {
         body = []
-        if let error = error as? RPCError {
+        if let error = (error as? RPCError) ?? (error as? RPCStatusConvertible)?.rpcError {
             reply.code = error.code
             reply.message = error.message
         } else {

@@ -1,4 +1,5 @@
 import Foundation
+import Data
 import RPC
 import SwiftProtobuf
 import WinnowProto
@@ -16,6 +17,8 @@ public protocol FeatureStoreEndpoint: Sendable {
     func callGetSnapshot(_ r: Winnow_V1_GetSnapshotRequest) async throws -> Winnow_V1_SnapshotPage
     func callPutModel(_ r: Winnow_V1_PutModelRequest) async throws -> Winnow_V1_PutModelResponse
     func callGetModel(_ r: Winnow_V1_GetModelRequest) async throws -> Winnow_V1_GetModelResponse
+    func callGetDataset(_ r: Winnow_V1_GetDatasetRequest) async throws -> Winnow_V1_DatasetInfo
+    func callPromote(_ r: Winnow_V1_PromoteRequest) async throws -> Winnow_V1_PromoteResponse
 }
 
 extension FeatureStore: FeatureStoreEndpoint {
@@ -26,6 +29,11 @@ extension FeatureStore: FeatureStoreEndpoint {
     public func callGetSnapshot(_ r: Winnow_V1_GetSnapshotRequest) async throws -> Winnow_V1_SnapshotPage { try snapshot(r) }
     public func callPutModel(_ r: Winnow_V1_PutModelRequest) async throws -> Winnow_V1_PutModelResponse { try putModel(r) }
     public func callGetModel(_ r: Winnow_V1_GetModelRequest) async throws -> Winnow_V1_GetModelResponse { try getModel(r) }
+    public func callGetDataset(_ r: Winnow_V1_GetDatasetRequest) async throws -> Winnow_V1_DatasetInfo {
+        guard !r.datasetID.isEmpty else { throw StoreError.invalidArgument("dataset_id is empty") }
+        return try datasetInfo(r.datasetID, required: true)!
+    }
+    public func callPromote(_ r: Winnow_V1_PromoteRequest) async throws -> Winnow_V1_PromoteResponse { try promote(r) }
 }
 
 /// The feature store over RPC (through a broker or at its direct endpoint). Every call is
@@ -50,6 +58,8 @@ public struct RemoteFeatureStore: FeatureStoreEndpoint {
     public func callGetSnapshot(_ r: Winnow_V1_GetSnapshotRequest) async throws -> Winnow_V1_SnapshotPage { try await call("GetSnapshot", r, Winnow_V1_SnapshotPage.self) }
     public func callPutModel(_ r: Winnow_V1_PutModelRequest) async throws -> Winnow_V1_PutModelResponse { try await call("PutModel", r, Winnow_V1_PutModelResponse.self) }
     public func callGetModel(_ r: Winnow_V1_GetModelRequest) async throws -> Winnow_V1_GetModelResponse { try await call("GetModel", r, Winnow_V1_GetModelResponse.self) }
+    public func callGetDataset(_ r: Winnow_V1_GetDatasetRequest) async throws -> Winnow_V1_DatasetInfo { try await call("GetDataset", r, Winnow_V1_DatasetInfo.self) }
+    public func callPromote(_ r: Winnow_V1_PromoteRequest) async throws -> Winnow_V1_PromoteResponse { try await call("Promote", r, Winnow_V1_PromoteResponse.self) }
 }
 
 // MARK: - File ingest
@@ -243,6 +253,14 @@ public struct DatasetSnapshot: Sendable {
 
     /// Items of the k-th user of this shard.
     public func sequence(_ k: Int) -> ArraySlice<Int32> { items[offsets[k] ..< offsets[k + 1]] }
+
+    /// The shard's users as the dataset a trainer batches from: user k's items in time order,
+    /// items 1...N as the store numbered them. For shard 0 of 1 this is the dataset the store
+    /// built, user for user (the same users, in the same order, as `SequenceDataset` over the
+    /// same interactions and k-core).
+    public var sequenceDataset: SequenceDataset {
+        SequenceDataset(sequences: (0..<userIDs.count).map { Array(sequence($0)) }, itemCount: numItems)
+    }
 }
 
 /// Fetches snapshots page by page and keeps them, in memory and under `directory`, keyed by the

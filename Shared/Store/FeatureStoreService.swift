@@ -32,9 +32,8 @@ public final class FeatureStoreService: Sendable {
         }
         handle("AppendEvents") { (r: Winnow_V1_AppendEventsRequest) in try store.appendEvents(r) }
         handle("BuildDataset") { (r: Winnow_V1_BuildDatasetRequest) in try store.buildDataset(r) }
-        handle("GetDataset") { (r: Winnow_V1_GetDatasetRequest) -> Winnow_V1_DatasetInfo in
-            guard !r.datasetID.isEmpty else { throw StoreError.invalidArgument("dataset_id is empty") }
-            return try store.datasetInfo(r.datasetID, required: true)!
+        server.register("GetDataset") { (r: Winnow_V1_GetDatasetRequest) async throws -> Winnow_V1_DatasetInfo in
+            do { return try await store.callGetDataset(r) } catch { throw StoreError.from(error).rpcError }
         }
         handle("ListDatasets") { (_: Winnow_V1_ListDatasetsRequest) in try store.listDatasets() }
         handle("GetSnapshot") { (r: Winnow_V1_GetSnapshotRequest) in try store.snapshot(r) }

@@ -3,7 +3,7 @@ import RPC
 import WinnowProto
 
 /// Why a feature-store operation failed. Each case maps to one RPC status.
-public enum StoreError: Error, CustomStringConvertible, Equatable, Sendable {
+public enum StoreError: Error, CustomStringConvertible, Equatable, Sendable, RPCStatusConvertible {
     /// The request itself is wrong (bad row, bad spec, missing field): INVALID_ARGUMENT.
     case invalidArgument(String)
     /// A named thing (load, dataset, model, version) does not exist: NOT_FOUND.

@@ -189,7 +189,7 @@ public final class TrainingLoop {
     /// (1-based) and returning its mean loss: for trainers that own their steps (DSS's two
     /// encodes per batch, ATJT's weigher between batch and loss). `evaluated` names the model to
     /// validate and keep when it is not `model` (UFNRec's EMA teacher after warm-up; it shares
-    /// the model's architecture). No checkpoints.
+    /// the model's architecture). No checkpoints; cancelled between epochs.
     @discardableResult
     public func fit(model: Backbone, validate: @escaping ModelEvaluation, evaluated: (() -> Backbone)? = nil,
                     epoch: (Int) throws -> Double) throws -> FitResult {
@@ -197,7 +197,11 @@ public final class TrainingLoop {
         return try epochs(model: model, evaluated: evaluated ?? { model }, validate: validate,
                           state: LoopState(stopping: EarlyStopping(metric: config.selectMetric, patience: config.patience)),
                           best: model.parameters.clone(), start: Date(), steps: 0, scheme: config.scheme, rows: 0,
-                          train: { e, _ in try epoch(e) }, epochEnded: { _ in })
+                          train: { e, _ in
+                              // these trainers own their steps: a cancellation ends them between epochs
+                              if cancellation?.isCancelled == true { throw TrainingError.cancelled(epoch: e) }
+                              return try epoch(e)
+                          }, epochEnded: { _ in })
     }
 
     /// The epochs both fits share: train, validate `evaluated()`, keep its weights in `best` on a

@@ -174,6 +174,9 @@ public nonisolated struct Winnow_V1_JobProgress: Sendable {
 
   public var modelVersion: UInt64 = 0
 
+  /// SUCCEEDED: the job's result, the JSON `winnow experiment job` writes
+  public var resultJson: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -389,7 +392,7 @@ nonisolated extension Winnow_V1_GetProgressRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Winnow_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobProgress"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}state\0\u{1}stage\0\u{1}epoch\0\u{1}step\0\u{3}total_steps\0\u{1}loss\0\u{1}validation\0\u{1}test\0\u{3}eta_micros\0\u{1}error\0\u{3}model_name\0\u{3}model_version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}state\0\u{1}stage\0\u{1}epoch\0\u{1}step\0\u{3}total_steps\0\u{1}loss\0\u{1}validation\0\u{1}test\0\u{3}eta_micros\0\u{1}error\0\u{3}model_name\0\u{3}model_version\0\u{3}result_json\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -410,6 +413,7 @@ nonisolated extension Winnow_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobu
       case 11: try { try decoder.decodeSingularStringField(value: &self.error) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.modelName) }()
       case 13: try { try decoder.decodeSingularUInt64Field(value: &self.modelVersion) }()
+      case 14: try { try decoder.decodeSingularStringField(value: &self.resultJson) }()
       default: break
       }
     }
@@ -455,6 +459,9 @@ nonisolated extension Winnow_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobu
     if self.modelVersion != 0 {
       try visitor.visitSingularUInt64Field(value: self.modelVersion, fieldNumber: 13)
     }
+    if !self.resultJson.isEmpty {
+      try visitor.visitSingularStringField(value: self.resultJson, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -472,6 +479,7 @@ nonisolated extension Winnow_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobu
     if lhs.error != rhs.error {return false}
     if lhs.modelName != rhs.modelName {return false}
     if lhs.modelVersion != rhs.modelVersion {return false}
+    if lhs.resultJson != rhs.resultJson {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -199,11 +199,12 @@ final class CompositionTests: XCTestCase {
         func message(_ json: String) -> String {
             do { _ = try JobConfig.parse(Data(json.utf8)); return "" } catch { return "\(error)" }
         }
-        for (a, b) in [("atjt", "wslrec"), ("dss", "wslrec"), ("dss", "ufnrec"), ("dss", "atjt")] {
+        // one table refuses a pair, whether a job file or a name spells it
+        for (a, b, _) in MethodComposition.refused {
             let m = message(#"{"backbone": "sasrec", "methods": {"\#(a)": {}, "\#(b)": {}}}"#)
             XCTAssertTrue(m.contains("methods") && m.contains(a) && m.contains(b) && m.contains("cannot be composed"), m)
-            XCTAssertThrowsError(try RobustnessMethod.parse("\(a)+\(b)")) {
-                XCTAssertTrue("\($0)".contains("\(a)+\(b)") && "\($0)".contains("not supported"), "\($0)")
+            XCTAssertThrowsError(try JobMethods(parsing: "\(a)+\(b)")) {
+                XCTAssertTrue("\($0)".contains("\(a) and \(b) cannot be composed"), "\($0)")
             }
         }
         XCTAssertTrue(message(#"{"backbone": "gru4rec", "methods": {"dss": {}}}"#).contains("backbone"))
@@ -211,13 +212,16 @@ final class CompositionTests: XCTestCase {
         XCTAssertTrue(message(#"{"backbone": "sasrec", "protocol": "user_split", "methods": {"atjt": {}}}"#).contains("protocol"))
         XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"atjt": {"groups": 1}}}"#).contains("atjt.groups"))
         XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"dss": {"lambda": 2}}}"#).contains("dss.lambda"))
-        XCTAssertThrowsError(try RobustnessMethod.parse("atjt+bert"))
-        XCTAssertEqual(try RobustnessMethod.parse("CSRec+ATJT"), .atjtCSRec)
-        XCTAssertEqual(try RobustnessMethod.parse("dss+csrec"), .dssCSRec)
-        for m in RobustnessMethod.allCases { XCTAssertEqual(try RobustnessMethod.parse(m.rawValue), m) }
-        XCTAssertThrowsError(try RobustnessMethod.parse("base+csrec"))
-        XCTAssertThrowsError(try RobustnessMethod.parse("csrec+ufnrec")) { XCTAssertTrue("\($0)".contains("one label method"), "\($0)") }
-        XCTAssertEqual(try RobustnessMethod.parse("ufnrec+atjt"), .atjtUFNRec)
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "dim": 0}"#).contains("dim"))
+        XCTAssertThrowsError(try JobMethods(parsing: "atjt+bert")) { XCTAssertTrue("\($0)".contains("unknown method 'bert'"), "\($0)") }
+        XCTAssertEqual(try JobMethods(parsing: "CSRec+ATJT").name, "ATJT+CSRec-M")
+        XCTAssertEqual(try JobMethods(parsing: "dss+csrec-d").name, "DSS+CSRec-D")
+        XCTAssertEqual(try JobMethods(parsing: "ufnrec+atjt+csrec-t").name, "ATJT+CSRec-T+UFNRec")
+        for name in JobMethods.names { XCTAssertNoThrow(try JobMethods(parsing: name), name) }
+        XCTAssertEqual(try JobMethods(parsing: "base"), JobMethods())
+        XCTAssertThrowsError(try JobMethods(parsing: "base+csrec")) { XCTAssertTrue("\($0)".contains("base composes with nothing"), "\($0)") }
+        XCTAssertThrowsError(try JobMethods(parsing: "csrec-m+csrec-d")) { XCTAssertTrue("\($0)".contains("one CSRec"), "\($0)") }
+        XCTAssertThrowsError(try JobMethods(parsing: "atjt+")) { XCTAssertTrue("\($0)".contains("empty"), "\($0)") }
         XCTAssertEqual(message(#"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"atjt": {}, "ufnrec": {}, "csrec": {}}}"#), "")
     }
 
@@ -245,32 +249,46 @@ final class CompositionTests: XCTestCase {
             j.methods = methods
             let r = try JobRunner.run(j, data: data)
             XCTAssertEqual(r.method, methods.dss != nil ? "DSS+CSRec-M" : methods.ufnrec != nil ? "ATJT+CSRec-M+UFNRec" : "ATJT+CSRec-M")
-            XCTAssertEqual(r.model, methods.dss != nil ? "DSS-SASRec" : "GRU4Rec")
+            XCTAssertEqual(r.model, methods.dss != nil ? "sasrec" : "gru4rec", "the backbone as the job names it (DSS: its SASRec encoder)")
             XCTAssertEqual(r.epochs, 1)
             XCTAssertGreaterThan(r.teacherSeconds, 0)
             XCTAssertNotNil(r.test["ndcg@10"])
         }
     }
 
-    func testRobustnessRunsTheCompositionsOnSharedTeachersAndChargesTheirTime() throws {
+    func testRobustnessRunsEveryCompositionThroughTheJobRunnerOnSharedTeachersAndChargesTheirTime() throws {
         let data = cyclicDataset(users: 30, items: 16, length: 10)
         let split = LeaveOneOut(data)
         let groups = RobustnessData.popularityGroups(data, split: split)
-        var cfg = RobustnessConfig()
-        cfg.maxLength = 6; cfg.batchSize = 64; cfg.maxEpochs = 1; cfg.dim = 8; cfg.blocks = 1; cfg.interests = 2
-        let teachers = try RobustnessTrainer.teachers(data: data, cfg: cfg)
-        let noisy = [Bool](repeating: false, count: data.interactionCount)
-        for method in [RobustnessMethod.csrec, .atjtCSRec, .dssCSRec, .ufnrec, .atjtUFNRec] {
-            let r = try RobustnessTrainer.run(method, data: data, corruption: 0, noisy: noisy, groups: groups, cfg: cfg,
-                                              teachers: method.usesCSRec ? teachers : nil)
-            XCTAssertEqual(r.method, method.rawValue)
+        var template = JobConfig(backbone: .sasrec)
+        template.loop.maxLength = 6; template.loop.batchSize = 64; template.loop.maxEpochs = 1; template.dim = 8; template.blocks = 1
+        var noisy = [Bool](repeating: false, count: data.interactionCount)
+        noisy[data.offsets[3] + 2] = true   // one corrupted target: the recogniser's AUC is defined
+        let cache = TeacherCache()
+        var teacherSeconds: Double? = nil
+        for name in ["csrec", "atjt+csrec", "dss+csrec", "ufnrec", "atjt+ufnrec", "atjt+ufnrec+csrec", "dss"] {
+            var methods = try JobMethods(parsing: name)
+            if methods.dss != nil { methods.dss!.interests = 2 }
+            let job = template.with(methods, seed: 1)
+            XCTAssertEqual(job.loop.scheme, methods.dss != nil ? .prefixes : .allPositions, name)
+            let r = try RobustnessSuite.run(job, name: name, data: data, corruption: 0.1, noisy: noisy, groups: groups, cache: cache)
+            XCTAssertEqual(r.method, name)
             XCTAssertEqual(r.epochs, 1)
-            XCTAssertEqual(r.teacherSeconds, method.usesCSRec ? teachers.seconds : nil)
+            if methods.csrec != nil {
+                // the copy's teachers are trained once per scheme and charged to every run that uses them
+                XCTAssertNotNil(r.teacherSeconds, name)
+                if methods.dss != nil { XCTAssertNotEqual(r.teacherSeconds, teacherSeconds, "\(name): its teachers train on prefixes") }
+                else if let t = teacherSeconds { XCTAssertEqual(r.teacherSeconds, t, name) } else { teacherSeconds = r.teacherSeconds }
+            } else {
+                XCTAssertNil(r.teacherSeconds, name)
+            }
             XCTAssertGreaterThanOrEqual(r.seconds, r.teacherSeconds ?? 0)
-            XCTAssertNotNil(r.test["ndcg@10"])
+            XCTAssertEqual(r.recogniserAUC != nil, methods.atjt != nil, name)
+            XCTAssertNotNil(r.test["ndcg@10"]); XCTAssertNotNil(r.popular["ndcg@10"]); XCTAssertNotNil(r.niche["ndcg@10"])
         }
         // runs without CSRec keep their JSON shape: no teacher time
-        let base = try RobustnessTrainer.run(.base, data: data, corruption: 0, noisy: noisy, groups: groups, cfg: cfg)
+        let base = try RobustnessSuite.run(template.with(JobMethods(), seed: 1), name: "base", data: data, corruption: 0, noisy: noisy,
+                                           groups: groups, cache: cache)
         let object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(base)) as! [String: Any]
         XCTAssertNil(object["teacherSeconds"])
         XCTAssertEqual(Set(object.keys), ["method", "model", "corruption", "seed", "epochs", "bestEpoch", "seconds", "valid", "test", "popular", "niche"])

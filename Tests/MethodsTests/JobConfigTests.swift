@@ -116,6 +116,12 @@ final class JobConfigTests: XCTestCase {
         XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"wslrec": {}, "ufnrec": {}}}"#).contains("cannot be composed"))
         XCTAssertTrue(message(#"{"backbone": "sasrec", "loop": {"max_epochs": "x"}}"#).contains("loop.max_epochs"))
         XCTAssertTrue(message("backbone: sasrec").contains("job.yaml"))
+        // a key the job does not read is named, never silently defaulted
+        XCTAssertEqual(message(#"{"backbone": "sasrec", "methods": {"bert4rec": {}}}"#),
+                       "job config: methods.bert4rec: unknown key (known here: atjt, csrec, dss, ufnrec, wslrec)")
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "methdos": {}}"#).contains("methdos: unknown key"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "loop": {"batchsize": 8}}"#).contains("loop.batchsize: unknown key"))
+        XCTAssertTrue(message(#"{"backbone": "sasrec", "methods": {"csrec": {"beeta": 0.5}}}"#).contains("methods.csrec.beeta: unknown key"))
     }
 
     func testRunsAComposedJobUnderEachProtocol() throws {
@@ -127,7 +133,7 @@ final class JobConfigTests: XCTestCase {
         job.methods = JobMethods(wslrec: w, csrec: c)
         let r = try JobRunner.run(job, data: data)
         XCTAssertEqual(r.method, "WSLRec+CSRec-M")
-        XCTAssertEqual(r.model, "GRU4Rec")
+        XCTAssertEqual(r.model, "gru4rec")
         XCTAssertNotNil(r.test["ndcg@10"]); XCTAssertNotNil(r.valid["mrr@10"])
         XCTAssertEqual(Set(r.stages.keys), ["pretrain", "final"])
         let encoded = try JSONEncoder().encode(r)

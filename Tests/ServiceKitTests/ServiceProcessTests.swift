@@ -162,8 +162,18 @@ final class ServiceProcessTests: XCTestCase {
             let viaEndpoint = try await health(direct, kind)
             direct.close()
             XCTAssertEqual(viaEndpoint.instance, viaBroker.instance)
+            // the trainer checks a job before anything else: an empty one names the field
+            if kind == "trainer" {
+                do {
+                    _ = try await client.callRaw(service: kind, method: "SubmitJob", payload: [], timeout: .seconds(3))
+                    XCTFail("an empty SubmitJob was accepted")
+                } catch let error as RPCError {
+                    XCTAssertEqual(error.code, .invalidArgument)
+                    XCTAssertTrue(error.message.contains("spec."), error.message)
+                }
+            }
             // Services whose rpcs later issues implement answer UNIMPLEMENTED, clearly.
-            if kind != "featurestore", let other = ServiceCatalogue.kind(of: kind)?.methods.first(where: { $0.name != "Health" }) {
+            if !["featurestore", "trainer"].contains(kind), let other = ServiceCatalogue.kind(of: kind)?.methods.first(where: { $0.name != "Health" }) {
                 do {
                     _ = try await client.callRaw(service: kind, method: other.name, payload: [], timeout: .seconds(3))
                     XCTFail("\(kind).\(other.name) answered OK")

@@ -4,6 +4,7 @@ import RPC
 import SwiftProtobuf
 import ServiceKit
 @testable import Store
+import StoreTestSupport
 import WinnowProto
 import XCTest
 

@@ -2,6 +2,7 @@ import Data
 import Foundation
 import Postgres
 @testable import Store
+import StoreTestSupport
 import WinnowProto
 import XCTest
 

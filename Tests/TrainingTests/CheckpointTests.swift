@@ -29,18 +29,18 @@ final class CheckpointTests: XCTestCase {
         return SequenceDataset(sequences: seqs, itemCount: 25)
     }
 
-    func training(_ kind: ModelKind, seed: UInt64 = 2, epochs: Int, objective: ObjectiveKind = .fullSoftmax,
-                  scheme: TrainingScheme = .allPositions) -> BaseTraining {
-        var cfg = TrainingConfig(model: kind)
+    func training(_ kind: ModelKind, seed: UInt64 = 2, epochs: Int, objective: BaseObjective = .fullSoftmax,
+                  scheme: TrainingScheme = .allPositions) -> BaseRun {
+        var cfg = BaseRunConfig(model: kind)
         cfg.loop.scheme = scheme; cfg.loop.seed = seed; cfg.loop.maxEpochs = epochs; cfg.loop.batchSize = 32; cfg.loop.maxLength = 6; cfg.objective = objective
-        return BaseTraining(data: data(), config: cfg)
+        return BaseRun(data: data(), config: cfg)
     }
 
-    func values(_ t: BaseTraining) -> [Float] { Array(UnsafeBufferPointer(start: t.model.parameters.values, count: t.model.parameters.count)) }
+    func values(_ t: BaseRun) -> [Float] { Array(UnsafeBufferPointer(start: t.model.parameters.values, count: t.model.parameters.count)) }
 
     func testContinuedRunEqualsUninterruptedRun() throws {
         Threads.set(2)
-        let cases: [(ModelKind, ObjectiveKind, TrainingScheme)] = [
+        let cases: [(ModelKind, BaseObjective, TrainingScheme)] = [
             (.sasrec, .fullSoftmax, .allPositions), (.gru4rec, .sampledSoftmax(negatives: 8, popularity: false), .prefixes),
             (.gru4rec, .sampledSoftmax(negatives: 8, popularity: true), .allPositions)]
         for (kind, objective, scheme) in cases {
@@ -63,12 +63,12 @@ final class CheckpointTests: XCTestCase {
 
     func testFinishedRunIsOnlyEvaluatedAgain() throws {
         Threads.set(1)
-        var cfg = TrainingConfig(model: .gru4rec)
+        var cfg = BaseRunConfig(model: .gru4rec)
         cfg.loop.maxEpochs = 50; cfg.loop.patience = 1; cfg.loop.batchSize = 32; cfg.loop.maxLength = 6; cfg.loop.learningRate = 0
         let path = directory.appendingPathComponent("stopped.ckpt").path
-        let first = try BaseTraining(data: data(), config: cfg).run(checkpoint: path)
+        let first = try BaseRun(data: data(), config: cfg).run(checkpoint: path)
         XCTAssertEqual(first.epochs, 2, "no gain after epoch 1, patience 1")
-        let again = try BaseTraining(data: data(), config: cfg).run(checkpoint: path)
+        let again = try BaseRun(data: data(), config: cfg).run(checkpoint: path)
         XCTAssertEqual(again.epochs, 2, "an early-stopped run trains no further")
         XCTAssertEqual(again.test, first.test)
     }

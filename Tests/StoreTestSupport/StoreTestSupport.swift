@@ -2,16 +2,15 @@ import Foundation
 import Postgres
 import Store
 import WinnowProto
-import XCTest
 
-/// One embedded Postgres for the whole StoreTests target, and a fresh database per test.
-enum TestDatabase {
+/// One embedded Postgres per test process, and a fresh database per test.
+public enum TestDatabase {
     nonisolated(unsafe) static var server: EmbeddedPostgres?
     nonisolated(unsafe) static var state: String?
     nonisolated(unsafe) static var counter = 0
     static let lock = NSLock()
 
-    static func shared() throws -> EmbeddedPostgres {
+    public static func shared() throws -> EmbeddedPostgres {
         try lock.withLock {
             if let server { return server }
             let template = NSTemporaryDirectory() + "winnow-store-XXXXXX"
@@ -33,7 +32,7 @@ enum TestDatabase {
     }
 
     /// A new empty database; returns its URL.
-    static func fresh(_ label: String) throws -> String {
+    public static func fresh(_ label: String) throws -> String {
         let pg = try shared()
         let name = lock.withLock { counter += 1; return "store_\(label.lowercased())_\(counter)" }
         let admin = try Connection(url: pg.url(database: "postgres"))
@@ -45,7 +44,7 @@ enum TestDatabase {
 
 /// Every table of the public schema, each as its COPY text in physical order, for byte-for-byte
 /// comparisons.
-func dumpTables(_ url: String) throws -> [String: [UInt8]] {
+public func dumpTables(_ url: String) throws -> [String: [UInt8]] {
     let c = try Connection(url: url)
     defer { c.close() }
     let r = try c.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
@@ -57,7 +56,7 @@ func dumpTables(_ url: String) throws -> [String: [UInt8]] {
     return out
 }
 
-func writeFile(_ contents: [UInt8], name: String) throws -> String {
+public func writeFile(_ contents: [UInt8], name: String) throws -> String {
     let dir = NSTemporaryDirectory() + "winnow-store-files-\(getpid())"
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let path = dir + "/" + name
@@ -65,10 +64,10 @@ func writeFile(_ contents: [UInt8], name: String) throws -> String {
     return path
 }
 
-func writeFile(_ text: String, name: String) throws -> String { try writeFile(Array(text.utf8), name: name) }
+public func writeFile(_ text: String, name: String) throws -> String { try writeFile(Array(text.utf8), name: name) }
 
 /// scripts/fetch-ml100k's file (fetching it when absent); nil only if the script fails.
-func ml100kPath() throws -> String {
+public func ml100kPath() throws -> String {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -86,7 +85,7 @@ func ml100kPath() throws -> String {
     return path
 }
 
-func interSpec(k: Int32 = 0, split: Winnow_V1_SplitProtocol = .leaveOneOut, topK: Int32 = 0) -> Winnow_V1_BuildDatasetRequest {
+public func interSpec(k: Int32 = 0, split: Winnow_V1_SplitProtocol = .leaveOneOut, topK: Int32 = 0) -> Winnow_V1_BuildDatasetRequest {
     var r = Winnow_V1_BuildDatasetRequest()
     r.spec.kCore = k
     r.spec.split = split

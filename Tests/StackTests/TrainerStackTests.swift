@@ -1,0 +1,80 @@
+import Foundation
+import XCTest
+@testable import Stack
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Training across the stack as a person runs it: `winnow up`, then `winnow train` without
+/// `--local` (the file ingested, the dataset built, the job run by the trainer process) writes
+/// the result `--local` writes; a trainer killed with SIGKILL mid-job is restarted by the
+/// supervisor and its job ends with the metrics of a run that was never interrupted.
+extension StackCommandTests {
+    /// 300 users walking item cycles, as a RecBole file with integer ids.
+    func cyclesFile() throws -> String {
+        var text = "user_id:token\titem_id:token\ttimestamp:float\n"
+        for u in 0..<300 {
+            var x = (u * 7) % 40
+            for t in 0..<30 { text += "\(u + 1)\t\(1001 + x)\t\(100 * u + t)\n"; x = (x + 1 + u % 3) % 40 }
+        }
+        let path = state.path + "/cycles.inter"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func jsonObject(_ path: String) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+    }
+
+    func testTrainingThroughTheTrainerMatchesLocalAndSurvivesAKilledTrainer() throws {
+        let up = try winnow(try upArguments(teachers: 0))
+        XCTAssertEqual(up.status, 0, up.output)
+        let data = try cyclesFile(), s = state.path
+        let flags = ["--model", "gru4rec", "--dataset", data, "--epochs", "3", "--batch-size", "32", "--seed", "4"]
+
+        // the same flags through the trainer and in this process: the same result
+        let remote = try winnow(["train"] + flags + ["--state-dir", s, "--json", s + "/remote.json", "--quiet"])
+        XCTAssertEqual(remote.status, 0, remote.output)
+        let local = try winnow(["train", "--local"] + flags + ["--threads", "1", "--json", s + "/local.json", "--quiet"])
+        XCTAssertEqual(local.status, 0, local.output)
+        let r = try jsonObject(s + "/remote.json"), l = try jsonObject(s + "/local.json")
+        XCTAssertEqual(r["test"] as? [String: Double], l["test"] as? [String: Double])
+        XCTAssertEqual(r["best_epoch"] as? Int, l["best_epoch"] as? Int)
+        XCTAssertEqual(r["model"] as? String, "gru4rec")
+        XCTAssertTrue(remote.output.contains("succeeded"), remote.output)
+
+        // a longer job; the trainer dies with SIGKILL once it has checkpointed an epoch
+        let job = #"{"backbone": "gru4rec", "loop": {"max_epochs": 40, "patience": 40, "batch_size": 32, "seed": 5}}"#
+        try job.write(toFile: s + "/job.json", atomically: true, encoding: .utf8)
+        let submitted = try winnow(["job", "submit", s + "/job.json", "--dataset", data, "--name", "killed", "--state-dir", s])
+        XCTAssertEqual(submitted.status, 0, submitted.output)
+        XCTAssertTrue(try eventually(timeout: 60) {
+            let st = try winnow(["job", "status", "killed", "--state-dir", s]).output
+            return st.contains("running") && st.contains("epoch ") && !st.contains("epoch 0 ") && !st.contains("epoch 1 ")
+        }, "the job reached epoch 2")
+        let layout = StackLayout(stateDirectory: s)
+        let trainer = try XCTUnwrap(StackRecord.load(layout)?.children.first { $0.name == "trainer" }?.pid)
+        XCTAssertEqual(kill(trainer, SIGKILL), 0)
+        XCTAssertTrue(try eventually(timeout: 30) {
+            let t = StackRecord.load(layout)?.children.first { $0.name == "trainer" }
+            return t?.state == .ready && t?.pid != nil && t?.pid != trainer
+        }, "the supervisor restarted the trainer")
+        var final = ""
+        XCTAssertTrue(try eventually(timeout: 180) {
+            final = try winnow(["job", "status", "killed", "--state-dir", s]).output
+            return !final.contains("running") && !final.contains("queued")
+        }, final)
+        XCTAssertTrue(final.contains("succeeded"), final)
+        let trainerLog = try String(contentsOfFile: layout.log("trainer"), encoding: .utf8)
+        XCTAssertTrue(trainerLog.contains("job killed: train: continuing from a checkpoint after epoch"), "resumed, not restarted:\n\(trainerLog)")
+        // the same job, never interrupted, in this process
+        let whole = try winnow(["experiment", "job", "--config", s + "/job.json", "--dataset", data, "--threads", "1",
+                                      "--json", s + "/whole.json", "--quiet"])
+        XCTAssertEqual(whole.status, 0, whole.output)
+        let w = try jsonObject(s + "/whole.json")
+        let ndcg = try XCTUnwrap((w["test"] as? [String: Double])?["ndcg@10"])
+        XCTAssertTrue(final.contains(String(format: "test ndcg@10 %.4f", ndcg)), "\(final) vs \(ndcg)")
+        let list = try winnow(["job", "list", "--state-dir", s])
+        XCTAssertEqual(list.output.split(separator: "\n").count, 2, list.output)
+    }
+}
