@@ -128,6 +128,15 @@ public func zeroFill(_ p: Floats, _ n: Int) {
 /// rows (or of columns, when N > M) per thread, each block an OpenBLAS call of its own. Every
 /// element of C is still computed by one call over the whole K, in a split fixed by the thread
 /// count.
+/// y (M) = A (M, N, row-major, leading dimension lda) · x (N), one OpenBLAS call on this thread:
+/// the product of one query with a block of vectors, which sgemm with one row does slowly.
+@inline(__always)
+public func sgemv(M: Int, N: Int, A: UnsafePointer<Float>, lda: Int, x: UnsafePointer<Float>, y: Floats) {
+    if M == 0 { return }
+    _ = Threads.serialBLAS
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(M), Int32(N), 1, A, Int32(lda), x, 1, 0, y, 1)
+}
+
 @inline(__always)
 public func sgemm(transA: Bool = false, transB: Bool = false, M: Int, N: Int, K: Int,
                   alpha: Float = 1, A: UnsafePointer<Float>, lda: Int,

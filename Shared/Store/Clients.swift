@@ -19,6 +19,7 @@ public protocol FeatureStoreEndpoint: Sendable {
     func callGetModel(_ r: Winnow_V1_GetModelRequest) async throws -> Winnow_V1_GetModelResponse
     func callGetDataset(_ r: Winnow_V1_GetDatasetRequest) async throws -> Winnow_V1_DatasetInfo
     func callPromote(_ r: Winnow_V1_PromoteRequest) async throws -> Winnow_V1_PromoteResponse
+    func callGetHistory(_ r: Winnow_V1_GetHistoryRequest) async throws -> Winnow_V1_GetHistoryResponse
 }
 
 extension FeatureStore: FeatureStoreEndpoint {
@@ -34,6 +35,7 @@ extension FeatureStore: FeatureStoreEndpoint {
         return try datasetInfo(r.datasetID, required: true)!
     }
     public func callPromote(_ r: Winnow_V1_PromoteRequest) async throws -> Winnow_V1_PromoteResponse { try promote(r) }
+    public func callGetHistory(_ r: Winnow_V1_GetHistoryRequest) async throws -> Winnow_V1_GetHistoryResponse { try history(r) }
 }
 
 /// The feature store over RPC (through a broker or at its direct endpoint). Every call is
@@ -60,6 +62,7 @@ public struct RemoteFeatureStore: FeatureStoreEndpoint {
     public func callGetModel(_ r: Winnow_V1_GetModelRequest) async throws -> Winnow_V1_GetModelResponse { try await call("GetModel", r, Winnow_V1_GetModelResponse.self) }
     public func callGetDataset(_ r: Winnow_V1_GetDatasetRequest) async throws -> Winnow_V1_DatasetInfo { try await call("GetDataset", r, Winnow_V1_DatasetInfo.self) }
     public func callPromote(_ r: Winnow_V1_PromoteRequest) async throws -> Winnow_V1_PromoteResponse { try await call("Promote", r, Winnow_V1_PromoteResponse.self) }
+    public func callGetHistory(_ r: Winnow_V1_GetHistoryRequest) async throws -> Winnow_V1_GetHistoryResponse { try await call("GetHistory", r, Winnow_V1_GetHistoryResponse.self) }
 }
 
 // MARK: - File ingest
@@ -229,6 +232,8 @@ public struct DatasetSnapshot: Sendable {
     public var roles: [UInt32] = []
     /// Shard 0 only: (N + 1) popularity, index 0 = 0.
     public var itemPopularity: [UInt64] = []
+    /// Shard 0 only: (N) the external id of dense item i at index i − 1.
+    public var itemIDs: [Int64] = []
     /// Shard 0 only: ItemCF neighbours, row i at neighbourOffsets[i] ..< neighbourOffsets[i + 1].
     public var neighbourOffsets: [Int] = []
     public var neighbourItems: [Int32] = []
@@ -236,6 +241,7 @@ public struct DatasetSnapshot: Sendable {
 
     mutating func add(_ page: Winnow_V1_SnapshotPage) {
         if !page.itemPopularity.isEmpty { itemPopularity = page.itemPopularity }
+        if !page.itemIds.isEmpty { itemIDs = page.itemIds }
         if page.hasNeighbours {
             neighbourOffsets = page.neighbours.offsets.map { Int($0) }
             neighbourItems = page.neighbours.items

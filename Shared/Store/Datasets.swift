@@ -349,6 +349,7 @@ extension FeatureStore {
         var budget = Self.snapshotPageBudget
         if request.pageToken == 0 && shard == 0 {
             page.itemPopularity = d.popularity
+            page.itemIds = d.itemIDs
             if let nb = d.neighbours {
                 var n = Winnow_V1_ItemNeighbours()
                 n.offsets = nb.offsets.map { UInt64($0) }

@@ -2,6 +2,9 @@ import Foundation
 import Postgres
 import WinnowProto
 
+/// The model name the trainer publishes its students under; retrieval serves its promoted version.
+public let studentModelName = "student"
+
 extension FeatureStore {
     /// The largest chunk one PutModel or GetModel call carries.
     public static let maxModelChunk = 32 << 20

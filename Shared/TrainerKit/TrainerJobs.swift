@@ -32,9 +32,6 @@ struct JobRecord: Codable {
     }
 }
 
-/// The model name the trainer publishes students under (retrieval serves its promoted version).
-public let studentModelName = "student"
-
 public final class TrainerJobs: @unchecked Sendable {
     public let directory: String
     public let store: FeatureStoreEndpoint
@@ -46,6 +43,8 @@ public final class TrainerJobs: @unchecked Sendable {
     private var order: [String] = []
     private var queue: [String] = []
     private var live: [String: TrainingProgress] = [:]
+    /// The validation metrics of each running job's last epoch (step events carry none).
+    private var lastValid: [String: [String: Double]] = [:]
     private var cancellations: [String: Cancellation] = [:]
     private var userCancelled: Set<String> = []
     private var stopping = false
@@ -256,7 +255,10 @@ public final class TrainerJobs: @unchecked Sendable {
             let log = logger
             let control = JobControl(events: { [weak self] p in
                                          if p.event == .resumed { log.info("job \(id): \(p.line)") }
-                                         self?.lock.withLock { self?.live[id] = p }
+                                         self?.lock.withLock {
+                                             self?.live[id] = p
+                                             if p.event == .epoch { self?.lastValid[id] = p.valid }
+                                         }
                                      },
                                      cancellation: cancellation,
                                      checkpoints: (jobDirectory(id) as NSString).appendingPathComponent("checkpoint"))
@@ -362,7 +364,7 @@ public final class TrainerJobs: @unchecked Sendable {
         if r.state == "running", let p = live[r.id] {
             m.stage = p.stage; m.epoch = UInt32(p.epoch); m.step = UInt64(max(p.step, 0)); m.totalSteps = UInt64(max(p.steps, 0))
             m.loss = Float(p.loss)
-            m.validation = p.valid
+            m.validation = p.valid.isEmpty ? lastValid[r.id] ?? [:] : p.valid
             m.etaMicros = Self.eta(p)
         }
         return m

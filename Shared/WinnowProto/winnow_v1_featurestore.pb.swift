@@ -581,6 +581,10 @@ public nonisolated struct Winnow_V1_SnapshotPage: Sendable {
 
   public var numItems: UInt64 = 0
 
+  /// Sent on the first page of shard 0 only: the external id of dense item i at index i - 1
+  /// (how callers name items, e.g. in Recommend).
+  public var itemIds: [Int64] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1763,7 +1767,7 @@ nonisolated extension Winnow_V1_ItemNeighbours: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Winnow_V1_SnapshotPage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SnapshotPage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}dataset_id\0\u{1}sequences\0\u{3}item_popularity\0\u{1}neighbours\0\u{3}next_page_token\0\u{3}num_items\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}dataset_id\0\u{1}sequences\0\u{3}item_popularity\0\u{1}neighbours\0\u{3}next_page_token\0\u{3}num_items\0\u{3}item_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1777,6 +1781,7 @@ nonisolated extension Winnow_V1_SnapshotPage: SwiftProtobuf.Message, SwiftProtob
       case 4: try { try decoder.decodeSingularMessageField(value: &self._neighbours) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.nextPageToken) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.numItems) }()
+      case 7: try { try decoder.decodeRepeatedInt64Field(value: &self.itemIds) }()
       default: break
       }
     }
@@ -1805,6 +1810,9 @@ nonisolated extension Winnow_V1_SnapshotPage: SwiftProtobuf.Message, SwiftProtob
     if self.numItems != 0 {
       try visitor.visitSingularUInt64Field(value: self.numItems, fieldNumber: 6)
     }
+    if !self.itemIds.isEmpty {
+      try visitor.visitPackedInt64Field(value: self.itemIds, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1815,6 +1823,7 @@ nonisolated extension Winnow_V1_SnapshotPage: SwiftProtobuf.Message, SwiftProtob
     if lhs._neighbours != rhs._neighbours {return false}
     if lhs.nextPageToken != rhs.nextPageToken {return false}
     if lhs.numItems != rhs.numItems {return false}
+    if lhs.itemIds != rhs.itemIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -54,6 +54,10 @@ public nonisolated struct Winnow_V1_RecommendResponse: Sendable {
 
   public var modelVersion: UInt64 = 0
 
+  /// The history the ranking read (item ids, oldest first): the user's from the feature store,
+  /// or the recent items given.
+  public var history: [Int32] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -178,7 +182,7 @@ nonisolated extension Winnow_V1_RecommendRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Winnow_V1_RecommendResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RecommendResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}items\0\u{1}scores\0\u{3}model_name\0\u{3}model_version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}items\0\u{1}scores\0\u{3}model_name\0\u{3}model_version\0\u{1}history\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -190,6 +194,7 @@ nonisolated extension Winnow_V1_RecommendResponse: SwiftProtobuf.Message, SwiftP
       case 2: try { try decoder.decodeRepeatedFloatField(value: &self.scores) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.modelName) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.modelVersion) }()
+      case 5: try { try decoder.decodeRepeatedInt32Field(value: &self.history) }()
       default: break
       }
     }
@@ -208,6 +213,9 @@ nonisolated extension Winnow_V1_RecommendResponse: SwiftProtobuf.Message, SwiftP
     if self.modelVersion != 0 {
       try visitor.visitSingularUInt64Field(value: self.modelVersion, fieldNumber: 4)
     }
+    if !self.history.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.history, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -216,6 +224,7 @@ nonisolated extension Winnow_V1_RecommendResponse: SwiftProtobuf.Message, SwiftP
     if lhs.scores != rhs.scores {return false}
     if lhs.modelName != rhs.modelName {return false}
     if lhs.modelVersion != rhs.modelVersion {return false}
+    if lhs.history != rhs.history {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -162,18 +162,20 @@ final class ServiceProcessTests: XCTestCase {
             let viaEndpoint = try await health(direct, kind)
             direct.close()
             XCTAssertEqual(viaEndpoint.instance, viaBroker.instance)
-            // the trainer checks a job before anything else: an empty one names the field
-            if kind == "trainer" {
+            // the trainer checks a job before anything else (an empty one names the field);
+            // retrieval without a published student says so
+            for (service, method, code, text) in [("trainer", "SubmitJob", Winnow_V1_StatusCode.invalidArgument, "spec."),
+                                                  ("retrieval", "Recommend", .failedPrecondition, "no model loaded")] where kind == service {
                 do {
-                    _ = try await client.callRaw(service: kind, method: "SubmitJob", payload: [], timeout: .seconds(3))
-                    XCTFail("an empty SubmitJob was accepted")
+                    _ = try await client.callRaw(service: kind, method: method, payload: [], timeout: .seconds(3))
+                    XCTFail("an empty \(method) was answered OK")
                 } catch let error as RPCError {
-                    XCTAssertEqual(error.code, .invalidArgument)
-                    XCTAssertTrue(error.message.contains("spec."), error.message)
+                    XCTAssertEqual(error.code, code)
+                    XCTAssertTrue(error.message.contains(text), error.message)
                 }
             }
             // Services whose rpcs later issues implement answer UNIMPLEMENTED, clearly.
-            if !["featurestore", "trainer"].contains(kind), let other = ServiceCatalogue.kind(of: kind)?.methods.first(where: { $0.name != "Health" }) {
+            if !["featurestore", "trainer", "retrieval"].contains(kind), let other = ServiceCatalogue.kind(of: kind)?.methods.first(where: { $0.name != "Health" }) {
                 do {
                     _ = try await client.callRaw(service: kind, method: other.name, payload: [], timeout: .seconds(3))
                     XCTFail("\(kind).\(other.name) answered OK")

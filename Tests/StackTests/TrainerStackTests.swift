@@ -5,10 +5,11 @@ import XCTest
 import Glibc
 #endif
 
-/// Training across the stack as a person runs it: `winnow up`, then `winnow train` without
-/// `--local` (the file ingested, the dataset built, the job run by the trainer process) writes
-/// the result `--local` writes; a trainer killed with SIGKILL mid-job is restarted by the
-/// supervisor and its job ends with the metrics of a run that was never interrupted.
+/// Training and serving across the stack as a person runs it: `winnow up`, then `winnow train`
+/// without `--local` (the file ingested, the dataset built, the job run by the trainer process)
+/// writes the result `--local` writes; a trainer killed with SIGKILL mid-job is restarted by the
+/// supervisor and its job ends with the metrics of a run that was never interrupted; a published
+/// student is served by the retrieval process to `winnow recommend`.
 extension StackCommandTests {
     /// 300 users walking item cycles, as a RecBole file with integer ids.
     func cyclesFile() throws -> String {
@@ -26,7 +27,7 @@ extension StackCommandTests {
         try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
     }
 
-    func testTrainingThroughTheTrainerMatchesLocalAndSurvivesAKilledTrainer() throws {
+    func testTrainingThroughTheTrainerMatchesLocalSurvivesAKilledTrainerAndIsServed() throws {
         let up = try winnow(try upArguments(teachers: 0))
         XCTAssertEqual(up.status, 0, up.output)
         let data = try cyclesFile(), s = state.path
@@ -76,5 +77,21 @@ extension StackCommandTests {
         XCTAssertTrue(final.contains(String(format: "test ndcg@10 %.4f", ndcg)), "\(final) vs \(ndcg)")
         let list = try winnow(["job", "list", "--state-dir", s])
         XCTAssertEqual(list.output.split(separator: "\n").count, 2, list.output)
+
+        // a published student is what retrieval serves (it follows promotions)
+        let published = try winnow(["job", "submit", s + "/job.json", "--dataset", data, "--name", "served", "--publish", "--watch",
+                                    "--state-dir", s])
+        XCTAssertEqual(published.status, 0, published.output)
+        XCTAssertTrue(published.output.contains("served: succeeded, published student v3"), published.output)  // every succeeded job publishes a version
+        var answer = try winnow(["recommend", "--user", "1", "-k", "5", "--state-dir", s])
+        XCTAssertTrue(try eventually(timeout: 30) {
+            answer = try winnow(["recommend", "--user", "1", "-k", "5", "--state-dir", s])
+            return answer.status == 0
+        }, answer.output)
+        XCTAssertTrue(answer.output.contains("student v3: top 5 for user 1"), answer.output)
+        XCTAssertEqual(answer.output.split(separator: "\n").count, 6, answer.output)
+        let bad = try winnow(["recommend", "--items", "1001,999999", "--state-dir", s])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.output.contains("INVALID_ARGUMENT") && bad.output.contains("999999"), bad.output)
     }
 }

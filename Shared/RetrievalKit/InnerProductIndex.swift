@@ -1,0 +1,145 @@
+// Exact maximum-inner-product search: the top-k items of each query by q · e_j over every item.
+// The items are split into one range per thread; each thread multiplies the queries with blocks
+// of its items (OpenBLAS, serial per thread) and keeps, per query, a min-heap of its best k,
+// scanning each block's scores eight at a time against the heap's smallest so that only scores
+// that can enter are looked at; the threads' heaps are merged at the end.
+import Numerics
+
+public final class InnerProductIndex {
+    /// (N, C) row-major item vectors; item j + 1 is row j. Not copied: the owner keeps it alive.
+    public let items: UnsafePointer<Float>
+    public let count: Int
+    public let dim: Int
+    /// Items per product block, at most (scores of a block: queries × block floats per thread).
+    public var blockItems = 8192
+    /// Score floats per block for batches: a block of queries × items stays in L2 (FAISS blocks
+    /// 1,024 items too).
+    public var blockScores = 256 * 1024
+
+    public init(items: UnsafePointer<Float>, count: Int, dim: Int) {
+        precondition(count >= 1 && dim >= 1, "an index needs items and a dimension")
+        self.items = items; self.count = count; self.dim = dim
+    }
+
+    /// The k best (item, score) of each of the B queries (B, C), best first, ties to the lower
+    /// item; items in `exclude[b]` are never returned for query b. k must be in 1...count.
+    public func search(queries: UnsafePointer<Float>, count B: Int, k: Int,
+                       exclude: [Set<Int32>]? = nil) -> [[(item: Int32, score: Float)]] {
+        precondition(k >= 1 && k <= count, "k must be in 1...\(count)")
+        precondition(exclude == nil || exclude!.count == B, "one exclusion set per query")
+        let N = count, C = dim
+        let parts = Threads.chunks(N, minPerChunk: 4096)
+        var partial = [[TopK]](repeating: [], count: parts)
+        partial.withUnsafeMutableBufferPointer { out in
+            Threads.parallelFor(parts) { _, first, last in
+              for part in first..<last {
+                let range = Threads.chunk(part, of: parts, N)
+                var heaps = (0..<B).map { _ in TopK(k) }
+                let nb = max(1, min(blockItems, range.count, B == 1 ? blockItems : max(256, blockScores / B)))
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: B * nb)
+                defer { scores.deallocate() }
+                var lo = range.lowerBound
+                while lo < range.upperBound {
+                    let n = min(nb, range.upperBound - lo)
+                    if B == 1 {
+                        sgemv(M: n, N: C, A: items + lo * C, lda: C, x: queries, y: scores)
+                    } else {
+                        sgemm(transB: true, M: B, N: n, K: C, alpha: 1, A: queries, lda: C, B: items + lo * C, ldb: C,
+                              C: scores, ldc: n)
+                    }
+                    for b in 0..<B {
+                        heaps[b].scan(scores + b * n, count: n, firstItem: Int32(lo + 1), exclude: exclude?[b])
+                    }
+                    lo += n
+                }
+                out[part] = heaps
+              }
+            }
+        }
+        return (0..<B).map { b in
+            var all: [(item: Int32, score: Float)] = []
+            for p in partial { all += p[b].entries }
+            all.sort { $0.score > $1.score || ($0.score == $1.score && $0.item < $1.item) }
+            return Array(all.prefix(k))
+        }
+    }
+}
+
+/// The k best (item, score) seen so far: a min-heap whose root is the one to beat.
+struct TopK {
+    let k: Int
+    private(set) var scores: [Float] = []
+    private(set) var items: [Int32] = []
+
+    init(_ k: Int) { self.k = k; scores.reserveCapacity(k); items.reserveCapacity(k) }
+
+    var entries: [(item: Int32, score: Float)] { zip(items, scores).map { ($0, $1) } }
+
+    /// a ranks below b: a lower score, or the same score and a higher item
+    @inline(__always) private func below(_ i: Int, _ j: Int) -> Bool {
+        scores[i] < scores[j] || (scores[i] == scores[j] && items[i] > items[j])
+    }
+
+    /// Offers scores[0..<n] of items firstItem, firstItem + 1, …
+    mutating func scan(_ s: UnsafePointer<Float>, count n: Int, firstItem: Int32, exclude: Set<Int32>?) {
+        var j = 0
+        // until the heap is full every score enters
+        while j < n && scores.count < k {
+            let item = firstItem + Int32(j)
+            if exclude?.contains(item) != true { push(s[j], item) }
+            j += 1
+        }
+        guard scores.count == k else { return }
+        var floor = scores[0]
+        // most blocks hold no score that beats the k-th best: find the next one that does with a
+        // tight vector loop, then offer it
+        while j < n {
+            j = Self.firstAtLeast(floor, s, from: j, to: n)
+            guard j < n else { break }
+            let item = firstItem + Int32(j)
+            if exclude?.contains(item) != true { offer(s[j], item); floor = scores[0] }
+            j += 1
+        }
+    }
+
+    /// The first index in j..<n with s[index] >= floor, or n.
+    @inline(__always)
+    static func firstAtLeast(_ floor: Float, _ s: UnsafePointer<Float>, from j0: Int, to n: Int) -> Int {
+        var j = j0
+        let f = SIMD8<Float>(repeating: floor)
+        while j + 32 <= n {
+            let p = UnsafeRawPointer(s + j)
+            let a = p.loadUnaligned(as: SIMD8<Float>.self), b = p.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self)
+            let c = p.loadUnaligned(fromByteOffset: 64, as: SIMD8<Float>.self), d = p.loadUnaligned(fromByteOffset: 96, as: SIMD8<Float>.self)
+            if any((a .>= f) .| (b .>= f) .| (c .>= f) .| (d .>= f)) { break }
+            j += 32
+        }
+        while j < n && s[j] < floor { j += 1 }
+        return j
+    }
+
+    private mutating func push(_ score: Float, _ item: Int32) {
+        scores.append(score); items.append(item)
+        var i = scores.count - 1
+        while i > 0 {
+            let p = (i - 1) / 2
+            guard below(i, p) else { break }
+            scores.swapAt(i, p); items.swapAt(i, p); i = p
+        }
+    }
+
+    /// Replaces the root when (score, item) ranks above it.
+    private mutating func offer(_ score: Float, _ item: Int32) {
+        guard score > scores[0] || (score == scores[0] && item < items[0]) else { return }
+        scores[0] = score; items[0] = item
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < scores.count && below(l, m) { m = l }
+            if r < scores.count && below(r, m) { m = r }
+            if m == i { return }
+            scores.swapAt(i, m); items.swapAt(i, m); i = m
+        }
+    }
+}
