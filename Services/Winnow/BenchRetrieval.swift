@@ -1,7 +1,11 @@
 import ArgumentParser
 import Foundation
+import Logging
+import Models
 import Numerics
+import RPC
 import RetrievalKit
+import WinnowProto
 
 /// `winnow bench retrieval`: exact top-k inner-product search (`InnerProductIndex`, what the
 /// retrieval service ranks with) beside FAISS's IndexFlatIP on the same item matrix and queries,
@@ -28,6 +32,11 @@ struct BenchRetrieval: ParsableCommand {
     @Option(help: "Threads on both sides (default: all cores).") var threads: Int?
     @Option(help: "Passes over the queries; the best counts.") var repeats = 3
     @Flag(name: .customLong("skip-reference"), help: "Time Winnow only.") var skipReference = false
+    @Option(help: "End to end: open-loop request rates per second through the wire (empty: skip).")
+    var rates = "250,500,1000,2000"
+    @Option(name: .customLong("serve-items"), help: "End to end: the served SASRec's catalogue.") var serveItems = 100_000
+    @Option(name: .customLong("seconds-per-rate"), help: "End to end: seconds of load per rate.") var secondsPerRate = 5.0
+    @Flag(name: .customLong("only-end-to-end"), help: "Skip the search rows.") var onlyEndToEnd = false
 
     func run() throws {
         setvbuf(stdout, nil, _IOLBF, 0)
@@ -43,10 +52,10 @@ struct BenchRetrieval: ParsableCommand {
         let python = skipReference ? nil : try BenchProcess.referencePython(["faiss-cpu", "numpy"])
         let scratch = NSTemporaryDirectory() + "winnow-bench-retrieval"
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        print("exact top-\(k) inner-product search, d = \(dim), \(workers) thread(s) on both sides")
         var rows: [BenchRow] = []
         var disagreements: [String] = []
-        for N in sizes {
+        if !onlyEndToEnd { print("exact top-\(k) inner-product search, d = \(dim), \(workers) thread(s) on both sides") }
+        for N in onlyEndToEnd ? [] : sizes {
             var rng = RNG(seed: UInt64(N))
             let itemVectors = (0..<(N * dim)).map { _ in rng.normal() }
             let queryVectors = (0..<(queries * dim)).map { _ in rng.normal() }
@@ -95,12 +104,111 @@ struct BenchRetrieval: ParsableCommand {
                 print("  \(name): winnow \(BenchOutput.format(perBatch)) s/batch, faiss \(BenchOutput.format(reference)) s/batch, ratio \(BenchOutput.format(row.ratio))")
             }
         }
+        let rateList = rates.split(separator: ",").compactMap { Double($0) }
+        if !rateList.isEmpty { rows += try endToEnd(rates: rateList, threads: workers) }
         print("")
         BenchOutput.printTable(rows)
         if let json { try BenchOutput.writeJSON(rows, to: json); print("wrote \(json)") }
         if !disagreements.isEmpty {
             print("error: Winnow and FAISS found different items in \(disagreements.joined(separator: ", "))")
             throw ExitCode.failure
+        }
+    }
+
+    /// Recommend through the wire: a retrieval server (the service's handlers on an RPC server at
+    /// a loopback endpoint) serving an untrained SASRec over `serveItems` items, and an open-loop
+    /// generator that sends requests at a fixed rate whatever the answers do (each timed from
+    /// its scheduled send, so a slow server shows as latency, not as a slower rate); then 10
+    /// model swaps during a 500-per-second run.
+    private func endToEnd(rates: [Double], threads: Int) throws -> [BenchRow] {
+        let N = serveItems
+        func model(_ seed: UInt64, version: UInt64) throws -> ServedModel {
+            try ServedModel(name: "bench", version: version, datasetID: "bench",
+                            backbone: ModelKind.sasrec.make(itemCount: N, seed: seed), itemIDs: (1...N).map(Int64.init))
+        }
+        let first = try model(1, version: 1), second = try model(2, version: 2)
+        let server = RetrievalServer(store: nil, logger: Logger(label: "bench"))
+        server.serve(first)
+        let rpc = try RPCServer(configuration: RPCServerConfiguration(name: "retrieval", workerThreads: 4))
+        RetrievalService(server: server, defaultModel: "bench").register(on: rpc)
+        let endpoint = try rpc.bind("tcp://127.0.0.1:*")
+        rpc.start()
+        defer { server.stop(); rpc.shutdown(grace: .seconds(1)) }
+        let client = try RPCClient(endpoint: endpoint)
+        defer { client.close() }
+        print("\nend to end: Recommend(20 recent items, k = 10) over \(N) items, SASRec, \(threads) thread(s), direct endpoint")
+        var rows: [BenchRow] = []
+        for rate in rates {
+            let r = try load(client, rate: rate, seconds: secondsPerRate, swap: nil)
+            print(String(format: "  %5.0f/s: sent %d, p50 %.2f ms, p99 %.2f ms, errors %d, shed %d, mean batch %.1f", rate, r.sent, r.p50 * 1e3,
+                         r.p99 * 1e3, r.errors, r.shed, server.stats().meanBatchSize))
+            let name = "e2e_\(N / 1000)k_items_\(Int(rate))_per_s"
+            rows.append(.time(name + "_p50", winnow: r.p50 * 1e3, reference: nil, unit: "ms"))
+            rows.append(.time(name + "_p99", winnow: r.p99 * 1e3, reference: nil, budget: rate == 1000 ? 5 : nil, unit: "ms"))
+            rows.append(.time(name + "_failed", winnow: Double(r.errors + r.shed), reference: nil, unit: "requests"))
+        }
+        var swaps = 0
+        let r = try load(client, rate: 500, seconds: max(secondsPerRate, 5), swap: { i in
+            // ten swaps spread over the run
+            guard i % max(1, Int(500 * max(secondsPerRate, 5)) / 10) == 0, swaps < 10 else { return }
+            swaps += 1
+            server.serve(swaps % 2 == 1 ? second : first)
+        })
+        print(String(format: "  500/s with %d model swaps: sent %d, p99 %.2f ms, failed %d", swaps, r.sent, r.p99 * 1e3, r.errors + r.shed))
+        rows.append(.time("e2e_\(N / 1000)k_items_500_per_s_10_reloads_failed", winnow: Double(r.errors + r.shed), reference: nil,
+                          budget: 0, unit: "requests"))
+        return rows
+    }
+
+    private struct LoadResult { var sent = 0, errors = 0, shed = 0; var p50 = 0.0, p99 = 0.0 }
+
+    private func load(_ client: RPCClient, rate: Double, seconds: Double, swap: ((Int) -> Void)?) throws -> LoadResult {
+        let total = Int(rate * seconds)
+        var rng = RNG(seed: UInt64(rate))
+        let requests: [Winnow_V1_RecommendRequest] = (0..<total).map { _ in
+            var q = Winnow_V1_RecommendRequest()
+            q.recentItems = (0..<20).map { _ in Int32(1 + rng.below(serveItems)) }
+            q.k = 10
+            return q
+        }
+        let outcomes = LatencyLog(total)
+        let group = DispatchGroup()
+        let start = benchNow()
+        for i in 0..<total {
+            let due = start + Double(i) / rate
+            let wait = due - benchNow()
+            if wait > 0 { usleep(useconds_t(wait * 1e6)) }
+            swap?(i)
+            group.enter()
+            let request = requests[i]
+            Task {
+                var code: Winnow_V1_StatusCode = .ok
+                do { _ = try await client.call(service: "retrieval", method: "Recommend", request, as: Winnow_V1_RecommendResponse.self,
+                                               timeout: .seconds(2)) }
+                catch let e as RPCError { code = e.code } catch { code = .unknown }
+                outcomes.record(i, latency: benchNow() - due, code: code)
+                group.leave()
+            }
+        }
+        group.wait()
+        return outcomes.summary()
+    }
+
+    /// Latencies and statuses of one run, written from many tasks.
+    private final class LatencyLog: @unchecked Sendable {
+        private let lock = NSLock()
+        private var latency: [Double], codes: [Winnow_V1_StatusCode]
+        init(_ n: Int) { latency = [Double](repeating: 0, count: n); codes = [Winnow_V1_StatusCode](repeating: .ok, count: n) }
+        func record(_ i: Int, latency l: Double, code: Winnow_V1_StatusCode) { lock.withLock { latency[i] = l; codes[i] = code } }
+        func summary() -> LoadResult {
+            lock.withLock {
+                var r = LoadResult(); r.sent = latency.count
+                r.shed = codes.filter { $0 == .resourceExhausted }.count
+                r.errors = codes.filter { $0 != .ok && $0 != .resourceExhausted }.count
+                let ok = zip(latency, codes).filter { $0.1 == .ok }.map(\.0).sorted()
+                if !ok.isEmpty { r.p50 = ok[ok.count / 2]; r.p99 = ok[min(ok.count - 1, Int(0.99 * Double(ok.count)))] }
+                return r
+            }
         }
     }
 

@@ -25,7 +25,9 @@ public struct RetrievalConfig: Sendable {
 
 public final class RetrievalServer: @unchecked Sendable {
     public let config: RetrievalConfig
-    public let store: FeatureStoreEndpoint
+    /// Where models, catalogues and histories come from; nil serves only models given to `serve`
+    /// and recent-item requests (benchmarks).
+    public let store: FeatureStoreEndpoint?
     let logger: Logger
     private let lock = NSLock()
     private let wake = NSCondition()
@@ -47,7 +49,7 @@ public final class RetrievalServer: @unchecked Sendable {
     private var latencyCursor = 0
     private let started = Date()
 
-    public init(config: RetrievalConfig = RetrievalConfig(), store: FeatureStoreEndpoint,
+    public init(config: RetrievalConfig = RetrievalConfig(), store: FeatureStoreEndpoint?,
                 logger: Logger = Logger(label: "winnow.retrieval")) {
         self.config = config; self.store = store; self.logger = logger
     }
@@ -60,6 +62,7 @@ public final class RetrievalServer: @unchecked Sendable {
     /// catalogue, and swaps it in; requests already batched finish on the previous one.
     @discardableResult
     public func load(name: String, version: UInt64 = 0) async throws -> (previous: UInt64, loaded: UInt64) {
+        let store = try self.registry()
         let (meta, bytes) = try await ModelTransfer.download(name: name, version: version, from: store)
         let backbone: Backbone
         do { backbone = try ModelArtifact(decoding: bytes).backbone() }
@@ -70,20 +73,31 @@ public final class RetrievalServer: @unchecked Sendable {
             served = try ServedModel(name: name, version: meta.version, datasetID: meta.datasetID, backbone: backbone,
                                      itemIDs: snapshot.itemIDs)
         } catch { throw RPCError(.failedPrecondition, "\(error)") }
-        let previous = lock.withLock { () -> UInt64 in
+        let previous = serve(served)
+        logger.info("serving \(name) v\(meta.version) (dataset \(meta.datasetID), \(served.itemCount) items)")
+        return (previous, meta.version)
+    }
+
+    /// Swaps `served` in; returns the version it replaced (0: none).
+    @discardableResult
+    public func serve(_ served: ServedModel) -> UInt64 {
+        lock.withLock { () -> UInt64 in
             let p = model?.version ?? 0
             model = served
             if historiesOf != served.datasetID { histories = [:]; historiesOf = served.datasetID }
             return p
         }
-        logger.info("serving \(name) v\(meta.version) (dataset \(meta.datasetID), \(served.itemCount) items)")
-        return (previous, meta.version)
+    }
+
+    private func registry() throws -> FeatureStoreEndpoint {
+        guard let store else { throw RPCError(.failedPrecondition, "this retrieval server has no feature store") }
+        return store
     }
 
     /// The promoted version of `name`, 0 when none is promoted.
     public func promotedVersion(_ name: String) async throws -> UInt64 {
         var r = Winnow_V1_GetModelRequest(); r.name = name; r.version = 0; r.maxBytes = 1
-        do { return try await store.callGetModel(r).meta.version }
+        do { return try await registry().callGetModel(r).meta.version }
         catch let e as RPCError where e.code == .notFound { return 0 }
         catch let e as StoreError { if case .notFound = e { return 0 }; throw e }
     }
@@ -152,7 +166,7 @@ public final class RetrievalServer: @unchecked Sendable {
         if let h = lock.withLock({ historiesOf == dataset ? histories[user] : nil }) { return h }
         var q = Winnow_V1_GetHistoryRequest(); q.user = user; q.n = config.historyLength; q.datasetID = dataset
         let items: [Int32]
-        do { items = try await store.callGetHistory(q).items }
+        do { items = try await registry().callGetHistory(q).items }
         catch let e as StoreError {
             if case .invalidArgument(let m) = e { throw RPCError(.invalidArgument, "user: \(m)") }
             throw e.rpcError

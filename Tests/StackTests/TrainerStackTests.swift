@@ -90,6 +90,26 @@ extension StackCommandTests {
         }, answer.output)
         XCTAssertTrue(answer.output.contains("student v3: top 5 for user 1"), answer.output)
         XCTAssertEqual(answer.output.split(separator: "\n").count, 6, answer.output)
+        // the same call from Python: clients/python (protoc's messages, the wire's framing, pyzmq)
+        let json = try winnow(["recommend", "--user", "1", "-k", "5", "--json", "--state-dir", s])
+        XCTAssertEqual(json.status, 0, json.output)
+        let fromSwift = try JSONSerialization.jsonObject(with: Data(json.output.utf8)) as! [String: Any]
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/python3")   // Debian's, with python3-zmq and python3-protobuf
+        python.arguments = [root.appendingPathComponent("clients/python/winnow/client.py").path,
+                            "--endpoint", try XCTUnwrap(StackRecord.load(layout)?.brokerEndpoint), "--user", "1", "-k", "5"]
+        python.environment = ["PYTHONPATH": root.appendingPathComponent("clients/python").path]
+        let pipe = Pipe()
+        python.standardOutput = pipe; python.standardError = pipe
+        try python.run()
+        let pythonOutput = pipe.fileHandleForReading.readDataToEndOfFile()
+        python.waitUntilExit()
+        XCTAssertEqual(python.terminationStatus, 0, String(decoding: pythonOutput, as: UTF8.self))
+        let fromPython = try JSONSerialization.jsonObject(with: pythonOutput) as! [String: Any]
+        XCTAssertEqual(fromPython["items"] as? [Int], fromSwift["items"] as? [Int])
+        XCTAssertEqual(fromPython["version"] as? Int, 3)
+
         let bad = try winnow(["recommend", "--items", "1001,999999", "--state-dir", s])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.output.contains("INVALID_ARGUMENT") && bad.output.contains("999999"), bad.output)
