@@ -235,6 +235,14 @@ public func expShifted(out: Floats?, _ x: UnsafePointer<Float>, shift: Float, _ 
         : Kernels.expShiftedSum(out: out, x: x, shift: shift, n: n)
 }
 
+/// Inner products of B queries (B, C) with items packed eight to a block (`packedInnerProducts`
+/// in Kernels): out (B, 8 · blocks).
+@inline(__always)
+public func packedInnerProducts(out: Floats, queries: UnsafePointer<Float>, B: Int, packed: UnsafePointer<Float>, blocks: Int, dim: Int) {
+    if avx2Kernels { KernelsAVX2.packedInnerProducts(out: out, queries: queries, B: B, packed: packed, blocks: blocks, dim: dim) }
+    else { Kernels.packedInnerProducts(out: out, queries: queries, B: B, packed: packed, blocks: blocks, dim: dim) }
+}
+
 /// x[i] *= k (SIMD lanes).
 @inline(__always)
 public func scaleInPlace(_ x: Floats, _ k: Float, _ n: Int) {

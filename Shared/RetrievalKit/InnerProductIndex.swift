@@ -10,6 +10,12 @@ public final class InnerProductIndex {
     public let items: UnsafePointer<Float>
     public let count: Int
     public let dim: Int
+    /// The items again, eight to a block (`packedInnerProducts`), for batches of at most
+    /// `smallBatch` queries: a product call re-packs its item block every time, which for a few
+    /// queries costs more than the arithmetic (45 % of the time at 1,000 requests/s).
+    private let packed: UnsafeMutablePointer<Float>
+    private let blocks: Int
+    public var smallBatch = 32
     /// Items per product block, at most (scores of a block: queries × block floats per thread).
     public var blockItems = 8192
     /// Score floats per block for batches: a block of queries × items stays in L2 (FAISS blocks
@@ -19,7 +25,16 @@ public final class InnerProductIndex {
     public init(items: UnsafePointer<Float>, count: Int, dim: Int) {
         precondition(count >= 1 && dim >= 1, "an index needs items and a dimension")
         self.items = items; self.count = count; self.dim = dim
+        blocks = (count + 7) / 8
+        packed = .allocate(capacity: blocks * 8 * dim)
+        packed.update(repeating: 0, count: blocks * 8 * dim)   // the last block's missing items score 0 and are never read
+        for j in 0..<count {
+            let row = items + j * dim, block = packed + (j / 8) * 8 * dim
+            for c in 0..<dim { block[c * 8 + j % 8] = row[c] }
+        }
     }
+
+    deinit { packed.deallocate() }
 
     /// The k best (item, score) of each of the B queries (B, C), best first, ties to the lower
     /// item; items in `exclude[b]` are never returned for query b. k must be in 1...count.
@@ -28,6 +43,7 @@ public final class InnerProductIndex {
         precondition(k >= 1 && k <= count, "k must be in 1...\(count)")
         precondition(exclude == nil || exclude!.count == B, "one exclusion set per query")
         let N = count, C = dim
+        if B <= smallBatch { return searchPacked(queries: queries, count: B, k: k, exclude: exclude) }
         let parts = Threads.chunks(N, minPerChunk: 4096)
         var partial = [[TopK]](repeating: [], count: parts)
         partial.withUnsafeMutableBufferPointer { out in
@@ -56,7 +72,42 @@ public final class InnerProductIndex {
               }
             }
         }
-        return (0..<B).map { b in
+        return Self.merge(partial, B: B, k: k)
+    }
+
+    /// The small-batch path: each thread scores its range of blocks from the packed copy.
+    private func searchPacked(queries: UnsafePointer<Float>, count B: Int, k: Int,
+                              exclude: [Set<Int32>]?) -> [[(item: Int32, score: Float)]] {
+        let C = dim, perStep = 128   // blocks scored per kernel call: B × 1,024 scores
+        let parts = Threads.chunks(blocks, minPerChunk: 512)
+        var partial = [[TopK]](repeating: [], count: parts)
+        partial.withUnsafeMutableBufferPointer { out in
+            Threads.parallelFor(parts) { _, first, last in
+              for part in first..<last {
+                let range = Threads.chunk(part, of: parts, blocks)
+                var heaps = (0..<B).map { _ in TopK(k) }
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: B * perStep * 8)
+                defer { scores.deallocate() }
+                var j = range.lowerBound
+                while j < range.upperBound {
+                    let n = min(perStep, range.upperBound - j)
+                    packedInnerProducts(out: scores, queries: queries, B: B, packed: packed + j * 8 * C, blocks: n, dim: C)
+                    let valid = min(8 * n, count - 8 * j)   // the table's end inside the last block
+                    for b in 0..<B {
+                        heaps[b].scan(scores + b * 8 * n, count: valid, firstItem: Int32(8 * j + 1), exclude: exclude?[b])
+                    }
+                    j += n
+                }
+                out[part] = heaps
+              }
+            }
+        }
+        return Self.merge(partial, B: B, k: k)
+    }
+
+    /// Each query's best k over the threads' heaps, best first.
+    private static func merge(_ partial: [[TopK]], B: Int, k: Int) -> [[(item: Int32, score: Float)]] {
+        (0..<B).map { b in
             var all: [(item: Int32, score: Float)] = []
             for p in partial { all += p[b].entries }
             all.sort { $0.score > $1.score || ($0.score == $1.score && $0.item < $1.item) }

@@ -71,6 +71,26 @@ final class KernelChoiceTests: XCTestCase {
         XCTAssertNotEqual(o1[n - 1], 0); XCTAssertNotEqual(e1[n - 1], 0)
     }
 
+    /// The packed inner products of the retrieval index: same bits in both builds, and the dot
+    /// products they stand for (odd B leaves one query alone; C = 24 is three lane rows).
+    func testPackedInnerProductsGiveTheBaselineBitsAndTheDots() throws {
+        var rng = RNG(seed: 43)
+        let B = 3, blocks = 5, C = 24
+        let packed = Buf(random: blocks * 8 * C, rng: &rng), q = Buf(random: B * C, rng: &rng)
+        let o1 = Buf(B * 8 * blocks), o2 = Buf(B * 8 * blocks)
+        Kernels.packedInnerProducts(out: o1.p, queries: q.p, B: B, packed: packed.p, blocks: blocks, dim: C)
+        for b in 0..<B {
+            for item in 0..<(8 * blocks) {
+                var dot: Float = 0
+                for c in 0..<C { dot += q[b * C + c] * packed[(item / 8 * C + c) * 8 + item % 8] }
+                XCTAssertEqual(o1[b * 8 * blocks + item], dot, accuracy: 1e-4, "query \(b) item \(item)")
+            }
+        }
+        try XCTSkipUnless(KernelChoice.machineAllowsAVX2, "this CPU cannot run the AVX2 build")
+        KernelsAVX2.packedInnerProducts(out: o2.p, queries: q.p, B: B, packed: packed.p, blocks: blocks, dim: C)
+        assertSameBits(o1, o2, "packed inner products")
+    }
+
     /// The rational erf behind GELU stays within 6e-7 of libm's erff over [−10, 10], read back through Φ (and GELU
     /// within 2e-6 of its libm form, x · ½ (1 + erff(x / √2))); Φ's derivative is the normal density.
     func testGELUsErfMatchesLibm() {

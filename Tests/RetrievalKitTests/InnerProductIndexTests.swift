@@ -15,7 +15,7 @@ final class InnerProductIndexTests: XCTestCase {
         return Array(all.prefix(k))
     }
 
-    func testTopKEqualsABruteForceSortOverThreadsBlocksExclusionsAndTies() {
+    func testTopKEqualsABruteForceSortOverThreadsBothPathsBlocksExclusionsAndTies() {
         defer { Threads.set(1) }
         var rng = RNG(seed: 3)
         let N = 10_007, C = 16, B = 5
@@ -26,16 +26,17 @@ final class InnerProductIndexTests: XCTestCase {
         let exclude: [Set<Int32>] = [[], [6, 78, 1, 2, 3], Set((1...500).map(Int32.init)), [], [10_007]]
         for threads in [1, 2, 3] {
             Threads.set(threads)
-            for block in [1000, 8192] {
+            // small: the packed eight-item kernel; 0: OpenBLAS products (blocks of 1,000 or 8,192 items)
+            for (small, block) in [(32, 8192), (0, 1000), (0, 8192)] {
                 for k in [1, 50, 333] {
                     let index = items.withUnsafeBufferPointer { InnerProductIndex(items: $0.baseAddress!, count: N, dim: C) }
-                    index.blockItems = block
+                    index.blockItems = block; index.smallBatch = small
                     let found = items.withUnsafeBufferPointer { _ in
                         queries.withUnsafeBufferPointer { index.search(queries: $0.baseAddress!, count: B, k: k, exclude: exclude) }
                     }
                     for b in 0..<B {
                         let expected = brute(Array(queries[(b * C)..<((b + 1) * C)]), items, N: N, C: C, k: k, exclude: exclude[b])
-                        XCTAssertEqual(found[b].map(\.item), expected.map(\.item), "threads \(threads) block \(block) k \(k) query \(b)")
+                        XCTAssertEqual(found[b].map(\.item), expected.map(\.item), "threads \(threads) small \(small) block \(block) k \(k) query \(b)")
                         for (x, y) in zip(found[b], expected) { XCTAssertEqual(x.score, y.score, accuracy: 1e-3) }
                     }
                 }

@@ -1,0 +1,1 @@
+../Kernels/Scores.swift
