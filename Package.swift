@@ -90,9 +90,14 @@ let package = Package(
         .target(name: "Methods", dependencies: ["Numerics", "Models", "Data", "Evaluation", "Training"],
                 path: "Shared/Methods", swiftSettings: releaseSpeed),
 
+        // Jobs: the job file, the method names and refused compositions, the job runner, the
+        // experiment drivers (grids, robustness) — what composes the methods into a run.
+        .target(name: "Jobs", dependencies: ["Methods", "Numerics", "Models", "Data", "Evaluation", "Training"],
+                path: "Shared/Jobs", swiftSettings: releaseSpeed),
+
         // Each service's handlers and state; they check every request.
         .target(name: "TrainerKit",
-                dependencies: ["Methods", "Training", "Models", "Data", "Numerics", "Store", "RPC", "WinnowProto",
+                dependencies: ["Jobs", "Methods", "Training", "Models", "Data", "Numerics", "Store", "RPC", "WinnowProto",
                                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Shared/TrainerKit"),
@@ -112,7 +117,7 @@ let package = Package(
         .executableTarget(name: "retrieval", dependencies: ["ServiceKit", "RetrievalKit", "Store", "RPC"], path: "Services/Retrieval"),
         .executableTarget(name: "winnow",
                           dependencies: ["RPC", "ServiceKit", "Stack", "Training", "Data", "Evaluation", "Store", "Postgres",
-                                         "Methods", "Numerics", "Models", "RetrievalKit",
+                                         "Methods", "Jobs", "Numerics", "Models", "RetrievalKit",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                           path: "Services/Winnow"),
@@ -130,11 +135,11 @@ let package = Package(
         // An embedded Postgres and a fresh database per test, for the targets that need the store.
         .target(name: "StoreTestSupport", dependencies: ["Store", "Postgres", "WinnowProto"], path: "Tests/StoreTestSupport"),
         .testTarget(name: "TrainerKitTests",
-                    dependencies: ["TrainerKit", "StoreTestSupport", "Store", "Methods", "Training", "Models", "Data", "Numerics",
+                    dependencies: ["TrainerKit", "StoreTestSupport", "Store", "Methods", "Jobs", "Training", "Models", "Data", "Numerics",
                                    "RPC", "WinnowProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                     path: "Tests/TrainerKitTests"),
         .testTarget(name: "RetrievalKitTests",
-                    dependencies: ["RetrievalKit", "TrainerKit", "StoreTestSupport", "Store", "Methods", "Training", "Models", "Data",
+                    dependencies: ["RetrievalKit", "TrainerKit", "StoreTestSupport", "Store", "Methods", "Jobs", "Training", "Models", "Data",
                                    "Evaluation", "Numerics", "RPC", "WinnowProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                     path: "Tests/RetrievalKitTests"),
         .testTarget(name: "StoreTests",
@@ -148,7 +153,7 @@ let package = Package(
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Numerics", "WinnowTestSupport"], path: "Tests/ModelsTests"),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Models", "Data", "Evaluation", "Numerics"],
                     path: "Tests/TrainingTests"),
-        .testTarget(name: "MethodsTests", dependencies: ["Methods", "Training", "Models", "Data", "Evaluation", "Numerics"],
+        .testTarget(name: "MethodsTests", dependencies: ["Methods", "Jobs", "Training", "Models", "Data", "Evaluation", "Numerics"],
                     path: "Tests/MethodsTests"),
     ],
     swiftLanguageModes: [.v5]

@@ -6,6 +6,7 @@ import Models
 import Training
 import Evaluation
 import Methods
+import Jobs
 
 /// `winnow experiment job`: one training job from a job file (JSON, the flow-style YAML subset;
 /// see docs/METHODS.md): a backbone, a protocol, the loop and any composition of label methods.

@@ -5,6 +5,7 @@ import Data
 import Models
 import Training
 import Methods
+import Jobs
 
 /// `winnow experiment robustness`: corrupt a fraction of the training clicks with uniformly random
 /// items, train base, DSS and ATJT (and CSRec or UFNRec, alone or composed with them) on each copy, and

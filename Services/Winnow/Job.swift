@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Methods
+import Jobs
 import RPC
 import Store
 import SwiftProtobuf

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Methods
+import Jobs
 
 /// `winnow report`: a job's result JSON (as `winnow train --json`, `winnow job submit --watch
 /// --json` or `winnow experiment job` write it) as a short Markdown report with its training

@@ -5,6 +5,7 @@ import Data
 import Models
 import Training
 import Methods
+import Jobs
 
 /// `winnow train`: the base seq2item training run of the protocol — leave-one-out split,
 /// full-softmax CE (at every position of windows by default, or per prefix), Adam, early stopping

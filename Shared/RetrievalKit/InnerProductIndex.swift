@@ -43,63 +43,55 @@ public final class InnerProductIndex {
         precondition(k >= 1 && k <= count, "k must be in 1...\(count)")
         precondition(exclude == nil || exclude!.count == B, "one exclusion set per query")
         let N = count, C = dim
-        if B <= smallBatch { return searchPacked(queries: queries, count: B, k: k, exclude: exclude) }
-        let parts = Threads.chunks(N, minPerChunk: 4096)
-        var partial = [[TopK]](repeating: [], count: parts)
-        partial.withUnsafeMutableBufferPointer { out in
-            Threads.parallelFor(parts) { _, first, last in
-              for part in first..<last {
-                let range = Threads.chunk(part, of: parts, N)
-                var heaps = (0..<B).map { _ in TopK(k) }
-                let nb = max(1, min(blockItems, range.count, B == 1 ? blockItems : max(256, blockScores / B)))
-                let scores = UnsafeMutablePointer<Float>.allocate(capacity: B * nb)
-                defer { scores.deallocate() }
-                var lo = range.lowerBound
-                while lo < range.upperBound {
-                    let n = min(nb, range.upperBound - lo)
-                    if B == 1 {
-                        sgemv(M: n, N: C, A: items + lo * C, lda: C, x: queries, y: scores)
-                    } else {
-                        sgemm(transB: true, M: B, N: n, K: C, alpha: 1, A: queries, lda: C, B: items + lo * C, ldb: C,
-                              C: scores, ldc: n)
-                    }
-                    for b in 0..<B {
-                        heaps[b].scan(scores + b * n, count: n, firstItem: Int32(lo + 1), exclude: exclude?[b])
-                    }
-                    lo += n
-                }
-                out[part] = heaps
-              }
-            }
+        if B <= smallBatch {
+            // small batches: blocks of eight packed items, scored by the packed kernel
+            let perStep = 128   // blocks per kernel call: B × 1,024 scores
+            return searchRanges(of: blocks, minPerPart: 512, scoresPerStep: perStep * 8, B: B, k: k) { j, limit, scores in
+                let n = min(perStep, limit - j)
+                packedInnerProducts(out: scores, queries: queries, B: B, packed: packed + j * 8 * C, blocks: n, dim: C)
+                // (first item, scores per query row, valid scores: the table may end inside the last block)
+                return (next: j + n, firstItem: 8 * j + 1, stride: 8 * n, valid: min(8 * n, N - 8 * j))
+            } exclude: { exclude?[$0] }
         }
-        return Self.merge(partial, B: B, k: k)
+        let nb = max(1, min(blockItems, N, B == 1 ? blockItems : max(256, blockScores / B)))
+        return searchRanges(of: N, minPerPart: 4096, scoresPerStep: nb, B: B, k: k) { lo, limit, scores in
+            let n = min(nb, limit - lo)
+            if B == 1 {
+                sgemv(M: n, N: C, A: items + lo * C, lda: C, x: queries, y: scores)
+            } else {
+                sgemm(transB: true, M: B, N: n, K: C, alpha: 1, A: queries, lda: C, B: items + lo * C, ldb: C, C: scores, ldc: n)
+            }
+            return (next: lo + n, firstItem: lo + 1, stride: n, valid: n)
+        } exclude: { exclude?[$0] }
     }
 
-    /// The small-batch path: each thread scores its range of blocks from the packed copy.
-    private func searchPacked(queries: UnsafePointer<Float>, count B: Int, k: Int,
-                              exclude: [Set<Int32>]?) -> [[(item: Int32, score: Float)]] {
-        let C = dim, perStep = 128   // blocks scored per kernel call: B × 1,024 scores
-        let parts = Threads.chunks(blocks, minPerChunk: 512)
+    /// Splits `units` (items or packed blocks) into one range per thread; each thread steps
+    /// through its range with `score` (which writes the batch's scores of one step and says
+    /// where the next step starts, the step's first item, the scores per query row and how many
+    /// are real) and offers every query's scores to that query's heap; the heaps are merged.
+    private func searchRanges(of units: Int, minPerPart: Int, scoresPerStep: Int, B: Int, k: Int,
+                              score: (_ from: Int, _ limit: Int, _ scores: Floats)
+                                  -> (next: Int, firstItem: Int, stride: Int, valid: Int),
+                              exclude: (Int) -> Set<Int32>?) -> [[(item: Int32, score: Float)]] {
+        let parts = Threads.chunks(units, minPerChunk: minPerPart)
         var partial = [[TopK]](repeating: [], count: parts)
         partial.withUnsafeMutableBufferPointer { out in
             Threads.parallelFor(parts) { _, first, last in
-              for part in first..<last {
-                let range = Threads.chunk(part, of: parts, blocks)
-                var heaps = (0..<B).map { _ in TopK(k) }
-                let scores = UnsafeMutablePointer<Float>.allocate(capacity: B * perStep * 8)
-                defer { scores.deallocate() }
-                var j = range.lowerBound
-                while j < range.upperBound {
-                    let n = min(perStep, range.upperBound - j)
-                    packedInnerProducts(out: scores, queries: queries, B: B, packed: packed + j * 8 * C, blocks: n, dim: C)
-                    let valid = min(8 * n, count - 8 * j)   // the table's end inside the last block
-                    for b in 0..<B {
-                        heaps[b].scan(scores + b * 8 * n, count: valid, firstItem: Int32(8 * j + 1), exclude: exclude?[b])
+                for part in first..<last {
+                    let range = Threads.chunk(part, of: parts, units)
+                    var heaps = (0..<B).map { _ in TopK(k) }
+                    let scores = UnsafeMutablePointer<Float>.allocate(capacity: B * scoresPerStep)
+                    defer { scores.deallocate() }
+                    var at = range.lowerBound
+                    while at < range.upperBound {
+                        let step = score(at, range.upperBound, scores)
+                        for b in 0..<B {
+                            heaps[b].scan(scores + b * step.stride, count: step.valid, firstItem: Int32(step.firstItem), exclude: exclude(b))
+                        }
+                        at = step.next
                     }
-                    j += n
+                    out[part] = heaps
                 }
-                out[part] = heaps
-              }
             }
         }
         return Self.merge(partial, B: B, k: k)

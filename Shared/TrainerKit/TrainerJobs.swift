@@ -10,6 +10,7 @@ import Models
 import Data
 import Training
 import Methods
+import Jobs
 import RPC
 import Store
 import WinnowProto

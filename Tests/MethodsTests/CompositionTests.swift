@@ -5,6 +5,7 @@ import Models
 import Data
 import Training
 @testable import Methods
+@testable import Jobs
 
 /// DSS and ATJT composed with CSRec: each composition reduces exactly to its parts at the edges
 /// (β = 0, w ≡ 1), the new gradient matches finite differences, unsupported ones are refused.

@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 @testable import Methods
+@testable import Jobs
 
 /// A stopped sweep continues from its directory: records survive, a torn last line is dropped,
 /// results made under other settings are refused instead of mixed into the table.

@@ -4,6 +4,7 @@ import Data
 import Numerics
 import Training
 @testable import Methods
+@testable import Jobs
 
 final class JobConfigTests: XCTestCase {
     func testParsesAJobWithComposedMethodsAndDefaults() throws {

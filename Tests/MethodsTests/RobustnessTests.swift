@@ -6,6 +6,7 @@ import FoundationXML
 import Numerics
 import Data
 @testable import Methods
+@testable import Jobs
 
 final class RobustnessTests: XCTestCase {
     func testCorruptionReplacesExactlyTheFractionOfTrainingClicksAndNothingElse() {

@@ -3,6 +3,7 @@ import Numerics
 import Models
 import Data
 @testable import Methods
+@testable import Jobs
 
 final class UFNRecTests: XCTestCase {
     func testANegativeOutscoringThePositiveMorePlusOneTimesIsReversedAndOneThatDoesNotIsNot() {

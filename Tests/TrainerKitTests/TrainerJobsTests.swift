@@ -4,6 +4,7 @@ import Models
 import Data
 import Training
 import Methods
+@testable import Jobs
 import RPC
 import Store
 import StoreTestSupport

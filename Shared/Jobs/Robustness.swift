@@ -13,6 +13,7 @@ import Models
 import Data
 import Evaluation
 import Training
+import Methods
 
 // MARK: - Corruption and groups
 

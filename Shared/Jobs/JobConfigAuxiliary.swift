@@ -14,6 +14,7 @@ import Numerics
 import Models
 import Data
 import Training
+import Methods
 
 /// DSS's settings in a job (`"dss": {...}`); the encoder is the protocol's SASRec with one head.
 public struct DSSJobConfig: Sendable, Codable, Equatable {

@@ -4,6 +4,7 @@
 // stored result depends on (dataset, loop and method settings); a directory written under other
 // settings is refused rather than mixed into one table.
 import Foundation
+import Methods
 
 public enum ExperimentDirectoryError: Error, CustomStringConvertible, Equatable {
     case io(path: String, reason: String)
