@@ -107,6 +107,9 @@ public final class CSRecStudentObjective: LabelObjective {
     }
 
     public func beginEpoch(_ epoch: Int) { hard.beginEpoch(epoch) }
+    /// The hard-label objective's state (UFNRec's records and EMA teacher); the teachers are frozen.
+    public func checkpointState() -> [UInt64] { hard.checkpointState() }
+    public func restore(checkpointState state: [UInt64]) -> Bool { hard.restore(checkpointState: state) }
     public func afterUpdate() { hard.afterUpdate() }
     public func endEpoch(_ epoch: Int, meanLoss: Double) { hard.endEpoch(epoch, meanLoss: meanLoss) }
     public var evaluatedModel: Backbone? { hard.evaluatedModel }

@@ -50,6 +50,10 @@ public protocol LabelObjective: AnyObject {
     /// The next step's batch, before this step's loss (`RowLoss.prefetch`): an objective with
     /// teachers asks them now. `B` counts its rows; there are no scores.
     func prefetch(_ batch: LabelBatch) throws
+    /// The objective's own state for a checkpoint (`RowLoss.checkpointState`); [] when it has none.
+    func checkpointState() -> [UInt64]
+    /// Puts back what `checkpointState` returned; false (changing nothing) when it does not fit.
+    func restore(checkpointState: [UInt64]) -> Bool
 }
 
 extension LabelObjective {
@@ -58,6 +62,8 @@ extension LabelObjective {
     public func beginEpoch(_ epoch: Int) {}
     public func afterUpdate() {}
     public func endEpoch(_ epoch: Int, meanLoss: Double) {}
+    public func checkpointState() -> [UInt64] { [] }
+    public func restore(checkpointState state: [UInt64]) -> Bool { state.isEmpty }
 }
 
 /// The protocol's objective: full softmax cross-entropy of the next item.
@@ -100,6 +106,8 @@ final class ObjectiveLoss: RowLoss {
     func afterUpdate() { objective.afterUpdate() }
     func endEpoch(_ epoch: Int, meanLoss: Double) { objective.endEpoch(epoch, meanLoss: meanLoss) }
     func prefetch(_ batch: TrainingBatch) throws { try objective.prefetch(LabelBatch(batch)) }
+    func checkpointState() -> [UInt64] { objective.checkpointState() }
+    func restore(checkpointState state: [UInt64]) -> Bool { objective.restore(checkpointState: state) }
 
     func loss(_ batch: TrainingBatch, user: UnsafePointer<Float>, model: Backbone, dUser: Floats,
               weights: UnsafePointer<Float>?) throws -> Double {

@@ -14,6 +14,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Foundation
 import Numerics
 import Models
 import Data
@@ -75,6 +76,11 @@ public struct FalseNegativeRecords: Sendable {
     public private(set) var reversed: [Int32: [Int32]] = [:]
 
     public init(m: Int) { self.m = m }
+
+    /// Records put back from a checkpoint.
+    init(m: Int, last: [Int32: [Int32]], counts: [Int32: [Int32: Int]], reversed: [Int32: [Int32]]) {
+        self.m = m; self.last = last; self.counts = counts; self.reversed = reversed
+    }
 
     /// Records one visit of instance `k`: the negatives whose score exceeds the positive's replace
     /// N_rec(k) and are counted; one counted more than m times moves to the reversed set instead.
@@ -163,12 +169,12 @@ public final class UFNRecObjective: LabelObjective {
     public let teacher: Backbone
     public let history: TrainingSequences?
     public let ema: ExponentialMovingAverage
-    public private(set) var records: FalseNegativeRecords
+    public internal(set) var records: FalseNegativeRecords
     /// True until the basic loss plateaus.
-    public private(set) var warmingUp = true
-    public private(set) var warmupEpochs = 0
-    private var previousLoss: Double? = nil
-    private var rng: RNG
+    public internal(set) var warmingUp = true
+    public internal(set) var warmupEpochs = 0
+    var previousLoss: Double? = nil
+    var rng: RNG
     /// (N + 1) item → the row whose draw excludes it (the positive, reversed items, the user's
     /// items, negatives already taken); a row is a new `stamp`, so nothing is cleared per row.
     private var excluded: [UInt32] = []
@@ -313,6 +319,51 @@ public final class UFNRecObjective: LabelObjective {
             }
         }
         return total * Double(inv)
+    }
+}
+
+/// What a checkpoint keeps of UFNRec between epochs: the warm-up's progress, the negatives'
+/// generator, the false-negative records and the EMA teacher's weights — so that a job continued
+/// from its checkpoint re-feeds, reverses and distils as the run that never stopped.
+struct UFNRecState: Codable {
+    var warmingUp: Bool
+    var warmupEpochs: Int
+    var previousLoss: Double?
+    var rng: [UInt64]
+    var last: [Int32: [Int32]]
+    var counts: [Int32: [Int32: Int]]
+    var reversed: [Int32: [Int32]]
+    var teacher: [Float]
+}
+
+extension UFNRecObjective {
+    public func checkpointState() -> [UInt64] {
+        let p = teacher.parameters
+        let state = UFNRecState(warmingUp: warmingUp, warmupEpochs: warmupEpochs, previousLoss: previousLoss, rng: rng.state,
+                                last: records.last, counts: records.counts, reversed: records.reversed,
+                                teacher: Array(UnsafeBufferPointer(start: p.values, count: p.count)))
+        guard let bytes = try? JSONEncoder().encode(state) else { return [] }
+        // the JSON's length, then its bytes eight to a word
+        var words: [UInt64] = [UInt64(bytes.count)]
+        var w: UInt64 = 0
+        for (i, byte) in bytes.enumerated() {
+            w |= UInt64(byte) << (8 * UInt64(i % 8))
+            if i % 8 == 7 { words.append(w); w = 0 }
+        }
+        if bytes.count % 8 != 0 { words.append(w) }
+        return words
+    }
+
+    public func restore(checkpointState words: [UInt64]) -> Bool {
+        guard let n = words.first.map(Int.init), n >= 0, words.count == 1 + (n + 7) / 8 else { return false }
+        var bytes = [UInt8](repeating: 0, count: n)
+        for i in 0..<n { bytes[i] = UInt8(truncatingIfNeeded: words[1 + i / 8] >> (8 * UInt64(i % 8))) }
+        guard let state = try? JSONDecoder().decode(UFNRecState.self, from: Data(bytes)), let r = RNG(state: state.rng),
+              state.teacher.count == teacher.parameters.count else { return false }
+        warmingUp = state.warmingUp; warmupEpochs = state.warmupEpochs; previousLoss = state.previousLoss; rng = r
+        records = FalseNegativeRecords(m: config.m, last: state.last, counts: state.counts, reversed: state.reversed)
+        state.teacher.withUnsafeBufferPointer { teacher.parameters.values.update(from: $0.baseAddress!, count: $0.count) }
+        return true
     }
 }
 

@@ -5,6 +5,7 @@ import Models
 import Data
 import Training
 @testable import Methods
+@testable import Jobs
 
 /// A job's control: every stage reports events under its name, a cancellation stops it, and a
 /// job continued from its stages' checkpoints ends where one that never stopped ends.
@@ -51,6 +52,24 @@ final class JobControlTests: XCTestCase {
             XCTAssertEqual(continued.valid, whole.valid, methods.name)
             XCTAssertEqual(continued.bestEpoch, whole.bestEpoch, methods.name)
         }
+    }
+
+    func testAContinuedUFNRecJobKeepsItsWarmUpRecordsAndEMATeacher() throws {
+        let data = cyclicDataset(users: 40, items: 20, length: 10)
+        var u = UFNRecConfig(); u.negatives = 5; u.m = 1; u.maxWarmupEpochs = 1
+        var j = job(JobMethods(ufnrec: u)); j.loop.maxEpochs = 6; j.loop.patience = 6
+        let whole = try JobRunner.run(j, data: data)
+        let dir = NSTemporaryDirectory() + "winnow-ufnrec-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/job.ckpt"
+        // stopped in epoch 5: warm-up over since epoch 2, records and the EMA teacher built since
+        let cancel = Cancellation()
+        XCTAssertThrowsError(try JobRunner.run(j, data: data, control: JobControl(events: { p in
+            if p.event == .step, p.epoch == 5 { cancel.cancel() }
+        }, cancellation: cancel, checkpoints: file)))
+        let continued = try JobRunner.run(j, data: data, control: JobControl(checkpoints: file))
+        XCTAssertEqual(continued.log?.map(\.loss), whole.log?.map(\.loss))
+        XCTAssertEqual(continued.test, whole.test)
     }
 
     func testTheResultJSONHasTheRunContractsKeys() throws {
