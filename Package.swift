@@ -44,6 +44,10 @@ let package = Package(
         .systemLibrary(name: "CPostgres", path: "Shared/CPostgres", pkgConfig: "libpq",
                        providers: [.apt(["libpq-dev"])]),
 
+        // hnswlib (Debian's libhnswlib-dev, header-only C++) behind a C face: retrieval's
+        // approximate index for large catalogues.
+        .target(name: "CHNSW", path: "Shared/CHNSW", cxxSettings: [.unsafeFlags(["-std=c++17", "-O3"])]),
+
         // Wire: sockets, contracts, RPC, broker, the service runtime.
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"], path: "Shared/ZeroMQ"),
         .target(name: "WinnowProto",
@@ -103,7 +107,7 @@ let package = Package(
                 path: "Shared/TrainerKit"),
 
         .target(name: "RetrievalKit",
-                dependencies: ["Models", "Numerics", "Store", "RPC", "WinnowProto",
+                dependencies: ["Models", "Numerics", "Store", "RPC", "WinnowProto", "CHNSW",
                                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Shared/RetrievalKit"),

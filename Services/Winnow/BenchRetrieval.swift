@@ -37,6 +37,9 @@ struct BenchRetrieval: ParsableCommand {
     @Option(name: .customLong("serve-items"), help: "End to end: the served SASRec's catalogue.") var serveItems = 100_000
     @Option(name: .customLong("seconds-per-rate"), help: "End to end: seconds of load per rate.") var secondsPerRate = 5.0
     @Flag(name: .customLong("only-end-to-end"), help: "Skip the search rows.") var onlyEndToEnd = false
+    @Option(name: .customLong("ann-items"), help: "Approximate index (HNSW): catalogue sizes, comma-separated (empty: skip).")
+    var annItems = ""
+    @Option(name: .customLong("ann-ef"), help: "Approximate index: search breadths to measure.") var annEf = "64,128,256"
 
     func run() throws {
         setvbuf(stdout, nil, _IOLBF, 0)
@@ -104,6 +107,7 @@ struct BenchRetrieval: ParsableCommand {
                 print("  \(name): winnow \(BenchOutput.format(perBatch)) s/batch, faiss \(BenchOutput.format(reference)) s/batch, ratio \(BenchOutput.format(row.ratio))")
             }
         }
+        for N in annItems.split(separator: ",").compactMap({ Int($0) }) { rows += try approximate(N, threads: workers) }
         let rateList = rates.split(separator: ",").compactMap { Double($0) }
         if !rateList.isEmpty { rows += try endToEnd(rates: rateList, threads: workers) }
         print("")
@@ -157,6 +161,46 @@ struct BenchRetrieval: ParsableCommand {
         print(String(format: "  500/s with %d model swaps: sent %d, p99 %.2f ms, failed %d", swaps, r.sent, r.p99 * 1e3, r.errors + r.shed))
         rows.append(.time("e2e_\(N / 1000)k_items_500_per_s_10_reloads_failed", winnow: Double(r.errors + r.shed), reference: nil,
                           budget: 0, unit: "requests"))
+        return rows
+    }
+
+    /// HNSW beside the exact search on the same items and queries, one query at a time:
+    /// build time, recall@k of the exact top-k, and the speed-up per query at each breadth.
+    private func approximate(_ N: Int, threads: Int) throws -> [BenchRow] {
+        var rng = RNG(seed: UInt64(N))
+        let items = (0..<(N * dim)).map { _ in rng.normal() }
+        let Q = min(queries, 256)
+        let qs = (0..<(Q * dim)).map { _ in rng.normal() }
+        print("\napproximate index (HNSW, M 16, ef_construction 200) over \(N) items, d = \(dim), \(Q) queries one at a time, \(threads) thread(s) building")
+        var rows: [BenchRow] = []
+        try items.withUnsafeBufferPointer { e in
+            try qs.withUnsafeBufferPointer { q in
+                let t0 = benchNow()
+                let ann = try ApproximateIndex(items: e.baseAddress!, count: N, dim: dim)
+                let build = benchNow() - t0
+                print(String(format: "  build: %.1f s", build))
+                rows.append(.time("ann_\(N / 1000)k_items_build", winnow: build, reference: nil))
+                let exact = InnerProductIndex(items: e.baseAddress!, count: N, dim: dim)
+                var truth: [Set<Int32>] = []
+                let t1 = benchNow()
+                for i in 0..<Q { truth.append(Set(exact.search(queries: q.baseAddress! + i * dim, count: 1, k: k)[0].map(\.item))) }
+                let exactPerQuery = (benchNow() - t1) / Double(Q)
+                for ef in annEf.split(separator: ",").compactMap({ Int($0) }) {
+                    ann.setSearchBreadth(max(ef, k))
+                    var hits = 0
+                    let t2 = benchNow()
+                    var found: [[Int32]] = []
+                    for i in 0..<Q { found.append(try ann.search(query: q.baseAddress! + i * dim, k: k).map(\.item)) }
+                    let perQuery = (benchNow() - t2) / Double(Q)
+                    for i in 0..<Q { hits += found[i].filter { truth[i].contains($0) }.count }
+                    let recall = Double(hits) / Double(Q * k)
+                    print(String(format: "  ef %4d: recall@%d %.4f, %.3f ms a query against exact %.3f ms (%.1f × faster)", ef, k, recall,
+                                 perQuery * 1e3, exactPerQuery * 1e3, exactPerQuery / perQuery))
+                    rows.append(.rate("ann_\(N / 1000)k_items_ef\(ef)_recall\(k)", unit: "recall", winnow: recall, reference: nil))
+                    rows.append(.time("ann_\(N / 1000)k_items_ef\(ef)_query_vs_exact", winnow: perQuery, reference: exactPerQuery))
+                }
+            }
+        }
         return rows
     }
 
