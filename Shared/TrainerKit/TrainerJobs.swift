@@ -176,7 +176,8 @@ public final class TrainerJobs: @unchecked Sendable {
     }
 
     /// Cancels a queued or running job and frees what it kept (checkpoints); a finished job
-    /// keeps its state.
+    /// keeps its state. Answers CANCELLED_BY_USER once the job has stopped, or RUNNING when it has
+    /// not within two seconds (it stops at its next step, and GetProgress then says so).
     public func cancel(_ id: String) throws -> Winnow_V1_CancelJobResponse {
         let (state, running): (String, Cancellation?) = try lock.withLock {
             guard var r = records[id] else { throw RPCError(.notFound, "no job \(id)") }
@@ -194,8 +195,10 @@ public final class TrainerJobs: @unchecked Sendable {
         }
         if let running {
             running.cancel()
-            // the worker records the cancellation at the job's next step
-            while lock.withLock({ records[id]?.state == "running" }) { Thread.sleep(forTimeInterval: 0.005) }
+            // the worker records the cancellation at the job's next step (DSS and ATJT: at the end
+            // of the epoch); answer within two seconds either way, the state saying which
+            let end = Date().addingTimeInterval(2)
+            while lock.withLock({ records[id]?.state == "running" }), Date() < end { Thread.sleep(forTimeInterval: 0.005) }
         } else if state == "cancelled", let r = lock.withLock({ records[id] }) {
             try? save(r)
             removeCheckpoints(id)
