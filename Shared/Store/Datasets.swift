@@ -158,15 +158,19 @@ extension FeatureStore {
         var userTokens = TokenTable(), itemTokens = TokenTable()
         var users: [Int32] = [], items: [Int32] = [], times: [Double] = [], ratings: [Float] = []
         var anyRating = false
+        // load numbers are the store's own integers; the spec's rating threshold is applied here,
+        // not spelled into the statement (COPY takes no bind parameters)
         let list = loads.map(String.init).joined(separator: ",")
-        let threshold = spec.ratingThreshold > 0 ? " AND i.rating >= \(spec.ratingThreshold)" : ""
+        let threshold = spec.ratingThreshold
         try pool.withConnection { c in
             try c.copyOut("""
                 COPY (SELECT i.user_id, i.item_id, i.ts, i.rating FROM interactions i
-                      WHERE i.load_no IN (\(list))\(threshold) ORDER BY i.load_no, i.line) TO STDOUT
+                      WHERE i.load_no IN (\(list)) ORDER BY i.load_no, i.line) TO STDOUT
                 """) { row in
                 var f = TextRow(row)
                 let u = f.int64(), v = f.int64(), t = f.double(), r = f.optionalFloat()
+                // rows without a rating, or below the threshold, are left out when there is one
+                if threshold > 0, !(r.map { $0 >= threshold } ?? false) { return }
                 if let k = userOf[u] { users.append(k) } else {
                     let k = userTokens.intern(String(u)); userOf[u] = k; users.append(k)
                 }
