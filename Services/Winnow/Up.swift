@@ -13,6 +13,9 @@ struct StackOptions: ParsableArguments {
     @Option(help: "Teacher processes to start; all register as \"teacher\".")
     var teachers: Int = 1
 
+    @Option(help: "Noise processes to start; all register as \"noise\" (ATJT's groups are spread over them).")
+    var noise: Int = 1
+
     @Option(name: .customLong("broker-port"), help: "The broker's port on 127.0.0.1.")
     var brokerPort: Int = 5555
 
@@ -37,6 +40,7 @@ struct StackOptions: ParsableArguments {
 
     func validate() throws {
         guard (0...64).contains(teachers) else { throw ValidationError("--teachers must be between 0 and 64, got \(teachers)") }
+        guard (0...64).contains(noise) else { throw ValidationError("--noise must be between 0 and 64, got \(noise)") }
         for (flag, port) in [("--broker-port", brokerPort), ("--pg-port", pgPort)] where !(1...65535).contains(port) {
             throw ValidationError("\(flag) must be a TCP port (1-65535), got \(port)")
         }
@@ -60,7 +64,7 @@ struct StackOptions: ParsableArguments {
         return StackConfiguration(
             stateDirectory: resolvedStateDir,
             binDirectory: binDir ?? WinnowExecutable.directory,
-            teachers: teachers, brokerPort: brokerPort, postgresPort: pgPort,
+            teachers: teachers, noise: noise, brokerPort: brokerPort, postgresPort: pgPort,
             databaseURL: databaseURL ?? env["WINNOW_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 },
             heartbeatMilliseconds: heartbeatMs ?? env["WINNOW_HEARTBEAT_MS"].flatMap { Int($0) } ?? 2500,
             readinessTimeout: .seconds(readyTimeout), stopGrace: .seconds(stopGrace))
@@ -69,7 +73,7 @@ struct StackOptions: ParsableArguments {
     /// The same options as flags, for re-running them in `winnow supervise` (paths made absolute).
     var forwarded: [String] {
         let c = configuration
-        var args = ["--state-dir", c.layout.stateDirectory, "--teachers", "\(teachers)",
+        var args = ["--state-dir", c.layout.stateDirectory, "--teachers", "\(teachers)", "--noise", "\(noise)",
                     "--broker-port", "\(brokerPort)", "--pg-port", "\(pgPort)",
                     "--heartbeat-ms", "\(c.heartbeatMilliseconds)", "--bin-dir", c.binDirectory,
                     "--ready-timeout", "\(readyTimeout)", "--stop-grace", "\(stopGrace)"]

@@ -291,42 +291,34 @@ public enum JobRunner {
     /// Runs `job`; CSRec teachers come from `cache` when it holds them (their training time is
     /// still reported in `teacher_seconds`, as measured when they were built).
     public static func run(_ job: JobConfig, data: SequenceDataset, cache: TeacherCache? = nil,
-                           progress: ((String) -> Void)? = nil, control: JobControl = JobControl()) throws -> JobResult {
-        try train(job, data: data, cache: cache, progress: progress, control: control).result
+                           progress: ((String) -> Void)? = nil, control: JobControl = JobControl(),
+                           teachers: TeacherProvider? = nil, recognisers: RecogniserProvider? = nil) throws -> JobResult {
+        try train(job, data: data, cache: cache, progress: progress, control: control, teachers: teachers, recognisers: recognisers).result
     }
 
     /// `run`, returning the trained model and recognisers beside the result. `control` receives
     /// every stage's progress events, can cancel the job, and names where its stages checkpoint.
     public static func train(_ job: JobConfig, data: SequenceDataset, cache: TeacherCache? = nil,
-                             progress: ((String) -> Void)? = nil, control: JobControl = JobControl()) throws -> TrainedJob {
+                             progress: ((String) -> Void)? = nil, control: JobControl = JobControl(),
+                             teachers: TeacherProvider? = nil, recognisers: RecogniserProvider? = nil) throws -> TrainedJob {
         try job.validate()
         let T = job.loop.maxLength, seed = job.loop.seed
         let loop = LabelLoop(data: data, config: job.loop)
         loop.progress = progress
         loop.control = control
-        // Protocol: training instances, validation/test evaluations, training ends per user.
-        let train: InstanceSet, trainEnds: [Int], trainUsers: [Int32]?
-        let validate: ModelEvaluation, test: ModelEvaluation
-        switch job.protocol {
-        case .loo:
-            let s = LeaveOneOut(data)
-            train = s.train; trainEnds = WSLRec.leaveOneOutTrainEnds(data); trainUsers = nil
-            validate = { LabelEvaluation.fullRanking($0, data: data, instances: s.validation, maxLength: T) }
-            test = { LabelEvaluation.fullRanking($0, data: data, instances: s.test, maxLength: T) }
-        case .userSplit:
-            let s = UserSplit(data, seed: job.splitSeed)
-            train = s.train; trainUsers = s.trainUsers
-            var ends = [Int](repeating: 0, count: data.userCount)
-            for u in s.trainUsers { ends[Int(u)] = data.length(Int(u)) }
-            trainEnds = ends
-            validate = { LabelEvaluation.sets($0, data: data, instances: s.validation, maxLength: T) }
-            test = { LabelEvaluation.sets($0, data: data, instances: s.test, maxLength: T) }
-        }
+        let split = JobSplit(job, data: data)
+        let train = split.train, trainEnds = split.trainEnds, trainUsers = split.trainUsers
+        let validate = split.validate, test = split.test
         var stages: [String: FitResult] = [:]
-        // Teachers first (CSRec).
+        // Teachers first (CSRec): from the provider (teacher processes), else trained here.
         var source: SoftLabelSource? = nil
         var teacherSeconds = 0.0
-        if let c = job.methods.csrec {
+        if let c = job.methods.csrec, let teachers {
+            progress?("CSRec: \(c.teachers.rawValue)-level teachers from the teacher processes")
+            let t0 = Date()
+            source = try teachers.source(for: job, data: data)
+            teacherSeconds = Date().timeIntervalSince(t0)
+        } else if let c = job.methods.csrec {
             let key = TeacherCache.key(job, c)
             if let hit = cache?.get(key) {
                 source = hit.source; teacherSeconds = hit.seconds
@@ -358,8 +350,16 @@ public enum JobRunner {
         if job.methods.dss != nil || job.methods.atjt != nil {
             finalStart = Date()
             let trained = try AuxiliaryJob.train(job, data: data, instances: train, source: source, validate: validate, progress: progress,
-                                                 control: control)
+                                                 control: control, recognisers: recognisers)
             model = trained.model; final = trained.fit; recogniser = trained.recogniser
+        } else if let w = job.methods.wslrec, let teachers {
+            // stages 1 and 2 in a teacher process; stage 3 here, from the model it pre-trained
+            progress?("WSLRec: stages 1 and 2 in a teacher process")
+            let pre = try teachers.pretrained(for: job, data: data, instances: train, k: min(w.miningK, data.itemCount))
+            model = pre.model
+            finalStart = Date()
+            final = try WSLRec.fineTune(model, loop: loop, instances: train, mined: pre.mined, trainEnds: trainEnds, validate: validate,
+                                        objective: student)
         } else if let w = job.methods.wslrec {
             model = job.makeBackbone(itemCount: data.itemCount)
             let r = try WSLRec.train(w, model: model, loop: loop, instances: train, trainEnds: trainEnds, trainUsers: trainUsers,
@@ -403,5 +403,104 @@ public enum JobRunner {
                                       "train_instances": train.count, "train_rows": final.rows],
                                log: final.log)
         return TrainedJob(result: result, model: model, recogniser: recogniser)
+    }
+}
+
+/// A job's data under its protocol: the training instances, the validation and test
+/// evaluations, and where each user's training data ends.
+public struct JobSplit {
+    public let train: InstanceSet
+    /// The end (exclusive) of each user's training part of their sequence.
+    public let trainEnds: [Int]
+    /// The users that train (user split); nil when every user does (leave-one-out).
+    public let trainUsers: [Int32]?
+    public let validate: ModelEvaluation
+    public let test: ModelEvaluation
+
+    public init(_ job: JobConfig, data: SequenceDataset) {
+        let T = job.loop.maxLength
+        switch job.protocol {
+        case .loo:
+            let s = LeaveOneOut(data)
+            train = s.train; trainEnds = WSLRec.leaveOneOutTrainEnds(data); trainUsers = nil
+            validate = { LabelEvaluation.fullRanking($0, data: data, instances: s.validation, maxLength: T) }
+            test = { LabelEvaluation.fullRanking($0, data: data, instances: s.test, maxLength: T) }
+        case .userSplit:
+            let s = UserSplit(data, seed: job.splitSeed)
+            train = s.train; trainUsers = s.trainUsers
+            var ends = [Int](repeating: 0, count: data.userCount)
+            for u in s.trainUsers { ends[Int(u)] = data.length(Int(u)) }
+            trainEnds = ends
+            validate = { LabelEvaluation.sets($0, data: data, instances: s.validation, maxLength: T) }
+            test = { LabelEvaluation.sets($0, data: data, instances: s.test, maxLength: T) }
+        }
+    }
+}
+
+/// Where a job's teachers come from when they are not trained in the job's own process: the
+/// trainer's teacher processes. Each answers as the in-process part would.
+public protocol TeacherProvider: AnyObject {
+    /// CSRec's soft-label source.
+    func source(for job: JobConfig, data: SequenceDataset) throws -> SoftLabelSource
+    /// WSLRec's stages 1 and 2: the pre-trained model (weights and dropout generator, for
+    /// stage 3 to go on from) and its top-`k` list of every training instance, in order.
+    func pretrained(for job: JobConfig, data: SequenceDataset, instances: InstanceSet, k: Int) throws -> (model: Backbone, mined: [[Int32]])
+}
+
+/// A member of a job's teachers, one vocabulary for every method that has them: one of CSRec's
+/// teacher module, or WSLRec's pre-trained model (its stage 1, which stage 2 mines).
+public enum TeacherMember: Hashable, Sendable, CustomStringConvertible {
+    case csrec(CSRecMember)
+    case pretrained
+
+    /// "m0", …, "side", "main", "pretrain": the member's part of its teacher name.
+    public var description: String {
+        switch self {
+        case .csrec(let m): return m.description
+        case .pretrained: return "pretrain"
+        }
+    }
+
+    /// The member a name spells, nil for none.
+    public init?(name: String) {
+        if name == "pretrain" { self = .pretrained; return }
+        guard let m = CSRecMember(name: name) else { return nil }
+        self = .csrec(m)
+    }
+}
+
+/// The teacher members of a job and how one of them trains, wherever it runs: a teacher process
+/// trains a member with exactly the data, seed, loop and checks the job's own process would.
+public enum TeacherPlan {
+    /// The members of the job's teachers, in training order (none without CSRec or WSLRec).
+    public static func members(_ job: JobConfig) -> [TeacherMember] {
+        (job.methods.wslrec != nil ? [.pretrained] : []) + (job.methods.csrec.map(CSRecMember.plan) ?? []).map { .csrec($0) }
+    }
+
+    /// Trains `member` of `job`'s teachers on `data`; `side` is CSRec-T's trained side teacher
+    /// when the member is the main one.
+    public static func train(_ member: TeacherMember, of job: JobConfig, data: SequenceDataset, side: Backbone? = nil,
+                             control: JobControl = JobControl(), progress: ((String) -> Void)? = nil) throws -> Backbone {
+        try job.validate()
+        guard members(job).contains(member) else {
+            let names = members(job).map(\.description)
+            throw JobConfigError.invalid(key: "member", reason: "'\(member)' is not a teacher of \(job.methods.name)"
+                                         + (names.isEmpty ? " (it has none)" : " (\(names.joined(separator: ", ")))"))
+        }
+        let loop = LabelLoop(data: data, config: job.loop)
+        loop.progress = progress
+        loop.control = control
+        let split = JobSplit(job, data: data), N = data.itemCount
+        switch member {
+        case .pretrained:
+            // the model the job's own process pre-trains: the job's seed, stage 1 as it runs there
+            let model = job.makeBackbone(itemCount: N)
+            try WSLRec.pretrain(job.methods.wslrec!, model: model, loop: loop, instances: split.train, trainEnds: split.trainEnds,
+                                trainUsers: split.trainUsers, validate: split.validate)
+            return model
+        case .csrec(let m):
+            return try CSRecTeachers.train(m, job.methods.csrec!, make: { job.makeBackbone(itemCount: N, seed: $0) }, loop: loop,
+                                           instances: split.train, validate: split.validate, seed: job.loop.seed, side: side)
+        }
     }
 }

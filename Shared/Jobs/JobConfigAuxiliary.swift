@@ -148,9 +148,11 @@ public enum MethodComposition {
 /// names csrec, with UFNRec's loss when it names ufnrec) and returns the trained recommender and
 /// its fit.
 enum AuxiliaryJob {
+    /// ATJT weighs through `recognisers` when given (the noise processes), else here.
     static func train(_ job: JobConfig, data: SequenceDataset, instances: InstanceSet, source: SoftLabelSource?,
                       validate: @escaping ModelEvaluation, progress: ((String) -> Void)?,
-                      control: JobControl = JobControl()) throws -> (model: Backbone, fit: FitResult, recogniser: ATJTWeigher?) {
+                      control: JobControl = JobControl(), recognisers: RecogniserProvider? = nil)
+        throws -> (model: Backbone, fit: FitResult, recogniser: ATJTWeigher?) {
         let loop = job.loop, N = data.itemCount
         var distillation: CSRecDistillation? = nil
         if let c = job.methods.csrec, let source {
@@ -177,7 +179,17 @@ enum AuxiliaryJob {
         }
         guard let a = job.methods.atjt else { preconditionFailure("no auxiliary-task method in the job") }
         let model = job.makeBackbone(itemCount: N)
-        let weigher = ATJTWeigher(config: a.trainerConfig(itemCount: N, loop: loop), data: data, instances: instances)
+        let config = a.trainerConfig(itemCount: N, loop: loop)
+        let partition = GroupPartition(users: data.userCount, instances: instances, groups: config.groups, seed: config.seed)
+        var local: ATJTWeigher? = nil
+        let weighers: [SequenceWeigher]
+        if let recognisers {
+            progress?("ATJT: \(config.groups) recognisers in the noise processes")
+            weighers = try recognisers.weighers(for: job, data: data)
+        } else {
+            let w = ATJTWeigher(config: config, data: data, instances: instances)
+            local = w; weighers = w.weighers
+        }
         // ℓ_b: UFNRec's row loss or the next-item CE, inside CSRec's student loss when the job names csrec
         var hard: WeightedSequenceLoss? = nil, ufnrec: UFNRecObjective? = nil
         if let u = job.methods.ufnrec {
@@ -190,14 +202,44 @@ enum AuxiliaryJob {
             loss = WeightedCSRecStudent(source: d.source, hard: hard ?? WeightedCrossEntropy(), beta: d.beta, temperature: d.temperature,
                                         direction: d.direction)
         }
-        let trainer = ATJTTrainer(model: model, weighers: weigher.weighers, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss,
+        let trainer = ATJTTrainer(model: model, weighers: weighers, learningRate: loop.learningRate, maxBatch: loop.batchSize, loss: loss,
                                   scheme: loop.scheme)
-        let epochs = ATJTEpochs(trainer: trainer, weigher: weigher, batchSize: loop.batchSize, seed: loop.seed)
+        let epochs = ATJTEpochs(trainer: trainer, data: data, instances: instances, partition: partition, batchSize: loop.batchSize,
+                                seed: loop.seed, recogniserLoss: { local?.lastRecogniserLoss })
         note = { epochs.summary }
         // UFNRec's EMA teacher is the model validated and kept after its warm-up
         let fit = try epochLoop.fit(model: model, validate: validate, evaluated: ufnrec.map { u in { u.evaluated } }) {
             try epochs.run(epoch: $0 - 1)
         }
-        return (model, fit, weigher)
+        return (model, fit, local)
+    }
+}
+
+/// Where a job's ATJT recognisers live when not in the job's own process: the noise processes.
+/// Each weigher answers as `RecogniserPlan.group` would in the job's own process.
+public protocol RecogniserProvider: AnyObject {
+    /// One weigher per group of `job` (weighers[g] weighs group g).
+    func weighers(for job: JobConfig, data: SequenceDataset) throws -> [SequenceWeigher]
+}
+
+/// ATJT's recognisers of a job, wherever they run: a noise process builds group g's exactly as
+/// the job's own process does (same training instances, partition, settings and seeds).
+public enum RecogniserPlan {
+    /// ATJT's settings of `job` on `data` (a job without atjt is refused, naming the key).
+    public static func config(_ job: JobConfig, data: SequenceDataset) throws -> ATJTConfig {
+        try job.validate()
+        guard let a = job.methods.atjt else { throw JobConfigError.invalid(key: "methods", reason: "the job has no recognisers (no atjt)") }
+        return a.trainerConfig(itemCount: data.itemCount, loop: job.loop)
+    }
+
+    /// Group g's recogniser of `job`, fresh.
+    public static func group(_ g: Int, of job: JobConfig, data: SequenceDataset) throws -> GroupRecogniser {
+        let config = try config(job, data: data)
+        guard (0..<config.groups).contains(g) else {
+            throw JobConfigError.invalid(key: "group", reason: "\(g) outside the job's groups 0..<\(config.groups)")
+        }
+        let train = JobSplit(job, data: data).train
+        let partition = GroupPartition(users: data.userCount, instances: train, groups: config.groups, seed: config.seed)
+        return GroupRecogniser(config: config, data: data, instances: train, partition: partition, group: g)
     }
 }

@@ -14,6 +14,7 @@
 //   (label clean = 1); L_D is the
 //   mean binary cross-entropy (Eq. 2). dL_R/dw_b = (ℓ_b − L_R) / Σ w reaches the recogniser
 //   through the weights. The recogniser learns with Adagrad, the recommender with Adam.
+import Foundation
 import Numerics
 import Models
 import Data
@@ -119,87 +120,66 @@ public enum ATJTNoise {
     }
 }
 
-/// ATJT's noise recognisers in process: one per group, each trained on the other groups, and
-/// exposed as one `SequenceWeigher` per group (`weighers[g]`).
-public final class ATJTWeigher {
+/// ATJT's recogniser of one group g as a weigher: it weighs group g's batches only, and learns
+/// from the recommender's dL_R/dw on them plus its own task on batches drawn from the other
+/// groups. It owns everything that changes as it learns (its model, Adagrad, round, the order
+/// and cursor of its pool, its generator), so that a group can live in its own process and give
+/// the same bits as in the trainer's (`snapshot` / `restore` carry that state between them).
+public final class GroupRecogniser: SequenceWeigher {
     public let config: ATJTConfig
     public let data: SequenceDataset
     public let instances: InstanceSet
     public let partition: GroupPartition
-    /// recognisers[g] weighs group g and is trained on every other group.
-    public let recognisers: [NoiseRecogniser]
-    private var optimizers: [Adagrad]
-    /// Rounds started per group, and the rows of group g weighed in its current round.
-    public private(set) var rounds: [Int]
-    private var roundRows: [Int]
-    private var pools: [[Int32]]          // per g: the instances of the other groups (shuffled per pass)
-    private var cursors: [Int]
+    /// The group this recogniser weighs (it trains on every other group).
+    public let group: Int
+    public let recogniser: NoiseRecogniser
+    private var optimizer: Adagrad
+    /// Rounds started, and the rows of the group weighed in the current round.
+    public private(set) var rounds = 0
+    private var roundRows = 0
+    /// The instances of the other groups, in the order of the current pass, and the next one's place.
+    private var pool: [Int32]
+    private var cursor = 0
     private var rng: RNG
-    /// Per group, the batch weighed and not yet fed back, and its rows.
-    private var pending: [(id: BatchID, rows: Int)?]
+    /// The batch weighed and not yet fed back, and its rows.
+    private var pending: (id: BatchID, rows: Int)?
+    /// Feedbacks applied: the recogniser's steps.
+    public private(set) var steps = 0
     // recogniser batch buffers (recogniserBatch rows)
     private let dItems: UnsafeMutablePointer<Int32>, dLengths: UnsafeMutablePointer<Int32>, dTargets: UnsafeMutablePointer<Int32>
     private let dIds: UnsafeMutablePointer<Int32>, dUsers: UnsafeMutablePointer<Int32>, dLabels: Floats
-    /// Per group, the users of its weighed batch's rows, kept from `weigh` to `feedback`'s backward.
-    private var wUsers: [UnsafeMutablePointer<Int32>], wCapacity: [Int]
-    /// With `config.audit`: the instances each recogniser was trained on, and those it weighed.
-    public private(set) var trainedOn: [Set<Int32>]
-    public private(set) var weighed: [Set<Int32>]
+    /// The users of the weighed batch's rows, kept from `weigh` to `feedback`'s backward.
+    private var wUsers: UnsafeMutablePointer<Int32>, wCapacity: Int
+    /// With `config.audit`: the instances it was trained on, and those it weighed.
+    public private(set) var trainedOn: Set<Int32> = []
+    public private(set) var weighed: Set<Int32> = []
     /// Mean of the recogniser losses L_D of the last feedback.
     public private(set) var lastRecogniserLoss = 0.0
 
-    public var groups: Int { config.groups }
-    /// The weigher of each group, for the trainer (each holds this object).
-    public var weighers: [SequenceWeigher] { (0..<groups).map { Group(self, $0) } }
-
-    /// Group g's recogniser as a weigher: it weighs group g's batches only.
-    final class Group: SequenceWeigher {
-        let owner: ATJTWeigher
-        let g: Int
-        init(_ owner: ATJTWeigher, _ g: Int) { self.owner = owner; self.g = g }
-        func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws {
-            try owner.weigh(batch, group: g, id: id, weights: weights)
-        }
-        func feedback(dWeights: UnsafePointer<Float>, B: Int, id: BatchID) throws {
-            try owner.feedback(dWeights: dWeights, B: B, group: g, id: id)
-        }
-    }
-
-    public init(config: ATJTConfig, data: SequenceDataset, instances: InstanceSet) {
-        precondition(config.groups >= 2, "ATJT needs at least two groups")
+    public init(config: ATJTConfig, data: SequenceDataset, instances: InstanceSet, partition: GroupPartition, group g: Int) {
+        precondition(config.groups >= 2 && (0..<config.groups).contains(g), "ATJT needs at least two groups, and g one of them")
         precondition(config.recogniser.itemCount == data.itemCount, "recogniser item count differs from the data's")
-        self.config = config; self.data = data; self.instances = instances
-        let partition = GroupPartition(users: data.userCount, instances: instances, groups: config.groups, seed: config.seed)
-        self.partition = partition
-        recognisers = (0..<config.groups).map { g in
-            var c = config.recogniser; c.seed = config.seed &+ UInt64(g) &* 7919; c.userCount = data.userCount
-            return NoiseRecogniser(c)
-        }
-        optimizers = recognisers.map { Adagrad(parameters: $0.parameters, learningRate: config.recogniserLearningRate) }
-        pools = (0..<config.groups).map { g in
-            (0..<config.groups).filter { $0 != g }.flatMap { partition.members[$0] }
-        }
-        cursors = [Int](repeating: 0, count: config.groups)
-        rounds = [Int](repeating: 0, count: config.groups)
-        roundRows = [Int](repeating: 0, count: config.groups)
-        rng = RNG(seed: config.seed).derived(0xA7)
-        pending = [(id: BatchID, rows: Int)?](repeating: nil, count: config.groups)
+        self.config = config; self.data = data; self.instances = instances; self.partition = partition; group = g
+        var c = config.recogniser; c.seed = config.seed &+ UInt64(g) &* 7919; c.userCount = data.userCount
+        recogniser = NoiseRecogniser(c)
+        optimizer = Adagrad(parameters: recogniser.parameters, learningRate: config.recogniserLearningRate)
+        pool = (0..<config.groups).filter { $0 != g }.flatMap { partition.members[$0] }
+        rng = RNG(seed: config.seed).derived(0xA7 &+ UInt64(g) &* 0x1_0000)
         let B = config.recogniserBatch, L = config.recogniser.maxLength
         dItems = .allocate(capacity: B * L); dLengths = .allocate(capacity: B); dTargets = .allocate(capacity: B)
         dIds = .allocate(capacity: B); dUsers = .allocate(capacity: B); dLabels = .allocate(capacity: B)
-        wCapacity = [Int](repeating: B, count: config.groups); wUsers = wCapacity.map { .allocate(capacity: $0) }
-        trainedOn = [Set<Int32>](repeating: [], count: config.groups)
-        weighed = [Set<Int32>](repeating: [], count: config.groups)
+        wCapacity = B; wUsers = .allocate(capacity: B)
     }
 
     deinit {
         dItems.deallocate(); dLengths.deallocate(); dTargets.deallocate(); dIds.deallocate(); dUsers.deallocate()
-        dLabels.deallocate(); for p in wUsers { p.deallocate() }
+        dLabels.deallocate(); wUsers.deallocate()
     }
 
     public func group(ofInstance instance: Int) -> Int { Int(partition.userGroup[Int(instances.users[instance])]) }
 
-    func weigh(_ batch: SequenceBatch, group g: Int, id: BatchID, weights: Floats) throws {
+    public func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws {
+        let g = group
         guard batch.T == config.recogniser.maxLength else {
             throw SequenceWeigherError.invalidBatch("\(batch.T) positions per row, the recogniser reads \(config.recogniser.maxLength)")
         }
@@ -211,93 +191,206 @@ public final class ATJTWeigher {
             guard actual == g else { throw SequenceWeigherError.wrongGroup(instance: k, said: g, actual: actual) }
         }
         // A round of group g is one pass over its rows; its first weighing starts it.
-        if roundRows[g] == 0 { startRound(g) }
-        roundRows[g] += batch.B
-        if roundRows[g] >= partition.members[g].count { roundRows[g] = 0 }
-        if batch.B > wCapacity[g] { wUsers[g].deallocate(); wCapacity[g] = batch.B; wUsers[g] = .allocate(capacity: batch.B) }
-        let users = wUsers[g]
-        for b in 0..<batch.B { users[b] = instances.users[Int(batch.instances[b])] }
-        let w = recognisers[g].forward(users: users, items: batch.items, lengths: batch.lengths, targets: batch.targets,
-                                       B: batch.B, training: true)
+        if roundRows == 0 { startRound() }
+        roundRows += batch.B
+        if roundRows >= partition.members[g].count { roundRows = 0 }
+        if batch.B > wCapacity { wUsers.deallocate(); wCapacity = batch.B; wUsers = .allocate(capacity: batch.B) }
+        for b in 0..<batch.B { wUsers[b] = instances.users[Int(batch.instances[b])] }
+        let w = recogniser.forward(users: wUsers, items: batch.items, lengths: batch.lengths, targets: batch.targets,
+                                   B: batch.B, training: true)
         weights.update(from: w, count: batch.B)
-        pending[g] = (id, batch.B)
-        if config.audit { for b in 0..<batch.B { weighed[g].insert(batch.instances[b]) } }
+        pending = (id, batch.B)
+        if config.audit { for b in 0..<batch.B { weighed.insert(batch.instances[b]) } }
     }
 
-    func feedback(dWeights: UnsafePointer<Float>, B: Int, group g: Int, id: BatchID) throws {
-        guard let p = pending[g], p.id == id, p.rows == B else { throw SequenceWeigherError.feedbackWithoutWeigh(batch: id, rows: B) }
-        pending[g] = nil
-        let rec = recognisers[g]
-        rec.parameters.zeroGrad()
-        rec.backward(dWeights: dWeights)                 // L_R through w (last forward = the weighed batch)
+    public func feedback(dWeights: UnsafePointer<Float>, B: Int, id: BatchID) throws {
+        guard let p = pending, p.id == id, p.rows == B else { throw SequenceWeigherError.feedbackWithoutWeigh(batch: id, rows: B) }
+        pending = nil
+        recogniser.parameters.zeroGrad()
+        recogniser.backward(dWeights: dWeights)                 // L_R through w (last forward = the weighed batch)
         var lossSum = 0.0
-        let steps = groups - 1
+        let draws = config.groups - 1
         if config.alpha != 0 {
-            for _ in 0..<steps {
-                let n = drawRecogniserBatch(g)
-                rec.forward(users: dUsers, items: dItems, lengths: dLengths, targets: dTargets, B: n, training: true)
-                lossSum += rec.binaryCrossEntropy(labels: dLabels, scale: config.alpha / Float(steps) / Float(n), backward: true)
+            for _ in 0..<draws {
+                let n = drawRecogniserBatch()
+                recogniser.forward(users: dUsers, items: dItems, lengths: dLengths, targets: dTargets, B: n, training: true)
+                lossSum += recogniser.binaryCrossEntropy(labels: dLabels, scale: config.alpha / Float(draws) / Float(n), backward: true)
             }
         }
         lastRecogniserLoss = config.alpha != 0 ? lossSum / Double(config.alpha) : 0
-        optimizers[g].update()
+        optimizer.update()
+        steps += 1
+    }
+
+    /// One step of the recogniser's own task alone: L_D on a batch drawn from the other groups
+    /// and one Adagrad update (a warm-up, or a check that it learns). Returns the batch's mean
+    /// L_D and the share of rows on the right side of w = 0.5.
+    public func trainOwnTask() throws -> (loss: Double, accuracy: Double) {
+        guard pending == nil else { throw SequenceWeigherError.invalidBatch("batch \(pending!.id) is weighed and waits for its feedback") }
+        recogniser.parameters.zeroGrad()
+        let n = drawRecogniserBatch()
+        let w = recogniser.forward(users: dUsers, items: dItems, lengths: dLengths, targets: dTargets, B: n, training: true)
+        var right = 0
+        for b in 0..<n where (w[b] >= 0.5) == (dLabels[b] == NoiseLabel.clean) { right += 1 }
+        let loss = recogniser.binaryCrossEntropy(labels: dLabels, scale: 1 / Float(n), backward: true)
+        optimizer.update()
+        return (loss, Double(right) / Double(n))
     }
 
     /// Algorithm 1 initialises the recogniser for every round (line 4) while the recommender
-    /// carries on: recogniser g goes back to its initial weights (the first round starts from
-    /// them already) with a fresh Adagrad, so it weighs each pass over group g having trained only
-    /// alongside that pass, and what it fitted to the recommender in earlier rounds is dropped.
-    private func startRound(_ g: Int) {
-        if rounds[g] > 0 {
-            recognisers[g].resetParameters()
-            optimizers[g] = Adagrad(parameters: recognisers[g].parameters, learningRate: config.recogniserLearningRate)
+    /// carries on: the recogniser goes back to its initial weights (the first round starts from
+    /// them already) with a fresh Adagrad, so it weighs each pass over its group having trained
+    /// only alongside that pass, and what it fitted to the recommender in earlier rounds is dropped.
+    private func startRound() {
+        if rounds > 0 {
+            recogniser.resetParameters()
+            optimizer = Adagrad(parameters: recogniser.parameters, learningRate: config.recogniserLearningRate)
         }
-        rounds[g] += 1
+        rounds += 1
     }
 
-    /// Fills the recogniser batch for recogniser g from the other groups; returns its rows.
-    private func drawRecogniserBatch(_ g: Int) -> Int {
+    /// Fills the recogniser batch from the other groups; returns its rows.
+    private func drawRecogniserBatch() -> Int {
         let B = config.recogniserBatch, L = config.recogniser.maxLength
-        let pool = pools[g]
-        precondition(!pool.isEmpty, "group \(g) has no other-group instances to train its recogniser on")
+        precondition(!pool.isEmpty, "group \(group) has no other-group instances to train its recogniser on")
         let n = min(B, pool.count)
         for b in 0..<n {
-            if cursors[g] == 0 {
+            if cursor == 0 {
                 // a new pass over the pool in a fresh order
-                pools[g].withUnsafeMutableBufferPointer { rng.shuffle($0) }
+                pool.withUnsafeMutableBufferPointer { rng.shuffle($0) }
             }
-            dIds[b] = pools[g][cursors[g]]
-            cursors[g] = (cursors[g] + 1) % pools[g].count
+            dIds[b] = pool[cursor]
+            cursor = (cursor + 1) % pool.count
         }
         fillInstanceRows(data: data, instances: instances, ids: dIds, n: n, maxLength: L, items: dItems, lengths: dLengths, targets: dTargets)
         for b in 0..<n { dUsers[b] = instances.users[Int(dIds[b])] }
-        if config.audit { for b in 0..<n { trainedOn[g].insert(dIds[b]) } }
+        if config.audit { for b in 0..<n { trainedOn.insert(dIds[b]) } }
         ATJTNoise.corrupt(items: dItems, lengths: dLengths, labels: dLabels, B: n, T: L, replaced: config.replaced,
                           noisyFraction: config.noisyFraction, itemCount: data.itemCount, rng: &rng)
         return n
     }
 
-    /// Weights of arbitrary instances by the recogniser of each instance's group, without
-    /// dropout and without learning (evaluation: AUC against known noise).
+    /// Weights of instances of this group, without dropout and without learning (evaluation).
     public func evaluate(ids: [Int32], batch: Int = 256) -> [Float] {
         let L = config.recogniser.maxLength
         var out = [Float](repeating: 0, count: ids.count)
         let items = UnsafeMutablePointer<Int32>.allocate(capacity: batch * L), lengths = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
-        let targets = UnsafeMutablePointer<Int32>.allocate(capacity: batch), sel = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
-        let users = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
-        defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); sel.deallocate(); users.deallocate() }
-        for g in 0..<groups {
-            let mine = ids.indices.filter { group(ofInstance: Int(ids[$0])) == g }
-            var start = 0
-            while start < mine.count {
-                let n = min(batch, mine.count - start)
-                for b in 0..<n { sel[b] = ids[mine[start + b]] }
-                fillInstanceRows(data: data, instances: instances, ids: sel, n: n, maxLength: L, items: items, lengths: lengths, targets: targets)
-                for b in 0..<n { users[b] = instances.users[Int(sel[b])] }
-                let w = recognisers[g].forward(users: users, items: items, lengths: lengths, targets: targets, B: n, training: false)
-                for b in 0..<n { out[mine[start + b]] = w[b] }
+        let targets = UnsafeMutablePointer<Int32>.allocate(capacity: batch), users = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
+        defer { items.deallocate(); lengths.deallocate(); targets.deallocate(); users.deallocate() }
+        var start = 0
+        ids.withUnsafeBufferPointer { all in
+            while start < ids.count {
+                let n = min(batch, ids.count - start)
+                fillInstanceRows(data: data, instances: instances, ids: all.baseAddress! + start, n: n, maxLength: L, items: items,
+                                 lengths: lengths, targets: targets)
+                for b in 0..<n { users[b] = instances.users[Int(all[start + b])] }
+                let w = recogniser.forward(users: users, items: items, lengths: lengths, targets: targets, B: n, training: false)
+                for b in 0..<n { out[start + b] = w[b] }
                 start += n
             }
+        }
+        return out
+    }
+
+    // MARK: Snapshot
+
+    /// What must match for a snapshot to be restored here.
+    private var fingerprint: String {
+        "group \(group)/\(config.groups), seed \(config.seed), items \(data.itemCount), users \(data.userCount), "
+            + "instances \(instances.count), parameters \(recogniser.parameters.count)"
+    }
+
+    private struct State: Codable {
+        var fingerprint: String
+        var steps: Int, rounds: Int, roundRows: Int, cursor: Int
+        var rng: [String], dropoutRNG: [String]
+        var lastRecogniserLoss: Double
+    }
+
+    /// Everything the recogniser's next steps depend on, between a feedback and the next weigh:
+    /// weights, Adagrad's sums, round, pool order and cursor, both generators (the checkpoint
+    /// file's framing and checksum).
+    public func snapshot() throws -> [UInt8] {
+        guard pending == nil else { throw SequenceWeigherError.invalidBatch("a snapshot is taken between a feedback and the next weigh") }
+        let hex: (RNG) -> [String] = { $0.state.map { String($0, radix: 16) } }
+        let state = State(fingerprint: fingerprint, steps: steps, rounds: rounds, roundRows: roundRows, cursor: cursor,
+                          rng: hex(rng), dropoutRNG: hex(recogniser.rng), lastRecogniserLoss: lastRecogniserLoss)
+        let floats: (UnsafePointer<Float>, Int) -> [UInt8] = { p, n in Array(UnsafeRawBufferPointer(start: p, count: n * 4)) }
+        let order = pool.withUnsafeBytes { Array($0) }
+        return CheckpointFormat.encode([Array(try JSONEncoder().encode(state)), floats(recogniser.parameters.values, recogniser.parameters.count),
+                                        floats(optimizer.accumulators, recogniser.parameters.count), order])
+    }
+
+    /// Continues from a snapshot of a recogniser of the same group, job and data.
+    public func restore(_ bytes: [UInt8]) throws {
+        let what = "recogniser snapshot of group \(group)"
+        let sections = try CheckpointFormat.decode(bytes, path: what)
+        let P = recogniser.parameters.count
+        guard sections.count == 4, sections[1].count == P * 4, sections[2].count == P * 4, sections[3].count == pool.count * 4 else {
+            throw CheckpointError.corrupt(path: what, reason: "sections do not fit this recogniser")
+        }
+        let state: State
+        do { state = try JSONDecoder().decode(State.self, from: Foundation.Data(sections[0])) }
+        catch { throw CheckpointError.corrupt(path: what, reason: "state: \(error)") }
+        guard state.fingerprint == fingerprint else {
+            throw CheckpointError.mismatch(path: what, field: "recogniser", stored: state.fingerprint, current: fingerprint)
+        }
+        let words: ([String]) -> [UInt64] = { $0.compactMap { UInt64($0, radix: 16) } }
+        guard let r = RNG(state: words(state.rng)), let d = RNG(state: words(state.dropoutRNG)) else {
+            throw CheckpointError.corrupt(path: what, reason: "generator state")
+        }
+        var order = [Int32](repeating: 0, count: pool.count)
+        order.withUnsafeMutableBytes { $0.copyBytes(from: sections[3]) }
+        guard order.sorted() == pool.sorted() else { throw CheckpointError.corrupt(path: what, reason: "pool holds other instances") }
+        sections[1].withUnsafeBytes { memcpy(recogniser.parameters.values, $0.baseAddress!, P * 4) }
+        sections[2].withUnsafeBytes { memcpy(optimizer.accumulators, $0.baseAddress!, P * 4) }
+        pool = order; rng = r; recogniser.rng = d
+        steps = state.steps; rounds = state.rounds; roundRows = state.roundRows; cursor = state.cursor
+        lastRecogniserLoss = state.lastRecogniserLoss; pending = nil
+    }
+}
+
+/// ATJT's noise recognisers in process: one `GroupRecogniser` per group, each trained on the
+/// other groups; `weighers[g]` weighs group g.
+public final class ATJTWeigher {
+    public let config: ATJTConfig
+    public let data: SequenceDataset
+    public let instances: InstanceSet
+    public let partition: GroupPartition
+    public let groupRecognisers: [GroupRecogniser]
+
+    public var groups: Int { config.groups }
+    /// recognisers[g] weighs group g and is trained on every other group.
+    public var recognisers: [NoiseRecogniser] { groupRecognisers.map(\.recogniser) }
+    /// The weigher of each group, for the trainer.
+    public var weighers: [SequenceWeigher] { groupRecognisers }
+    public var rounds: [Int] { groupRecognisers.map(\.rounds) }
+    /// With `config.audit`: per group, the instances its recogniser trained on and weighed.
+    public var trainedOn: [Set<Int32>] { groupRecognisers.map(\.trainedOn) }
+    public var weighed: [Set<Int32>] { groupRecognisers.map(\.weighed) }
+    /// Mean over the groups of their last recogniser loss L_D.
+    public var lastRecogniserLoss: Double { groupRecognisers.map(\.lastRecogniserLoss).reduce(0, +) / Double(groups) }
+
+    public init(config: ATJTConfig, data: SequenceDataset, instances: InstanceSet) {
+        precondition(config.groups >= 2, "ATJT needs at least two groups")
+        self.config = config; self.data = data; self.instances = instances
+        let partition = GroupPartition(users: data.userCount, instances: instances, groups: config.groups, seed: config.seed)
+        self.partition = partition
+        groupRecognisers = (0..<config.groups).map {
+            GroupRecogniser(config: config, data: data, instances: instances, partition: partition, group: $0)
+        }
+    }
+
+    public func group(ofInstance instance: Int) -> Int { Int(partition.userGroup[Int(instances.users[instance])]) }
+
+    /// Weights of arbitrary instances by the recogniser of each instance's group, without
+    /// dropout and without learning (evaluation: AUC against known noise).
+    public func evaluate(ids: [Int32], batch: Int = 256) -> [Float] {
+        var out = [Float](repeating: 0, count: ids.count)
+        for g in 0..<groups {
+            let mine = ids.indices.filter { group(ofInstance: Int(ids[$0])) == g }
+            let w = groupRecognisers[g].evaluate(ids: mine.map { ids[$0] }, batch: batch)
+            for (k, i) in mine.enumerated() { out[i] = w[k] }
         }
         return out
     }
@@ -413,11 +506,13 @@ final class WeighedLoss: RowLoss {
             buffer.lengths[r] = Int32(len)
         }
         return SequenceBatch(items: buffer.items, lengths: buffer.lengths, targets: batch.targets, instances: batch.instances,
-                             B: batch.R, T: batch.T)
+                             B: batch.R, T: batch.T,
+                             windows: (batch.items, batch.lengths, batch.B,
+                                       ScoredRows(sequences: batch.sequences, positions: batch.positions, count: batch.R, batchSize: batch.B)))
     }
 
     func prefetch(_ batch: TrainingBatch) throws {
-        try weighers[nextGroup].prefetch(pairs(batch, into: histories.1), id: batch.id)
+        try weighers[nextGroup].prefetch(pairs(batch, into: histories.1), id: batch.id, behindCurrent: nextGroup == group)
         try sequenceLoss?.prefetch(LabelBatch(batch))
     }
 

@@ -41,24 +41,33 @@ public final class DSSEpochs {
 /// stays in its group).
 public final class ATJTEpochs {
     public let trainer: ATJTTrainer
-    public let weigher: ATJTWeigher
+    public let partition: GroupPartition
     private var batchers: [Batcher]
     /// this step's batch and the next
     private var buffers: (BatchBuffers, BatchBuffers)
     private let T: Int
+    /// The recognisers' last L_D, when they are in this process (for the summary).
+    private let recogniserLoss: () -> Double?
     /// Weight statistics and the recogniser loss of the last epoch, for logs.
     public private(set) var summary = ""
 
-    public init(trainer: ATJTTrainer, weigher: ATJTWeigher, batchSize B: Int, seed: UInt64) {
-        self.trainer = trainer; self.weigher = weigher
-        T = weigher.config.recogniser.maxLength
+    public init(trainer: ATJTTrainer, data: SequenceDataset, instances: InstanceSet, partition: GroupPartition, batchSize B: Int,
+                seed: UInt64, recogniserLoss: @escaping () -> Double? = { nil }) {
+        self.trainer = trainer; self.partition = partition; self.recogniserLoss = recogniserLoss
+        T = trainer.model.maxLength
         let windows = trainer.scheme == .allPositions, L = T
-        batchers = (0..<weigher.groups).map { g in
-            let mine = weigher.partition.instanceSet(g, of: weigher.instances)
-            return windows ? Batcher(data: weigher.data, windowsOf: mine, maxLength: L, batchSize: B, seed: seed &+ UInt64(g))
-                : Batcher(data: weigher.data, instances: mine, maxLength: L, batchSize: B, seed: seed &+ UInt64(g))
+        batchers = (0..<partition.groups).map { g in
+            let mine = partition.instanceSet(g, of: instances)
+            return windows ? Batcher(data: data, windowsOf: mine, maxLength: L, batchSize: B, seed: seed &+ UInt64(g))
+                : Batcher(data: data, instances: mine, maxLength: L, batchSize: B, seed: seed &+ UInt64(g))
         }
         buffers = (BatchBuffers(B: B, T: T, perPosition: windows), BatchBuffers(B: B, T: T, perPosition: windows))
+    }
+
+    /// The in-process recognisers' epochs (tests, robustness).
+    public convenience init(trainer: ATJTTrainer, weigher: ATJTWeigher, batchSize B: Int, seed: UInt64) {
+        self.init(trainer: trainer, data: weigher.data, instances: weigher.instances, partition: weigher.partition, batchSize: B,
+                  seed: seed, recogniserLoss: { weigher.lastRecogniserLoss })
     }
 
     /// One epoch (0-based `epoch`); returns the mean of the batches' L_R. The loss's epoch hooks
@@ -74,7 +83,7 @@ public final class ATJTEpochs {
         func fill(_ k: Int, into buf: BatchBuffers) {
             let (g, i) = order[k]
             let n = buf.fill(batchers[g], batch: i)
-            let ids = buf.instances, members = weigher.partition.members[g]
+            let ids = buf.instances, members = partition.members[g]
             for j in 0..<(buf.perPosition ? n * T : n) where ids[j] >= 0 { ids[j] = members[Int(ids[j])] }   // local -> global
         }
         if !order.isEmpty { fill(0, into: buffers.0) }
@@ -91,8 +100,9 @@ public final class ATJTEpochs {
         }
         let count = order.count
         let mean = wSum / Double(max(wN, 1))
-        summary = String(format: " w mean %.3f std %.3f min %.3f max %.3f, recogniser loss %.4f", mean,
-                         (max(wSq / Double(max(wN, 1)) - mean * mean, 0)).squareRoot(), wMin, wMax, weigher.lastRecogniserLoss)
+        summary = String(format: " w mean %.3f std %.3f min %.3f max %.3f", mean,
+                         (max(wSq / Double(max(wN, 1)) - mean * mean, 0)).squareRoot(), wMin, wMax)
+            + (recogniserLoss().map { String(format: ", recogniser loss %.4f", $0) } ?? "")
         let meanLoss = sum / Double(max(count, 1))
         trainer.sequenceLoss?.endEpoch(epoch + 1, meanLoss: meanLoss)
         return meanLoss

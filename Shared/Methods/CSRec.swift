@@ -328,35 +328,88 @@ public enum CSRecTeachers {
     public static func module(_ config: CSRecConfig, make: (UInt64) -> Backbone, loop: LabelLoop, instances: InstanceSet,
                               validate: ModelEvaluation?, seed: UInt64,
                               side: Backbone? = nil) throws -> (source: ModelSoftLabelSource, side: Backbone?, sideSeconds: Double) {
-        let N = loop.data.itemCount
-        // a teacher trains as base training does (the fused cross-entropy) unless it has an objective of its own
-        func trained(_ s: UInt64, on set: InstanceSet, objective: LabelObjective? = nil) throws -> Backbone {
-            let g = make(s)
-            let sub = loop.sub(stage: "teacher \(s)", seed: s)
-            if let objective {
-                try sub.fit(model: g, instances: set, objective: objective, validate: validate)
-            } else {
-                try sub.fit(model: g, instances: set, loss: CrossEntropyLoss(seed: s), validate: validate)
-            }
-            return g
+        func train(_ member: CSRecMember, side: Backbone? = nil) throws -> Backbone {
+            try CSRecTeachers.train(member, config, make: make, loop: loop, instances: instances, validate: validate, seed: seed, side: side)
         }
         switch config.teachers {
-        case .model:
-            return (ModelSoftLabelSource(teachers: try (0..<config.m).map { try trained(seed + 100 * UInt64($0 + 1), on: instances) }), nil, 0)
-        case .data:
-            return (ModelSoftLabelSource(teachers: try (0..<config.m).map { k in
-                let s = seed + 100 * UInt64(k + 1)
-                return try trained(s, on: subsample(instances, p: config.p, seed: s))
-            }), nil, 0)
+        case .model, .data:
+            return (ModelSoftLabelSource(teachers: try CSRecMember.plan(config).map { try train($0) }), nil, 0)
         case .training:
-            let s2 = seed + 200, t0 = Date()
-            let g2 = try side ?? trained(s2, on: subsample(instances, p: config.p, seed: s2))
+            let t0 = Date()
+            let g2 = try side ?? train(.side)
             let sideSeconds = side == nil ? Date().timeIntervalSince(t0) : 0
-            let noise = NoiseMatrix(itemCount: N, rank: config.noiseRank, seed: seed + 300)
-            let objective = CSRecTeacherObjective(side: ModelSoftLabelSource(teachers: [g2]), noise: noise,
+            return (ModelSoftLabelSource(teachers: [try train(.main, side: g2)]), g2, sideSeconds)
+        }
+    }
+
+    /// Trains one member of the module, as `module` does wherever it runs (a teacher process
+    /// trains one): an ensemble member on all instances (CSRec-M) or on its seeded subset
+    /// (CSRec-D), the side teacher g2 on its subset, or the main teacher g1 against `side`.
+    public static func train(_ member: CSRecMember, _ config: CSRecConfig, make: (UInt64) -> Backbone, loop: LabelLoop,
+                             instances: InstanceSet, validate: ModelEvaluation?, seed: UInt64, side: Backbone? = nil) throws -> Backbone {
+        let s = member.seed(jobSeed: seed)
+        let g = make(s)
+        let sub = loop.sub(stage: "teacher \(s)", seed: s)
+        // a teacher trains as base training does (the fused cross-entropy) unless it has an objective of its own
+        switch member {
+        case .ensemble:
+            let set = config.teachers == .data ? subsample(instances, p: config.p, seed: s) : instances
+            try sub.fit(model: g, instances: set, loss: CrossEntropyLoss(seed: s), validate: validate)
+        case .side:
+            try sub.fit(model: g, instances: subsample(instances, p: config.p, seed: s), loss: CrossEntropyLoss(seed: s), validate: validate)
+        case .main:
+            guard let side else { throw JobConfigError.invalid(key: "csrec.teachers", reason: "the main teacher needs its side teacher") }
+            let noise = NoiseMatrix(itemCount: loop.data.itemCount, rank: config.noiseRank, seed: seed + 300)
+            let objective = CSRecTeacherObjective(side: ModelSoftLabelSource(teachers: [side]), noise: noise,
                                                   alpha: config.alpha, learningRate: loop.config.learningRate)
-            let g1 = try trained(seed + 100, on: instances, objective: objective)
-            return (ModelSoftLabelSource(teachers: [g1]), g2, sideSeconds)
+            try sub.fit(model: g, instances: instances, objective: objective, validate: validate)
+        }
+        return g
+    }
+}
+
+/// One member of CSRec's teacher module: where it sits decides its seed, its data and its loss.
+public enum CSRecMember: Hashable, Sendable, CustomStringConvertible {
+    /// Member k of CSRec-M's or CSRec-D's ensemble (seed + 100·(k+1)).
+    case ensemble(Int)
+    /// CSRec-T's side teacher g2 (seed + 200), on a subset of a fraction p of the users.
+    case side
+    /// CSRec-T's main teacher g1 (seed + 100), trained against g2 and the noise matrix.
+    case main
+
+    /// The members a configuration trains, in order (the side teacher before the main one).
+    public static func plan(_ config: CSRecConfig) -> [CSRecMember] {
+        config.teachers == .training ? [.side, .main] : (0..<config.m).map { .ensemble($0) }
+    }
+
+    /// The members whose logits the student reads (the side teacher only trains g1).
+    public static func served(_ config: CSRecConfig) -> [CSRecMember] { plan(config).filter { $0 != .side } }
+
+    public func seed(jobSeed seed: UInt64) -> UInt64 {
+        switch self {
+        case .ensemble(let k): return seed + 100 * UInt64(k + 1)
+        case .side: return seed + 200
+        case .main: return seed + 100
+        }
+    }
+
+    /// "m0", "m1", …, "side", "main": the member's part of its teacher name.
+    public var description: String {
+        switch self {
+        case .ensemble(let k): return "m\(k)"
+        case .side: return "side"
+        case .main: return "main"
+        }
+    }
+
+    /// The member a name spells, nil for none.
+    public init?(name: String) {
+        switch name {
+        case "side": self = .side
+        case "main": self = .main
+        default:
+            guard name.hasPrefix("m"), let k = Int(name.dropFirst()), k >= 0, String(k) == String(name.dropFirst()) else { return nil }
+            self = .ensemble(k)
         }
     }
 }

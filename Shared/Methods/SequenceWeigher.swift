@@ -9,6 +9,7 @@
 // (the training step's) ties an early `prefetch` to its `weigh`, and a `weigh` to its `feedback`,
 // so that a remote weigher can have the next batch's weights on the way while a step computes.
 import Numerics
+import Models
 import Training
 
 /// Why a weigher could not weigh or learn.
@@ -47,19 +48,27 @@ public struct SequenceBatch {
     public var instances: UnsafePointer<Int32>
     public var B: Int
     public var T: Int
+    /// Under all positions, the windows the rows were cut from: `items` (count, T) right-padded
+    /// with their `lengths`, and row b's window and position in `rows` (row b's history is its
+    /// window up to that position). A weigher in another process sends these, a fraction of the
+    /// B histories' bytes. nil: the rows are the sequences.
+    public var windows: (items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, count: Int, rows: ScoredRows)?
 
     public init(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, targets: UnsafePointer<Int32>,
-                instances: UnsafePointer<Int32>, B: Int, T: Int) {
+                instances: UnsafePointer<Int32>, B: Int, T: Int,
+                windows: (items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, count: Int, rows: ScoredRows)? = nil) {
         self.items = items; self.lengths = lengths; self.targets = targets; self.instances = instances
-        self.B = B; self.T = T
+        self.B = B; self.T = T; self.windows = windows
     }
 }
 
 /// Weighs one group's training sequences and learns from dL/dw.
 public protocol SequenceWeigher: AnyObject {
     /// Announces a batch that a later `weigh` with the same `id` will pass (pointers valid for
-    /// this call only), before the trainer weighs the current one. The default does nothing.
-    func prefetch(_ batch: SequenceBatch, id: BatchID) throws
+    /// this call only), before the trainer weighs the current one. `behindCurrent`: the batch the
+    /// trainer steps now is this weigher's too, so the announced one follows its feedback (a
+    /// weigher that learns must not weigh it before). The default does nothing.
+    func prefetch(_ batch: SequenceBatch, id: BatchID, behindCurrent: Bool) throws
     /// Writes one weight per row into `weights` (B) for batch `id`.
     func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws
     /// Gives dL/dw (B) for batch `id`, the last one weighed; the weigher updates itself.
@@ -67,7 +76,7 @@ public protocol SequenceWeigher: AnyObject {
 }
 
 extension SequenceWeigher {
-    public func prefetch(_ batch: SequenceBatch, id: BatchID) throws {}
+    public func prefetch(_ batch: SequenceBatch, id: BatchID, behindCurrent: Bool) throws {}
 }
 
 /// w ≡ c for every sequence; learns nothing. With c = 1 a weighted trainer is base training.

@@ -81,7 +81,7 @@ public enum SoftLabels {
     }
 
     /// Top-k of one row (best first; equal scores to the lower id): a k-sized selection.
-    static func topK(row: UnsafePointer<Float>, N: Int, k: Int, out: UnsafeMutablePointer<Int32>) {
+    public static func topK(row: UnsafePointer<Float>, N: Int, k: Int, out: UnsafeMutablePointer<Int32>) {
         // insertion into a sorted list of k: fine for the k ≤ a few hundred used here
         var n = 0
         for j in 0..<N {
@@ -104,14 +104,72 @@ public enum SoftLabels {
     }
 }
 
-/// In-process teachers: the mean of the teacher backbones' logits (CSRec's ensembles,
-/// e = Σ g_k(s) / m, Algorithms 1–2; one backbone for a single teacher such as CSRec-T's g1 or
-/// WSLRec's pre-trained model). Teachers run in eval mode (no dropout).
+/// The mean of several sources' logits, e = Σ_k e_k / m (CSRec's ensembles, Algorithms 1–2),
+/// member by member. In-process teachers and teacher processes both average here, so an
+/// ensemble gives the same bits wherever its members run.
+public final class SoftLabelEnsemble: SoftLabelSource {
+    public let members: [SoftLabelSource]
+    public var itemCount: Int { members[0].itemCount }
+    private var scratch: [Float] = []
+
+    public init(members: [SoftLabelSource]) {
+        precondition(!members.isEmpty, "at least one member")
+        precondition(members.allSatisfy { $0.itemCount == members[0].itemCount }, "members share the item set")
+        self.members = members
+    }
+
+    /// out (count) = x / m when k = 0, else out += x / m: member k of m's share of the mean.
+    public static func accumulate(_ out: Floats, member x: UnsafePointer<Float>, k: Int, of m: Int, count: Int) {
+        let w = 1 / Float(m)
+        if k == 0 { for i in 0..<count { out[i] = w * x[i] } } else { for i in 0..<count { out[i] += w * x[i] } }
+    }
+
+    public func prefetch(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
+                         batch: BatchID) throws {
+        for s in members { try s.prefetch(items: items, lengths: lengths, B: B, T: T, rows: rows, batch: batch) }
+    }
+
+    public func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
+                       batch: BatchID?, out: Floats) throws {
+        let count = (rows?.count ?? B) * itemCount, m = members.count
+        if m == 1 { return try members[0].logits(items: items, lengths: lengths, B: B, T: T, rows: rows, batch: batch, out: out) }
+        if scratch.count < count { scratch = [Float](repeating: 0, count: count) }
+        try scratch.withUnsafeMutableBufferPointer { x in
+            for (k, s) in members.enumerated() {
+                try s.logits(items: items, lengths: lengths, B: B, T: T, rows: rows, batch: batch, out: x.baseAddress!)
+                SoftLabelEnsemble.accumulate(out, member: x.baseAddress!, k: k, of: m, count: count)
+            }
+        }
+    }
+
+    public func topK(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, k: Int,
+                     out: UnsafeMutablePointer<Int32>) throws {
+        try SoftLabels.topK(of: self, items: items, lengths: lengths, B: B, T: T, k: k, out: out)
+    }
+}
+
+extension SoftLabels {
+    /// The top-k item ids (B, k) of any source's logits, best first, ties to the lower id.
+    public static func topK(of source: SoftLabelSource, items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>,
+                            B: Int, T: Int, k: Int, out: UnsafeMutablePointer<Int32>) throws {
+        let N = source.itemCount
+        guard k >= 1 && k <= N else { throw SoftLabelError("top-k: k \(k) outside 1...\(N)") }
+        let e = Floats.allocate(capacity: B * N)
+        defer { e.deallocate() }
+        try source.logits(items: items, lengths: lengths, B: B, T: T, out: e)
+        for b in 0..<B { topK(row: e + b * N, N: N, k: k, out: out + b * k) }
+    }
+}
+
+/// In-process teachers: one teacher backbone's logits, or the mean of several (as
+/// `SoftLabelEnsemble` averages). Teachers run in eval mode (no dropout).
 public final class ModelSoftLabelSource: SoftLabelSource {
     public let teachers: [Backbone]
     public var itemCount: Int { teachers[0].itemCount }
     /// A teacher's user vectors for one batch's rows (grows to the largest batch).
     private var users: [Float] = []
+    /// One teacher's logits while an ensemble averages (grows to the largest batch).
+    private var scratch: [Float] = []
 
     public init(teachers: [Backbone]) {
         precondition(!teachers.isEmpty, "at least one teacher")
@@ -122,8 +180,7 @@ public final class ModelSoftLabelSource: SoftLabelSource {
 
     public func logits(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, rows: ScoredRows?,
                        batch: BatchID?, out: Floats) throws {
-        let N = itemCount, R = rows?.count ?? B
-        let m = Float(teachers.count)
+        let N = itemCount, R = rows?.count ?? B, m = teachers.count
         // what a request can get wrong is an error, checked before any teacher runs
         for (k, g) in teachers.enumerated() where g.maxLength != T {
             throw SoftLabelError("teacher \(k) reads \(g.maxLength) positions, the batch has \(T)")
@@ -134,24 +191,24 @@ public final class ModelSoftLabelSource: SoftLabelSource {
                 throw SoftLabelError("row \(r) reads sequence \(b) position \(t), outside the batch of \(B) sequences")
             }
         }
+        if m > 1 && scratch.count < R * N { scratch = [Float](repeating: 0, count: R * N) }
         for (k, g) in teachers.enumerated() {
             if users.count < R * g.dim { users = [Float](repeating: 0, count: R * g.dim) }
             users.withUnsafeMutableBufferPointer { u in
                 g.encode(items: items, lengths: lengths, B: B, rows: rows, into: u.baseAddress!)
-                // out (R, N) (+)= user (R, C) · table[1...N]ᵀ / m
-                sgemm(transB: true, M: R, N: N, K: g.dim, alpha: 1 / m, A: u.baseAddress!, lda: g.dim, B: g.scoringTable, ldb: g.dim,
-                      beta: k == 0 ? 0 : 1, C: out, ldc: N)
+                scratch.withUnsafeMutableBufferPointer { x in
+                    // e (R, N) = user (R, C) · table[1...N]ᵀ, straight into `out` for a single teacher
+                    let e = m == 1 ? out : x.baseAddress!
+                    sgemm(transB: true, M: R, N: N, K: g.dim, A: u.baseAddress!, lda: g.dim, B: g.scoringTable, ldb: g.dim,
+                          C: e, ldc: N)
+                    if m > 1 { SoftLabelEnsemble.accumulate(out, member: e, k: k, of: m, count: R * N) }
+                }
             }
         }
     }
 
     public func topK(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, T: Int, k: Int,
                      out: UnsafeMutablePointer<Int32>) throws {
-        let N = itemCount
-        guard k >= 1 && k <= N else { throw SoftLabelError("top-k: k \(k) outside 1...\(N)") }
-        let e = Floats.allocate(capacity: B * N)
-        defer { e.deallocate() }
-        try logits(items: items, lengths: lengths, B: B, T: T, out: e)
-        for b in 0..<B { SoftLabels.topK(row: e + b * N, N: N, k: k, out: out + b * k) }
+        try SoftLabels.topK(of: self, items: items, lengths: lengths, B: B, T: T, k: k, out: out)
     }
 }

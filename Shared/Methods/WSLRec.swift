@@ -147,6 +147,20 @@ public enum WSLRec {
     public static func train(_ config: WSLRecConfig, model: Backbone, loop: LabelLoop, instances: InstanceSet,
                              trainEnds: [Int], trainUsers: [Int32]? = nil, validate: ModelEvaluation?,
                              fineTune: (LabelObjective) throws -> LabelObjective = { $0 }) throws -> (pre: FitResult, fine: FitResult) {
+        let r1 = try pretrain(config, model: model, loop: loop, instances: instances, trainEnds: trainEnds, trainUsers: trainUsers,
+                              validate: validate)
+        loop.progress?("WSLRec stage 2: top-\(config.miningK) mining")
+        let lists = try LabelEvaluation.topLists(model, data: loop.data, instances: instances, k: min(config.miningK, loop.data.itemCount),
+                                                 maxLength: loop.config.maxLength)
+        let r2 = try WSLRec.fineTune(model, loop: loop, instances: instances, mined: lists, trainEnds: trainEnds, validate: validate,
+                              objective: fineTune)
+        return (r1, r2)
+    }
+
+    /// Stage 1 on `model` (wherever it runs: in the job's process, or in a teacher process that
+    /// then serves the model for stage 2's mining).
+    public static func pretrain(_ config: WSLRecConfig, model: Backbone, loop: LabelLoop, instances: InstanceSet,
+                                trainEnds: [Int], trainUsers: [Int32]? = nil, validate: ModelEvaluation?) throws -> FitResult {
         let data = loop.data, T = loop.config.maxLength
         let nb = config.sources.contains(.itemcf)
             ? try neighbours(data, trainUsers: trainUsers, trainEnds: trainEnds, k: config.weakK) : nil
@@ -155,14 +169,20 @@ public enum WSLRec {
         defer { loop.stage = stage }
         loop.progress?("WSLRec stage 1: pre-training on \(config.sources.map(\.rawValue).joined(separator: " ∪ "))")
         loop.stage = "pretrain"
-        let r1 = try loop.fit(model: model, instances: instances, objective: MultiPositiveObjective(pre), validate: validate)
-        loop.progress?("WSLRec stage 2: top-\(config.miningK) mining")
-        let lists = try LabelEvaluation.topLists(model, data: data, instances: instances, k: min(config.miningK, data.itemCount), maxLength: T)
-        let fin = fineTuningPositives(data: data, instances: instances, topK: lists, trainEnds: trainEnds)
+        return try loop.fit(model: model, instances: instances, objective: MultiPositiveObjective(pre), validate: validate)
+    }
+
+    /// Stage 3: fine-tunes the pre-trained `model` (its weights and dropout generator as stage 1
+    /// left them) on {next} ∪ (mined ∩ future); `objective` may wrap the loss (CSRec's student).
+    public static func fineTune(_ model: Backbone, loop: LabelLoop, instances: InstanceSet, mined lists: [[Int32]], trainEnds: [Int],
+                                validate: ModelEvaluation?,
+                                objective: (LabelObjective) throws -> LabelObjective = { $0 }) throws -> FitResult {
+        let fin = fineTuningPositives(data: loop.data, instances: instances, topK: lists, trainEnds: trainEnds)
+        let stage = loop.stage
+        defer { loop.stage = stage }
         loop.progress?("WSLRec stage 3: fine-tuning (\(fin.items.count - fin.count) mined positives)")
         loop.stage = "finetune"
-        let r2 = try loop.fit(model: model, instances: instances, objective: try fineTune(MultiPositiveObjective(fin)), validate: validate)
-        return (r1, r2)
+        return try loop.fit(model: model, instances: instances, objective: try objective(MultiPositiveObjective(fin)), validate: validate)
     }
 }
 

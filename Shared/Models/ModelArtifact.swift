@@ -15,8 +15,11 @@ public struct ModelArtifact: Sendable, Equatable {
         /// Parameter names and sizes, to refuse weights of another architecture.
         public var parameters: [String]
         public var count: Int
+        /// The dropout generator's state (hex words), when training continues from the artifact
+        /// elsewhere and must draw what it would have drawn in the process that trained it.
+        public var generator: [String]?
         enum CodingKeys: String, CodingKey {
-            case kind, dim, blocks, parameters, count, itemCount = "item_count", maxLength = "max_length"
+            case kind, dim, blocks, parameters, count, generator, itemCount = "item_count", maxLength = "max_length"
         }
     }
     public var header: Header
@@ -25,10 +28,12 @@ public struct ModelArtifact: Sendable, Equatable {
     static let magic = Array("winnow-model 1\n".utf8)
 
     /// The artifact of `model`, built by `kind.make(itemCount:maxLength:seed:dim:blocks:)`.
-    public init(kind: ModelKind, model: Backbone, dim: Int? = nil, blocks: Int? = nil) {
+    /// `generator`: keep the model's dropout generator too (a model that training goes on from).
+    public init(kind: ModelKind, model: Backbone, dim: Int? = nil, blocks: Int? = nil, generator: Bool = false) {
         let p = model.parameters
         header = Header(kind: kind, itemCount: model.itemCount, maxLength: model.maxLength, dim: dim, blocks: blocks,
-                        parameters: p.entries.map { "\($0.name):\($0.count)" }, count: p.count)
+                        parameters: p.entries.map { "\($0.name):\($0.count)" }, count: p.count,
+                        generator: generator ? model.rng.state.map { String($0, radix: 16) } : nil)
         weights = Array(UnsafeBufferPointer(start: p.values, count: p.count))
     }
 
@@ -72,6 +77,12 @@ public struct ModelArtifact: Sendable, Equatable {
             throw ModelArtifactError.malformed("weights are of another architecture than \(h.kind.rawValue) with this shape")
         }
         weights.withUnsafeBufferPointer { p.values.update(from: $0.baseAddress!, count: weights.count) }
+        if let words = h.generator {
+            guard let rng = RNG(state: words.compactMap { UInt64($0, radix: 16) }) else {
+                throw ModelArtifactError.malformed("generator: not a generator state")
+            }
+            model.rng = rng
+        }
         return model
     }
 }

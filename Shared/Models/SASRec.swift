@@ -151,7 +151,8 @@ public final class SASRec: Backbone {
         for (l, w) in pBlocks.enumerated() {
             let a = acts[l], last = l == config.blocks - 1 && readout == .last
             linearForward(out: a.qkv, inp: hIn, weight: w.qkvW, bias: w.qkvB, N: BT, C: C, OC: 3 * C)
-            let seed = rng.next()
+            // inference draws nothing: evaluating between epochs must not move training's dropout
+            let seed = training ? rng.next() : 0
             attentionForward(out: a.ctx, att: a.att, attDrop: a.attD, qkv: a.qkv, ids: items, rows: lengths, dropout: pAtt,
                              seed: seed, lastRowOnly: last, B: B, T: T, C: C, H: H)
             // rows R: all B·T positions, or in the last block the B last real positions

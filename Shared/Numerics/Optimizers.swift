@@ -123,6 +123,9 @@ public final class Adagrad {
     private let state: Slab   // sum of squares (count)
     public let parameters: ParameterSet
 
+    /// The running sums of squared gradients (count), saved and restored with the parameters.
+    public var accumulators: Floats { state.base }
+
     public init(parameters: ParameterSet, learningRate: Float = 1e-2, eps: Float = 1e-10, weightDecay: Float = 0,
                 initialAccumulator: Float = 0) {
         self.parameters = parameters

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Foundation
 
 /// Wall-clock time in microseconds since the Unix epoch: the unit of deadlines on the wire, so a
 /// deadline means the same instant in every process on the machine.
@@ -34,4 +35,17 @@ public enum RPCContext {
     public static var remainingMicros: Int64? {
         deadlineMicros.map { $0 - WallClock.nowMicros() }
     }
+}
+
+/// Runs an async call to completion from a plain thread (a job's worker thread, which is not a
+/// task) and returns its value or throws its error.
+public func blocking<T>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let done = DispatchSemaphore(value: 0)
+    nonisolated(unsafe) var outcome: Result<T, Error>? = nil
+    Task {
+        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+        done.signal()
+    }
+    done.wait()
+    return try outcome!.get()
 }

@@ -57,11 +57,12 @@ public enum ServiceCatalogue {
         ]),
         ServiceKind(name: "noise", protoService: "winnow.v1.NoiseRecogniser", methods: [
             Method("Health", Winnow_V1_HealthRequest.self, Winnow_V1_HealthResponse.self),
-            Method("Configure", Winnow_V1_ConfigureRecogniserRequest.self, Winnow_V1_ConfigureRecogniserResponse.self),
+            Method("Configure", Winnow_V1_ConfigureRecogniserRequest.self, Winnow_V1_RecogniserStatus.self),
             Method("Weigh", Winnow_V1_WeighRequest.self, Winnow_V1_WeighResponse.self),
             Method("Feedback", Winnow_V1_FeedbackRequest.self, Winnow_V1_FeedbackResponse.self),
             Method("TrainStep", Winnow_V1_RecogniserTrainStepRequest.self, Winnow_V1_RecogniserTrainStepResponse.self),
             Method("GetStatus", Winnow_V1_RecogniserStatusRequest.self, Winnow_V1_RecogniserStatus.self),
+            Method("Release", Winnow_V1_ReleaseRecogniserRequest.self, Winnow_V1_RecogniserStatus.self),
         ]),
         ServiceKind(name: "retrieval", protoService: "winnow.v1.Retrieval", methods: [
             Method("Health", Winnow_V1_HealthRequest.self, Winnow_V1_HealthResponse.self),
@@ -76,6 +77,7 @@ public enum ServiceCatalogue {
             Method("Load", Winnow_V1_LoadTeacherRequest.self, Winnow_V1_TeacherStatus.self),
             Method("SoftLabels", Winnow_V1_SoftLabelsRequest.self, Winnow_V1_SoftLabelsResponse.self),
             Method("MineTopK", Winnow_V1_MineTopKRequest.self, Winnow_V1_MineTopKResponse.self),
+            Method("Release", Winnow_V1_ReleaseTeacherRequest.self, Winnow_V1_TeacherStatus.self),
         ]),
         ServiceKind(name: "trainer", protoService: "winnow.v1.Trainer", methods: [
             Method("Health", Winnow_V1_HealthRequest.self, Winnow_V1_HealthResponse.self),

@@ -12,6 +12,8 @@ public struct StackConfiguration: Sendable {
     public var binDirectory: String
     /// Teacher processes to run; all register as `teacher`.
     public var teachers: Int
+    /// Noise processes to run; all register as `noise` (ATJT's groups are placed across them).
+    public var noise: Int
     /// The broker's port on 127.0.0.1.
     public var brokerPort: Int
     /// The embedded Postgres' port on 127.0.0.1 (unused with ``databaseURL``).
@@ -25,13 +27,14 @@ public struct StackConfiguration: Sendable {
     public var stopGrace: Duration
     public var restartPolicy: RestartPolicy
 
-    public init(stateDirectory: String, binDirectory: String, teachers: Int = 1, brokerPort: Int = 5555,
+    public init(stateDirectory: String, binDirectory: String, teachers: Int = 1, noise: Int = 1, brokerPort: Int = 5555,
                 postgresPort: Int = 54329, databaseURL: String? = nil, heartbeatMilliseconds: Int = 2500,
                 readinessTimeout: Duration = .seconds(60), stopGrace: Duration = .seconds(10),
                 restartPolicy: RestartPolicy = RestartPolicy()) {
         self.layout = StackLayout(stateDirectory: stateDirectory)
         self.binDirectory = binDirectory
         self.teachers = teachers
+        self.noise = noise
         self.brokerPort = brokerPort
         self.postgresPort = postgresPort
         self.databaseURL = databaseURL
@@ -62,7 +65,7 @@ public struct StackConfiguration: Sendable {
     }
 
     /// The children to supervise, with the flags of the process contract: the broker (stage 0),
-    /// the feature store (stage 1), then N teachers, noise, trainer and retrieval (stage 2).
+    /// the feature store (stage 1), then N teachers, M noise processes, the trainer and retrieval (stage 2).
     /// Each gets a direct endpoint on a free loopback port picked by `port`, distinct from every
     /// other child's and from the broker's and Postgres' ports: a port probe closes its socket, so
     /// the kernel may hand the same port out again to the next probe, and two services given one
@@ -88,7 +91,10 @@ public struct StackConfiguration: Sendable {
         for i in 0..<teachers {
             specs.append(try service(teachers == 1 ? "teacher" : "teacher-\(i + 1)", "teacher", stage: 2))
         }
-        for kind in ["noise", "trainer", "retrieval"] {
+        for i in 0..<noise {
+            specs.append(try service(noise == 1 ? "noise" : "noise-\(i + 1)", "noise", stage: 2))
+        }
+        for kind in ["trainer", "retrieval"] {
             specs.append(try service(kind, kind, stage: 2))
         }
         return specs

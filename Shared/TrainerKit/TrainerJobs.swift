@@ -12,6 +12,7 @@ import Training
 import Methods
 import Jobs
 import RPC
+import Remote
 import Store
 import WinnowProto
 
@@ -36,6 +37,12 @@ struct JobRecord: Codable {
 public final class TrainerJobs: @unchecked Sendable {
     public let directory: String
     public let store: FeatureStoreEndpoint
+    /// The broker, through which CSRec jobs reach the teacher processes and ATJT jobs the noise
+    /// processes; nil trains both in this process.
+    let broker: RPCClient?
+    /// Whether the student asks for batch t + 1's soft labels (CSRec) or weights (ATJT) while
+    /// batch t computes.
+    public var pipelined = true
     let logger: Logger
     private let snapshots: SnapshotCache
     private let lock = NSLock()
@@ -53,8 +60,9 @@ public final class TrainerJobs: @unchecked Sendable {
     private var idle = true
 
     /// Jobs under `directory` (created if absent); datasets and the registry from `store`.
-    public init(directory: String, store: FeatureStoreEndpoint, logger: Logger = Logger(label: "winnow.trainer")) throws {
-        self.directory = directory; self.store = store; self.logger = logger
+    public init(directory: String, store: FeatureStoreEndpoint, broker: RPCClient? = nil,
+                logger: Logger = Logger(label: "winnow.trainer")) throws {
+        self.directory = directory; self.store = store; self.broker = broker; self.logger = logger
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         snapshots = SnapshotCache(directory: (directory as NSString).appendingPathComponent("snapshots"))
         for name in try FileManager.default.contentsOfDirectory(atPath: directory).sorted() {
@@ -254,6 +262,8 @@ public final class TrainerJobs: @unchecked Sendable {
         }) else { return }
         try? save(record)
         let started = Date()
+        var teachers: RemoteTeachers? = nil
+        var recognisers: RemoteRecognisers? = nil
         do {
             let data = try fetch(record.datasetID)
             let log = logger
@@ -267,19 +277,33 @@ public final class TrainerJobs: @unchecked Sendable {
                                      cancellation: cancellation,
                                      checkpoints: (jobDirectory(id) as NSString).appendingPathComponent("checkpoint"))
             logger.info("job \(id): running on \(data.userCount) users, \(data.itemCount) items")
-            let trained = try JobRunner.train(record.config, data: data, control: control)
+            if !TeacherPlan.members(record.config).isEmpty, let broker {
+                let t = RemoteTeachers(jobID: id, datasetID: record.datasetID, broker: broker)
+                t.pipelined = pipelined
+                t.log = { log.info("job \(id): \($0)") }
+                teachers = t
+            }
+            if record.config.methods.atjt != nil, let broker {
+                let r = RemoteRecognisers(jobID: id, datasetID: record.datasetID, broker: broker)
+                r.pipelined = pipelined
+                r.log = { log.info("job \(id): \($0)") }
+                recognisers = r
+            }
+            let trained = try JobRunner.train(record.config, data: data, control: control, teachers: teachers, recognisers: recognisers)
             record.result = trained.result
             if record.config.methods.dss == nil {
                 let published = try publish(trained, record: record)
                 record.modelName = published.name; record.modelVersion = published.version
             }
             record.state = "succeeded"
+            teachers?.releaseAll(); recognisers?.releaseAll()
             logger.info("job \(id): succeeded in \(String(format: "%.1f", Date().timeIntervalSince(started))) s, test ndcg@10 \(trained.result.test["ndcg@10"] ?? 0)")
         } catch TrainingError.cancelled {
             let byUser = lock.withLock { userCancelled.contains(id) }
             if byUser {
                 record.state = "cancelled"
                 removeCheckpoints(id)
+                teachers?.releaseAll(); recognisers?.releaseAll()
                 logger.info("job \(id): cancelled")
             } else {
                 logger.info("job \(id): stopped with the trainer; it continues from its checkpoint")
@@ -287,6 +311,7 @@ public final class TrainerJobs: @unchecked Sendable {
         } catch {
             record.state = "failed"
             record.error = "\(error)"
+            teachers?.releaseAll(); recognisers?.releaseAll()
             logger.error("job \(id): failed: \(error)")
         }
         try? save(record)
@@ -390,16 +415,4 @@ public final class TrainerJobs: @unchecked Sendable {
 
 extension Dictionary where Key == String {
     func mapKeys(_ f: (String) -> String) -> [String: Value] { Dictionary(uniqueKeysWithValues: map { (f($0.key), $0.value) }) }
-}
-
-/// Runs an async call to completion from a plain thread (the worker is not a task).
-func blocking<T>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let done = DispatchSemaphore(value: 0)
-    nonisolated(unsafe) var outcome: Result<T, Error>? = nil
-    Task {
-        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
-        done.signal()
-    }
-    done.wait()
-    return try outcome!.get()
 }

@@ -58,11 +58,12 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-enum CheckpointFormat {
+/// The checkpoint framing (sections, version, CRC-32), for any state that is saved and restored.
+public enum CheckpointFormat {
     static let magic: [UInt8] = Array("WNWC".utf8)
     static let version: UInt32 = 2
 
-    static func encode(_ sections: [[UInt8]]) -> [UInt8] {
+    public static func encode(_ sections: [[UInt8]]) -> [UInt8] {
         var out = magic
         func append<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         append(version)
@@ -72,7 +73,7 @@ enum CheckpointFormat {
         return out
     }
 
-    static func decode(_ bytes: [UInt8], path: String) throws(CheckpointError) -> [[UInt8]] {
+    public static func decode(_ bytes: [UInt8], path: String) throws(CheckpointError) -> [[UInt8]] {
         func corrupt(_ why: String) -> CheckpointError { .corrupt(path: path, reason: why) }
         guard bytes.count >= 16, Array(bytes[0..<4]) == magic else { throw corrupt("not a Winnow checkpoint (bad magic)") }
         func int<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T {

@@ -8,6 +8,11 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -29,37 +34,26 @@ public nonisolated struct Winnow_V1_ConfigureRecogniserRequest: Sendable {
 
   public var datasetID: String = String()
 
-  /// N groups that swap roles (default 2)
+  /// N groups that swap roles; must equal the job file's atjt.groups
   public var numGroups: UInt32 = 0
 
-  /// the group this recogniser trains on; it never weighs it
-  public var ownGroup: UInt32 = 0
+  /// the group this recogniser weighs; it trains on every other group
+  public var group: UInt32 = 0
 
-  /// weight of L_D in L_R + alpha * L_D
-  public var alpha: Double = 0
-
-  /// r items replaced in a noisy sequence
-  public var replacedItems: UInt32 = 0
-
+  /// the job file: ATJT's settings, the loop, the seed, the protocol
   public var hyperparametersJson: String = String()
 
-  public var seed: UInt64 = 0
+  /// a snapshot (FeedbackResponse.state) to continue from; empty = fresh
+  public var state: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-public nonisolated struct Winnow_V1_ConfigureRecogniserResponse: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
-}
-
+/// A batch of one group's training rows. Row r is (history, target): its history is sequence
+/// row_sequences[r] up to its position row_positions[r] (0-based); with both empty, one row per
+/// sequence, its whole sequence.
 public nonisolated struct Winnow_V1_WeighRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -67,12 +61,26 @@ public nonisolated struct Winnow_V1_WeighRequest: Sendable {
 
   public var batchID: UInt64 = 0
 
-  /// the group these sequences belong to
+  /// the group these rows belong to
   public var group: UInt32 = 0
 
   public var sequences: [Winnow_V1_ItemSequence] = []
 
+  /// per row
   public var targets: [Int32] = []
+
+  /// per row: its index in the job's training instances
+  public var instances: [Int32] = []
+
+  public var rowSequences: [Int32] = []
+
+  public var rowPositions: [Int32] = []
+
+  /// Feedbacks this recogniser must have applied before it weighs this batch: a weigh sent
+  /// ahead waits for the feedback before it.
+  public var step: UInt64 = 0
+
+  public var jobID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -86,7 +94,7 @@ public nonisolated struct Winnow_V1_WeighResponse: Sendable {
 
   public var batchID: UInt64 = 0
 
-  /// w_i in (0, 1), one per sequence
+  /// w_r in (0, 1), one per row
   public var weights: [Float] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -101,8 +109,15 @@ public nonisolated struct Winnow_V1_FeedbackRequest: Sendable {
 
   public var batchID: UInt64 = 0
 
-  /// dL_R/dw_i
+  /// dL_R/dw_r of the weighed batch
   public var lossGradWrtWeights: [Float] = []
+
+  /// answer with the state after this step
+  public var snapshot: Bool = false
+
+  public var group: UInt32 = 0
+
+  public var jobID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -114,22 +129,32 @@ public nonisolated struct Winnow_V1_FeedbackResponse: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// L_D of the recogniser's own batches in this step
   public var recogniserLoss: Float = 0
+
+  /// feedbacks applied, this one included
+  public var step: UInt64 = 0
+
+  /// when asked: the snapshot after this step
+  public var state: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
+/// Steps of the recogniser's own task alone (L_D on batches drawn from the other groups, half
+/// corrupted; one Adagrad update each): a warm-up before joint training, or a check that it learns.
 public nonisolated struct Winnow_V1_RecogniserTrainStepRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// from the recogniser's own group
-  public var sequences: [Winnow_V1_ItemSequence] = []
+  public var group: UInt32 = 0
 
-  public var targets: [Int32] = []
+  public var batches: UInt32 = 0
+
+  public var jobID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -141,8 +166,10 @@ public nonisolated struct Winnow_V1_RecogniserTrainStepResponse: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// mean L_D
   public var loss: Float = 0
 
+  /// share of rows on the right side of w = 0.5
   public var accuracy: Float = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -160,18 +187,50 @@ public nonisolated struct Winnow_V1_RecogniserStatusRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct Winnow_V1_RecogniserStatus: Sendable {
+public nonisolated struct Winnow_V1_RecogniserGroup: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var jobID: String = String()
 
+  public var group: UInt32 = 0
+
   public var steps: UInt64 = 0
+
+  public var rounds: UInt32 = 0
 
   public var lastLoss: Float = 0
 
-  public var auc: Float = 0
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Winnow_V1_RecogniserStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// what this process hosts
+  public var groups: [Winnow_V1_RecogniserGroup] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Winnow_V1_ReleaseRecogniserRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  /// true: every group of the job; false: only `group`
+  public var allGroups: Bool = false
+
+  public var group: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -184,7 +243,7 @@ fileprivate nonisolated let _protobuf_package = "winnow.v1"
 
 nonisolated extension Winnow_V1_ConfigureRecogniserRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConfigureRecogniserRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}dataset_id\0\u{3}num_groups\0\u{3}own_group\0\u{1}alpha\0\u{3}replaced_items\0\u{3}hyperparameters_json\0\u{1}seed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}dataset_id\0\u{3}num_groups\0\u{1}group\0\u{4}\u{3}hyperparameters_json\0\u{2}\u{2}state\0\u{c}\u{5}\u{1}\u{c}\u{6}\u{1}\u{c}\u{8}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -195,11 +254,9 @@ nonisolated extension Winnow_V1_ConfigureRecogniserRequest: SwiftProtobuf.Messag
       case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.datasetID) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.numGroups) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.ownGroup) }()
-      case 5: try { try decoder.decodeSingularDoubleField(value: &self.alpha) }()
-      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.replacedItems) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.hyperparametersJson) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.seed) }()
+      case 9: try { try decoder.decodeSingularBytesField(value: &self.state) }()
       default: break
       }
     }
@@ -215,20 +272,14 @@ nonisolated extension Winnow_V1_ConfigureRecogniserRequest: SwiftProtobuf.Messag
     if self.numGroups != 0 {
       try visitor.visitSingularUInt32Field(value: self.numGroups, fieldNumber: 3)
     }
-    if self.ownGroup != 0 {
-      try visitor.visitSingularUInt32Field(value: self.ownGroup, fieldNumber: 4)
-    }
-    if self.alpha.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.alpha, fieldNumber: 5)
-    }
-    if self.replacedItems != 0 {
-      try visitor.visitSingularUInt32Field(value: self.replacedItems, fieldNumber: 6)
+    if self.group != 0 {
+      try visitor.visitSingularUInt32Field(value: self.group, fieldNumber: 4)
     }
     if !self.hyperparametersJson.isEmpty {
       try visitor.visitSingularStringField(value: self.hyperparametersJson, fieldNumber: 7)
     }
-    if self.seed != 0 {
-      try visitor.visitSingularUInt64Field(value: self.seed, fieldNumber: 8)
+    if !self.state.isEmpty {
+      try visitor.visitSingularBytesField(value: self.state, fieldNumber: 9)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -237,30 +288,9 @@ nonisolated extension Winnow_V1_ConfigureRecogniserRequest: SwiftProtobuf.Messag
     if lhs.jobID != rhs.jobID {return false}
     if lhs.datasetID != rhs.datasetID {return false}
     if lhs.numGroups != rhs.numGroups {return false}
-    if lhs.ownGroup != rhs.ownGroup {return false}
-    if lhs.alpha != rhs.alpha {return false}
-    if lhs.replacedItems != rhs.replacedItems {return false}
+    if lhs.group != rhs.group {return false}
     if lhs.hyperparametersJson != rhs.hyperparametersJson {return false}
-    if lhs.seed != rhs.seed {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Winnow_V1_ConfigureRecogniserResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".ConfigureRecogniserResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    // Load everything into unknown fields
-    while try decoder.nextFieldNumber() != nil {}
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Winnow_V1_ConfigureRecogniserResponse, rhs: Winnow_V1_ConfigureRecogniserResponse) -> Bool {
+    if lhs.state != rhs.state {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -268,7 +298,7 @@ nonisolated extension Winnow_V1_ConfigureRecogniserResponse: SwiftProtobuf.Messa
 
 nonisolated extension Winnow_V1_WeighRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WeighRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}batch_id\0\u{1}group\0\u{1}sequences\0\u{1}targets\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}batch_id\0\u{1}group\0\u{1}sequences\0\u{1}targets\0\u{1}instances\0\u{3}row_sequences\0\u{3}row_positions\0\u{1}step\0\u{3}job_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -280,6 +310,11 @@ nonisolated extension Winnow_V1_WeighRequest: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.sequences) }()
       case 4: try { try decoder.decodeRepeatedInt32Field(value: &self.targets) }()
+      case 5: try { try decoder.decodeRepeatedInt32Field(value: &self.instances) }()
+      case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.rowSequences) }()
+      case 7: try { try decoder.decodeRepeatedInt32Field(value: &self.rowPositions) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.step) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       default: break
       }
     }
@@ -298,6 +333,21 @@ nonisolated extension Winnow_V1_WeighRequest: SwiftProtobuf.Message, SwiftProtob
     if !self.targets.isEmpty {
       try visitor.visitPackedInt32Field(value: self.targets, fieldNumber: 4)
     }
+    if !self.instances.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.instances, fieldNumber: 5)
+    }
+    if !self.rowSequences.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.rowSequences, fieldNumber: 6)
+    }
+    if !self.rowPositions.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.rowPositions, fieldNumber: 7)
+    }
+    if self.step != 0 {
+      try visitor.visitSingularUInt64Field(value: self.step, fieldNumber: 8)
+    }
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -306,6 +356,11 @@ nonisolated extension Winnow_V1_WeighRequest: SwiftProtobuf.Message, SwiftProtob
     if lhs.group != rhs.group {return false}
     if lhs.sequences != rhs.sequences {return false}
     if lhs.targets != rhs.targets {return false}
+    if lhs.instances != rhs.instances {return false}
+    if lhs.rowSequences != rhs.rowSequences {return false}
+    if lhs.rowPositions != rhs.rowPositions {return false}
+    if lhs.step != rhs.step {return false}
+    if lhs.jobID != rhs.jobID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -348,7 +403,7 @@ nonisolated extension Winnow_V1_WeighResponse: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Winnow_V1_FeedbackRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FeedbackRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}batch_id\0\u{3}loss_grad_wrt_weights\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}batch_id\0\u{3}loss_grad_wrt_weights\0\u{1}snapshot\0\u{1}group\0\u{3}job_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -358,6 +413,9 @@ nonisolated extension Winnow_V1_FeedbackRequest: SwiftProtobuf.Message, SwiftPro
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.batchID) }()
       case 2: try { try decoder.decodeRepeatedFloatField(value: &self.lossGradWrtWeights) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.snapshot) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       default: break
       }
     }
@@ -370,12 +428,24 @@ nonisolated extension Winnow_V1_FeedbackRequest: SwiftProtobuf.Message, SwiftPro
     if !self.lossGradWrtWeights.isEmpty {
       try visitor.visitPackedFloatField(value: self.lossGradWrtWeights, fieldNumber: 2)
     }
+    if self.snapshot != false {
+      try visitor.visitSingularBoolField(value: self.snapshot, fieldNumber: 3)
+    }
+    if self.group != 0 {
+      try visitor.visitSingularUInt32Field(value: self.group, fieldNumber: 4)
+    }
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Winnow_V1_FeedbackRequest, rhs: Winnow_V1_FeedbackRequest) -> Bool {
     if lhs.batchID != rhs.batchID {return false}
     if lhs.lossGradWrtWeights != rhs.lossGradWrtWeights {return false}
+    if lhs.snapshot != rhs.snapshot {return false}
+    if lhs.group != rhs.group {return false}
+    if lhs.jobID != rhs.jobID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -383,7 +453,7 @@ nonisolated extension Winnow_V1_FeedbackRequest: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Winnow_V1_FeedbackResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FeedbackResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}recogniser_loss\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}recogniser_loss\0\u{1}step\0\u{1}state\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -392,6 +462,8 @@ nonisolated extension Winnow_V1_FeedbackResponse: SwiftProtobuf.Message, SwiftPr
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularFloatField(value: &self.recogniserLoss) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.step) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.state) }()
       default: break
       }
     }
@@ -401,11 +473,19 @@ nonisolated extension Winnow_V1_FeedbackResponse: SwiftProtobuf.Message, SwiftPr
     if self.recogniserLoss.bitPattern != 0 {
       try visitor.visitSingularFloatField(value: self.recogniserLoss, fieldNumber: 1)
     }
+    if self.step != 0 {
+      try visitor.visitSingularUInt64Field(value: self.step, fieldNumber: 2)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularBytesField(value: self.state, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Winnow_V1_FeedbackResponse, rhs: Winnow_V1_FeedbackResponse) -> Bool {
     if lhs.recogniserLoss != rhs.recogniserLoss {return false}
+    if lhs.step != rhs.step {return false}
+    if lhs.state != rhs.state {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -413,7 +493,7 @@ nonisolated extension Winnow_V1_FeedbackResponse: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Winnow_V1_RecogniserTrainStepRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RecogniserTrainStepRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}targets\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{3}group\0\u{1}batches\0\u{3}job_id\0\u{c}\u{1}\u{1}\u{c}\u{2}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -421,26 +501,31 @@ nonisolated extension Winnow_V1_RecogniserTrainStepRequest: SwiftProtobuf.Messag
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.sequences) }()
-      case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.targets) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.batches) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.sequences.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.sequences, fieldNumber: 1)
+    if self.group != 0 {
+      try visitor.visitSingularUInt32Field(value: self.group, fieldNumber: 3)
     }
-    if !self.targets.isEmpty {
-      try visitor.visitPackedInt32Field(value: self.targets, fieldNumber: 2)
+    if self.batches != 0 {
+      try visitor.visitSingularUInt32Field(value: self.batches, fieldNumber: 4)
+    }
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 5)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Winnow_V1_RecogniserTrainStepRequest, rhs: Winnow_V1_RecogniserTrainStepRequest) -> Bool {
-    if lhs.sequences != rhs.sequences {return false}
-    if lhs.targets != rhs.targets {return false}
+    if lhs.group != rhs.group {return false}
+    if lhs.batches != rhs.batches {return false}
+    if lhs.jobID != rhs.jobID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -500,9 +585,9 @@ nonisolated extension Winnow_V1_RecogniserStatusRequest: SwiftProtobuf.Message, 
   }
 }
 
-nonisolated extension Winnow_V1_RecogniserStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".RecogniserStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}steps\0\u{3}last_loss\0\u{1}auc\0")
+nonisolated extension Winnow_V1_RecogniserGroup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RecogniserGroup"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}group\0\u{1}steps\0\u{1}rounds\0\u{3}last_loss\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -511,9 +596,10 @@ nonisolated extension Winnow_V1_RecogniserStatus: SwiftProtobuf.Message, SwiftPr
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.steps) }()
-      case 3: try { try decoder.decodeSingularFloatField(value: &self.lastLoss) }()
-      case 4: try { try decoder.decodeSingularFloatField(value: &self.auc) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.steps) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.rounds) }()
+      case 5: try { try decoder.decodeSingularFloatField(value: &self.lastLoss) }()
       default: break
       }
     }
@@ -523,23 +609,97 @@ nonisolated extension Winnow_V1_RecogniserStatus: SwiftProtobuf.Message, SwiftPr
     if !self.jobID.isEmpty {
       try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
     }
+    if self.group != 0 {
+      try visitor.visitSingularUInt32Field(value: self.group, fieldNumber: 2)
+    }
     if self.steps != 0 {
-      try visitor.visitSingularUInt64Field(value: self.steps, fieldNumber: 2)
+      try visitor.visitSingularUInt64Field(value: self.steps, fieldNumber: 3)
+    }
+    if self.rounds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.rounds, fieldNumber: 4)
     }
     if self.lastLoss.bitPattern != 0 {
-      try visitor.visitSingularFloatField(value: self.lastLoss, fieldNumber: 3)
+      try visitor.visitSingularFloatField(value: self.lastLoss, fieldNumber: 5)
     }
-    if self.auc.bitPattern != 0 {
-      try visitor.visitSingularFloatField(value: self.auc, fieldNumber: 4)
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Winnow_V1_RecogniserGroup, rhs: Winnow_V1_RecogniserGroup) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.group != rhs.group {return false}
+    if lhs.steps != rhs.steps {return false}
+    if lhs.rounds != rhs.rounds {return false}
+    if lhs.lastLoss != rhs.lastLoss {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Winnow_V1_RecogniserStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RecogniserStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{5}groups\0\u{c}\u{1}\u{1}\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.groups) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.groups.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.groups, fieldNumber: 5)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Winnow_V1_RecogniserStatus, rhs: Winnow_V1_RecogniserStatus) -> Bool {
+    if lhs.groups != rhs.groups {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Winnow_V1_ReleaseRecogniserRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReleaseRecogniserRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}all_groups\0\u{1}group\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.allGroups) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if self.allGroups != false {
+      try visitor.visitSingularBoolField(value: self.allGroups, fieldNumber: 2)
+    }
+    if self.group != 0 {
+      try visitor.visitSingularUInt32Field(value: self.group, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Winnow_V1_ReleaseRecogniserRequest, rhs: Winnow_V1_ReleaseRecogniserRequest) -> Bool {
     if lhs.jobID != rhs.jobID {return false}
-    if lhs.steps != rhs.steps {return false}
-    if lhs.lastLoss != rhs.lastLoss {return false}
-    if lhs.auc != rhs.auc {return false}
+    if lhs.allGroups != rhs.allGroups {return false}
+    if lhs.group != rhs.group {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -95,7 +95,13 @@ public nonisolated struct Winnow_V1_TeacherSpec: Sendable {
   /// DATA_LEVEL / side teacher fraction
   public var subsample: Double = 0
 
+  /// the job file (JSON) the member is trained for
   public var hyperparametersJson: String = String()
+
+  /// TRAINING_LEVEL main teacher: the registered side teacher it trains against
+  public var sideModelName: String = String()
+
+  public var sideModelVersion: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -179,6 +185,7 @@ public nonisolated struct Winnow_V1_TeacherStatus: Sendable {
   fileprivate var _spec: Winnow_V1_TeacherSpec? = nil
 }
 
+/// Makes this process a replica of a member already trained and registered.
 public nonisolated struct Winnow_V1_LoadTeacherRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -187,6 +194,31 @@ public nonisolated struct Winnow_V1_LoadTeacherRequest: Sendable {
   public var modelName: String = String()
 
   public var modelVersion: UInt64 = 0
+
+  /// the member it serves (job_id, member); its training fields are ignored
+  public var spec: Winnow_V1_TeacherSpec {
+    get {_spec ?? Winnow_V1_TeacherSpec()}
+    set {_spec = newValue}
+  }
+  /// Returns true if `spec` has been explicitly set.
+  public var hasSpec: Bool {self._spec != nil}
+  /// Clears the value of `spec`. Subsequent reads from it will return its default value.
+  public mutating func clearSpec() {self._spec = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _spec: Winnow_V1_TeacherSpec? = nil
+}
+
+public nonisolated struct Winnow_V1_ReleaseTeacherRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// released only when it serves this job; empty = whatever it serves
+  public var jobID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -210,6 +242,13 @@ public nonisolated struct Winnow_V1_SoftLabelsRequest: Sendable {
 
   /// raw logits instead of softmax(e/T)
   public var returnLogits: Bool = false
+
+  /// Rows to score (all-position training): row r reads the prefix of sequence row_sequences[r]
+  /// that ends at its position row_positions[r] (0-based). Empty: one row per sequence, at its
+  /// last item.
+  public var rowSequences: [Int32] = []
+
+  public var rowPositions: [Int32] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -286,7 +325,7 @@ nonisolated extension Winnow_V1_TeacherKind: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Winnow_V1_TeacherSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TeacherSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}member\0\u{1}kind\0\u{1}backbone\0\u{3}dataset_id\0\u{1}seed\0\u{1}subsample\0\u{3}hyperparameters_json\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}member\0\u{1}kind\0\u{1}backbone\0\u{3}dataset_id\0\u{1}seed\0\u{1}subsample\0\u{3}hyperparameters_json\0\u{3}side_model_name\0\u{3}side_model_version\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -302,6 +341,8 @@ nonisolated extension Winnow_V1_TeacherSpec: SwiftProtobuf.Message, SwiftProtobu
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.seed) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.subsample) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.hyperparametersJson) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.sideModelName) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.sideModelVersion) }()
       default: break
       }
     }
@@ -332,6 +373,12 @@ nonisolated extension Winnow_V1_TeacherSpec: SwiftProtobuf.Message, SwiftProtobu
     if !self.hyperparametersJson.isEmpty {
       try visitor.visitSingularStringField(value: self.hyperparametersJson, fieldNumber: 8)
     }
+    if !self.sideModelName.isEmpty {
+      try visitor.visitSingularStringField(value: self.sideModelName, fieldNumber: 9)
+    }
+    if self.sideModelVersion != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sideModelVersion, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -344,6 +391,8 @@ nonisolated extension Winnow_V1_TeacherSpec: SwiftProtobuf.Message, SwiftProtobu
     if lhs.seed != rhs.seed {return false}
     if lhs.subsample != rhs.subsample {return false}
     if lhs.hyperparametersJson != rhs.hyperparametersJson {return false}
+    if lhs.sideModelName != rhs.sideModelName {return false}
+    if lhs.sideModelVersion != rhs.sideModelVersion {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -498,7 +547,7 @@ nonisolated extension Winnow_V1_TeacherStatus: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Winnow_V1_LoadTeacherRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LoadTeacherRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_name\0\u{3}model_version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_name\0\u{3}model_version\0\u{1}spec\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -508,24 +557,63 @@ nonisolated extension Winnow_V1_LoadTeacherRequest: SwiftProtobuf.Message, Swift
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.modelName) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.modelVersion) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.modelName.isEmpty {
       try visitor.visitSingularStringField(value: self.modelName, fieldNumber: 1)
     }
     if self.modelVersion != 0 {
       try visitor.visitSingularUInt64Field(value: self.modelVersion, fieldNumber: 2)
     }
+    try { if let v = self._spec {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Winnow_V1_LoadTeacherRequest, rhs: Winnow_V1_LoadTeacherRequest) -> Bool {
     if lhs.modelName != rhs.modelName {return false}
     if lhs.modelVersion != rhs.modelVersion {return false}
+    if lhs._spec != rhs._spec {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Winnow_V1_ReleaseTeacherRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReleaseTeacherRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Winnow_V1_ReleaseTeacherRequest, rhs: Winnow_V1_ReleaseTeacherRequest) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -533,7 +621,7 @@ nonisolated extension Winnow_V1_LoadTeacherRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Winnow_V1_SoftLabelsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SoftLabelsRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}temperature\0\u{1}candidates\0\u{3}top_k\0\u{3}return_logits\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}temperature\0\u{1}candidates\0\u{3}top_k\0\u{3}return_logits\0\u{3}row_sequences\0\u{3}row_positions\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -546,6 +634,8 @@ nonisolated extension Winnow_V1_SoftLabelsRequest: SwiftProtobuf.Message, SwiftP
       case 3: try { try decoder.decodeRepeatedInt32Field(value: &self.candidates) }()
       case 4: try { try decoder.decodeSingularInt32Field(value: &self.topK) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.returnLogits) }()
+      case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.rowSequences) }()
+      case 7: try { try decoder.decodeRepeatedInt32Field(value: &self.rowPositions) }()
       default: break
       }
     }
@@ -567,6 +657,12 @@ nonisolated extension Winnow_V1_SoftLabelsRequest: SwiftProtobuf.Message, SwiftP
     if self.returnLogits != false {
       try visitor.visitSingularBoolField(value: self.returnLogits, fieldNumber: 5)
     }
+    if !self.rowSequences.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.rowSequences, fieldNumber: 6)
+    }
+    if !self.rowPositions.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.rowPositions, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -576,6 +672,8 @@ nonisolated extension Winnow_V1_SoftLabelsRequest: SwiftProtobuf.Message, SwiftP
     if lhs.candidates != rhs.candidates {return false}
     if lhs.topK != rhs.topK {return false}
     if lhs.returnLogits != rhs.returnLogits {return false}
+    if lhs.rowSequences != rhs.rowSequences {return false}
+    if lhs.rowPositions != rhs.rowPositions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -177,6 +177,45 @@ final class ATJTTests: XCTestCase {
         XCTAssertEqual(weigher.rounds, [3, 3])
     }
 
+    /// A group's recogniser continued from a snapshot in another object (another process) takes
+    /// the same steps to the bit as the one it was taken from: weights, Adagrad, round, pool order
+    /// and both generators travel; a snapshot of another group is refused.
+    func testAGroupRecogniserContinuedFromItsSnapshotStepsAsTheOriginal() throws {
+        let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0.1)
+        let inst = world.split.train, T = 6, B = 8
+        var config = ATJTConfig(itemCount: 30, maxLength: T)
+        config.recogniserBatch = 16; config.recogniser.dim = 4; config.recogniser.outputHidden = [8]
+        let partition = GroupPartition(users: world.data.userCount, instances: inst, groups: 2, seed: config.seed)
+        func make(_ g: Int) -> GroupRecogniser {
+            GroupRecogniser(config: config, data: world.data, instances: inst, partition: partition, group: g)
+        }
+        let original = make(1)
+        let buf = AuxBatches(B: B, T: T), w = AuxFloats(B), dW = AuxFloats(B)
+        let members = partition.members[1]
+        func step(_ r: GroupRecogniser, _ k: Int) throws -> [Float] {
+            let start = (k * B) % max(1, members.count - B)
+            try r.weigh(buf.fill(world.data, inst, members[start..<(start + B)]), id: BatchID(k), weights: w.p)
+            for b in 0..<B { dW.p[b] = Float(b % 3) * 0.1 - 0.1 }
+            try r.feedback(dWeights: dW.p, B: B, id: BatchID(k))
+            return Array(UnsafeBufferPointer(start: w.p, count: B))
+        }
+        for k in 0..<5 { _ = try step(original, k) }
+        let snapshot = try original.snapshot()
+        let copy = make(1)
+        try copy.restore(snapshot)
+        XCTAssertEqual(copy.steps, 5)
+        for k in 5..<12 {
+            XCTAssertEqual(try step(copy, k), try step(original, k), "step \(k): the same weights")
+        }
+        XCTAssertEqual(memcmp(copy.recogniser.parameters.values, original.recogniser.parameters.values, copy.recogniser.parameters.count * 4), 0)
+        XCTAssertEqual(try copy.trainOwnTask().loss, try original.trainOwnTask().loss)
+        XCTAssertThrowsError(try make(0).restore(snapshot), "a snapshot of group 1 does not fit group 0")
+        var torn = snapshot; torn[torn.count / 2] ^= 0xFF
+        XCTAssertThrowsError(try make(1).restore(torn), "a damaged snapshot is refused by its checksum")
+        try original.weigh(buf.fill(world.data, inst, members[0..<B]), id: 99, weights: w.p)
+        XCTAssertThrowsError(try original.snapshot(), "no snapshot between a weigh and its feedback")
+    }
+
     func testRecommenderLossAloneTrainsTheRecogniserWhenAlphaIsZero() throws {
         let world = AuxWorld(users: 20, items: 30, perUser: 10, noise: 0.1)
         var config = ATJTConfig(itemCount: 30, maxLength: 6)
@@ -226,11 +265,14 @@ final class ATJTTests: XCTestCase {
         final class Recording: SequenceWeigher {
             let inner: SequenceWeigher
             var calls: [(prefetch: Bool, id: BatchID, rows: [[Int32]])] = []
+            var behind: [BatchID: Bool] = [:]
             init(_ inner: SequenceWeigher) { self.inner = inner }
             func rows(_ b: SequenceBatch) -> [[Int32]] {
                 (0..<b.B).map { Array(UnsafeBufferPointer(start: b.items + $0 * b.T, count: Int(b.lengths[$0]))) + [b.targets[$0], b.instances[$0]] }
             }
-            func prefetch(_ batch: SequenceBatch, id: BatchID) throws { calls.append((true, id, rows(batch))) }
+            func prefetch(_ batch: SequenceBatch, id: BatchID, behindCurrent: Bool) throws {
+                calls.append((true, id, rows(batch))); behind[id] = behindCurrent
+            }
             func weigh(_ batch: SequenceBatch, id: BatchID, weights: Floats) throws {
                 calls.append((false, id, rows(batch)))
                 try inner.weigh(batch, id: id, weights: weights)
@@ -256,6 +298,10 @@ final class ATJTTests: XCTestCase {
                     if call.id == 0 { XCTAssertTrue(ahead.isEmpty, "\(scheme.rawValue): the epoch's first batch"); continue }
                     XCTAssertEqual(ahead.count, 1, "\(scheme.rawValue): group \(g) was asked ahead for batch \(call.id) once")
                     XCTAssertEqual(ahead.first?.rows, call.rows, "\(scheme.rawValue): batch \(call.id)'s rows as announced")
+                    // behind the current batch exactly when this group weighs one between the announcement and this batch
+                    let announced = recorder.calls.firstIndex { $0.prefetch && $0.id == call.id }!
+                    let between = recorder.calls[(announced + 1)..<index].contains { !$0.prefetch }
+                    XCTAssertEqual(recorder.behind[call.id], between, "\(scheme.rawValue): batch \(call.id) behind the current one")
                 }
             }
             XCTAssertEqual(weighed.sorted(), (0..<BatchID(weighed.count)).map { $0 }, scheme.rawValue)

@@ -73,7 +73,9 @@ final class DSSTests: XCTestCase {
         XCTAssertEqual(kept.count, 3)
         XCTAssertEqual(total, 0.25 * kept.map { Double(l2.p[$0]) }.reduce(0, +), accuracy: 1e-6)
         for (name, x, d) in [("phi", phi, dPhi), ("psi", psi, dPsi)] {
-            let res = GradientCheck.check("seq2seq d\(name)", x: x.p, analytic: d.p, count: x.n, eps: 1e-3, f: f2)
+            // eps 3e-3: at 1e-3 the float32 loss's rounding alone reaches 1 % of the smallest
+            // entries' differences on some CPUs (0.0105 on a Xeon whose BLAS sums in another order)
+            let res = GradientCheck.check("seq2seq d\(name)", x: x.p, analytic: d.p, count: x.n, eps: 3e-3, f: f2)
             XCTAssertTrue(res.passed, res.description)
         }
     }

@@ -116,6 +116,18 @@ final class ModelGradientTests: XCTestCase {
         XCTAssertEqual(Array(ua[0..<4]), Array(ua[4..<8]))
     }
 
+    func testInferenceLeavesTheDropoutGeneratorWhereTrainingLeftIt() {
+        // validation between epochs and WSLRec's mining run inference: they must not move the
+        // generator that training's dropout draws from, or where they run would change the fit
+        for backbone in [SASRec(SASRecConfig(itemCount: 9)) as Backbone, GRU4Rec(GRU4RecConfig(itemCount: 9))] {
+            let it = [Int32](repeating: 3, count: backbone.maxLength), ln: [Int32] = [4]
+            _ = backbone.forward(items: it, lengths: ln, B: 1, training: true)
+            let before = backbone.rng.state
+            _ = backbone.forward(items: it, lengths: ln, B: 1, training: false)
+            XCTAssertEqual(backbone.rng.state, before, backbone.name)
+        }
+    }
+
     func testSerialisedModelReloadsToIdenticalOutputs() throws {
         var cfg = GRU4RecConfig(itemCount: 9)
         cfg.maxLength = 5; cfg.embedding = 4; cfg.hidden = 6

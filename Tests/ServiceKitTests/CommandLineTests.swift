@@ -40,9 +40,10 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(direct.status, 0, direct.stderr)
         XCTAssertTrue(direct.stdout.contains(worker.instance), direct.stdout)
 
-        let unimplemented = try run(["call", "--broker", broker, "teacher/job7/m0", "MineTopK", #"{"k": 5}"#])
-        XCTAssertEqual(unimplemented.status, 1)
-        XCTAssertTrue(unimplemented.stderr.contains("UNIMPLEMENTED"), unimplemented.stderr)
+        // a teacher that serves no member yet says so, and the CLI prints the status
+        let refused = try run(["call", "--broker", broker, "teacher/job7/m0", "MineTopK", #"{"k": 5}"#])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stderr.contains("FAILED_PRECONDITION") && refused.stderr.contains("serves no member"), refused.stderr)
 
         let badJSON = try run(["call", "--broker", broker, "teacher", "Health", "{not json"])
         XCTAssertNotEqual(badJSON.status, 0)

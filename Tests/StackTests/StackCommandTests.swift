@@ -144,11 +144,11 @@ final class StackCommandTests: XCTestCase {
         XCTAssertFalse(StackControl.isUp(layout))
     }
 
-    func upArguments(teachers: Int) throws -> [String] {
+    func upArguments(teachers: Int, noise: Int = 1) throws -> [String] {
         let brokerPort = try LoopbackPort.ephemeral()
         var pgPort = try LoopbackPort.ephemeral()
         while pgPort == brokerPort { pgPort = try LoopbackPort.ephemeral() }
-        return ["up", "--state-dir", state.path, "--teachers", "\(teachers)", "--broker-port", "\(brokerPort)",
+        return ["up", "--state-dir", state.path, "--teachers", "\(teachers)", "--noise", "\(noise)", "--broker-port", "\(brokerPort)",
                 "--pg-port", "\(pgPort)", "--heartbeat-ms", "250", "--ready-timeout", "60", "--stop-grace", "5"]
     }
 

@@ -27,6 +27,26 @@ extension StackCommandTests {
         try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
     }
 
+    /// Waits until job `name` of the stack has ended and returns its last status text.
+    func finalStatus(of name: String, timeout: TimeInterval) throws -> String {
+        var final = ""
+        XCTAssertTrue(try eventually(timeout: timeout) {
+            final = try winnow(["job", "status", name, "--state-dir", state.path]).output
+            return !final.contains("running") && !final.contains("queued")
+        }, final)
+        return final
+    }
+
+    /// Runs the job file `config` undisturbed in this process and checks that the stack's job
+    /// (its final status text) reports the same test NDCG@10.
+    func assertSameMetricsAsInProcess(_ final: String, config: String, dataset: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let result = config + ".whole.json"
+        let whole = try winnow(["experiment", "job", "--config", config, "--dataset", dataset, "--threads", "1", "--json", result, "--quiet"])
+        XCTAssertEqual(whole.status, 0, whole.output, file: file, line: line)
+        let ndcg = try XCTUnwrap((try jsonObject(result)["test"] as? [String: Double])?["ndcg@10"], file: file, line: line)
+        XCTAssertTrue(final.contains(String(format: "test ndcg@10 %.4f", ndcg)), "\(final) vs \(ndcg)", file: file, line: line)
+    }
+
     func testTrainingThroughTheTrainerMatchesLocalSurvivesAKilledTrainerAndIsServed() throws {
         let up = try winnow(try upArguments(teachers: 0))
         XCTAssertEqual(up.status, 0, up.output)
@@ -60,21 +80,12 @@ extension StackCommandTests {
             let t = StackRecord.load(layout)?.children.first { $0.name == "trainer" }
             return t?.state == .ready && t?.pid != nil && t?.pid != trainer
         }, "the supervisor restarted the trainer")
-        var final = ""
-        XCTAssertTrue(try eventually(timeout: 180) {
-            final = try winnow(["job", "status", "killed", "--state-dir", s]).output
-            return !final.contains("running") && !final.contains("queued")
-        }, final)
+        let final = try finalStatus(of: "killed", timeout: 180)
         XCTAssertTrue(final.contains("succeeded"), final)
         let trainerLog = try String(contentsOfFile: layout.log("trainer"), encoding: .utf8)
         XCTAssertTrue(trainerLog.contains("job killed: train: continuing from a checkpoint after epoch"), "resumed, not restarted:\n\(trainerLog)")
         // the same job, never interrupted, in this process
-        let whole = try winnow(["experiment", "job", "--config", s + "/job.json", "--dataset", data, "--threads", "1",
-                                      "--json", s + "/whole.json", "--quiet"])
-        XCTAssertEqual(whole.status, 0, whole.output)
-        let w = try jsonObject(s + "/whole.json")
-        let ndcg = try XCTUnwrap((w["test"] as? [String: Double])?["ndcg@10"])
-        XCTAssertTrue(final.contains(String(format: "test ndcg@10 %.4f", ndcg)), "\(final) vs \(ndcg)")
+        try assertSameMetricsAsInProcess(final, config: s + "/job.json", dataset: data)
         let list = try winnow(["job", "list", "--state-dir", s])
         XCTAssertEqual(list.output.split(separator: "\n").count, 2, list.output)
 

@@ -54,15 +54,7 @@ final class FeatureStoreServiceTests: XCTestCase {
         _ code: Winnow_V1_StatusCode, _ method: String, _ r: Req, _ t: Res.Type, mentioning text: String,
         file: StaticString = #filePath, line: UInt = #line
     ) async {
-        do {
-            _ = try await call(method, r, t)
-            XCTFail("\(method) succeeded", file: file, line: line)
-        } catch let e as RPCError {
-            XCTAssertEqual(e.code, code, "\(e)", file: file, line: line)
-            XCTAssertTrue(e.message.contains(text), "\(e.message)", file: file, line: line)
-        } catch {
-            XCTFail("\(error)", file: file, line: line)
-        }
+        await expectRPCStatus(code, mentioning: text, file: file, line: line) { _ = try await self.call(method, r, t) }
     }
 
     func testIngestHistoryAndModelRoundTripsThroughTheBroker() async throws {

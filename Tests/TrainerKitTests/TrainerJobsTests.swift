@@ -20,23 +20,9 @@ final class TrainerJobsTests: XCTestCase {
     var datasetID = ""
     var directory = ""
 
-    /// 60 users walking item cycles (learnable), as a RecBole file.
-    static func interFile() throws -> String {
-        var rng = RNG(seed: 11)
-        var text = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-        for u in 0..<60 {
-            var x = rng.below(30)
-            for t in 0..<12 {
-                text += "\(u + 1)\t\(101 + x)\t1\t\(1000 * u + t)\n"
-                x = (x + 1 + u % 3) % 30
-            }
-        }
-        return try writeFile(text, name: "trainer-cycles.inter")
-    }
-
     override func setUp() async throws {
         store = try FeatureStore(url: try TestDatabase.fresh("trainer"), poolSize: 4)
-        _ = try await FileIngest(path: try Self.interFile(), format: .recboleInter).run(on: store)
+        _ = try await FileIngest(path: try itemCyclesFile(seed: 11, name: "trainer-cycles.inter", rating: true), format: .recboleInter).run(on: store)
         datasetID = try store.buildDataset(interSpec(k: 0)).dataset.datasetID
         directory = NSTemporaryDirectory() + "winnow-trainer-\(UUID().uuidString)"
         Threads.set(1)

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from winnow.v1 import common_pb2 as winnow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15winnow/v1/noise.proto\x12\twinnow.v1\x1a\x16winnow/v1/common.proto\"\xba\x01\n\x1a\x43onfigureRecogniserRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x12\n\nnum_groups\x18\x03 \x01(\r\x12\x11\n\town_group\x18\x04 \x01(\r\x12\r\n\x05\x61lpha\x18\x05 \x01(\x01\x12\x16\n\x0ereplaced_items\x18\x06 \x01(\r\x12\x1c\n\x14hyperparameters_json\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x04\"\x1d\n\x1b\x43onfigureRecogniserResponse\"p\n\x0cWeighRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\r\n\x05group\x18\x02 \x01(\r\x12*\n\tsequences\x18\x03 \x03(\x0b\x32\x17.winnow.v1.ItemSequence\x12\x13\n\x07targets\x18\x04 \x03(\x05\x42\x02\x10\x01\"6\n\rWeighResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x13\n\x07weights\x18\x02 \x03(\x02\x42\x02\x10\x01\"F\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12!\n\x15loss_grad_wrt_weights\x18\x02 \x03(\x02\x42\x02\x10\x01\"+\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x17\n\x0frecogniser_loss\x18\x01 \x01(\x02\"]\n\x1aRecogniserTrainStepRequest\x12*\n\tsequences\x18\x01 \x03(\x0b\x32\x17.winnow.v1.ItemSequence\x12\x13\n\x07targets\x18\x02 \x03(\x05\x42\x02\x10\x01\"=\n\x1bRecogniserTrainStepResponse\x12\x0c\n\x04loss\x18\x01 \x01(\x02\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x02\"\x19\n\x17RecogniserStatusRequest\"Q\n\x10RecogniserStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\x04\x12\x11\n\tlast_loss\x18\x03 \x01(\x02\x12\x0b\n\x03\x61uc\x18\x04 \x01(\x02\x32\xd7\x03\n\x0fNoiseRecogniser\x12=\n\x06Health\x12\x18.winnow.v1.HealthRequest\x1a\x19.winnow.v1.HealthResponse\x12Z\n\tConfigure\x12%.winnow.v1.ConfigureRecogniserRequest\x1a&.winnow.v1.ConfigureRecogniserResponse\x12:\n\x05Weigh\x12\x17.winnow.v1.WeighRequest\x1a\x18.winnow.v1.WeighResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.winnow.v1.FeedbackRequest\x1a\x1b.winnow.v1.FeedbackResponse\x12Z\n\tTrainStep\x12%.winnow.v1.RecogniserTrainStepRequest\x1a&.winnow.v1.RecogniserTrainStepResponse\x12L\n\tGetStatus\x12\".winnow.v1.RecogniserStatusRequest\x1a\x1b.winnow.v1.RecogniserStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15winnow/v1/noise.proto\x12\twinnow.v1\x1a\x16winnow/v1/common.proto\"\xa2\x01\n\x1a\x43onfigureRecogniserRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x12\n\nnum_groups\x18\x03 \x01(\r\x12\r\n\x05group\x18\x04 \x01(\r\x12\x1c\n\x14hyperparameters_json\x18\x07 \x01(\t\x12\r\n\x05state\x18\t \x01(\x0cJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\x08\x10\t\"\xdb\x01\n\x0cWeighRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\r\n\x05group\x18\x02 \x01(\r\x12*\n\tsequences\x18\x03 \x03(\x0b\x32\x17.winnow.v1.ItemSequence\x12\x13\n\x07targets\x18\x04 \x03(\x05\x42\x02\x10\x01\x12\x15\n\tinstances\x18\x05 \x03(\x05\x42\x02\x10\x01\x12\x19\n\rrow_sequences\x18\x06 \x03(\x05\x42\x02\x10\x01\x12\x19\n\rrow_positions\x18\x07 \x03(\x05\x42\x02\x10\x01\x12\x0c\n\x04step\x18\x08 \x01(\x04\x12\x0e\n\x06job_id\x18\t \x01(\t\"6\n\rWeighResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x13\n\x07weights\x18\x02 \x03(\x02\x42\x02\x10\x01\"w\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12!\n\x15loss_grad_wrt_weights\x18\x02 \x03(\x02\x42\x02\x10\x01\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\r\n\x05group\x18\x04 \x01(\r\x12\x0e\n\x06job_id\x18\x05 \x01(\t\"H\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x17\n\x0frecogniser_loss\x18\x01 \x01(\x02\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\x0c\"X\n\x1aRecogniserTrainStepRequest\x12\r\n\x05group\x18\x03 \x01(\r\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\r\x12\x0e\n\x06job_id\x18\x05 \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"=\n\x1bRecogniserTrainStepResponse\x12\x0c\n\x04loss\x18\x01 \x01(\x02\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x02\"\x19\n\x17RecogniserStatusRequest\"b\n\x0fRecogniserGroup\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\r\x12\r\n\x05steps\x18\x03 \x01(\x04\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x11\n\tlast_loss\x18\x05 \x01(\x02\"V\n\x10RecogniserStatus\x12*\n\x06groups\x18\x05 \x03(\x0b\x32\x1a.winnow.v1.RecogniserGroupJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05\"M\n\x18ReleaseRecogniserRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nall_groups\x18\x02 \x01(\x08\x12\r\n\x05group\x18\x03 \x01(\r2\x99\x04\n\x0fNoiseRecogniser\x12=\n\x06Health\x12\x18.winnow.v1.HealthRequest\x1a\x19.winnow.v1.HealthResponse\x12O\n\tConfigure\x12%.winnow.v1.ConfigureRecogniserRequest\x1a\x1b.winnow.v1.RecogniserStatus\x12:\n\x05Weigh\x12\x17.winnow.v1.WeighRequest\x1a\x18.winnow.v1.WeighResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.winnow.v1.FeedbackRequest\x1a\x1b.winnow.v1.FeedbackResponse\x12Z\n\tTrainStep\x12%.winnow.v1.RecogniserTrainStepRequest\x1a&.winnow.v1.RecogniserTrainStepResponse\x12L\n\tGetStatus\x12\".winnow.v1.RecogniserStatusRequest\x1a\x1b.winnow.v1.RecogniserStatus\x12K\n\x07Release\x12#.winnow.v1.ReleaseRecogniserRequest\x1a\x1b.winnow.v1.RecogniserStatusb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'winnow.v1.noise_pb2', globals())
@@ -23,32 +23,38 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _WEIGHREQUEST.fields_by_name['targets']._options = None
   _WEIGHREQUEST.fields_by_name['targets']._serialized_options = b'\020\001'
+  _WEIGHREQUEST.fields_by_name['instances']._options = None
+  _WEIGHREQUEST.fields_by_name['instances']._serialized_options = b'\020\001'
+  _WEIGHREQUEST.fields_by_name['row_sequences']._options = None
+  _WEIGHREQUEST.fields_by_name['row_sequences']._serialized_options = b'\020\001'
+  _WEIGHREQUEST.fields_by_name['row_positions']._options = None
+  _WEIGHREQUEST.fields_by_name['row_positions']._serialized_options = b'\020\001'
   _WEIGHRESPONSE.fields_by_name['weights']._options = None
   _WEIGHRESPONSE.fields_by_name['weights']._serialized_options = b'\020\001'
   _FEEDBACKREQUEST.fields_by_name['loss_grad_wrt_weights']._options = None
   _FEEDBACKREQUEST.fields_by_name['loss_grad_wrt_weights']._serialized_options = b'\020\001'
-  _RECOGNISERTRAINSTEPREQUEST.fields_by_name['targets']._options = None
-  _RECOGNISERTRAINSTEPREQUEST.fields_by_name['targets']._serialized_options = b'\020\001'
   _CONFIGURERECOGNISERREQUEST._serialized_start=61
-  _CONFIGURERECOGNISERREQUEST._serialized_end=247
-  _CONFIGURERECOGNISERRESPONSE._serialized_start=249
-  _CONFIGURERECOGNISERRESPONSE._serialized_end=278
-  _WEIGHREQUEST._serialized_start=280
-  _WEIGHREQUEST._serialized_end=392
-  _WEIGHRESPONSE._serialized_start=394
-  _WEIGHRESPONSE._serialized_end=448
-  _FEEDBACKREQUEST._serialized_start=450
-  _FEEDBACKREQUEST._serialized_end=520
-  _FEEDBACKRESPONSE._serialized_start=522
-  _FEEDBACKRESPONSE._serialized_end=565
-  _RECOGNISERTRAINSTEPREQUEST._serialized_start=567
-  _RECOGNISERTRAINSTEPREQUEST._serialized_end=660
-  _RECOGNISERTRAINSTEPRESPONSE._serialized_start=662
-  _RECOGNISERTRAINSTEPRESPONSE._serialized_end=723
-  _RECOGNISERSTATUSREQUEST._serialized_start=725
-  _RECOGNISERSTATUSREQUEST._serialized_end=750
-  _RECOGNISERSTATUS._serialized_start=752
-  _RECOGNISERSTATUS._serialized_end=833
-  _NOISERECOGNISER._serialized_start=836
-  _NOISERECOGNISER._serialized_end=1307
+  _CONFIGURERECOGNISERREQUEST._serialized_end=223
+  _WEIGHREQUEST._serialized_start=226
+  _WEIGHREQUEST._serialized_end=445
+  _WEIGHRESPONSE._serialized_start=447
+  _WEIGHRESPONSE._serialized_end=501
+  _FEEDBACKREQUEST._serialized_start=503
+  _FEEDBACKREQUEST._serialized_end=622
+  _FEEDBACKRESPONSE._serialized_start=624
+  _FEEDBACKRESPONSE._serialized_end=696
+  _RECOGNISERTRAINSTEPREQUEST._serialized_start=698
+  _RECOGNISERTRAINSTEPREQUEST._serialized_end=786
+  _RECOGNISERTRAINSTEPRESPONSE._serialized_start=788
+  _RECOGNISERTRAINSTEPRESPONSE._serialized_end=849
+  _RECOGNISERSTATUSREQUEST._serialized_start=851
+  _RECOGNISERSTATUSREQUEST._serialized_end=876
+  _RECOGNISERGROUP._serialized_start=878
+  _RECOGNISERGROUP._serialized_end=976
+  _RECOGNISERSTATUS._serialized_start=978
+  _RECOGNISERSTATUS._serialized_end=1064
+  _RELEASERECOGNISERREQUEST._serialized_start=1066
+  _RELEASERECOGNISERREQUEST._serialized_end=1143
+  _NOISERECOGNISER._serialized_start=1146
+  _NOISERECOGNISER._serialized_end=1683
 # @@protoc_insertion_point(module_scope)

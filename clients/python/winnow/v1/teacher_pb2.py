@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from winnow.v1 import common_pb2 as winnow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17winnow/v1/teacher.proto\x12\twinnow.v1\x1a\x16winnow/v1/common.proto\"\xb8\x01\n\x0bTeacherSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.winnow.v1.TeacherKind\x12\x10\n\x08\x62\x61\x63kbone\x18\x04 \x01(\t\x12\x12\n\ndataset_id\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x11\n\tsubsample\x18\x07 \x01(\x01\x12\x1c\n\x14hyperparameters_json\x18\x08 \x01(\t\";\n\x13TrainTeacherRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.winnow.v1.TeacherSpec\"A\n\x14TrainTeacherResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\"\x16\n\x14TeacherStatusRequest\"\x90\x01\n\rTeacherStatus\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.winnow.v1.TeacherSpec\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"?\n\x12LoadTeacherRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\"\x92\x01\n\x11SoftLabelsRequest\x12*\n\tsequences\x18\x01 \x03(\x0b\x32\x17.winnow.v1.ItemSequence\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x16\n\ncandidates\x18\x03 \x03(\x05\x42\x02\x10\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x15\n\rreturn_logits\x18\x05 \x01(\x08\"\x82\x01\n\x12SoftLabelsResponse\x12%\n\x05\x64\x65nse\x18\x01 \x01(\x0b\x32\x16.winnow.v1.FloatTensor\x12\x16\n\ntopk_items\x18\x02 \x03(\x05\x42\x02\x10\x01\x12\x16\n\ntopk_probs\x18\x03 \x03(\x02\x42\x02\x10\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\"a\n\x0fMineTopKRequest\x12*\n\tsequences\x18\x01 \x03(\x0b\x32\x17.winnow.v1.ItemSequence\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x17\n\x0f\x65xclude_history\x18\x03 \x01(\x08\"9\n\x10MineTopKResponse\x12\x11\n\x05items\x18\x01 \x03(\x05\x42\x02\x10\x01\x12\x12\n\x06scores\x18\x02 \x03(\x02\x42\x02\x10\x01*w\n\x0bTeacherKind\x12\x1c\n\x18TEACHER_KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODEL_LEVEL\x10\x01\x12\x0e\n\nDATA_LEVEL\x10\x02\x12\x12\n\x0eTRAINING_LEVEL\x10\x03\x12\x15\n\x11WSLREC_PRETRAINED\x10\x04\x32\xab\x03\n\x07Teacher\x12=\n\x06Health\x12\x18.winnow.v1.HealthRequest\x1a\x19.winnow.v1.HealthResponse\x12H\n\x05Train\x12\x1e.winnow.v1.TrainTeacherRequest\x1a\x1f.winnow.v1.TrainTeacherResponse\x12\x46\n\tGetStatus\x12\x1f.winnow.v1.TeacherStatusRequest\x1a\x18.winnow.v1.TeacherStatus\x12?\n\x04Load\x12\x1d.winnow.v1.LoadTeacherRequest\x1a\x18.winnow.v1.TeacherStatus\x12I\n\nSoftLabels\x12\x1c.winnow.v1.SoftLabelsRequest\x1a\x1d.winnow.v1.SoftLabelsResponse\x12\x43\n\x08MineTopK\x12\x1a.winnow.v1.MineTopKRequest\x1a\x1b.winnow.v1.MineTopKResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17winnow/v1/teacher.proto\x12\twinnow.v1\x1a\x16winnow/v1/common.proto\"\xed\x01\n\x0bTeacherSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.winnow.v1.TeacherKind\x12\x10\n\x08\x62\x61\x63kbone\x18\x04 \x01(\t\x12\x12\n\ndataset_id\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x11\n\tsubsample\x18\x07 \x01(\x01\x12\x1c\n\x14hyperparameters_json\x18\x08 \x01(\t\x12\x17\n\x0fside_model_name\x18\t \x01(\t\x12\x1a\n\x12side_model_version\x18\n \x01(\x04\";\n\x13TrainTeacherRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.winnow.v1.TeacherSpec\"A\n\x14TrainTeacherResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\"\x16\n\x14TeacherStatusRequest\"\x90\x01\n\rTeacherStatus\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.winnow.v1.TeacherSpec\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"e\n\x12LoadTeacherRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.winnow.v1.TeacherSpec\"\'\n\x15ReleaseTeacherRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xc8\x01\n\x11SoftLabelsRequest\x12*\n\tsequences\x18\x01 \x03(\x0b\x32\x17.winnow.v1.ItemSequence\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x16\n\ncandidates\x18\x03 \x03(\x05\x42\x02\x10\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x15\n\rreturn_logits\x18\x05 \x01(\x08\x12\x19\n\rrow_sequences\x18\x06 \x03(\x05\x42\x02\x10\x01\x12\x19\n\rrow_positions\x18\x07 \x03(\x05\x42\x02\x10\x01\"\x82\x01\n\x12SoftLabelsResponse\x12%\n\x05\x64\x65nse\x18\x01 \x01(\x0b\x32\x16.winnow.v1.FloatTensor\x12\x16\n\ntopk_items\x18\x02 \x03(\x05\x42\x02\x10\x01\x12\x16\n\ntopk_probs\x18\x03 \x03(\x02\x42\x02\x10\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\"a\n\x0fMineTopKRequest\x12*\n\tsequences\x18\x01 \x03(\x0b\x32\x17.winnow.v1.ItemSequence\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x17\n\x0f\x65xclude_history\x18\x03 \x01(\x08\"9\n\x10MineTopKResponse\x12\x11\n\x05items\x18\x01 \x03(\x05\x42\x02\x10\x01\x12\x12\n\x06scores\x18\x02 \x03(\x02\x42\x02\x10\x01*w\n\x0bTeacherKind\x12\x1c\n\x18TEACHER_KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODEL_LEVEL\x10\x01\x12\x0e\n\nDATA_LEVEL\x10\x02\x12\x12\n\x0eTRAINING_LEVEL\x10\x03\x12\x15\n\x11WSLREC_PRETRAINED\x10\x04\x32\xf2\x03\n\x07Teacher\x12=\n\x06Health\x12\x18.winnow.v1.HealthRequest\x1a\x19.winnow.v1.HealthResponse\x12H\n\x05Train\x12\x1e.winnow.v1.TrainTeacherRequest\x1a\x1f.winnow.v1.TrainTeacherResponse\x12\x46\n\tGetStatus\x12\x1f.winnow.v1.TeacherStatusRequest\x1a\x18.winnow.v1.TeacherStatus\x12?\n\x04Load\x12\x1d.winnow.v1.LoadTeacherRequest\x1a\x18.winnow.v1.TeacherStatus\x12I\n\nSoftLabels\x12\x1c.winnow.v1.SoftLabelsRequest\x1a\x1d.winnow.v1.SoftLabelsResponse\x12\x43\n\x08MineTopK\x12\x1a.winnow.v1.MineTopKRequest\x1a\x1b.winnow.v1.MineTopKResponse\x12\x45\n\x07Release\x12 .winnow.v1.ReleaseTeacherRequest\x1a\x18.winnow.v1.TeacherStatusb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'winnow.v1.teacher_pb2', globals())
@@ -23,6 +23,10 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _SOFTLABELSREQUEST.fields_by_name['candidates']._options = None
   _SOFTLABELSREQUEST.fields_by_name['candidates']._serialized_options = b'\020\001'
+  _SOFTLABELSREQUEST.fields_by_name['row_sequences']._options = None
+  _SOFTLABELSREQUEST.fields_by_name['row_sequences']._serialized_options = b'\020\001'
+  _SOFTLABELSREQUEST.fields_by_name['row_positions']._options = None
+  _SOFTLABELSREQUEST.fields_by_name['row_positions']._serialized_options = b'\020\001'
   _SOFTLABELSRESPONSE.fields_by_name['topk_items']._options = None
   _SOFTLABELSRESPONSE.fields_by_name['topk_items']._serialized_options = b'\020\001'
   _SOFTLABELSRESPONSE.fields_by_name['topk_probs']._options = None
@@ -31,28 +35,30 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _MINETOPKRESPONSE.fields_by_name['items']._serialized_options = b'\020\001'
   _MINETOPKRESPONSE.fields_by_name['scores']._options = None
   _MINETOPKRESPONSE.fields_by_name['scores']._serialized_options = b'\020\001'
-  _TEACHERKIND._serialized_start=1053
-  _TEACHERKIND._serialized_end=1172
+  _TEACHERKIND._serialized_start=1239
+  _TEACHERKIND._serialized_end=1358
   _TEACHERSPEC._serialized_start=63
-  _TEACHERSPEC._serialized_end=247
-  _TRAINTEACHERREQUEST._serialized_start=249
-  _TRAINTEACHERREQUEST._serialized_end=308
-  _TRAINTEACHERRESPONSE._serialized_start=310
-  _TRAINTEACHERRESPONSE._serialized_end=375
-  _TEACHERSTATUSREQUEST._serialized_start=377
-  _TEACHERSTATUSREQUEST._serialized_end=399
-  _TEACHERSTATUS._serialized_start=402
-  _TEACHERSTATUS._serialized_end=546
-  _LOADTEACHERREQUEST._serialized_start=548
-  _LOADTEACHERREQUEST._serialized_end=611
-  _SOFTLABELSREQUEST._serialized_start=614
-  _SOFTLABELSREQUEST._serialized_end=760
-  _SOFTLABELSRESPONSE._serialized_start=763
-  _SOFTLABELSRESPONSE._serialized_end=893
-  _MINETOPKREQUEST._serialized_start=895
-  _MINETOPKREQUEST._serialized_end=992
-  _MINETOPKRESPONSE._serialized_start=994
-  _MINETOPKRESPONSE._serialized_end=1051
-  _TEACHER._serialized_start=1175
-  _TEACHER._serialized_end=1602
+  _TEACHERSPEC._serialized_end=300
+  _TRAINTEACHERREQUEST._serialized_start=302
+  _TRAINTEACHERREQUEST._serialized_end=361
+  _TRAINTEACHERRESPONSE._serialized_start=363
+  _TRAINTEACHERRESPONSE._serialized_end=428
+  _TEACHERSTATUSREQUEST._serialized_start=430
+  _TEACHERSTATUSREQUEST._serialized_end=452
+  _TEACHERSTATUS._serialized_start=455
+  _TEACHERSTATUS._serialized_end=599
+  _LOADTEACHERREQUEST._serialized_start=601
+  _LOADTEACHERREQUEST._serialized_end=702
+  _RELEASETEACHERREQUEST._serialized_start=704
+  _RELEASETEACHERREQUEST._serialized_end=743
+  _SOFTLABELSREQUEST._serialized_start=746
+  _SOFTLABELSREQUEST._serialized_end=946
+  _SOFTLABELSRESPONSE._serialized_start=949
+  _SOFTLABELSRESPONSE._serialized_end=1079
+  _MINETOPKREQUEST._serialized_start=1081
+  _MINETOPKREQUEST._serialized_end=1178
+  _MINETOPKRESPONSE._serialized_start=1180
+  _MINETOPKRESPONSE._serialized_end=1237
+  _TEACHER._serialized_start=1361
+  _TEACHER._serialized_end=1859
 # @@protoc_insertion_point(module_scope)
