@@ -64,7 +64,7 @@ struct ExperimentLabels: ParsableCommand {
     @Option(help: "Comma-separated backbones: sasrec, gru4rec.")
     var models = "sasrec,gru4rec"
 
-    @Option(help: "Comma-separated methods: base, wslrec, csrec-m, csrec-d, csrec-t, ufnrec, dss (on prefixes), atjt, or compositions joined by + (a composition takes its parts' chosen settings; csrec: the best of -M, -D, -T).")
+    @Option(help: "Comma-separated methods: base, wslrec, csrec-m, csrec-d, csrec-t, ufnrec, dss, atjt, or compositions joined by + (a composition takes its parts' chosen settings; csrec: the best of -M, -D, -T).")
     var methods = "base,wslrec,csrec-m,csrec-d,csrec-t,ufnrec,wslrec+csrec"
 
     @Option(help: "Comma-separated seeds; the first one selects hyper-parameters.")
@@ -174,7 +174,7 @@ struct ExperimentLabels: ParsableCommand {
                 var firstSeedRun: JobResult? = nil
                 if candidates.count > 1 {
                     for (i, m) in candidates.enumerated() {
-                        let job = base.with(m, seed: seedList[0], batchSize: batchSize)
+                        let job = base.with(m, seed: seedList[0])
                         let r = try fit(job, "grid/\(modelName)/\(method)/\(i).json",
                                         "[\(modelName) \(method)] grid \(i + 1)/\(candidates.count): \(LabelGrid.describe(m))", cache)
                         let score = r.valid[base.loop.selectMetric] ?? 0
@@ -185,7 +185,7 @@ struct ExperimentLabels: ParsableCommand {
                 for seed in seedList {
                     let r: JobResult
                     if seed == seedList[0], let f = firstSeedRun { r = f } else {
-                        let job = base.with(best, seed: seed, batchSize: batchSize)
+                        let job = base.with(best, seed: seed)
                         r = try fit(job, "runs/\(modelName)/\(method)/seed\(seed).json",
                                     "[\(modelName) \(method)] seed \(seed): \(LabelGrid.describe(best))", cache)
                     }

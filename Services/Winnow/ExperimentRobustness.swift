@@ -33,13 +33,13 @@ struct ExperimentRobustness: ParsableCommand {
     @Option(help: "RecBole .inter file (5-core applied).") var dataset: String?
     @Option(help: "Synthetic data USERS,ITEMS,INTERACTIONS instead of --dataset.") var synthetic: String?
     @Option(help: "Corruption levels, comma-separated fractions.") var levels: String = "0,0.1,0.2,0.3,0.5"
-    @Option(help: "Methods, comma-separated; a composition joins names with +: base, wslrec, csrec (its teachers from --teachers), csrec-m, csrec-d, csrec-t, ufnrec, dss (on prefixes), atjt.")
+    @Option(help: "Methods, comma-separated; a composition joins names with +: base, wslrec, csrec (its teachers from --teachers), csrec-m, csrec-d, csrec-t, ufnrec, dss, atjt.")
     var methods: String = "base,dss,atjt"
     @Option(help: "Backbone: sasrec or gru4rec (DSS always uses its SASRec encoder).") var model: String = "sasrec"
     @Option(help: "Seeds, comma-separated.") var seeds: String = "1"
     @Option(help: "Maximum epochs.") var epochs: Int = 200
     @Option(help: "Early-stopping patience in epochs.") var patience: Int = 10
-    @Option(help: "How targets reach the models: all_positions or prefixes (DSS trains on prefixes either way).")
+    @Option(help: "How targets reach the models: all_positions or prefixes.")
     var scheme = TrainingScheme.allPositions
     @Option(name: .customLong("batch-size"), help: "Rows per batch, windows or prefixes (default: 128 windows, 256 prefixes).") var batchSize: Int?
     @Option(name: .customLong("max-length"), help: "Input length T.") var maxLength: Int = 50
@@ -114,7 +114,7 @@ struct ExperimentRobustness: ParsableCommand {
             do {
                 let m = try jobMethods(name)
                 if m.dss != nil && template.backbone != .sasrec { continue }   // skipped at run time, said so
-                try template.with(m, seed: seedList.first ?? 1, batchSize: batchSize).validate()
+                try template.with(m, seed: seedList.first ?? 1).validate()
             } catch { throw ValidationError("--methods \(name): \(error)") }
         }
     }
@@ -166,7 +166,7 @@ struct ExperimentRobustness: ParsableCommand {
                         continue
                     }
                     if runs.contains(where: { $0.method == name && $0.corruption == level && $0.seed == seed }) { continue }
-                    let job = template.with(methods, seed: seed, batchSize: batchSize)
+                    let job = template.with(methods, seed: seed)
                     let r = try RobustnessSuite.run(job, name: name, data: data, corruption: level, noisy: flags, groups: groupsByPopularity,
                                                     cache: teachersOfCopy,
                                                     progress: quiet ? nil : { print("\(name) p=\(level) seed=\(seed) \($0)") })

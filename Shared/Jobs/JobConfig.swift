@@ -125,14 +125,9 @@ public struct JobConfig: Sendable, Codable, Equatable {
         backbone.make(itemCount: itemCount, maxLength: loop.maxLength, seed: seed ?? loop.seed, dim: dim, blocks: blocks)
     }
 
-    /// This job with `methods` and `seed`, under the scheme those methods train with: DSS trains
-    /// on prefixes (its sequence-to-sequence task contrasts one future per sequence), with the
-    /// prefix scheme's batch unless `batchSize` names one. Sweeps build every fit so.
-    public func with(_ methods: JobMethods, seed: UInt64, batchSize: Int? = nil) -> JobConfig {
+    /// This job with `methods` and `seed`; sweeps build every fit so.
+    public func with(_ methods: JobMethods, seed: UInt64) -> JobConfig {
         var job = self; job.methods = methods; job.loop.seed = seed
-        if methods.dss != nil, job.loop.scheme == .allPositions {
-            job.loop.scheme = .prefixes; job.loop.batchSize = batchSize ?? LoopConfig.defaultBatchSize(.prefixes)
-        }
         return job
     }
 
@@ -186,13 +181,6 @@ public struct JobConfig: Sendable, Codable, Equatable {
         if let b = blocks, b < 1 { throw JobConfigError.invalid(key: "blocks", reason: "must be at least 1, got \(b)") }
         try MethodComposition.check(methods)
         try MethodComposition.checkAuxiliary(self)
-        // The label methods and ATJT score every position (soft labels, records, multi-positives
-        // and the recogniser's weights per row). DSS's sequence-to-sequence task contrasts each
-        // sequence's future with the others' in the batch: it trains on prefixes.
-        if methods.dss != nil && loop.scheme == .allPositions {
-            throw JobConfigError.invalid(key: "loop.scheme",
-                                         reason: "\(methods.name) trains under \"prefixes\" only (dss contrasts one future per sequence)")
-        }
     }
 
     private static func describe(_ e: DecodingError) -> String {
@@ -233,7 +221,7 @@ public struct JobResult: Codable, Sendable {
     // The run JSON's context (absent from results written before they were recorded).
     public var framework: String?
     public var threads: Int?
-    /// The final stage's scheme (DSS: prefixes).
+    /// The final stage's scheme.
     public var scheme: TrainingScheme?
     public var batch: Int?
     public var lr: Float?

@@ -137,6 +137,10 @@ public enum MethodComposition {
         if m.dss != nil && job.backbone != .sasrec {
             throw JobConfigError.invalid(key: "backbone", reason: "dss needs sasrec (its encoder is a single-head SASRec), got \(job.backbone.rawValue)")
         }
+        if let d = m.dss, job.loop.scheme == .allPositions, d.candidates != "full" {
+            throw JobConfigError.invalid(key: "dss.candidates",
+                                         reason: "all_positions needs full (in_batch scores a batch's B targets, the prefix scheme's rows)")
+        }
         if let d = m.dss, m.csrec != nil, d.candidates != "full" {
             throw JobConfigError.invalid(key: "dss.candidates",
                                          reason: "dss + csrec needs full (soft labels cover all items, in_batch scores only the batch's targets)")
@@ -172,7 +176,7 @@ enum AuxiliaryJob {
         }
         if let d = job.methods.dss {
             let trainer = DSSTrainer(config: d.trainerConfig(itemCount: N, loop: loop, dim: job.dim, blocks: job.blocks), data: data, instances: instances,
-                                     maxBatch: loop.batchSize, distillation: distillation)
+                                     maxBatch: loop.batchSize, scheme: loop.scheme, distillation: distillation)
             let epochs = DSSEpochs(trainer: trainer, batchSize: loop.batchSize, seed: loop.seed)
             let fit = try epochLoop.fit(model: trainer.model, validate: validate) { try epochs.run(epoch: $0 - 1) }
             return (trainer.model, fit, nil)

@@ -8,18 +8,19 @@ import Models
 import Data
 import Training
 
-/// DSS's epochs: shuffled batches of the training instances, one `DSSTrainer.step` each.
+/// DSS's epochs: shuffled batches of the training instances (prefixes) or of windows over them
+/// (all positions), one `DSSTrainer.step` each.
 public final class DSSEpochs {
     public let trainer: DSSTrainer
     private var batcher: Batcher
     private let buf: BatchBuffers
-    private let T: Int
 
     public init(trainer: DSSTrainer, batchSize B: Int, seed: UInt64) {
         self.trainer = trainer
-        T = trainer.config.encoder.maxLength
-        batcher = Batcher(data: trainer.data, instances: trainer.instances, maxLength: T, batchSize: B, seed: seed)
-        buf = BatchBuffers(B: B, T: T)
+        let T = trainer.config.encoder.maxLength, windows = trainer.scheme == .allPositions
+        batcher = windows ? Batcher(data: trainer.data, windowsOf: trainer.instances, maxLength: T, batchSize: B, seed: seed)
+            : Batcher(data: trainer.data, instances: trainer.instances, maxLength: T, batchSize: B, seed: seed)
+        buf = BatchBuffers(B: B, T: T, perPosition: windows)
     }
 
     /// One epoch (0-based `epoch`, for the schedule); returns the mean batch loss.
@@ -28,8 +29,8 @@ public final class DSSEpochs {
         batcher.shuffle()
         var sum = 0.0
         for i in 0..<batcher.batchCount {
-            let n = buf.fill(batcher, batch: i)
-            sum += try trainer.step(SequenceBatch(items: buf.items, lengths: buf.lengths, targets: buf.targets, instances: buf.instances, B: n, T: T))
+            buf.fill(batcher, batch: i)
+            sum += try trainer.step(buf.filled)
         }
         return sum / Double(max(batcher.batchCount, 1))
     }

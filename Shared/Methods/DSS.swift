@@ -14,6 +14,12 @@
 // τ = √D as the paper. The future of a training instance (u, t) is the rest of u's *training*
 // sequence from t on (the next item included), never validation or test items; reversed, it is
 // truncated to the maxLength items nearest to t.
+// Two schemes, as the loop's: prefixes (one instance per row, the paper's sampled (u, t)) and
+// all positions (a window's every target is a row read out at its position; seq2item at every
+// row, seq2seq on one row per window drawn uniformly, against that row's reversed future, so the
+// in-batch softmax stays (B·K)² and each sequence contributes one (u, t) pair as in the paper).
+// Under all positions seq2item is a mean over rows and seq2seq a mean over windows; under
+// prefixes both are means over the B instances, as before.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -22,6 +28,7 @@ import Darwin
 import Numerics
 import Models
 import Data
+import Training
 
 public struct DSSConfig: Sendable, Equatable {
     public enum Candidates: String, Sendable, Codable, CaseIterable {
@@ -185,89 +192,131 @@ public final class DSSTrainer {
     public let futures: DSSFutures
     public let data: SequenceDataset
     public let instances: InstanceSet
+    public let scheme: TrainingScheme
     /// Which losses the next steps use (`.joint`, or the two phases of pre-train-then-fine-tune).
     public enum Phase: Sendable { case joint, pretrain, finetune }
     public var phase: Phase
+    /// Draws the row of each window whose future seq2seq contrasts (all positions); reset from
+    /// the seed by `beginEpoch`, so an epoch's draws do not depend on earlier epochs.
+    public private(set) var sampling: RNG
     private let capacity: Int
+    private var rows: BatchRows
     private let items2: UnsafeMutablePointer<Int32>, lengths2: UnsafeMutablePointer<Int32>
     private let posCol: UnsafeMutablePointer<Int32>
     private let slab: Slab
     /// DSS + CSRec: CSRec's soft-label KL beside seq2item (nil: DSS alone).
     public let distillation: CSRecDistillation?
-    // with `distillation`: labels, scores, dScores (B, N) | KL losses (B); arg-max intentions (B, N)
+    // with `distillation`: labels, scores, dScores (R, N) | KL losses (R); arg-max intentions (R, N)
     private let kdSlab: Slab?, kdArgmax: UnsafeMutablePointer<Int32>?
-    /// Losses of the last step, divided by B: seq2item (with CSRec's KL when composed) and
-    /// seq2seq (kept terms); the KL part alone.
+    /// Losses of the last step: seq2item (with CSRec's KL when composed) and seq2seq (kept
+    /// terms), each a mean (see the file's note); the KL part alone.
     public private(set) var lastSeq2Item = 0.0, lastSeq2Seq = 0.0, lastSoftLabelKL = 0.0
 
-    public init(config: DSSConfig, data: SequenceDataset, instances: InstanceSet, maxBatch: Int = 256,
+    public init(config: DSSConfig, data: SequenceDataset, instances: InstanceSet, maxBatch: Int = 256, scheme: TrainingScheme = .prefixes,
                 distillation: CSRecDistillation? = nil) {
         // soft labels cover all N items; in-batch candidates score only the batch's targets
         precondition(distillation == nil || config.candidates == .full, "DSS + CSRec needs seq2item over all items (.full)")
-        self.config = config; self.data = data; self.instances = instances; self.distillation = distillation
+        precondition(scheme == .prefixes || config.candidates == .full, "in-batch candidates are the prefix scheme's (B targets per batch)")
+        self.config = config; self.data = data; self.instances = instances; self.distillation = distillation; self.scheme = scheme
         model = DSSEncoder(config.encoder)
         optimizer = Adam(parameters: model.parameters, learningRate: config.learningRate)
         futures = DSSFutures(users: data.userCount, instances: instances)
         if case .pretrainThenFinetune = config.schedule { phase = .pretrain } else { phase = .joint }
+        sampling = RNG(seed: config.encoder.seed).derived(0x5E0)
         capacity = maxBatch
         let B = maxBatch, T = config.encoder.maxLength, K = config.encoder.interests, C = config.encoder.dim, N = config.encoder.itemCount
+        let R = scheme == .allPositions ? B * T : B
         let M = config.candidates == .full ? N : B
-        items2 = .allocate(capacity: 2 * B * T); lengths2 = .allocate(capacity: 2 * B); posCol = .allocate(capacity: B)
-        // dOut (2B, K, C) | s2i losses (B) | logits (B, K, M) | cand (B, C) | dCand (B, C) | s2s losses (BK) | mask (BK) | scores (BK)²
-        slab = Slab([2 * B * K * C, B, B * K * M, B * C, B * C, B * K, B * K, B * K * B * K])
-        kdSlab = distillation == nil ? nil : Slab([B * N, B * N, B * N, B])
-        kdArgmax = distillation == nil ? nil : .allocate(capacity: B * N)
+        rows = BatchRows(capacity: R)
+        items2 = .allocate(capacity: 2 * B * T); lengths2 = .allocate(capacity: 2 * B); posCol = .allocate(capacity: R)
+        // dOut (R + B, K, C) | s2i losses (R) | logits (R, K, M) | cand (B, C) | dCand (B, C) | s2s losses (BK) | mask (BK)
+        // | scores (BK)² | contrasted rows' φ and its gradient (B, K, C) ×2
+        slab = Slab([(R + B) * K * C, R, R * K * M, B * C, B * C, B * K, B * K, B * K * B * K, B * K * C, B * K * C])
+        kdSlab = distillation == nil ? nil : Slab([R * N, R * N, R * N, R])
+        kdArgmax = distillation == nil ? nil : .allocate(capacity: R * N)
     }
 
     deinit { items2.deallocate(); lengths2.deallocate(); posCol.deallocate(); kdArgmax?.deallocate() }
 
-    /// Updates the phase for `epoch` (0-based) under the configured schedule.
+    /// Updates the phase for `epoch` (0-based) under the configured schedule and resets the
+    /// seq2seq draws for it.
     public func beginEpoch(_ epoch: Int) {
         switch config.schedule {
         case .joint: phase = .joint
         case .pretrainThenFinetune(let e): phase = epoch < e ? .pretrain : .finetune
         }
+        sampling = RNG(seed: config.encoder.seed).derived(0x5E0 &+ UInt64(epoch))
     }
 
-    /// One step on a batch (instances must index `instances`); returns the batch loss. Throws
-    /// only what the soft-label source throws (DSS + CSRec).
+    /// One step on a batch of instances (prefixes; instances must index `instances`).
     @discardableResult
     public func step(_ batch: SequenceBatch) throws -> Double {
-        let B = batch.B, T = batch.T, K = config.encoder.interests, C = config.encoder.dim, N = config.encoder.itemCount
-        precondition(B <= capacity && T == config.encoder.maxLength, "batch exceeds the trainer's shape")
+        try step(FilledBatch(items: batch.items, lengths: batch.lengths, targets: batch.targets, instances: batch.instances, B: batch.B))
+    }
+
+    /// One step on a batch as the loop's batcher fills it for this trainer's scheme (targets and
+    /// instances per sequence, or per position for windows); returns the batch loss. Throws only
+    /// what the soft-label source throws (DSS + CSRec).
+    @discardableResult
+    public func step(_ batch: FilledBatch) throws -> Double {
+        let B = batch.B, T = config.encoder.maxLength, K = config.encoder.interests, C = config.encoder.dim, N = config.encoder.itemCount
+        precondition(B <= capacity, "batch exceeds the trainer's shape")
+        precondition(batch.instances != nil, "DSS needs the rows' instances (their futures)")
         let useS2S = phase != .finetune, useS2I = phase != .pretrain
+        rows.gather(batch, scheme: scheme, T: T)
+        let R = rows.count
+        guard R > 0 else { return 0 }
         items2.update(from: batch.items, count: B * T)
         lengths2.update(from: batch.lengths, count: B)
+        // readouts: every row at its position (input β set), then each contrasted future at its end
+        var readRows = Array(rows.sequences.prefix(R)), readPositions = Array(rows.positions.prefix(R))
+        var contrasted: [Int] = []   // the row (0..<R) whose future each seq2seq label encodes
         if useS2S {
-            for b in 0..<B {
-                lengths2[B + b] = Int32(futures.fillReversed(instance: Int(batch.instances[b]), data: data, instances: instances,
-                                                             maxLength: T, row: items2 + (B + b) * T))
+            var r = 0
+            while r < R {
+                var end = r + 1
+                while end < R && rows.sequences[end] == rows.sequences[r] { end += 1 }
+                contrasted.append(scheme == .prefixes ? r : r + sampling.below(end - r))
+                r = end
+            }
+            for (j, r) in contrasted.enumerated() {
+                let len = futures.fillReversed(instance: Int(rows.instances[r]), data: data, instances: instances, maxLength: T, row: items2 + (B + j) * T)
+                lengths2[B + j] = Int32(len)
+                readRows.append(Int32(B + j)); readPositions.append(Int32(len - 1))
             }
         }
-        let rows = useS2S ? 2 * B : B
+        let S = contrasted.count, Q = R + S
         let ps = model.parameters
         ps.zeroGrad()
-        let out = model.forward(items: items2, lengths: lengths2, labelFrom: B, B: rows, training: true)
+        let out = model.forward(items: items2, lengths: lengths2, B: B + S, rows: readRows, positions: readPositions, labelFrom: R,
+                                training: true)
         let v = slab.views
         let dOut = v[0]
-        dOut.update(repeating: 0, count: rows * K * C)
-        let tau = Float(C).squareRoot(), scale = 1 / Float(B)
+        dOut.update(repeating: 0, count: Q * K * C)
+        let tau = Float(C).squareRoot()
         var s2i = 0.0, s2s = 0.0, kl = 0.0
         if useS2I {
+            let scale = 1 / Float(R)
             switch config.candidates {
             case .full:
-                for b in 0..<B { posCol[b] = batch.targets[b] - 1 }
+                for r in 0..<R { posCol[r] = rows.targets[r] - 1 }
                 // (1 − β)·seq2item + β·KL with CSRec; keep = 1 exactly for DSS alone
                 let keep = distillation.map { 1 - $0.beta } ?? 1
                 s2i = DSSLoss.seq2item(losses: v[1], dUser: dOut, dCand: model.itemTableGrad + C, user: out, cand: model.itemTable + C,
-                                       pos: posCol, logits: v[2], temperature: tau, scale: scale * keep, B: B, K: K, C: C, M: N)
+                                       pos: posCol, logits: v[2], temperature: tau, scale: scale * keep, B: R, K: K, C: C, M: N)
                 if let d = distillation, let kd = kdSlab?.views, let argmax = kdArgmax {
-                    try d.source.softLabels(items: batch.items, lengths: batch.lengths, targets: batch.targets, B: B, T: T,
-                                            temperature: d.temperature, out: kd[0])
+                    try rows.targets.withUnsafeBufferPointer { tg in
+                        try rows.sequences.withUnsafeBufferPointer { sq in try rows.positions.withUnsafeBufferPointer { pp in
+                            let scored = scheme == .allPositions
+                                ? ScoredRows(sequences: sq.baseAddress!, positions: pp.baseAddress!, count: R, batchSize: B) : nil
+                            try d.source.softLabels(items: batch.items, lengths: batch.lengths, targets: tg.baseAddress!, B: B, T: T,
+                                                    rows: scored, temperature: d.temperature, out: kd[0])
+                        } }
+                    }
                     kl = DSSLoss.softLabelKL(losses: kd[3], dUser: dOut, dCand: model.itemTableGrad + C, user: out,
                                              cand: model.itemTable + C, labels: kd[0], direction: d.direction, logits: v[2],
                                              scores: kd[1], dScores: kd[2], argmax: argmax, temperature: tau,
-                                             scale: scale * d.beta, B: B, K: K, C: C, M: N)
+                                             scale: scale * d.beta, B: R, K: K, C: C, M: N)
                     s2i += kl
                 }
             case .inBatch:
@@ -284,9 +333,20 @@ public final class DSSTrainer {
             }
         }
         if useS2S {
-            s2s = DSSLoss.seq2seq(losses: v[5], mask: v[6], dPhi: dOut, dPsi: dOut + B * K * C, phi: out, psi: out + B * K * C,
-                                  scores: v[7], temperature: tau, lambda: config.lambda, scale: scale * config.seq2seqWeight,
-                                  B: B, K: K, C: C)
+            let KC = K * C, scale = 1 / Float(S) * config.seq2seqWeight
+            let psi = out + R * KC, dPsi = dOut + R * KC
+            if scheme == .prefixes {
+                // row b is sequence b's only row: φ is the first B readouts as they stand
+                s2s = DSSLoss.seq2seq(losses: v[5], mask: v[6], dPhi: dOut, dPsi: dPsi, phi: out, psi: psi, scores: v[7],
+                                      temperature: tau, lambda: config.lambda, scale: scale, B: S, K: K, C: C)
+            } else {
+                let phi = v[8], dPhi = v[9]
+                for (j, r) in contrasted.enumerated() { (phi + j * KC).update(from: out + r * KC, count: KC) }
+                dPhi.update(repeating: 0, count: S * KC)
+                s2s = DSSLoss.seq2seq(losses: v[5], mask: v[6], dPhi: dPhi, dPsi: dPsi, phi: phi, psi: psi, scores: v[7],
+                                      temperature: tau, lambda: config.lambda, scale: scale, B: S, K: K, C: C)
+                for (j, r) in contrasted.enumerated() { addInPlace(dOut + r * KC, dPhi + j * KC, KC) }
+            }
         }
         model.backward(dUser: dOut)
         optimizer.update()

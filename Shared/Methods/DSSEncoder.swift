@@ -85,16 +85,26 @@ public final class DSSEncoder: Backbone {
         return forward(items: items, lengths: lengths, labelFrom: B, B: B, training: training)
     }
 
-    /// Encodes B sequences into φ (B, K, C); rows b >= labelFrom are encoded as seq2seq labels
-    /// (the label β set).
+    /// Encodes B sequences into φ (B, K, C), each read out at its last position; rows b >=
+    /// labelFrom are encoded as seq2seq labels (the label β set).
     public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, labelFrom: Int, B: Int, training: Bool) -> UnsafePointer<Float> {
+        let rows = (0..<B).map { Int32($0) }, positions = (0..<B).map { lengths[$0] - 1 }
+        return forward(items: items, lengths: lengths, B: B, rows: rows, positions: positions, labelFrom: labelFrom, training: training)
+    }
+
+    /// One causal forward of B sequences read out at Q places: readout q is row `rows[q]` at
+    /// `positions[q]`, the prefix ending there (all-position training reads every target's
+    /// position). Readouts q >= labelFrom use the label β set. Returns φ (Q, K, C).
+    public func forward(items: UnsafePointer<Int32>, lengths: UnsafePointer<Int32>, B: Int, rows: [Int32], positions: [Int32],
+                        labelFrom: Int, training: Bool) -> UnsafePointer<Float> {
         let T = config.maxLength, C = config.dim
         if work.ensure(B, sizes: { B in [B * T * C] }) { dz = work.slab!.views[0] }
         let out = transformer.forward(items: items, lengths: lengths, B: B, training: training, readout: .every)
         z = out; lastB = B
-        return disentangle.forward(z: out, lengths: lengths, labelFrom: labelFrom, B: B)
+        return disentangle.forward(z: out, lengths: lengths, B: B, rows: rows, positions: positions, labelFrom: labelFrom)
     }
 
+    /// dUser (Q, K, C): the gradient on the last forward's readouts.
     public func backward(dUser: UnsafePointer<Float>) {
         precondition(z != nil, "backward before forward")
         let T = config.maxLength, C = config.dim

@@ -3,13 +3,19 @@
 //
 //   p_{k|i} = softmax_k( LN1(z_i) · LN2(c_k) / √C )                          Eq. 8   (B, T, K)
 //   key~_i  = LN3(α_i + z_i);  key_i = key~_i + ReLU(key~_i · Wᵀ + b)         Eq. 10–11 (B, T, C)
-//   query   = LN4(α_t + z_t + b')   (t = the last real position)             Eq. 12  (B, C)
-//   p_i     = softmax_{i ≤ t}( key_i · query / √C )                          Eq. 9   (B, T)
-//   φ_k     = LN5( β_k + Σ_i p_{k|i} · p_i · z_i )                           Eq. 13  (B, K, C)
-// β comes from one of two sets: rows b < labelFrom use the *input* set, rows b >= labelFrom the
-// *label* set (the encoded reversed futures of the seq2seq loss).
-// Shapes: B rows, T = maxLength, C = dim, K = interests. Padding positions (i >= length) get
-// p_i = 0 and take no gradient. Backward accumulates (dz and the parameter gradients).
+//   query_t = LN4(α_t + z_t + b')                                            Eq. 12  (Q, C)
+//   p_{t,i} = softmax_{i ≤ t}( key_i · query_t / √C )                        Eq. 9   (Q, T)
+//   φ_k(t)  = LN5( β_k + Σ_{i ≤ t} p_{k|i} · p_{t,i} · z_i )                 Eq. 13  (Q, K, C)
+// The paper reads a sequence out at its last position t. A readout q names a row and the
+// position t it is read at, so one forward of a causal encoder gives every prefix's K vectors
+// (all-position training: the readout at t is the readout of the prefix ending at t, since keys,
+// prototype assignments and z_i for i ≤ t do not depend on later items). Keys and assignments
+// are computed once per position and shared by every readout of the row.
+// β comes from one of two sets: readouts q < labelFrom use the *input* set, readouts q >=
+// labelFrom the *label* set (the encoded reversed futures of the seq2seq loss).
+// Shapes: B rows, T = maxLength, Q readouts, C = dim, K = interests. Positions after a readout's
+// t (padding included) get p_{t,i} = 0 and take no gradient from it. Backward accumulates (dz
+// and the parameter gradients).
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -33,18 +39,22 @@ public final class DisentangleLayer {
          (prefix + "beta.input", [K, C]), (prefix + "beta.label", [K, C]), (prefix + "ln5.weight", [C]), (prefix + "ln5.bias", [C])]
     }
 
+    // per position (B·T rows)
     private let work = Workspace()
     private var zn: Floats! = nil, m1: Floats! = nil, r1: Floats! = nil        // (BT, C), (BT), (BT)
     private var cn: Floats! = nil, m2: Floats! = nil, r2: Floats! = nil        // (K, C), (K), (K)
     private var pk: Floats! = nil                                               // (BT, K)
     private var kin: Floats! = nil, keyt: Floats! = nil, m3: Floats! = nil, r3: Floats! = nil, pre: Floats! = nil, key: Floats! = nil
-    private var qin: Floats! = nil, query: Floats! = nil, m4: Floats! = nil, r4: Floats! = nil   // (B, C), (B, C), (B), (B)
-    private var pi: Floats! = nil                                               // (BT)
-    private var agg: Floats! = nil, out: Floats! = nil, m5: Floats! = nil, r5: Floats! = nil    // (BK, C), (BK, C), (BK), (BK)
-    private var dagg: Floats! = nil, dpk: Floats! = nil, dlogit: Floats! = nil, dzn: Floats! = nil, dcn: Floats! = nil
-    private var dpi: Floats! = nil, dkey: Floats! = nil, dkeyt: Floats! = nil, dpre: Floats! = nil, dkin: Floats! = nil
-    private var dquery: Floats! = nil, dqin: Floats! = nil
-    private var lastZ: UnsafePointer<Float>? = nil, lastLengths: UnsafePointer<Int32>? = nil, lastB = 0, lastLabelFrom = 0
+    private var dpk: Floats! = nil, dlogit: Floats! = nil, dzn: Floats! = nil, dcn: Floats! = nil
+    private var dkey: Floats! = nil, dkeyt: Floats! = nil, dpre: Floats! = nil, dkin: Floats! = nil
+    // per readout (Q)
+    private let readoutWork = Workspace()
+    private var qin: Floats! = nil, query: Floats! = nil, m4: Floats! = nil, r4: Floats! = nil   // (Q, C), (Q, C), (Q), (Q)
+    private var pi: Floats! = nil                                               // (Q, T)
+    private var agg: Floats! = nil, out: Floats! = nil, m5: Floats! = nil, r5: Floats! = nil    // (QK, C), (QK, C), (QK), (QK)
+    private var dagg: Floats! = nil, dpi: Floats! = nil, dquery: Floats! = nil, dqin: Floats! = nil
+    private var readRows: [Int32] = [], readPositions: [Int32] = []
+    private var lastZ: UnsafePointer<Float>? = nil, lastB = 0, lastQ = 0, lastLabelFrom = 0
 
     /// Views into `parameters` (which must hold `parameterSpecs(prefix:…)`).
     public init(parameters: ParameterSet, prefix: String = "dss.", dim: Int, interests: Int, maxLength: Int, eps: Float = 1e-12) {
@@ -71,34 +81,53 @@ public final class DisentangleLayer {
         for l in 1...5 { Init.constant(v("ln\(l).weight"), C, 1); Init.constant(v("ln\(l).bias"), C, 0) }
     }
 
-    private func allocate(_ B: Int) {
-        let C = dim, K = interests, BT = B * maxLength
-        guard work.ensure(B, sizes: { _ in
-            [BT * C, BT, BT, K * C, K, K, BT * K,
-             BT * C, BT * C, BT, BT, BT * C, BT * C, B * C, B * C, B, B, BT,
-             B * K * C, B * K * C, B * K, B * K,
-             B * K * C, BT * K, BT * K, BT * C, K * C, BT, BT * C, BT * C, BT * C, BT * C, B * C, B * C]
-        }) else { return }
-        let s = work.slab!.views
-        zn = s[0]; m1 = s[1]; r1 = s[2]; cn = s[3]; m2 = s[4]; r2 = s[5]; pk = s[6]
-        kin = s[7]; keyt = s[8]; m3 = s[9]; r3 = s[10]; pre = s[11]; key = s[12]; qin = s[13]; query = s[14]; m4 = s[15]; r4 = s[16]; pi = s[17]
-        agg = s[18]; out = s[19]; m5 = s[20]; r5 = s[21]
-        dagg = s[22]; dpk = s[23]; dlogit = s[24]; dzn = s[25]; dcn = s[26]; dpi = s[27]; dkey = s[28]; dkeyt = s[29]
-        dpre = s[30]; dkin = s[31]; dquery = s[32]; dqin = s[33]
+    private func allocate(B: Int, Q: Int) {
+        let C = dim, K = interests, T = maxLength
+        if work.ensure(B, sizes: { B in
+            let BT = B * T
+            return [BT * C, BT, BT, K * C, K, K, BT * K, BT * C, BT * C, BT, BT, BT * C, BT * C,
+                    BT * K, BT * K, BT * C, K * C, BT * C, BT * C, BT * C, BT * C]
+        }) {
+            let s = work.slab!.views
+            zn = s[0]; m1 = s[1]; r1 = s[2]; cn = s[3]; m2 = s[4]; r2 = s[5]; pk = s[6]
+            kin = s[7]; keyt = s[8]; m3 = s[9]; r3 = s[10]; pre = s[11]; key = s[12]
+            dpk = s[13]; dlogit = s[14]; dzn = s[15]; dcn = s[16]; dkey = s[17]; dkeyt = s[18]; dpre = s[19]; dkin = s[20]
+        }
+        if readoutWork.ensure(Q, sizes: { Q in [Q * C, Q * C, Q, Q, Q * T, Q * K * C, Q * K * C, Q * K, Q * K, Q * K * C, Q * T, Q * C, Q * C] }) {
+            let s = readoutWork.slab!.views
+            qin = s[0]; query = s[1]; m4 = s[2]; r4 = s[3]; pi = s[4]; agg = s[5]; out = s[6]; m5 = s[7]; r5 = s[8]
+            dagg = s[9]; dpi = s[10]; dquery = s[11]; dqin = s[12]
+        }
     }
 
-    /// z (B, T, C) per-position encoder outputs, lengths (B) in 1...T; rows b >= labelFrom use the
-    /// label β set. Returns φ (B, K, C), valid until the next forward; z must stay valid for backward.
+    /// z (B, T, C) per-position encoder outputs, lengths (B) in 1...T; each row read out at its
+    /// last position, rows b >= labelFrom with the label β set. Returns φ (B, K, C).
     public func forward(z: UnsafePointer<Float>, lengths: UnsafePointer<Int32>, labelFrom: Int, B: Int) -> UnsafePointer<Float> {
-        allocate(B)
+        let rows = (0..<B).map { Int32($0) }, positions = (0..<B).map { lengths[$0] - 1 }
+        return forward(z: z, lengths: lengths, B: B, rows: rows, positions: positions, labelFrom: labelFrom)
+    }
+
+    /// z (B, T, C) per-position encoder outputs, lengths (B) in 1...T; readout q reads row
+    /// `rows[q]` at position `positions[q]` (< that row's length), readouts q >= labelFrom with
+    /// the label β set. Returns φ (Q, K, C), valid until the next forward; z must stay valid for
+    /// backward.
+    public func forward(z: UnsafePointer<Float>, lengths: UnsafePointer<Int32>, B: Int, rows: [Int32], positions: [Int32],
+                        labelFrom: Int) -> UnsafePointer<Float> {
+        let Q = rows.count
+        precondition(positions.count == Q, "one position per readout")
+        allocate(B: B, Q: Q)
         let C = dim, K = interests, T = maxLength, BT = B * T
         let inv = 1 / Float(C).squareRoot()
+        for q in 0..<Q {
+            let b = Int(rows[q]), t = Int(positions[q])
+            precondition(b >= 0 && b < B && t >= 0 && t < Int(lengths[b]), "readout \(q) at row \(b) position \(t) outside the batch")
+        }
         // Eq. 8: clustering against the prototypes
         layerNormForward(out: zn, mean: m1, rstd: r1, inp: z, weight: v("ln1.weight"), bias: v("ln1.bias"), N: BT, C: C, eps: eps)
         layerNormForward(out: cn, mean: m2, rstd: r2, inp: v("prototypes"), weight: v("ln2.weight"), bias: v("ln2.bias"), N: K, C: C, eps: eps)
         sgemm(transB: true, M: BT, N: K, K: C, alpha: inv, A: zn, lda: C, B: cn, ldb: C, C: pk, ldc: K)
         softmaxForward(out: pk, inp: pk, N: BT, V: K)
-        // Eq. 10–12: keys and the query
+        // Eq. 10–11: keys
         let alpha = v("positions"), qb = v("query.bias")
         for b in 0..<B { for t in 0..<T {
             let r = (b * T + t) * C
@@ -107,21 +136,20 @@ public final class DisentangleLayer {
         layerNormForward(out: keyt, mean: m3, rstd: r3, inp: kin, weight: v("ln3.weight"), bias: v("ln3.bias"), N: BT, C: C, eps: eps)
         linearForward(out: pre, inp: keyt, weight: v("key.weight"), bias: v("key.bias"), N: BT, C: C, OC: C)
         for i in 0..<(BT * C) { key[i] = keyt[i] + (pre[i] > 0 ? pre[i] : 0) }
-        for b in 0..<B {
-            let t = Int(lengths[b]) - 1
-            precondition(t >= 0 && t < T, "sequence length must be in 1...maxLength")
-            let r = (b * T + t) * C
-            for c in 0..<C { qin[b * C + c] = z[r + c] + alpha[t * C + c] + qb[c] }
+        // Eq. 12: a query per readout
+        for q in 0..<Q {
+            let t = Int(positions[q]), r = (Int(rows[q]) * T + t) * C
+            for c in 0..<C { qin[q * C + c] = z[r + c] + alpha[t * C + c] + qb[c] }
         }
-        layerNormForward(out: query, mean: m4, rstd: r4, inp: qin, weight: v("ln4.weight"), bias: v("ln4.bias"), N: B, C: C, eps: eps)
-        // Eq. 9: position weights over the real positions
-        for b in 0..<B {
-            let len = Int(lengths[b]), q = query + b * C, p = pi + b * T
+        layerNormForward(out: query, mean: m4, rstd: r4, inp: qin, weight: v("ln4.weight"), bias: v("ln4.bias"), N: Q, C: C, eps: eps)
+        // Eq. 9: position weights over i ≤ t
+        for q in 0..<Q {
+            let b = Int(rows[q]), len = Int(positions[q]) + 1, qv = query + q * C, p = pi + q * T
             var m = -Float.infinity
             for i in 0..<len {
                 let k = key + (b * T + i) * C
                 var s: Float = 0
-                for c in 0..<C { s += k[c] * q[c] }
+                for c in 0..<C { s += k[c] * qv[c] }
                 p[i] = s * inv; m = max(m, p[i])
             }
             var sum: Float = 0
@@ -129,50 +157,50 @@ public final class DisentangleLayer {
             for i in 0..<T { p[i] = i < len ? p[i] / sum : 0 }
         }
         // Eq. 13: aggregation
-        for b in 0..<B {
-            let beta = b < labelFrom ? v("beta.input") : v("beta.label")
-            let len = Int(lengths[b])
+        for q in 0..<Q {
+            let beta = q < labelFrom ? v("beta.input") : v("beta.label")
+            let b = Int(rows[q]), len = Int(positions[q]) + 1
             for k in 0..<K {
-                let a = agg + (b * K + k) * C
+                let a = agg + (q * K + k) * C
                 a.update(from: beta + k * C, count: C)
                 for i in 0..<len {
-                    let w = pk[(b * T + i) * K + k] * pi[b * T + i], zi = z + (b * T + i) * C
+                    let w = pk[(b * T + i) * K + k] * pi[q * T + i], zi = z + (b * T + i) * C
                     for c in 0..<C { a[c] += w * zi[c] }
                 }
             }
         }
-        layerNormForward(out: out, mean: m5, rstd: r5, inp: agg, weight: v("ln5.weight"), bias: v("ln5.bias"), N: B * K, C: C, eps: eps)
-        lastZ = z; lastLengths = lengths; lastB = B; lastLabelFrom = labelFrom
+        layerNormForward(out: out, mean: m5, rstd: r5, inp: agg, weight: v("ln5.weight"), bias: v("ln5.bias"), N: Q * K, C: C, eps: eps)
+        lastZ = z; lastB = B; lastQ = Q; lastLabelFrom = labelFrom; readRows = rows; readPositions = positions
         return UnsafePointer(out)
     }
 
-    /// Accumulates dz (B, T, C) and the parameter gradients for the last forward given dφ (B, K, C).
+    /// Accumulates dz (B, T, C) and the parameter gradients for the last forward given dφ (Q, K, C).
     public func backward(dOut: UnsafePointer<Float>, dz: Floats) {
-        guard let z = lastZ, let lengths = lastLengths else { preconditionFailure("backward before forward") }
-        let B = lastB, C = dim, K = interests, T = maxLength, BT = B * T
+        guard let z = lastZ else { preconditionFailure("backward before forward") }
+        let B = lastB, Q = lastQ, C = dim, K = interests, T = maxLength, BT = B * T
         let inv = 1 / Float(C).squareRoot()
         // Eq. 13
-        dagg.update(repeating: 0, count: B * K * C)
+        dagg.update(repeating: 0, count: Q * K * C)
         layerNormBackward(dinp: dagg, dweight: g("ln5.weight"), dbias: g("ln5.bias"), dout: dOut, inp: agg, weight: v("ln5.weight"),
-                          mean: m5, rstd: r5, N: B * K, C: C)
+                          mean: m5, rstd: r5, N: Q * K, C: C)
         dpk.update(repeating: 0, count: BT * K)
-        dpi.update(repeating: 0, count: BT)
-        for b in 0..<B {
-            let dbeta = b < lastLabelFrom ? g("beta.input") : g("beta.label")
-            for i in 0..<(K * C) { dbeta[i] += dagg[b * K * C + i] }
-            let len = Int(lengths[b])
+        dpi.update(repeating: 0, count: Q * T)
+        for q in 0..<Q {
+            let dbeta = q < lastLabelFrom ? g("beta.input") : g("beta.label")
+            for i in 0..<(K * C) { dbeta[i] += dagg[q * K * C + i] }
+            let b = Int(readRows[q]), len = Int(readPositions[q]) + 1
             for i in 0..<len {
-                let zi = z + (b * T + i) * C, dzi = dz + (b * T + i) * C, p = pi[b * T + i]
+                let zi = z + (b * T + i) * C, dzi = dz + (b * T + i) * C, p = pi[q * T + i]
                 var dp: Float = 0
                 for k in 0..<K {
-                    let d = dagg + (b * K + k) * C, q = pk[(b * T + i) * K + k]
-                    let w = q * p
+                    let d = dagg + (q * K + k) * C, a = pk[(b * T + i) * K + k]
+                    let w = a * p
                     var dc: Float = 0
                     for c in 0..<C { dzi[c] += w * d[c]; dc += d[c] * zi[c] }
-                    dpk[(b * T + i) * K + k] = dc * p
-                    dp += dc * q
+                    dpk[(b * T + i) * K + k] += dc * p
+                    dp += dc * a
                 }
-                dpi[b * T + i] = dp
+                dpi[q * T + i] = dp
             }
         }
         // Eq. 8
@@ -186,17 +214,17 @@ public final class DisentangleLayer {
                           weight: v("ln2.weight"), mean: m2, rstd: r2, N: K, C: C)
         // Eq. 9
         dkey.update(repeating: 0, count: BT * C)
-        dquery.update(repeating: 0, count: B * C)
-        for b in 0..<B {
-            let len = Int(lengths[b]), p = pi + b * T, dp = dpi + b * T
+        dquery.update(repeating: 0, count: Q * C)
+        for q in 0..<Q {
+            let b = Int(readRows[q]), len = Int(readPositions[q]) + 1, p = pi + q * T, dp = dpi + q * T
             var dot: Float = 0
             for i in 0..<len { dot += dp[i] * p[i] }
-            let q = query + b * C, dq = dquery + b * C
+            let qv = query + q * C, dq = dquery + q * C
             for i in 0..<len {
                 let ds = p[i] * (dp[i] - dot) * inv
                 if ds == 0 { continue }
                 let k = key + (b * T + i) * C, dk = dkey + (b * T + i) * C
-                for c in 0..<C { dk[c] += ds * q[c]; dq[c] += ds * k[c] }
+                for c in 0..<C { dk[c] += ds * qv[c]; dq[c] += ds * k[c] }
             }
         }
         // Eq. 10–11: key = key~ + ReLU(pre), pre = key~ · Wᵀ + b, key~ = LN3(z + α)
@@ -211,13 +239,13 @@ public final class DisentangleLayer {
             let r = (b * T + t) * C
             for c in 0..<C { dz[r + c] += dkin[r + c]; dalpha[t * C + c] += dkin[r + c] }
         } }
-        // Eq. 12: query = LN4(z_t + α_t + b')
-        dqin.update(repeating: 0, count: B * C)
+        // Eq. 12: query_t = LN4(z_t + α_t + b')
+        dqin.update(repeating: 0, count: Q * C)
         layerNormBackward(dinp: dqin, dweight: g("ln4.weight"), dbias: g("ln4.bias"), dout: dquery, inp: qin, weight: v("ln4.weight"),
-                          mean: m4, rstd: r4, N: B, C: C)
-        for b in 0..<B {
-            let t = Int(lengths[b]) - 1, r = (b * T + t) * C
-            for c in 0..<C { let d = dqin[b * C + c]; dz[r + c] += d; dalpha[t * C + c] += d; dqb[c] += d }
+                          mean: m4, rstd: r4, N: Q, C: C)
+        for q in 0..<Q {
+            let t = Int(readPositions[q]), r = (Int(readRows[q]) * T + t) * C
+            for c in 0..<C { let d = dqin[q * C + c]; dz[r + c] += d; dalpha[t * C + c] += d; dqb[c] += d }
         }
     }
 }

@@ -151,16 +151,16 @@ public final class CrossEntropyLoss: RowLoss {
 }
 
 /// A batch's scored rows: target, instance, sequence and position of each (R <= B·T).
-struct BatchRows {
-    var targets: [Int32], instances: [Int32], sequences: [Int32], positions: [Int32]
-    var count = 0
-    init(capacity: Int) {
+public struct BatchRows {
+    public private(set) var targets: [Int32], instances: [Int32], sequences: [Int32], positions: [Int32]
+    public private(set) var count = 0
+    public init(capacity: Int) {
         targets = [Int32](repeating: 0, count: capacity); instances = targets; sequences = targets; positions = targets
     }
 
     /// The rows of `batch` under `scheme`: one per sequence at its end (prefixes), or one per
     /// position that has a target (all positions).
-    mutating func gather(_ batch: FilledBatch, scheme: TrainingScheme, T: Int) {
+    public mutating func gather(_ batch: FilledBatch, scheme: TrainingScheme, T: Int) {
         count = 0
         for b in 0..<batch.B {
             switch scheme {

@@ -271,15 +271,14 @@ final class CompositionTests: XCTestCase {
             var methods = try JobMethods(parsing: name)
             if methods.dss != nil { methods.dss!.interests = 2 }
             let job = template.with(methods, seed: 1)
-            XCTAssertEqual(job.loop.scheme, methods.dss != nil ? .prefixes : .allPositions, name)
+            XCTAssertEqual(job.loop.scheme, .allPositions, name)
             let r = try RobustnessSuite.run(job, name: name, data: data, corruption: 0.1, noisy: noisy, groups: groups, cache: cache)
             XCTAssertEqual(r.method, name)
             XCTAssertEqual(r.epochs, 1)
             if methods.csrec != nil {
-                // the copy's teachers are trained once per scheme and charged to every run that uses them
+                // the copy's teachers are trained once and charged to every run that uses them
                 XCTAssertNotNil(r.teacherSeconds, name)
-                if methods.dss != nil { XCTAssertNotEqual(r.teacherSeconds, teacherSeconds, "\(name): its teachers train on prefixes") }
-                else if let t = teacherSeconds { XCTAssertEqual(r.teacherSeconds, t, name) } else { teacherSeconds = r.teacherSeconds }
+                if let t = teacherSeconds { XCTAssertEqual(r.teacherSeconds, t, name) } else { teacherSeconds = r.teacherSeconds }
             } else {
                 XCTAssertNil(r.teacherSeconds, name)
             }

@@ -2,19 +2,26 @@ import XCTest
 import Numerics
 import Models
 import Data
+import Training
 @testable import Methods
 
 final class DSSTests: XCTestCase {
-    func testDisentangleLayerBackwardMatchesFiniteDifferences() {
-        let B = 3, T = 5, C = 6, K = 3
+    /// A layer with large random weights and non-trivial LayerNorm affine parameters and biases,
+    /// so that its gradients stand above float32 rounding in finite differences.
+    private func randomLayer(T: Int, C: Int, K: Int, rng r: inout RNG) -> (ParameterSet, DisentangleLayer) {
         let ps = ParameterSet(DisentangleLayer.parameterSpecs(dim: C, interests: K, maxLength: T))
         let layer = DisentangleLayer(parameters: ps, dim: C, interests: K, maxLength: T, eps: 1e-5)
-        var r = RNG(seed: 21)
         layer.resetParameters(initStd: 0.3, rng: &r)
-        // non-trivial LayerNorm affine parameters and biases
         for e in ps.entries where e.name.contains(".ln") || e.name.hasSuffix(".bias") {
             for i in 0..<e.count { ps.value(e.name)[i] += 0.2 * r.normal() }
         }
+        return (ps, layer)
+    }
+
+    func testDisentangleLayerBackwardMatchesFiniteDifferences() {
+        let B = 3, T = 5, C = 6, K = 3
+        var r = RNG(seed: 21)
+        let (ps, layer) = randomLayer(T: T, C: C, K: K, rng: &r)
         let z = AuxFloats(random: B * T * C, rng: &r)
         let dz = AuxFloats(B * T * C)
         let lengths = AuxInts([2, 5, 1])
@@ -41,6 +48,94 @@ final class DSSTests: XCTestCase {
         // both β sets were used: rows 0, 1 input, row 2 label
         XCTAssertNotEqual(ps.grad("dss.beta.input")[0], 0)
         XCTAssertNotEqual(ps.grad("dss.beta.label")[0], 0)
+    }
+
+    /// Readouts at any position (several per row, both β sets): the backward is the forward's
+    /// derivative, and positions after a readout's take no gradient from it.
+    func testReadoutsAtEveryPositionBackwardMatchesFiniteDifferences() {
+        let B = 3, T = 5, C = 6, K = 2
+        // (a seed whose keys' pre-activations all lie farther than a finite step from ReLU's kink;
+        // seed 33 puts one within it and its key-weight entry's finite difference is off by 17 %)
+        var r = RNG(seed: 21)
+        let (ps, layer) = randomLayer(T: T, C: C, K: K, rng: &r)
+        let z = AuxFloats(random: B * T * C, rng: &r), dz = AuxFloats(B * T * C)
+        let lengths = AuxInts([2, 5, 3])
+        let rows: [Int32] = [0, 1, 1, 1, 2], positions: [Int32] = [1, 0, 2, 3, 0]   // row 1 read three times, never at 4
+        let Q = rows.count
+        let c = AuxFloats(random: Q * K * C, rng: &r)
+        let f: () -> Double = {
+            let out = layer.forward(z: z.p, lengths: lengths.p, B: B, rows: rows, positions: positions, labelFrom: 4)
+            var s = 0.0
+            for i in 0..<(Q * K * C) { s += Double(c.p[i]) * Double(out[i]) }
+            return s
+        }
+        ps.zeroGrad()
+        _ = layer.forward(z: z.p, lengths: lengths.p, B: B, rows: rows, positions: positions, labelFrom: 4)
+        layer.backward(dOut: c.p, dz: dz.p)
+        assertParameterGradients(ps, eps: 1e-2, tolerance: 2e-2, skip: ["dss.ln2.bias"], f: f)
+        let rz = GradientCheck.check("z", x: z.p, analytic: dz.p, count: z.n, eps: 1e-2, tolerance: 2e-2, f: f)
+        XCTAssertTrue(rz.passed, rz.description)
+        // row 1 is read up to position 3, row 2 at 0: what lies after takes no gradient
+        for (b, from) in [(1, 4), (2, 1)] {
+            for i in from..<T { for ch in 0..<C { XCTAssertEqual(dz.p[(b * T + i) * C + ch], 0, "row \(b) position \(i)") } }
+        }
+        XCTAssertNotEqual(ps.grad("dss.beta.label")[0], 0)   // readout 4 used the label set
+    }
+
+    /// Under all positions a window's row at position t is read out as the prefix ending at t:
+    /// the seq2item loss of a batch of windows equals the prefix scheme's over the same rows given
+    /// as prefixes (dropout off, same initialisation).
+    func testAllPositionRowsScoreAsThePrefixesEndingThere() throws {
+        let world = AuxWorld(users: 6, items: 20, perUser: 8, noise: 0)
+        let inst = world.split.train, T = 10
+        var config = DSSConfig(itemCount: 20)
+        config.encoder.maxLength = T; config.encoder.dim = 8; config.encoder.blocks = 1; config.encoder.inner = 16
+        config.encoder.interests = 2; config.encoder.hiddenDropout = 0; config.encoder.attentionDropout = 0
+        config.schedule = .pretrainThenFinetune(pretrainEpochs: 0)   // seq2item alone
+        let batcher = Batcher(data: world.data, windowsOf: inst, maxLength: T, batchSize: 6)
+        let windows = BatchBuffers(B: 6, T: T, perPosition: true)
+        let B = windows.fill(batcher, batch: 0)
+        var items: [Int32] = [], lengths: [Int32] = [], targets: [Int32] = [], ids: [Int32] = []
+        for b in 0..<B {
+            for p in 0..<Int(windows.lengths[b]) where windows.targets[b * T + p] > 0 {
+                var row = [Int32](repeating: 0, count: T)
+                for i in 0...p { row[i] = windows.items[b * T + i] }
+                items += row; lengths.append(Int32(p + 1))
+                targets.append(windows.targets[b * T + p]); ids.append(windows.instances[b * T + p])
+            }
+        }
+        let R = lengths.count
+        XCTAssertGreaterThan(R, 2 * B)
+        let every = DSSTrainer(config: config, data: world.data, instances: inst, maxBatch: 6, scheme: .allPositions)
+        let prefixes = DSSTrainer(config: config, data: world.data, instances: inst, maxBatch: R, scheme: .prefixes)
+        every.beginEpoch(0); prefixes.beginEpoch(0)
+        try every.step(windows.filled)
+        try items.withUnsafeBufferPointer { i in try lengths.withUnsafeBufferPointer { l in
+            try targets.withUnsafeBufferPointer { t in try ids.withUnsafeBufferPointer { k in
+                _ = try prefixes.step(FilledBatch(items: i.baseAddress!, lengths: l.baseAddress!, targets: t.baseAddress!,
+                                                  instances: k.baseAddress!, B: R))
+            } }
+        } }
+        XCTAssertGreaterThan(prefixes.lastSeq2Item, 0)
+        XCTAssertEqual(every.lastSeq2Item, prefixes.lastSeq2Item, accuracy: 1e-5 * prefixes.lastSeq2Item)
+    }
+
+    /// All-position DSS trains: both losses fall over epochs of windows, seq2seq contrasting one
+    /// row per window.
+    func testAllPositionEpochsLowerBothLosses() throws {
+        let world = AuxWorld(users: 50, items: 40, perUser: 12, noise: 0.1)
+        var config = DSSConfig(itemCount: 40)
+        config.encoder.maxLength = 10; config.encoder.dim = 16; config.encoder.blocks = 1; config.encoder.inner = 32
+        config.encoder.interests = 3; config.learningRate = 5e-3; config.lambda = 0.5
+        let trainer = DSSTrainer(config: config, data: world.data, instances: world.split.train, maxBatch: 16, scheme: .allPositions)
+        let epochs = DSSEpochs(trainer: trainer, batchSize: 16, seed: 3)
+        var losses: [Double] = []
+        for e in 0..<8 {
+            losses.append(try epochs.run(epoch: e))
+            XCTAssertGreaterThan(trainer.lastSeq2Seq, 0)
+            XCTAssertGreaterThan(trainer.lastSeq2Item, 0)
+        }
+        XCTAssertLessThan(losses.last!, losses.first! - 0.1, "losses \(losses)")
     }
 
     func testSeq2ItemAndSeq2SeqBackwardsMatchFiniteDifferences() {

@@ -30,17 +30,19 @@ final class JobConfigTests: XCTestCase {
         XCTAssertEqual(UFNRecConfig(), try JSONDecoder().decode(UFNRecConfig.self, from: Data("{}".utf8)))
     }
 
-    /// All-position training is the default, for base, the label methods and ATJT alike; DSS,
-    /// whose sequence-to-sequence task contrasts one future per sequence, is refused it with the
-    /// reason and the key to change, before anything trains.
-    func testAllPositionsIsTheDefaultAndOnlyDSSRefusesIt() throws {
+    /// All-position training is the default for every method, DSS included; DSS's in-batch
+    /// candidates (a batch's B targets) are the prefix scheme's and are refused under all
+    /// positions with the key to change, before anything trains.
+    func testAllPositionsIsTheDefaultForEveryMethod() throws {
         let base = try JobConfig.parse(Data(#"{"backbone": "sasrec"}"#.utf8))
         XCTAssertEqual(base.loop.scheme, .allPositions)
-        XCTAssertThrowsError(try JobConfig.parse(Data(#"{"backbone": "sasrec", "methods": {"dss": {}}}"#.utf8))) { error in
+        XCTAssertEqual(try JobConfig.parse(Data(#"{"backbone": "sasrec", "methods": {"dss": {}}}"#.utf8)).loop.scheme, .allPositions)
+        XCTAssertThrowsError(try JobConfig.parse(Data(#"{"backbone": "sasrec", "methods": {"dss": {"candidates": "in_batch"}}}"#.utf8))) { error in
             XCTAssertEqual(error as? JobConfigError,
-                           .invalid(key: "loop.scheme", reason: "DSS trains under \"prefixes\" only (dss contrasts one future per sequence)"))
+                           .invalid(key: "dss.candidates",
+                                    reason: "all_positions needs full (in_batch scores a batch's B targets, the prefix scheme's rows)"))
         }
-        let prefixes = #"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"dss": {}}}"#
+        let prefixes = #"{"backbone": "sasrec", "loop": {"scheme": "prefixes"}, "methods": {"dss": {"candidates": "in_batch"}}}"#
         XCTAssertEqual(try JobConfig.parse(Data(prefixes.utf8)).loop.scheme, .prefixes)
         XCTAssertEqual(try JobConfig.parse(Data(#"{"backbone": "sasrec", "methods": {"atjt": {}}}"#.utf8)).loop.scheme, .allPositions)
         XCTAssertThrowsError(try JobConfig.parse(Data(#"{"backbone": "sasrec", "loop": {"scheme": "every"}}"#.utf8))) { error in
