@@ -168,6 +168,7 @@ enum AuxiliaryJob {
         if progress != nil || control.events != nil {
             epochLoop.progress = { p in
                 control.events?(p)
+                if p.event == .resumed { progress?(p.line) }
                 guard p.event == .epoch, let progress else { return }
                 progress(String(format: "epoch %d  loss %.4f  valid %@ %.4f", p.epoch, p.loss, loop.selectMetric, p.valid[loop.selectMetric] ?? 0))
                 let extra = note()
@@ -178,7 +179,10 @@ enum AuxiliaryJob {
             let trainer = DSSTrainer(config: d.trainerConfig(itemCount: N, loop: loop, dim: job.dim, blocks: job.blocks), data: data, instances: instances,
                                      maxBatch: loop.batchSize, scheme: loop.scheme, distillation: distillation)
             let epochs = DSSEpochs(trainer: trainer, batchSize: loop.batchSize, seed: loop.seed)
-            let fit = try epochLoop.fit(model: trainer.model, validate: validate) { try epochs.run(epoch: $0 - 1) }
+            let fit = try epochLoop.fit(model: trainer.model, validate: validate,
+                                        checkpoint: try checkpoint(control, trainer.optimizer, epochs, instances)) {
+                try epochs.run(epoch: $0 - 1)
+            }
             return (trainer.model, fit, nil)
         }
         guard let a = job.methods.atjt else { preconditionFailure("no auxiliary-task method in the job") }
@@ -211,11 +215,22 @@ enum AuxiliaryJob {
         let epochs = ATJTEpochs(trainer: trainer, data: data, instances: instances, partition: partition, batchSize: loop.batchSize,
                                 seed: loop.seed, recogniserLoss: { local?.lastRecogniserLoss })
         note = { epochs.summary }
+        epochs.lossState = ufnrec
         // UFNRec's EMA teacher is the model validated and kept after its warm-up
-        let fit = try epochLoop.fit(model: model, validate: validate, evaluated: ufnrec.map { u in { u.evaluated } }) {
+        let fit = try epochLoop.fit(model: model, validate: validate, evaluated: ufnrec.map { u in { u.evaluated } },
+                                    checkpoint: try checkpoint(control, trainer.optimizer, epochs, instances)) {
             try epochs.run(epoch: $0 - 1)
         }
         return (model, fit, local)
+    }
+
+    /// The final stage's checkpoint, where the job's control names one ("train").
+    private static func checkpoint(_ control: JobControl, _ optimizer: Adam, _ state: CheckpointedState, _ instances: InstanceSet)
+        throws -> (path: String, optimizer: Adam, state: CheckpointedState, instances: InstanceSet)? {
+        guard let path = control.checkpoint("train") else { return nil }
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        return (path, optimizer, state, instances)
     }
 }
 

@@ -125,7 +125,7 @@ public enum ATJTNoise {
 /// groups. It owns everything that changes as it learns (its model, Adagrad, round, the order
 /// and cursor of its pool, its generator), so that a group can live in its own process and give
 /// the same bits as in the trainer's (`snapshot` / `restore` carry that state between them).
-public final class GroupRecogniser: SequenceWeigher {
+public final class GroupRecogniser: CheckpointedWeigher {
     public let config: ATJTConfig
     public let data: SequenceDataset
     public let instances: InstanceSet
@@ -320,6 +320,10 @@ public final class GroupRecogniser: SequenceWeigher {
         return CheckpointFormat.encode([Array(try JSONEncoder().encode(state)), floats(recogniser.parameters.values, recogniser.parameters.count),
                                         floats(optimizer.accumulators, recogniser.parameters.count), order])
     }
+
+    public func checkpointDue() {}
+    public func checkpointBytes() throws -> [UInt8] { try snapshot() }
+    public func restore(checkpointBytes bytes: [UInt8]) throws { try restore(bytes) }
 
     /// Continues from a snapshot of a recogniser of the same group, job and data.
     public func restore(_ bytes: [UInt8]) throws {

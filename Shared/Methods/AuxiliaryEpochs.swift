@@ -10,7 +10,7 @@ import Training
 
 /// DSS's epochs: shuffled batches of the training instances (prefixes) or of windows over them
 /// (all positions), one `DSSTrainer.step` each.
-public final class DSSEpochs {
+public final class DSSEpochs: CheckpointedState {
     public let trainer: DSSTrainer
     private var batcher: Batcher
     private let buf: BatchBuffers
@@ -23,7 +23,8 @@ public final class DSSEpochs {
         buf = BatchBuffers(B: B, T: T, perPosition: windows)
     }
 
-    /// One epoch (0-based `epoch`, for the schedule); returns the mean batch loss.
+    /// One epoch (0-based `epoch`, for the schedule); returns the mean batch loss. (The phase
+    /// and seq2seq's draws follow from the epoch; the batch order is the only state carried.)
     public func run(epoch: Int) throws -> Double {
         trainer.beginEpoch(epoch)
         batcher.shuffle()
@@ -34,13 +35,17 @@ public final class DSSEpochs {
         }
         return sum / Double(max(batcher.batchCount, 1))
     }
+
+    public var fingerprint: String { "dss-\(trainer.scheme.rawValue)" }
+    public func checkpointState() -> [UInt64] { batcher.checkpointWords }
+    public func restore(checkpointState words: [UInt64]) -> Bool { batcher.restore(checkpointWords: words) }
 }
 
 /// ATJT's epochs: each group's shuffled batches in turn (a batch holds one group's sequences, so
 /// it is weighed by the recogniser that never trained on it), one `ATJTTrainer.step` each; under
 /// all positions a group's batches are windows of its users (groups split users, so a window
 /// stays in its group).
-public final class ATJTEpochs {
+public final class ATJTEpochs: CheckpointedState {
     public let trainer: ATJTTrainer
     public let partition: GroupPartition
     private var batchers: [Batcher]
@@ -49,6 +54,8 @@ public final class ATJTEpochs {
     private let T: Int
     /// The recognisers' last L_D, when they are in this process (for the summary).
     private let recogniserLoss: () -> Double?
+    /// A loss with state of its own (UFNRec's records and EMA teacher), kept in checkpoints.
+    public var lossState: LabelObjective?
     /// Weight statistics and the recogniser loss of the last epoch, for logs.
     public private(set) var summary = ""
 
@@ -88,7 +95,11 @@ public final class ATJTEpochs {
             for j in 0..<(buf.perPosition ? n * T : n) where ids[j] >= 0 { ids[j] = members[Int(ids[j])] }   // local -> global
         }
         if !order.isEmpty { fill(0, into: buffers.0) }
+        // each group's last batch of the epoch: its feedback brings the weigher's state for the checkpoint
+        var last: [Int: Int] = [:]
+        for (k, o) in order.enumerated() { last[o.group] = k }
         for k in 0..<order.count {
+            if last[order[k].group] == k, let w = trainer.weighers[order[k].group] as? CheckpointedWeigher { w.checkpointDue() }
             let hasNext = k + 1 < order.count
             if hasNext { fill(k + 1, into: buffers.1) }
             sum += try trainer.step(buffers.0.filled, group: order[k].group,
@@ -107,5 +118,35 @@ public final class ATJTEpochs {
         let meanLoss = sum / Double(max(count, 1))
         trainer.sequenceLoss?.endEpoch(epoch + 1, meanLoss: meanLoss)
         return meanLoss
+    }
+
+    public var fingerprint: String {
+        "atjt-\(trainer.scheme.rawValue)-\(batchers.count) groups" + (lossState.map { "-" + String(describing: type(of: $0)) } ?? "")
+    }
+
+    /// Every group's batch order, every weigher's state after the epoch's last feedback, and
+    /// the loss's own state.
+    public func checkpointState() throws -> [UInt64] {
+        var parts = batchers.map(\.checkpointWords)
+        for (g, w) in trainer.weighers.enumerated() {
+            guard let c = w as? CheckpointedWeigher else { throw SequenceWeigherError.remote("group \(g)'s weigher keeps no checkpoint") }
+            parts.append(CheckpointWords.pack(try c.checkpointBytes()))
+        }
+        parts.append(lossState?.checkpointState() ?? [])
+        return CheckpointWords.join(parts)
+    }
+
+    public func restore(checkpointState words: [UInt64]) throws -> Bool {
+        let G = batchers.count
+        guard let parts = CheckpointWords.split(words), parts.count == 2 * G + 1, trainer.weighers.count == G else { return false }
+        var restored = batchers
+        for g in 0..<G where !restored[g].restore(checkpointWords: parts[g]) { return false }
+        guard lossState?.restore(checkpointState: parts[2 * G]) ?? parts[2 * G].isEmpty else { return false }
+        for g in 0..<G {
+            guard let c = trainer.weighers[g] as? CheckpointedWeigher, let bytes = CheckpointWords.unpack(parts[G + g]) else { return false }
+            try c.restore(checkpointBytes: bytes)
+        }
+        batchers = restored
+        return true
     }
 }

@@ -136,8 +136,9 @@ public struct JobControl {
     public var cancellation: Cancellation?
     /// Where the stages checkpoint: the "train" stage in this file, any other stage beside it
     /// (`FILE.teacher-103`, `FILE.pretrain`, …); a stage whose file exists continues from it, and
-    /// one that had finished returns its fit at once. Stages of DSS and ATJT, which train their
-    /// own epochs, are not checkpointed.
+    /// one that had finished returns its fit at once. DSS and ATJT, which train their own
+    /// epochs, checkpoint theirs too (batch orders, seq2seq's draws by epoch, the recognisers'
+    /// states, here or in the noise processes).
     public var checkpoints: String?
     public init(events: ((TrainingProgress) -> Void)? = nil, cancellation: Cancellation? = nil, checkpoints: String? = nil) {
         self.events = events; self.cancellation = cancellation; self.checkpoints = checkpoints

@@ -79,6 +79,18 @@ extension SequenceWeigher {
     public func prefetch(_ batch: SequenceBatch, id: BatchID, behindCurrent: Bool) throws {}
 }
 
+/// A weigher whose state goes into the trainer's checkpoint after an epoch (ATJT's recognisers,
+/// here or in a noise process), so a stopped job continues with the weigher it had.
+public protocol CheckpointedWeigher: SequenceWeigher {
+    /// The next feedback is the last before a checkpoint (a remote weigher asks for its state
+    /// with it).
+    func checkpointDue()
+    /// The state after the last feedback.
+    func checkpointBytes() throws -> [UInt8]
+    /// Continues from what `checkpointBytes` returned.
+    func restore(checkpointBytes: [UInt8]) throws
+}
+
 /// w ≡ c for every sequence; learns nothing. With c = 1 a weighted trainer is base training.
 public final class ConstantWeigher: SequenceWeigher {
     public let value: Float

@@ -343,21 +343,11 @@ extension UFNRecObjective {
                                 last: records.last, counts: records.counts, reversed: records.reversed,
                                 teacher: Array(UnsafeBufferPointer(start: p.values, count: p.count)))
         guard let bytes = try? JSONEncoder().encode(state) else { return [] }
-        // the JSON's length, then its bytes eight to a word
-        var words: [UInt64] = [UInt64(bytes.count)]
-        var w: UInt64 = 0
-        for (i, byte) in bytes.enumerated() {
-            w |= UInt64(byte) << (8 * UInt64(i % 8))
-            if i % 8 == 7 { words.append(w); w = 0 }
-        }
-        if bytes.count % 8 != 0 { words.append(w) }
-        return words
+        return CheckpointWords.pack([UInt8](bytes))
     }
 
     public func restore(checkpointState words: [UInt64]) -> Bool {
-        guard let n = words.first.map(Int.init), n >= 0, words.count == 1 + (n + 7) / 8 else { return false }
-        var bytes = [UInt8](repeating: 0, count: n)
-        for i in 0..<n { bytes[i] = UInt8(truncatingIfNeeded: words[1 + i / 8] >> (8 * UInt64(i % 8))) }
+        guard let bytes = CheckpointWords.unpack(words) else { return false }
         guard let state = try? JSONDecoder().decode(UFNRecState.self, from: Data(bytes)), let r = RNG(state: state.rng),
               state.teacher.count == teacher.parameters.count else { return false }
         warmingUp = state.warmingUp; warmupEpochs = state.warmupEpochs; previousLoss = state.previousLoss; rng = r

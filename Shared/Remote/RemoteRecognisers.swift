@@ -102,7 +102,7 @@ public final class RemoteRecognisers: RecogniserProvider, @unchecked Sendable {
 }
 
 /// Group g's recogniser in its noise process, as the trainer's weigher of group g.
-final class RemoteGroupRecogniser: SequenceWeigher {
+final class RemoteGroupRecogniser: CheckpointedWeigher {
     let group: Int
     unowned let owner: RemoteRecognisers
     let service: String
@@ -119,6 +119,8 @@ final class RemoteGroupRecogniser: SequenceWeigher {
     /// Weighs on the wire, and the last feedback on the wire.
     private var inFlight: (id: BatchID, request: Winnow_V1_WeighRequest, task: Task<Winnow_V1_WeighResponse, Error>)?
     private var lastFeedback: Task<Winnow_V1_FeedbackResponse, Error>?
+    /// The next feedback brings the group's state back (a checkpoint follows it).
+    private var snapshotNext = false
 
     init(group: Int, owner: RemoteRecognisers) {
         self.group = group; self.owner = owner; service = owner.service(group)
@@ -176,7 +178,8 @@ final class RemoteGroupRecogniser: SequenceWeigher {
         f.jobID = owner.jobID; f.group = UInt32(group); f.batchID = id
         f.lossGradWrtWeights = Array(UnsafeBufferPointer(start: dWeights, count: B))
         steps += 1
-        f.snapshot = steps % UInt64(max(1, owner.snapshotEvery)) == 0
+        f.snapshot = snapshotNext || steps % UInt64(max(1, owner.snapshotEvery)) == 0
+        snapshotNext = false
         sent.append((weighed, f))
         lastFeedback = sendFeedback(f)
         if !owner.pipelined { _ = try settleFeedback() }
@@ -186,6 +189,31 @@ final class RemoteGroupRecogniser: SequenceWeigher {
             request.step = steps
             inFlight = (next.id, request, send(request))
         }
+    }
+
+    // MARK: Checkpoints
+
+    func checkpointDue() { snapshotNext = true }
+
+    /// The step and the group's state as the last feedback brought it back: the step (8 bytes,
+    /// little-endian), then the state.
+    func checkpointBytes() throws -> [UInt8] {
+        _ = try settleFeedback()
+        guard sent.isEmpty else {
+            throw SequenceWeigherError.remote("\(service): no state at step \(steps) (the last was at step \(snapshot.step)); a checkpoint follows a feedback marked due")
+        }
+        return withUnsafeBytes(of: snapshot.step.littleEndian) { Array($0) } + snapshot.state
+    }
+
+    /// Places the group again from a checkpoint's state (wherever it still runs, it is dropped).
+    func restore(checkpointBytes bytes: [UInt8]) throws {
+        guard bytes.count >= 8 else { throw SequenceWeigherError.remote("\(service): a checkpoint of \(bytes.count) bytes") }
+        let step = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        let state = Array(bytes[8...])
+        inFlight?.task.cancel(); inFlight = nil; announced = nil; weighing = nil; lastFeedback = nil
+        try owner.replace(group, state: state)
+        steps = step; snapshot = (step, state); sent = []
+        owner.log("\(service): continued from a checkpoint at step \(step)")
     }
 
     // MARK: Wire

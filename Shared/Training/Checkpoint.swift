@@ -100,48 +100,52 @@ public enum CheckpointFormat {
     }
 }
 
-/// One fit's checkpoint file: what identifies the fit, and saving and loading its state.
+/// One fit's checkpoint file: what identifies the fit, and saving and loading its state. The
+/// loop's own fit keeps its batch order here and its loss's state in `state`; a trainer that owns
+/// its epochs (DSS, ATJT) keeps its batch orders and weighers in `state` and has no `batcher`.
 struct CheckpointFile {
     let path: String
     let model: Backbone
-    let loss: RowLoss
+    let state: CheckpointedState
     /// What must match for a run to continue from this checkpoint. The epoch limit may differ
     /// (a stopped run can be given more epochs); the thread count may not, since results are
     /// reproducible only for a fixed one.
     let fingerprint: [String: String]
 
-    init(path: String, loop: TrainingLoop, model: Backbone, instances: InstanceSet, loss: RowLoss) {
-        self.path = path; self.model = model; self.loss = loss
+    init(path: String, loop: TrainingLoop, model: Backbone, instances: InstanceSet, state: CheckpointedState) {
+        self.path = path; self.model = model; self.state = state
         let c = loop.config, d = loop.data
         fingerprint = ["model": model.name, "parameters": "\(model.parameters.count)", "seed": "\(c.seed)",
                        "patience": "\(c.patience)", "batch_size": "\(c.batchSize)", "max_length": "\(c.maxLength)",
                        "learning_rate": "\(c.learningRate)", "weight_decay": "\(c.weightDecay)",
-                       "select_metric": c.selectMetric, "scheme": c.scheme.rawValue, "loss": loss.fingerprint,
+                       "select_metric": c.selectMetric, "scheme": c.scheme.rawValue, "loss": state.fingerprint,
                        "threads": "\(Threads.count)", "users": "\(d.userCount)", "items": "\(d.itemCount)",
                        "interactions": "\(d.interactionCount)", "train_instances": "\(instances.count)"]
     }
 
-    func save(_ loop: LoopState, seconds: Double, step: TrainStep, batcher: Batcher, best: ParameterSet) throws(CheckpointError) {
+    func save(_ loop: LoopState, seconds: Double, optimizer: Adam, batcher: Batcher?, best: ParameterSet) throws(CheckpointError) {
         let hex = { (words: [UInt64]) in words.map { String($0, radix: 16) } }
         let s = loop.stopping
+        let words: [UInt64]
+        do { words = try state.checkpointState() } catch { throw .io(path: path, reason: "cannot take the state of \(state.fingerprint): \(error)") }
         let state = CheckpointState(fingerprint: fingerprint, epoch: loop.epoch, stopped: loop.stopped,
                                     bestValue: s.bestValue.isFinite ? s.bestValue : nil, bestEpoch: s.bestEpoch, bestValid: loop.bestValid,
                                     epochsWithoutGain: s.epochsWithoutImprovement, seconds: seconds,
-                                    adamStep: step.optimizer.step, modelRNG: hex(model.rng.state),
-                                    lossState: hex(loss.checkpointState()),
-                                    shufflePosition: String(batcher.shufflePosition, radix: 16),
-                                    order: batcher.order, log: loop.log)
+                                    adamStep: optimizer.step, modelRNG: hex(model.rng.state),
+                                    lossState: hex(words),
+                                    shufflePosition: String(batcher?.shufflePosition ?? 0, radix: 16),
+                                    order: batcher?.order ?? [], log: loop.log)
         let json: Data
         do { json = try JSONEncoder().encode(state) } catch { throw .io(path: path, reason: "cannot encode state: \(error)") }
         let bytes = CheckpointFormat.encode([[UInt8](json), model.parameters.serialized(), best.serialized(),
-                                             step.optimizer.momentsSerialized()])
+                                             optimizer.momentsSerialized()])
         do { try Data(bytes).write(to: URL(fileURLWithPath: path), options: .atomic) }
         catch { throw .io(path: path, reason: "cannot write checkpoint: \(error)") }
     }
 
-    /// Loads the checkpoint into the model, optimiser, loss, generators, `batcher` and `best`,
+    /// Loads the checkpoint into the model, optimiser, state, generators, `batcher` and `best`,
     /// and returns the loop state. Nothing is changed when the file is unusable or foreign.
-    func load(into step: TrainStep, batcher: inout Batcher, best: ParameterSet) throws(CheckpointError) -> LoopState {
+    func load(into optimizer: Adam, batcher: inout Batcher?, best: ParameterSet) throws(CheckpointError) -> LoopState {
         guard let data = FileManager.default.contents(atPath: path) else { throw .io(path: path, reason: "cannot read checkpoint") }
         let sections = try CheckpointFormat.decode([UInt8](data), path: path)
         func corrupt(_ why: String) -> CheckpointError { .corrupt(path: path, reason: why) }
@@ -162,12 +166,19 @@ struct CheckpointFile {
             try bestCopy.load(bytes: sections[2])
         } catch { throw corrupt("weights: \(error)") }
         var order = batcher
-        guard order.restore(order: state.order, shufflePosition: shuffle) else { throw corrupt("batch order is not a permutation of the training rows") }
-        let lossBefore = loss.checkpointState()
-        guard loss.restore(checkpointState: words(state.lossState)) else { throw corrupt("the loss's state does not fit \(loss.fingerprint)") }
+        if var o = order {
+            guard o.restore(order: state.order, shufflePosition: shuffle) else { throw corrupt("batch order is not a permutation of the training rows") }
+            order = o
+        }
+        let part = self.state
+        let before: [UInt64]
+        do {
+            before = try part.checkpointState()
+            guard try part.restore(checkpointState: words(state.lossState)) else { throw corrupt("the state does not fit \(part.fingerprint)") }
+        } catch let e as CheckpointError { throw e } catch { throw corrupt("the state of \(part.fingerprint): \(error)") }
         // (restore checks the moments completely before it writes any)
-        do { try step.optimizer.restore(moments: sections[3], step: state.adamStep) }
-        catch { _ = loss.restore(checkpointState: lossBefore); throw corrupt("optimiser: \(error)") }
+        do { try optimizer.restore(moments: sections[3], step: state.adamStep) }
+        catch { _ = try? part.restore(checkpointState: before); throw corrupt("optimiser: \(error)") }
         model.parameters.copyValues(from: current)
         best.copyValues(from: bestCopy)
         batcher = order
@@ -177,5 +188,67 @@ struct CheckpointFile {
         stopping.restore(bestValue: state.bestValue ?? -.infinity, bestEpoch: state.bestEpoch, epochsWithoutImprovement: state.epochsWithoutGain)
         return LoopState(epoch: state.epoch, stopped: state.stopped, stopping: stopping, bestValid: state.bestValid,
                          secondsBefore: state.seconds, log: state.log)
+    }
+}
+
+/// A part's checkpoint state as words (`CheckpointedState`): bytes eight to a word, and several
+/// parts joined into one list, so a trainer made of parts stores each part's state in its own.
+public enum CheckpointWords {
+    /// The byte count, then the bytes eight to a word (little-endian within a word).
+    public static func pack(_ bytes: [UInt8]) -> [UInt64] {
+        var words: [UInt64] = [UInt64(bytes.count)]
+        words.reserveCapacity(1 + (bytes.count + 7) / 8)
+        var w: UInt64 = 0
+        for (i, byte) in bytes.enumerated() {
+            w |= UInt64(byte) << (8 * UInt64(i % 8))
+            if i % 8 == 7 { words.append(w); w = 0 }
+        }
+        if bytes.count % 8 != 0 { words.append(w) }
+        return words
+    }
+
+    /// What `pack` wrote; nil when the words do not hold exactly that.
+    public static func unpack(_ words: [UInt64]) -> [UInt8]? {
+        guard let first = words.first, first <= UInt64(Int.max / 2) else { return nil }
+        let n = Int(first)
+        guard words.count == 1 + (n + 7) / 8 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: n)
+        for i in 0..<n { bytes[i] = UInt8(truncatingIfNeeded: words[1 + i / 8] >> (8 * UInt64(i % 8))) }
+        return bytes
+    }
+
+    /// The part count, then each part's word count and words.
+    public static func join(_ parts: [[UInt64]]) -> [UInt64] {
+        var out: [UInt64] = [UInt64(parts.count)]
+        for p in parts { out.append(UInt64(p.count)); out += p }
+        return out
+    }
+
+    /// The parts `join` wrote; nil when the words do not hold exactly that.
+    public static func split(_ words: [UInt64]) -> [[UInt64]]? {
+        guard let count = words.first, count <= UInt64(words.count) else { return nil }
+        var parts: [[UInt64]] = [], at = 1
+        for _ in 0..<Int(count) {
+            guard at < words.count, words[at] <= UInt64(words.count - at - 1) else { return nil }
+            let n = Int(words[at]); at += 1
+            parts.append(Array(words[at..<(at + n)])); at += n
+        }
+        return at == words.count ? parts : nil
+    }
+}
+
+extension Batcher {
+    /// The batch order and the shuffle generator's position, for a trainer's checkpoint state.
+    public var checkpointWords: [UInt64] {
+        [shufflePosition] + CheckpointWords.pack(order.withUnsafeBytes { Array($0) })
+    }
+
+    /// Puts back what `checkpointWords` held; false (changing nothing) when it does not fit.
+    public mutating func restore(checkpointWords words: [UInt64]) -> Bool {
+        guard let position = words.first, let bytes = CheckpointWords.unpack(Array(words.dropFirst())),
+              bytes.count == order.count * 4 else { return false }
+        var stored = [Int32](repeating: 0, count: order.count)
+        stored.withUnsafeMutableBytes { $0.copyBytes(from: bytes) }
+        return restore(order: stored, shufflePosition: position)
     }
 }

@@ -36,11 +36,21 @@ public struct TrainingBatch {
     public let positions: UnsafePointer<Int32>
 }
 
+/// What a fit keeps between epochs besides weights, Adam's moments and the loop's counters:
+/// generators, batch orders, records, a weigher's state. A checkpoint stores it and a resumed fit
+/// puts it back.
+public protocol CheckpointedState: AnyObject {
+    /// What a checkpoint records of this part (a mismatch refuses to continue a run).
+    var fingerprint: String { get }
+    /// The state for a checkpoint; [] when there is none.
+    func checkpointState() throws -> [UInt64]
+    /// Puts back what `checkpointState` returned; false (changing nothing) when it does not fit.
+    func restore(checkpointState: [UInt64]) throws -> Bool
+}
+
 /// A loss over a batch's scored rows. The step owns forward, backward and the optimiser; a loss
 /// turns the rows' user vectors into a loss and their gradient (and the item table's).
-public protocol RowLoss: AnyObject {
-    /// What a checkpoint records of this loss (a mismatch refuses to continue a run).
-    var fingerprint: String { get }
+public protocol RowLoss: CheckpointedState {
     /// The model the loop validates, keeps and leaves in the trained model's place, when it is
     /// not the trained model (UFNRec's EMA teacher after warm-up; same architecture); nil: the
     /// trained model.
@@ -64,10 +74,6 @@ public protocol RowLoss: AnyObject {
     /// teacher or weigher process) sends that batch's request now, so the wire works while this
     /// step computes. The default does nothing.
     func prefetch(_ batch: TrainingBatch) throws
-    /// The loss's own state for a checkpoint (generators, records); [] when it has none.
-    func checkpointState() -> [UInt64]
-    /// Puts back what `checkpointState` returned; false (changing nothing) when it does not fit.
-    func restore(checkpointState: [UInt64]) -> Bool
 }
 
 extension RowLoss {

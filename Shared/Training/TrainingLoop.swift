@@ -142,7 +142,7 @@ public final class TrainingLoop {
         }
         let adam = optimizer ?? Adam(parameters: model.parameters, learningRate: config.learningRate, weightDecay: config.weightDecay)
         let step = try TrainStep(model: model, loss: loss, optimizer: adam, scheme: scheme, batchSize: B)
-        var batcher = scheme == .allPositions
+        var batcher: Batcher = scheme == .allPositions
             ? Batcher(data: data, windowsOf: instances, maxLength: T, batchSize: B, seed: config.seed)
             : Batcher(data: data, instances: instances, maxLength: T, batchSize: B, padding: .right, seed: config.seed)
         // this step's batch and the next, which the step announces to the loss (`RowLoss.prefetch`)
@@ -150,9 +150,11 @@ public final class TrainingLoop {
                        BatchBuffers(B: B, T: T, perPosition: scheme == .allPositions))
         let best = model.parameters.clone()
         var state = LoopState(stopping: EarlyStopping(metric: config.selectMetric, patience: config.patience))
-        let file = checkpoint.map { CheckpointFile(path: $0, loop: self, model: model, instances: instances, loss: loss) }
+        let file = checkpoint.map { CheckpointFile(path: $0, loop: self, model: model, instances: instances, state: loss) }
         if let file, FileManager.default.fileExists(atPath: file.path) {
-            state = try file.load(into: step, batcher: &batcher, best: best)
+            var restored: Batcher? = batcher
+            state = try file.load(into: adam, batcher: &restored, best: best)
+            batcher = restored!
             report(.resumed, state: state, step: 0, steps: batcher.batchCount, loss: 0, valid: [:])
         }
         guard batcher.count > 0 else {
@@ -181,7 +183,7 @@ public final class TrainingLoop {
             loss.endEpoch(epoch, meanLoss: mean)
             return mean
         } epochEnded: { state in
-            try file?.save(state, seconds: state.secondsBefore + Date().timeIntervalSince(start), step: step, batcher: batcher, best: best)
+            try file?.save(state, seconds: state.secondsBefore + Date().timeIntervalSince(start), optimizer: adam, batcher: batcher, best: best)
         }
     }
 
@@ -189,19 +191,33 @@ public final class TrainingLoop {
     /// (1-based) and returning its mean loss: for trainers that own their steps (DSS's two
     /// encodes per batch, ATJT's weigher between batch and loss). `evaluated` names the model to
     /// validate and keep when it is not `model` (UFNRec's EMA teacher after warm-up; it shares
-    /// the model's architecture). No checkpoints; cancelled between epochs.
+    /// the model's architecture). Cancelled between epochs. With a `checkpoint`, the trainer's
+    /// `optimizer` and `state` (its batch orders, generators, weighers) are saved there after
+    /// every epoch with the weights and the loop's counters, and an existing file is continued.
     @discardableResult
     public func fit(model: Backbone, validate: @escaping ModelEvaluation, evaluated: (() -> Backbone)? = nil,
+                    checkpoint: (path: String, optimizer: Adam, state: CheckpointedState, instances: InstanceSet)? = nil,
                     epoch: (Int) throws -> Double) throws -> FitResult {
         try config.validate()
-        return try epochs(model: model, evaluated: evaluated ?? { model }, validate: validate,
-                          state: LoopState(stopping: EarlyStopping(metric: config.selectMetric, patience: config.patience)),
-                          best: model.parameters.clone(), start: Date(), steps: 0, scheme: config.scheme, rows: 0,
+        let start = Date(), best = model.parameters.clone()
+        var state = LoopState(stopping: EarlyStopping(metric: config.selectMetric, patience: config.patience))
+        let file = checkpoint.map { CheckpointFile(path: $0.path, loop: self, model: model, instances: $0.instances, state: $0.state) }
+        if let file, let c = checkpoint, FileManager.default.fileExists(atPath: file.path) {
+            var none: Batcher? = nil
+            state = try file.load(into: c.optimizer, batcher: &none, best: best)
+            report(.resumed, state: state, step: 0, steps: 0, loss: 0, valid: [:])
+        }
+        return try epochs(model: model, evaluated: evaluated ?? { model }, validate: validate, state: state,
+                          best: best, start: start, steps: 0, scheme: config.scheme, rows: 0,
                           train: { e, _ in
                               // these trainers own their steps: a cancellation ends them between epochs
                               if cancellation?.isCancelled == true { throw TrainingError.cancelled(epoch: e) }
                               return try epoch(e)
-                          }, epochEnded: { _ in })
+                          }, epochEnded: { state in
+                              guard let file, let c = checkpoint else { return }
+                              try file.save(state, seconds: state.secondsBefore + Date().timeIntervalSince(start), optimizer: c.optimizer,
+                                            batcher: nil, best: best)
+                          })
     }
 
     /// The epochs both fits share: train, validate `evaluated()`, keep its weights in `best` on a

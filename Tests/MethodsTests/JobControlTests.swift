@@ -54,6 +54,37 @@ final class JobControlTests: XCTestCase {
         }
     }
 
+    /// DSS and ATJT train their own epochs and checkpoint them: batch orders, the recognisers'
+    /// states and UFNRec's records go into the file, so a job stopped after its second epoch and
+    /// continued ends with every epoch's loss and the test metrics of one that never stopped.
+    func testContinuedDSSAndATJTJobsEndAsUninterruptedOnes() throws {
+        let data = cyclicDataset(users: 40, items: 20, length: 10)
+        var dss = DSSJobConfig(); dss.interests = 2
+        var u = UFNRecConfig(); u.negatives = 5; u.m = 1; u.maxWarmupEpochs = 1
+        for methods in [JobMethods(dss: dss), JobMethods(atjt: ATJTJobConfig()), JobMethods(ufnrec: u, atjt: ATJTJobConfig())] {
+            let j = job(methods)
+            let whole = try JobRunner.run(j, data: data)
+            let dir = NSTemporaryDirectory() + "winnow-aux-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let file = dir + "/job.ckpt", cancel = Cancellation()
+            XCTAssertThrowsError(try JobRunner.run(j, data: data, control: JobControl(events: { p in
+                if p.event == .epoch, p.epoch == 2 { cancel.cancel() }
+            }, cancellation: cancel, checkpoints: file)), methods.name) {
+                guard case TrainingError.cancelled(let e) = $0 else { return XCTFail("\(methods.name): \($0)") }
+                XCTAssertEqual(e, 3, methods.name)
+            }
+            XCTAssertTrue(FileManager.default.fileExists(atPath: file), methods.name)
+            var resumed = false
+            let continued = try JobRunner.run(j, data: data, control: JobControl(events: { p in
+                if p.event == .resumed { resumed = true; XCTAssertEqual(p.epoch, 2, methods.name) }
+            }, checkpoints: file))
+            XCTAssertTrue(resumed, methods.name)
+            XCTAssertEqual(continued.log?.map(\.loss), whole.log?.map(\.loss), methods.name)
+            XCTAssertEqual(continued.test, whole.test, methods.name)
+            XCTAssertEqual(continued.bestEpoch, whole.bestEpoch, methods.name)
+        }
+    }
+
     func testAContinuedUFNRecJobKeepsItsWarmUpRecordsAndEMATeacher() throws {
         let data = cyclicDataset(users: 40, items: 20, length: 10)
         var u = UFNRecConfig(); u.negatives = 5; u.m = 1; u.maxWarmupEpochs = 1
