@@ -112,7 +112,11 @@ public final class SASRec: Backbone {
         }
     }
 
-    private func allocate(_ B: Int) {
+    private func allocate(_ requested: Int) {
+        // grows to twice the last capacity at least: a server whose batches creep up 1, 2, 3, …
+        // allocates (and clears) the activations a handful of times, not once per new size
+        guard requested > work.capacity || work.slab == nil else { return }
+        let B = work.slab == nil ? requested : max(requested, 2 * work.capacity)
         let T = config.maxLength, C = config.dim, F = config.inner, H = config.heads, L = config.blocks
         let BT = B * T
         let perBlock = [BT * 3 * C, B * H * T * T, B * H * T * T, BT * C, BT * C, BT * C, BT * C, BT * C, BT, BT,

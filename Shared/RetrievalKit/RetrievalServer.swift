@@ -15,7 +15,7 @@ public struct RetrievalConfig: Sendable {
     /// Requests ranked together at most.
     public var maxBatch = 256
     /// How long the batcher waits for more requests after the first of a batch.
-    public var batchWindowMicros: Int64 = 200
+    public var batchWindowMicros: Int64 = 0
     /// Users whose histories are kept.
     public var historyCacheUsers = 100_000
     /// Items of a history read from the feature store (the model reads its last maxLength).

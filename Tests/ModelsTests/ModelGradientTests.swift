@@ -128,6 +128,22 @@ final class ModelGradientTests: XCTestCase {
         }
     }
 
+    /// A server's batches creep up (1, 2, 3, …) and the activations grow ahead of them: a model
+    /// that served smaller batches first answers a batch as a fresh model does.
+    func testGrowingBatchesEncodeAsAFreshModelDoes() {
+        var cfg = SASRecConfig(itemCount: 9)
+        cfg.maxLength = 6; cfg.dim = 8; cfg.inner = 16; cfg.blocks = 1
+        let served = SASRec(cfg)
+        var r = RNG(seed: 12)
+        for B in [1, 2, 3, 5, 4, 11] {
+            let items = (0..<(B * 6)).map { _ in Int32(1 + r.below(9)) }, lengths = (0..<B).map { _ in Int32(1 + r.below(6)) }
+            let got = Array(UnsafeBufferPointer(start: served.forward(items: items, lengths: lengths, B: B, training: false), count: B * 8))
+            let fresh = SASRec(cfg)
+            let want = Array(UnsafeBufferPointer(start: fresh.forward(items: items, lengths: lengths, B: B, training: false), count: B * 8))
+            XCTAssertEqual(got, want, "batch of \(B)")
+        }
+    }
+
     func testSerialisedModelReloadsToIdenticalOutputs() throws {
         var cfg = GRU4RecConfig(itemCount: 9)
         cfg.maxLength = 5; cfg.embedding = 4; cfg.hidden = 6
