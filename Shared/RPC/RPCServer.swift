@@ -185,10 +185,28 @@ public final class RPCServer: @unchecked Sendable {
     /// The bound direct endpoint, if any.
     public var endpoint: String? { boundEndpoint }
 
+    /// The direct endpoint registered with the broker, which peers dial (set before `start`);
+    /// nil: `RPCServer.advertised(bound, host: this host's name)`.
+    public var advertisedEndpoint: String?
+
+    /// What peers on other hosts dial for a server bound at `bound`: a wildcard host (`0.0.0.0`,
+    /// `*`, `[::]`) is replaced by `host`; any other endpoint is itself.
+    public static func advertised(_ bound: String, host: String) -> String {
+        for wildcard in ["tcp://0.0.0.0:", "tcp://*:", "tcp://[::]:"] where bound.hasPrefix(wildcard) {
+            return "tcp://\(host):" + bound.dropFirst(wildcard.count)
+        }
+        return bound
+    }
+
+    private var registered: String {
+        if let advertisedEndpoint { return advertisedEndpoint }
+        guard let bound = boundEndpoint else { return "" }
+        return Self.advertised(bound, host: ProcessInfo.processInfo.hostName)
+    }
+
     /// Serves through the broker at `endpoint` too (registers once started).
     public func attach(broker endpoint: String) {
-        brokerLink = BrokerLink(endpoint: endpoint, configuration: configuration,
-                                directEndpoint: boundEndpoint ?? "")
+        brokerLink = BrokerLink(endpoint: endpoint, configuration: configuration, directEndpoint: registered)
     }
 
     // MARK: running
@@ -199,7 +217,7 @@ public final class RPCServer: @unchecked Sendable {
             precondition(!started, "start() once")
             started = true
         }
-        brokerLink?.directEndpoint = boundEndpoint ?? ""
+        brokerLink?.directEndpoint = registered
         let thread = Thread { [self] in run() }
         thread.name = "rpc-server"
         thread.start()

@@ -10,6 +10,9 @@ import Foundation
 ///     --database-url URL              WINNOW_DATABASE_URL
 ///     --heartbeat-ms N                WINNOW_HEARTBEAT_MS   default 2500
 ///     --workers N                     WINNOW_WORKERS        handler threads, default 4
+///     --advertise tcp://HOST:PORT     WINNOW_ADVERTISE      direct endpoint others dial (default:
+///                                                           the bound one, a wildcard host replaced
+///                                                           by this host's name)
 public struct ServiceOptions: Sendable, Equatable {
     public var broker: String
     public var name: String
@@ -18,6 +21,9 @@ public struct ServiceOptions: Sendable, Equatable {
     public var databaseURL: String?
     public var heartbeatMilliseconds: Int
     public var workers: Int
+    /// The direct endpoint registered with the broker, for peers on other hosts (a container's
+    /// or pod's address); nil: the bound endpoint (`RPCServer.advertised`).
+    public var advertise: String?
 
     public static let defaultBroker = "tcp://127.0.0.1:5555"
     public static let defaultEndpoint = "tcp://127.0.0.1:*"
@@ -38,7 +44,7 @@ public struct ServiceOptions: Sendable, Equatable {
     public static func usage(executable: String, defaultEndpoint: String = ServiceOptions.defaultEndpoint) -> String {
         """
         usage: \(executable) [--broker ENDPOINT] [--name NAME] [--endpoint ENDPOINT] [--state-dir DIR]
-               \(String(repeating: " ", count: executable.count)) [--database-url URL] [--heartbeat-ms N] [--workers N]
+               \(String(repeating: " ", count: executable.count)) [--database-url URL] [--heartbeat-ms N] [--workers N] [--advertise ENDPOINT]
           --broker        broker to register with (env WINNOW_BROKER, default \(defaultBroker))
           --name          service name to register under (env WINNOW_SERVICE_NAME)
           --endpoint      endpoint to bind (env WINNOW_ENDPOINT, default \(defaultEndpoint))
@@ -46,6 +52,8 @@ public struct ServiceOptions: Sendable, Equatable {
           --database-url  libpq URL of the feature store's database (env WINNOW_DATABASE_URL)
           --heartbeat-ms  heartbeat interval in ms (env WINNOW_HEARTBEAT_MS, default 2500)
           --workers       handler threads (env WINNOW_WORKERS, default 4)
+          --advertise     direct endpoint other hosts dial (env WINNOW_ADVERTISE; default the bound
+                          endpoint, a wildcard host such as 0.0.0.0 replaced by this host's name)
         """
     }
 
@@ -71,6 +79,7 @@ public struct ServiceOptions: Sendable, Equatable {
         if let value = env("WINNOW_DATABASE_URL") { options.databaseURL = value }
         if let value = env("WINNOW_HEARTBEAT_MS") { options.heartbeatMilliseconds = try integer(value, "WINNOW_HEARTBEAT_MS") }
         if let value = env("WINNOW_WORKERS") { options.workers = try integer(value, "WINNOW_WORKERS") }
+        if let value = env("WINNOW_ADVERTISE") { options.advertise = value }
 
         var index = 0
         while index < arguments.count {
@@ -81,7 +90,7 @@ public struct ServiceOptions: Sendable, Equatable {
                 flag = String(flag[..<equals])
             }
             if flag == "--help" || flag == "-h" { throw ServiceOptionsError.help }
-            let known = ["--broker", "--name", "--endpoint", "--state-dir", "--database-url", "--heartbeat-ms", "--workers"]
+            let known = ["--broker", "--name", "--endpoint", "--state-dir", "--database-url", "--heartbeat-ms", "--workers", "--advertise"]
             guard known.contains(flag) else { throw ServiceOptionsError.unknownFlag(flag) }
             if value == nil {
                 index += 1
@@ -98,6 +107,7 @@ public struct ServiceOptions: Sendable, Equatable {
             case "--database-url": options.databaseURL = text
             case "--heartbeat-ms": options.heartbeatMilliseconds = try integer(text, flag)
             case "--workers": options.workers = try integer(text, flag)
+            case "--advertise": options.advertise = text
             default: break
             }
             index += 1

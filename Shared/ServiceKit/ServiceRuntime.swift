@@ -105,6 +105,7 @@ public final class ServiceRuntime: @unchecked Sendable {
             logger.critical("cannot bind \(options.endpoint): \(error)")
             return 1
         }
+        server.advertisedEndpoint = options.advertise
         server.attach(broker: options.broker)
         let signal = lock.withLock { () -> ShutdownSignal in
             if shutdownSignal == nil { shutdownSignal = ShutdownSignal() }

@@ -22,7 +22,7 @@ final class BrokerSocketTests: XCTestCase {
         broker?.shutdown()
     }
 
-    func startWorker(_ name: String) throws -> RPCServer {
+    func startWorker(_ name: String, bind: String = "tcp://127.0.0.1:*") throws -> RPCServer {
         let server = try RPCServer(configuration: RPCServerConfiguration(
             name: name, workerThreads: 2, heartbeatInterval: .milliseconds(100)))
         let instance = server.configuration.instance
@@ -32,7 +32,7 @@ final class BrokerSocketTests: XCTestCase {
             response.instance = instance
             return response
         }
-        try server.bind("tcp://127.0.0.1:*")
+        try server.bind(bind)
         server.attach(broker: broker.endpoint)
         server.start()
         workers.append(server)
@@ -107,6 +107,25 @@ final class BrokerSocketTests: XCTestCase {
         } while list.malformedFrames < 5_000 && ContinuousClock.now < deadline
         XCTAssertGreaterThan(list.malformedFrames, 5_000)
         XCTAssertEqual(list.workers.count, 1)
+    }
+
+    /// A worker bound on every interface (as in a container) registers its host's name, not
+    /// 0.0.0.0, so a peer that reads the broker's list dials it.
+    func testAWorkerBoundOnEveryInterfaceRegistersAnEndpointPeersCanDial() async throws {
+        let server = try startWorker("teacher", bind: "tcp://0.0.0.0:*")
+        try await waitRegistered([server])
+        let client = try RPCClient(endpoint: broker.endpoint)
+        defer { client.close() }
+        let list = try await client.call(service: "broker", method: "ListWorkers", Winnow_V1_ListWorkersRequest(),
+                                         as: Winnow_V1_ListWorkersResponse.self, timeout: .seconds(5))
+        let endpoint = try XCTUnwrap(list.workers.first?.directEndpoint)
+        let host = ProcessInfo.processInfo.hostName
+        XCTAssertTrue(endpoint.hasPrefix("tcp://\(host):"), endpoint)
+        let direct = try RPCClient(endpoint: endpoint)
+        defer { direct.close() }
+        let reply = try await direct.call(service: "teacher", method: "Health", Winnow_V1_HealthRequest(),
+                                          as: Winnow_V1_HealthResponse.self, timeout: .seconds(5))
+        XCTAssertEqual(reply.status, .serving)
     }
 
     func testAWorkerReconnectsWithAFreshSocketWhenTheBrokerGoesSilent() async throws {

@@ -1,4 +1,5 @@
 import ServiceKit
+import RPC
 import XCTest
 
 final class ServiceOptionsTests: XCTestCase {
@@ -27,6 +28,22 @@ final class ServiceOptionsTests: XCTestCase {
         XCTAssertEqual(flags.heartbeatMilliseconds, 250)
         XCTAssertEqual(flags.databaseURL, "postgres://y")
         XCTAssertEqual(flags.endpoint, "tcp://127.0.0.1:7001", "unset flags keep the environment's value")
+    }
+
+    /// A service bound on every interface (a container's 0.0.0.0) registers an endpoint its
+    /// peers can dial: the one `--advertise` / WINNOW_ADVERTISE names (a pod's address), or the
+    /// bound one with the wildcard host replaced by this host's name.
+    func testTheAdvertisedEndpointIsOnePeersCanDial() throws {
+        XCTAssertNil(try ServiceOptions.parse([], environment: [:], defaultName: "teacher").advertise)
+        let env = try ServiceOptions.parse([], environment: ["WINNOW_ADVERTISE": "tcp://10.1.2.3:7000"], defaultName: "teacher")
+        XCTAssertEqual(env.advertise, "tcp://10.1.2.3:7000")
+        let flag = try ServiceOptions.parse(["--advertise", "tcp://10.9.9.9:7000"], environment: ["WINNOW_ADVERTISE": "tcp://10.1.2.3:7000"],
+                                            defaultName: "teacher")
+        XCTAssertEqual(flag.advertise, "tcp://10.9.9.9:7000")
+        XCTAssertEqual(RPCServer.advertised("tcp://0.0.0.0:7000", host: "teacher-2"), "tcp://teacher-2:7000")
+        XCTAssertEqual(RPCServer.advertised("tcp://*:7000", host: "h"), "tcp://h:7000")
+        XCTAssertEqual(RPCServer.advertised("tcp://[::]:7000", host: "h"), "tcp://h:7000")
+        XCTAssertEqual(RPCServer.advertised("tcp://127.0.0.1:40000", host: "h"), "tcp://127.0.0.1:40000")
     }
 
     func testBadCommandLinesNameTheFlag() {
