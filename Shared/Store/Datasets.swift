@@ -296,9 +296,11 @@ extension FeatureStore {
         var ratings: [Float] = [], anyRating = false
         var itemIDs: [Int64] = [], popularity: [UInt64] = [0]
         var nbOffsets = [0, 0], nbItems: [Int32] = [], nbScores: [Float] = []
-        let lit = datasetID.replacingOccurrences(of: "'", with: "''")
         try pool.withConnection { c in
-            try c.copyOut("COPY (SELECT user_id, role, items, timestamps, ratings FROM dataset_users WHERE dataset_id = '\(lit)' ORDER BY user_idx) TO STDOUT") { row in
+            // COPY takes no bind parameters: the id travels as one, into a session setting that
+            // the COPY's query reads, so no request text becomes statement text
+            try c.query("SELECT set_config('winnow.copy_dataset', $1, false)", [datasetID])
+            try c.copyOut("COPY (SELECT user_id, role, items, timestamps, ratings FROM dataset_users WHERE dataset_id = current_setting('winnow.copy_dataset') ORDER BY user_idx) TO STDOUT") { row in
                 var f = TextRow(row)
                 userIDs.append(f.int64())
                 roles.append(UInt32(f.int64()))
@@ -308,7 +310,7 @@ extension FeatureStore {
                 offsets.append(items.count)
                 if ratings.count < items.count { ratings += [Float](repeating: .nan, count: items.count - ratings.count) }
             }
-            try c.copyOut("COPY (SELECT item_id, popularity, neighbours, scores FROM dataset_items WHERE dataset_id = '\(lit)' ORDER BY item_idx) TO STDOUT") { row in
+            try c.copyOut("COPY (SELECT item_id, popularity, neighbours, scores FROM dataset_items WHERE dataset_id = current_setting('winnow.copy_dataset') ORDER BY item_idx) TO STDOUT") { row in
                 var f = TextRow(row)
                 itemIDs.append(f.int64())
                 popularity.append(UInt64(f.int64()))
