@@ -204,6 +204,18 @@ public final class Connection: @unchecked Sendable {
         return String(cString: p)
     }
 
+    /// The server's verifier of `password` for `user` (SCRAM-SHA-256 where the server uses it),
+    /// computed here so that ALTER ROLE sends the verifier, never the password.
+    public func passwordVerifier(_ password: String, user: String) throws -> String {
+        lock.lock(); defer { lock.unlock() }
+        let conn = try open()
+        guard let p = PQencryptPasswordConn(conn, password, user, nil) else {
+            throw PQError(function: "PQencryptPasswordConn", connection: conn)
+        }
+        defer { PQfreemem(p) }
+        return String(cString: p)
+    }
+
     /// Quotes a literal (`'it''s'`) for splicing into SQL text. Prefer parameters.
     public func escapeLiteral(_ literal: String) throws -> String {
         lock.lock(); defer { lock.unlock() }

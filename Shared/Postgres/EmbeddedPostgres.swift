@@ -11,9 +11,12 @@ import Glibc
 ///     <state>/logs/postgres.log  the server's log
 ///
 /// It runs Debian's server binaries (`/usr/lib/postgresql/<major>/bin`, the newest, or the
-/// version that made an existing cluster) with trust authentication for the superuser
-/// `postgres`, on a private port on 127.0.0.1 and a private socket directory, and creates the
-/// database named in the configuration. Postgres refuses to run as root, so when this process
+/// version that made an existing cluster) on a private port on 127.0.0.1 and a private socket
+/// directory only, with password (SCRAM-SHA-256) authentication for the superuser `postgres`,
+/// and creates the database named in the configuration. The password is drawn at random when
+/// the cluster is made and kept only in `<state>/postgres/pgpass` (libpq's password file, mode
+/// 0600), which every URL names (`passfile=`): it is never logged nor put on a command line. A
+/// cluster made before (trust authentication) gets a password and SCRAM at its next start. Postgres refuses to run as root, so when this process
 /// is root, `initdb` and `pg_ctl` run through `runuser -u postgres --`, and the directories the
 /// server writes are handed to that user (the state directory's ancestors get the
 /// search bit for others where the server could not otherwise reach them).
@@ -112,17 +115,23 @@ public final class EmbeddedPostgres: @unchecked Sendable {
         (socketDirectory + "/.s.PGSQL.\(configuration.port)").utf8.count <= 107
     }
 
+    /// The superuser's password in libpq's password-file format (mode 0600, this process's
+    /// user); URLs name the file, never the password.
+    public var passwordFile: String { (rootDirectory as NSString).appendingPathComponent("pgpass") }
+
     /// The libpq URL of `database` (default: the configured one): through the private unix
     /// socket when its path is short enough, otherwise TCP on 127.0.0.1.
     public func url(database: String? = nil) -> String {
         let db = database ?? configuration.database
         guard usesUnixSocket else { return tcpURL(database: db) }
         return "postgresql:///\(percentEncoded(db))?host=\(percentEncoded(socketDirectory))&port=\(configuration.port)&user=postgres"
+            + "&passfile=\(percentEncoded(passwordFile))"
     }
 
     /// The libpq URL over TCP on 127.0.0.1.
     public func tcpURL(database: String? = nil) -> String {
         "postgresql://postgres@127.0.0.1:\(configuration.port)/\(percentEncoded(database ?? configuration.database))"
+            + "?passfile=\(percentEncoded(passwordFile))"
     }
 
     /// The libpq URL of the configured database (see ``url(database:)``).
@@ -163,6 +172,7 @@ public final class EmbeddedPostgres: @unchecked Sendable {
         }
         do {
             try Connection.waitUntilReady(url: url(database: "postgres"), timeout: configuration.startTimeout)
+            try requirePassword(bin: bin, owner: owner)
             try createDatabaseIfMissing()
         } catch {
             // Do not leave a half-started server behind.
@@ -363,8 +373,16 @@ public final class EmbeddedPostgres: @unchecked Sendable {
             throw Failure.unusableDirectory(path: dataDirectory, reason: "it is not empty but holds no cluster (no PG_VERSION)")
         }
         logger.info("initialising a new cluster", metadata: ["data": "\(dataDirectory)", "version": "\(bin.major)"])
-        let result = try run(bin, "initdb", ["-D", dataDirectory, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                                             "--no-locale", "--no-instructions", "--no-sync"], owner: owner)
+        // the password reaches initdb in a file only the server's user reads, removed after
+        let password = try writePasswordFile()
+        let pwfile = (rootDirectory as NSString).appendingPathComponent("initdb.pw")
+        defer { unlink(pwfile) }
+        do { try (password + "\n").write(toFile: pwfile, atomically: false, encoding: .utf8) }
+        catch { throw Failure.unusableDirectory(path: pwfile, reason: "cannot write the initial password: \(error.localizedDescription)") }
+        chmod(pwfile, 0o600)
+        if owner.switches { chown(pwfile, owner.uid, owner.gid) }
+        let result = try run(bin, "initdb", ["-D", dataDirectory, "-U", "postgres", "--auth=scram-sha-256", "--pwfile=\(pwfile)",
+                                             "-E", "UTF8", "--no-locale", "--no-instructions", "--no-sync"], owner: owner)
         guard result.status == 0 else {
             throw Failure.commandFailed(command: "initdb -D \(dataDirectory)", status: result.status, output: result.output)
         }
@@ -375,6 +393,50 @@ public final class EmbeddedPostgres: @unchecked Sendable {
         defer { try? handle.close() }
         handle.seekToEndOfFile()
         handle.write(Data("\n# Settings of the embedded server, rewritten by winnow at each start.\ninclude_if_exists = 'winnow.conf'\n".utf8))
+    }
+
+    /// Draws a new password and writes it to `passwordFile` (0600); returns it.
+    private func writePasswordFile() throws -> String {
+        var g = SystemRandomNumberGenerator()
+        let password = (0..<4).map { _ in String(format: "%016llx", g.next() as UInt64) }.joined()
+        let path = passwordFile
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw Failure.unusableDirectory(path: path, reason: "cannot create the password file") }
+        let line = Array("*:*:*:postgres:\(password)\n".utf8)
+        let written = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        fchmod(fd, 0o600)
+        close(fd)
+        guard written == line.count else { throw Failure.unusableDirectory(path: path, reason: "cannot write the password file") }
+        return password
+    }
+
+    /// A cluster made before passwords (trust in pg_hba.conf, no password file): give the
+    /// superuser a password (its SCRAM verifier, computed here), keep it in `passwordFile`, and
+    /// switch every pg_hba.conf line to scram-sha-256. A cluster with a password is left alone.
+    private func requirePassword(bin: Binaries, owner: Owner) throws {
+        let hba = (dataDirectory as NSString).appendingPathComponent("pg_hba.conf")
+        guard let text = try? String(contentsOfFile: hba, encoding: .utf8) else {
+            throw Failure.unusableDirectory(path: hba, reason: "cannot read it")
+        }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let rule = { (l: Substring) in !l.trimmingCharacters(in: .whitespaces).hasPrefix("#") && l.split(separator: " ").last == "trust" }
+        guard lines.contains(where: rule) || !FileManager.default.fileExists(atPath: passwordFile) else { return }
+        logger.info("giving the embedded server's superuser a password (SCRAM); kept in \(passwordFile)")
+        let password = try writePasswordFile()
+        let conn = try Connection(url: url(database: "postgres"), logger: logger)
+        defer { conn.close() }
+        try conn.exec("SET password_encryption = 'scram-sha-256'")
+        let verifier = try conn.passwordVerifier(password, user: "postgres")
+        try conn.exec("ALTER ROLE postgres PASSWORD '\(verifier)'")
+        let rewritten = lines.map { l -> Substring in
+            guard rule(l) else { return l }
+            return Substring(l.dropLast("trust".count) + "scram-sha-256")
+        }.joined(separator: "\n")
+        do { try rewritten.write(toFile: hba, atomically: true, encoding: .utf8) }
+        catch { throw Failure.unusableDirectory(path: hba, reason: "cannot rewrite it: \(error.localizedDescription)") }
+        if owner.switches { chown(hba, owner.uid, owner.gid) }
+        chmod(hba, 0o600)
+        _ = try conn.query("SELECT pg_reload_conf()")
     }
 
     /// Removes a `postmaster.pid` left by a server that is gone (crash, reboot, pid reused by

@@ -50,12 +50,52 @@ final class EmbeddedPostgresTests: XCTestCase {
         conn.close()
     }
 
+    /// The server asks every client for the superuser's password (SCRAM), on its socket and on
+    /// loopback alike; the password lives only in the 0600 password file the URLs name, and the
+    /// server's log never shows it. A cluster made before passwords (trust) gets one at its next
+    /// start.
+    func testEveryConnectionNeedsThePasswordThatOnlyThePasswordFileHolds() throws {
+        let pg = EmbeddedPostgres(.init(stateDirectory: state.path, port: try LoopbackPort.ephemeral()))
+        try pg.start()
+        var st = stat()
+        XCTAssertEqual(stat(pg.passwordFile, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        let line = try String(contentsOfFile: pg.passwordFile, encoding: .utf8)
+        let password = String(try XCTUnwrap(line.split(separator: ":").last).dropLast())
+        XCTAssertEqual(password.count, 64)
+        for url in [pg.url, pg.tcpURL()] {
+            let bare = url.replacingOccurrences(of: "passfile=", with: "passfile=/nonexistent")
+            XCTAssertThrowsError(try Connection(url: bare).query("SELECT 1"), url) { error in
+                XCTAssertTrue("\(error)".contains("password"), "\(error)")
+            }
+            XCTAssertEqual(try Connection(url: url).query("SELECT 1").int(0, 0), 1)
+        }
+        // a cluster of an earlier build: trust, no password file
+        try pg.stop()
+        let hba = pg.dataDirectory + "/pg_hba.conf"
+        let scram = try String(contentsOfFile: hba, encoding: .utf8)
+        XCTAssertFalse(scram.split(separator: "\n").contains { !$0.hasPrefix("#") && $0.hasSuffix(" trust") })
+        try scram.replacingOccurrences(of: " scram-sha-256", with: " trust").write(toFile: hba, atomically: true, encoding: .utf8)
+        unlink(pg.passwordFile)
+        let again = EmbeddedPostgres(.init(stateDirectory: state.path, port: try LoopbackPort.ephemeral()))
+        try again.start()
+        defer { try? again.stop() }
+        XCTAssertEqual(try Connection(url: again.url).query("SELECT 1").int(0, 0), 1)
+        let bare = again.url.replacingOccurrences(of: "passfile=", with: "passfile=/nonexistent")
+        XCTAssertThrowsError(try Connection(url: bare).query("SELECT 1"))
+        let renewed = try String(contentsOfFile: again.passwordFile, encoding: .utf8)
+        XCTAssertNotEqual(renewed, line)
+        let log = try String(contentsOfFile: again.logFile, encoding: .utf8)
+        for p in [password, String(renewed.split(separator: ":").last!.dropLast())] { XCTAssertFalse(log.contains(p)) }
+    }
+
     func testURLUsesTheSocketDirectoryUnlessItsPathIsTooLongForAUnixSocket() {
         let short = EmbeddedPostgres(.init(stateDirectory: "/tmp/w s", port: 5433))
         XCTAssertTrue(short.usesUnixSocket)
-        XCTAssertEqual(short.url, "postgresql:///winnow?host=/tmp/w%20s/postgres/run&port=5433&user=postgres")
-        XCTAssertEqual(short.tcpURL(), "postgresql://postgres@127.0.0.1:5433/winnow")
-        XCTAssertEqual(short.url(database: "postgres"), "postgresql:///postgres?host=/tmp/w%20s/postgres/run&port=5433&user=postgres")
+        let pass = "passfile=/tmp/w%20s/postgres/pgpass"
+        XCTAssertEqual(short.url, "postgresql:///winnow?host=/tmp/w%20s/postgres/run&port=5433&user=postgres&" + pass)
+        XCTAssertEqual(short.tcpURL(), "postgresql://postgres@127.0.0.1:5433/winnow?" + pass)
+        XCTAssertEqual(short.url(database: "postgres"), "postgresql:///postgres?host=/tmp/w%20s/postgres/run&port=5433&user=postgres&" + pass)
         let long = EmbeddedPostgres(.init(stateDirectory: "/tmp/" + String(repeating: "d", count: 100), port: 5433))
         XCTAssertFalse(long.usesUnixSocket)
         XCTAssertEqual(long.url, long.tcpURL())

@@ -15,6 +15,7 @@ final class StatementTextTests: XCTestCase {
         "Self.stagingTable(loadNo)": "a staging table's name, interactions_load_<load number>",
         "Self.stagingTable(load.loadNo)": "a staging table's name, interactions_load_<load number>",
         "try conn.escapeIdentifier(configuration.database)": "the configured database name, escaped by libpq",
+        "verifier": "the SCRAM verifier libpq computed from a password the embedded server drew (not the password)",
     ]
     /// Literals that read as SQL but are not statements.
     static let notStatements: [String: String] = [
