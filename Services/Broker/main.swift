@@ -2,6 +2,7 @@
 import BrokerKit
 import Foundation
 import Logging
+import RPC
 import ServiceKit
 
 let executable = "broker"
@@ -26,13 +27,16 @@ let configuration = BrokerConfiguration(
     instance: "\(ProcessInfo.processInfo.hostName):\(getpid())", version: winnowVersion)
 let broker: Broker
 do {
+    if let directory = options.curveKeys {
+        LinkSecurity.installed = try LinkSecurity(directory: directory, identity: "broker")
+    }
     broker = try Broker(endpoint: options.endpoint, configuration: configuration, logger: logger)
 } catch {
     logger.critical("cannot bind \(options.endpoint): \(error)")
     exit(1)
 }
 broker.start()
-logger.info("broker serving at \(broker.endpoint), heartbeat \(options.heartbeatMilliseconds) ms, pid \(getpid())")
+logger.info("broker serving at \(broker.endpoint)\(LinkSecurity.installed == nil ? "" : " (CURVE)"), heartbeat \(options.heartbeatMilliseconds) ms, pid \(getpid())")
 shutdown.wait()
 logger.info("shutting down")
 broker.shutdown()

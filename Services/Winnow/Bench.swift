@@ -7,7 +7,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure Winnow beside a reference implementation in the same run.",
-        subcommands: [BenchWire.self, BenchTrain.self, BenchItemCF.self, BenchIngest.self, BenchRetrieval.self, BenchJobs.self]
+        subcommands: [BenchWire.self, BenchTrain.self, BenchItemCF.self, BenchIngest.self, BenchRetrieval.self, BenchJobs.self, BenchFuzz.self]
     )
 }
 

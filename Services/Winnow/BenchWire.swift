@@ -11,7 +11,9 @@ import WinnowProto
 /// The echo server and the broker run as their own processes (the broker is the real `broker`
 /// executable; the echo server is this command with `--serve-echo`). Latency is measured one call
 /// at a time (as REQ/REP must); throughput counts payload bytes both ways (request and echoed
-/// reply), sequentially and with a window of calls in flight.
+/// reply), sequentially and with a window of calls in flight. CURVE's cost is a second echo
+/// server whose link is CurveZMQ-authenticated and encrypted, timed in the same rounds
+/// (`wire.curve.*` rows: the reference column is the same call without CURVE).
 struct BenchWire: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wire",
@@ -38,11 +40,17 @@ struct BenchWire: AsyncParsableCommand {
     @Flag(help: "Skip the pyzmq reference.")
     var noReference = false
 
+    @Flag(help: "Skip the CURVE rows.")
+    var noCurve = false
+
     @Option(help: .hidden)
     var serveEcho: String?
 
     @Option(help: .hidden)
     var echoBroker: String?
+
+    @Option(help: .hidden)
+    var echoCurveKeys: String?
 
     /// Times only the sequential direct 2 KB calls against an echo server that is already running
     /// (scripts/reference/wire-transport `clients` compares this client with a C one).
@@ -84,9 +92,24 @@ struct BenchWire: AsyncParsableCommand {
         defer { direct.close() }
 
         FileHandle.standardError.write(Data("bench wire: echo server at \(worker.directEndpoint), broker at \(brokerEndpoint)\n".utf8))
+        var routes = [("direct", direct, "Echo"), ("broker", viaBroker, "Echo"), ("direct_pooled", direct, "EchoPooled")]
+        // The same echo server behind CURVE: keys for it and for this client in a scratch directory.
+        var curveEcho: Process?
+        let keys = FileManager.default.temporaryDirectory.appendingPathComponent("winnow-bench-wire-keys-\(getpid())").path
+        defer { curveEcho.map(stop); try? FileManager.default.removeItem(atPath: keys) }
+        if !noCurve {
+            try LinkSecurity.create(directory: keys, names: ["bench-echo", LinkSecurity.clientIdentity])
+            let endpoint = "tcp://127.0.0.1:\(try LoopbackPort.ephemeral())"
+            curveEcho = try spawn(bin.appendingPathComponent("winnow"),
+                                  ["bench", "wire", "--serve-echo", endpoint, "--echo-curve-keys", keys])
+            let curve = try RPCClient(endpoint: endpoint, peer: "bench-echo",
+                                      security: LinkSecurity(directory: keys, identity: LinkSecurity.clientIdentity))
+            try await waitForAnswer(curve)
+            routes.append(("curve", curve, "Echo"))
+        }
+        defer { for (route, client, _) in routes where route == "curve" { client.close() } }
         var winnow: [String: Measurement] = [:]
         var reference: Reference?
-        let routes = [("direct", direct, "Echo"), ("broker", viaBroker, "Echo"), ("direct_pooled", direct, "EchoPooled")]
         for round in 1...rounds {
             FileHandle.standardError.write(Data("bench wire: round \(round) of \(rounds)\n".utf8))
             for (route, client, method) in routes {
@@ -131,6 +154,7 @@ struct BenchWire: AsyncParsableCommand {
 
     private func runEchoServer(endpoint: String, broker: String?) throws {
         WinnowLogging.bootstrap()
+        if let echoCurveKeys { LinkSecurity.installed = try LinkSecurity(directory: echoCurveKeys, identity: "bench-echo") }
         let shutdown = ShutdownSignal()
         let server = try RPCServer(configuration: RPCServerConfiguration(
             name: "bench-echo", workerThreads: 2, heartbeatInterval: .seconds(1)))
@@ -182,6 +206,16 @@ struct BenchWire: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(20))
         }
         throw ValidationError("the echo server did not register with the broker within 30 s")
+    }
+
+    /// Waits until an Echo at `client`'s endpoint comes back (the CURVE echo server's start).
+    private func waitForAnswer(_ client: RPCClient) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if (try? await client.callRaw(service: "bench-echo", method: "Echo", payload: [1], timeout: .milliseconds(500))) != nil { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw ValidationError("the CURVE echo server at \(client.endpoint) did not answer within 30 s")
     }
 
     // MARK: measuring
@@ -340,6 +374,17 @@ struct BenchWire: AsyncParsableCommand {
                                   winnow: broker.sequential.p50 - direct.sequential.p50, reference: added,
                                   budget: size == Self.small ? 40 : nil, unit: "us"))
             }
+        }
+        // CURVE's cost: the same direct calls, authenticated and encrypted, against plain ones.
+        for size in [Self.small, Self.large] {
+            guard let curve = winnow["curve.\(size)"], let plain = winnow["direct.\(size)"] else { continue }
+            let name = "wire.curve.\(label(size))"
+            rows.append(.time("\(name).p50", winnow: curve.sequential.p50, reference: plain.sequential.p50, unit: "us"))
+            rows.append(.time("\(name).p99", winnow: curve.sequential.p99, reference: plain.sequential.p99, unit: "us"))
+            rows.append(.rate("\(name).throughput.sequential", unit: "GB/s", winnow: curve.sequential.bytesPerSecond / 1e9,
+                              reference: plain.sequential.bytesPerSecond / 1e9))
+            rows.append(.rate("\(name).throughput.window\(window)", unit: "GB/s", winnow: curve.pipelinedBytesPerSecond / 1e9,
+                              reference: plain.pipelinedBytesPerSecond / 1e9))
         }
         if let reference { FileHandle.standardError.write(Data("bench wire: reference \(reference.version)\n".utf8)) }
         return rows

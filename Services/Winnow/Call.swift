@@ -19,7 +19,22 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("timeout-ms"), help: "Deadline of each call, in milliseconds.")
     var timeoutMilliseconds: Int = 5000
 
+    @Option(name: .customLong("curve-keys"), help: "CURVE key directory to call with, as its \"client\" (env WINNOW_CURVE_KEYS; else <state-dir>/curve when the stack there was brought up with --curve).")
+    var curveKeys: String?
+
     var target: String { direct ?? resolvedBroker }
+
+    private var resolvedStateDirectory: String {
+        stateDirectory ?? ProcessInfo.processInfo.environment["WINNOW_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? ".state"
+    }
+
+    /// The key directory this command calls with, if any.
+    var resolvedCurveKeys: String? {
+        if let curveKeys { return curveKeys }
+        if let fromEnvironment = ProcessInfo.processInfo.environment["WINNOW_CURVE_KEYS"], !fromEnvironment.isEmpty { return fromEnvironment }
+        let directory = StackLayout(stateDirectory: resolvedStateDirectory).curveDirectory
+        return FileManager.default.fileExists(atPath: directory + "/" + LinkSecurity.allowedKeysFile) ? directory : nil
+    }
 
     /// The flag, then the environment, then the record of a stack brought up in the state
     /// directory (so `winnow up --broker-port P` needs no `--broker` afterwards), then the default.
@@ -27,14 +42,22 @@ struct ConnectionOptions: ParsableArguments {
         let environment = ProcessInfo.processInfo.environment
         if let broker { return broker }
         if let fromEnvironment = environment["WINNOW_BROKER"], !fromEnvironment.isEmpty { return fromEnvironment }
-        let state = stateDirectory ?? environment["WINNOW_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? ".state"
-        if let record = StackRecord.load(StackLayout(stateDirectory: state)) { return record.brokerEndpoint }
+        if let record = StackRecord.load(StackLayout(stateDirectory: resolvedStateDirectory)) { return record.brokerEndpoint }
         return ServiceOptions.defaultBroker
     }
     var timeout: Duration { .milliseconds(timeoutMilliseconds) }
 
+    /// A client of the target: the broker, or with --direct the endpoint of `service`'s kind.
+    func client(for service: String) throws -> RPCClient {
+        try RPCClient(endpoint: target, peer: direct == nil ? WireProtocol.brokerService : service)
+    }
+
     func validate() throws {
         guard timeoutMilliseconds > 0 else { throw ValidationError("--timeout-ms must be positive") }
+        // Every client this command makes dials with these keys.
+        if let directory = resolvedCurveKeys {
+            LinkSecurity.installed = try LinkSecurity(directory: directory, identity: LinkSecurity.clientIdentity)
+        }
     }
 }
 
@@ -77,7 +100,7 @@ struct Call: AsyncParsableCommand {
         do { request = try rpc.request.init(jsonString: json) } catch {
             throw ValidationError("request is not valid JSON for \(rpc.request.protoMessageName): \(error)")
         }
-        let client = try RPCClient(endpoint: connection.target)
+        let client = try connection.client(for: service)
         defer { client.close() }
         do {
             let reply = try await client.callRaw(service: service, method: method,

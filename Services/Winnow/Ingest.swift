@@ -69,7 +69,7 @@ struct Ingest: AsyncParsableCommand {
             local = store
             endpoint = store
         } else {
-            let c = try RPCClient(endpoint: connection.target)
+            let c = try connection.client(for: "featurestore")
             client = c
             endpoint = RemoteFeatureStore(client: c, timeout: max(connection.timeout, .seconds(600)))
         }

@@ -23,7 +23,7 @@ struct TrainerClient {
     let timeout: Duration
 
     init(_ connection: ConnectionOptions) throws {
-        client = try RPCClient(endpoint: connection.target)
+        client = try connection.client(for: "trainer")
         timeout = connection.timeout
     }
 

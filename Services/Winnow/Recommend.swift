@@ -59,7 +59,7 @@ struct Recommend: AsyncParsableCommand {
         r.recentItems = items.flatMap(parsedItems) ?? []
         r.k = k
         r.excludeHistory = excludeHistory
-        let client = try RPCClient(endpoint: connection.target)
+        let client = try connection.client(for: "retrieval")
         defer { client.close() }
         let response: Winnow_V1_RecommendResponse
         do {

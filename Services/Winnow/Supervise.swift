@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import RPC
 import Stack
 #if canImport(Glibc)
 import Glibc
@@ -24,6 +25,12 @@ struct Supervise: AsyncParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         let signals = TerminationSignals()
         let configuration = options.configuration
+        if configuration.curve {
+            // The probe is a client of every service: it dials with the clients' key.
+            let directory = configuration.layout.curveDirectory
+            try LinkSecurity.create(directory: directory, names: StackConfiguration.curveIdentities)
+            LinkSecurity.installed = try LinkSecurity(directory: directory, identity: LinkSecurity.clientIdentity)
+        }
         let health = RPCHealthProbe(broker: configuration.brokerEndpoint)
         defer { health.close() }
         let stack = LocalStack(configuration: configuration, probe: health.probe,

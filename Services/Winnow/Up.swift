@@ -38,6 +38,9 @@ struct StackOptions: ParsableArguments {
     @Option(name: .customLong("stop-grace"), help: "Seconds a service gets between SIGTERM and SIGKILL.")
     var stopGrace: Int = 10
 
+    @Flag(help: "Authenticate every link with CurveZMQ: a key pair per service and for clients, and an allow-list, in <state-dir>/curve (kept across ups).")
+    var curve = false
+
     func validate() throws {
         guard (0...64).contains(teachers) else { throw ValidationError("--teachers must be between 0 and 64, got \(teachers)") }
         guard (0...64).contains(noise) else { throw ValidationError("--noise must be between 0 and 64, got \(noise)") }
@@ -61,13 +64,15 @@ struct StackOptions: ParsableArguments {
 
     var configuration: StackConfiguration {
         let env = ProcessInfo.processInfo.environment
-        return StackConfiguration(
+        var configuration = StackConfiguration(
             stateDirectory: resolvedStateDir,
             binDirectory: binDir ?? WinnowExecutable.directory,
             teachers: teachers, noise: noise, brokerPort: brokerPort, postgresPort: pgPort,
             databaseURL: databaseURL ?? env["WINNOW_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 },
             heartbeatMilliseconds: heartbeatMs ?? env["WINNOW_HEARTBEAT_MS"].flatMap { Int($0) } ?? 2500,
             readinessTimeout: .seconds(readyTimeout), stopGrace: .seconds(stopGrace))
+        configuration.curve = curve
+        return configuration
     }
 
     /// The same options as flags, for re-running them in `winnow supervise` (paths made absolute).
@@ -78,6 +83,7 @@ struct StackOptions: ParsableArguments {
                     "--heartbeat-ms", "\(c.heartbeatMilliseconds)", "--bin-dir", c.binDirectory,
                     "--ready-timeout", "\(readyTimeout)", "--stop-grace", "\(stopGrace)"]
         if let url = c.databaseURL { args += ["--database-url", url] }
+        if curve { args.append("--curve") }
         return args
     }
 }

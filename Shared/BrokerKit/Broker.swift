@@ -28,7 +28,10 @@ public final class Broker: @unchecked Sendable {
     }
 
     /// Binds `endpoint` (e.g. `tcp://127.0.0.1:5555`, or `tcp://127.0.0.1:*` for any port).
-    public init(endpoint: String, configuration: BrokerConfiguration, logger: Logger = Logger(label: "winnow.broker")) throws {
+    /// With `security`, callers and workers must be CURVE clients holding a key of its allow-list;
+    /// without, only a loopback endpoint binds.
+    public init(endpoint: String, configuration: BrokerConfiguration, logger: Logger = Logger(label: "winnow.broker"),
+                security: LinkSecurity? = LinkSecurity.installed) throws {
         self.configuration = configuration
         self.logger = logger
         socket = try ZMQSocket(.router)
@@ -36,7 +39,7 @@ public final class Broker: @unchecked Sendable {
         try socket.setHighWaterMarks(send: 100_000, receive: 100_000)
         try socket.setRouterMandatory(true)
         try socket.setRouterHandover(true)
-        try socket.bind(endpoint)
+        try LinkSecurity.bind(socket, endpoint, security: security, logger: logger)
         self.endpoint = try socket.lastEndpoint
         wakeEndpoint = "inproc://winnow-broker-wake-\(UInt(bitPattern: ObjectIdentifier(socket).hashValue))"
         try socket.bind(wakeEndpoint)

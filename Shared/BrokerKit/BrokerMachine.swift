@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import RPC
 import SwiftProtobuf
@@ -57,6 +58,8 @@ public struct BrokerConfiguration: Sendable {
     public var maxPayloadBytes: Int
     public var instance: String
     public var version: String
+    /// The broker's process id, reported by its Health.
+    public var pid: Int32 = getpid()
 
     public init(heartbeatMicros: Int64 = 2_500_000, liveness: Int = 3, maxQueuedPerService: Int = 10_000,
                 maxPayloadBytes: Int = WireProtocol.defaultMaxPayloadBytes, instance: String = "broker",
@@ -319,6 +322,12 @@ public struct BrokerMachine {
 
     // MARK: the broker's own rpcs
 
+    /// The rpcs the broker answers itself (service "broker").
+    public static let ownMethods = ["Health", "Register", "Heartbeat", "Unregister", "ListWorkers"]
+    /// Largest payload of the broker's own rpcs (each is well under a kilobyte): a larger one is
+    /// refused before decoding, which for a frame near the transport's cap cost seconds.
+    public static let ownPayloadCap = 64 << 10
+
     private mutating func own(_ request: Request, now: Int64, into actions: inout [BrokerAction]) {
         let id = request.header.requestID
         let client = request.client
@@ -336,15 +345,20 @@ public struct BrokerMachine {
                 return nil
             }
         }
+        guard request.payload.count <= Self.ownPayloadCap else {
+            return fail(.invalidArgument, "payload of broker.\(request.header.method) is \(request.payload.count) bytes, over the cap of \(Self.ownPayloadCap)")
+        }
         switch request.header.method {
         case "Health":
             var response = Winnow_V1_HealthResponse()
             response.status = .serving
             response.service = WireProtocol.brokerService
             response.instance = configuration.instance
+            response.pid = configuration.pid
             response.version = configuration.version
             response.uptimeMicros = now - started
-            response.detail = ["workers": "\(workers.count)", "routed": "\(routed)", "malformed": "\(malformed)"]
+            response.detail = ["workers": "\(workers.count)", "routed": "\(routed)", "malformed": "\(malformed)",
+                               "methods": Self.ownMethods.joined(separator: ",")]
             answer(response)
         case "Register":
             guard let register = decode(Winnow_V1_RegisterRequest.self) else { return }

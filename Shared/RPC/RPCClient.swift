@@ -44,9 +44,12 @@ public final class RPCClient: @unchecked Sendable {
 
     private let core: ClientCore
 
-    public init(endpoint: String) throws {
+    /// A client of `endpoint`, where the service `peer` (its kind: `broker`, `teacher`, …)
+    /// listens; with `security`, the link is CURVE-authenticated both ways against that
+    /// service's public key.
+    public init(endpoint: String, peer: String = WireProtocol.brokerService, security: LinkSecurity? = LinkSecurity.installed) throws {
         self.endpoint = endpoint
-        core = try ClientCore(endpoint: endpoint)
+        core = try ClientCore(endpoint: endpoint, peer: peer, security: security)
     }
 
     deinit { core.close() }
@@ -151,9 +154,10 @@ final class ClientCore: TaskExecutor, @unchecked Sendable {
     /// received again; it must not sleep before that.
     private var receivedSinceSend = true
 
-    init(endpoint: String) throws {
+    init(endpoint: String, peer: String, security: LinkSecurity?) throws {
         self.endpoint = endpoint
-        socket = try WireProtocol.connectedDealer(endpoint, maxPayloadBytes: WireProtocol.defaultMaxPayloadBytes)
+        socket = try WireProtocol.connectedDealer(endpoint, maxPayloadBytes: WireProtocol.defaultMaxPayloadBytes,
+                                                  security: security, peer: peer)
         wakeup = try ZMQWakeup()
     }
 

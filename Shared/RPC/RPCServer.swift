@@ -23,10 +23,13 @@ public struct RPCServerConfiguration: Sendable {
     /// Interval of heartbeats to the broker; the broker is presumed gone after `liveness` silent ones.
     public var heartbeatInterval: Duration
     public var liveness: Int
+    /// CURVE keys of the direct endpoint and the broker link; nil: loopback binds only.
+    public var security: LinkSecurity?
 
     public init(name: String, instance: String? = nil, workerThreads: Int = 4, maxInFlight: Int = 1024,
                 brokerConcurrency: Int? = nil, maxPayloadBytes: Int = WireProtocol.defaultMaxPayloadBytes,
-                heartbeatInterval: Duration = .milliseconds(2500), liveness: Int = 3) {
+                heartbeatInterval: Duration = .milliseconds(2500), liveness: Int = 3,
+                security: LinkSecurity? = LinkSecurity.installed) {
         self.name = name
         self.instance = instance ?? RPCServerConfiguration.makeInstance()
         self.workerThreads = workerThreads
@@ -35,6 +38,7 @@ public struct RPCServerConfiguration: Sendable {
         self.maxPayloadBytes = maxPayloadBytes
         self.heartbeatInterval = heartbeatInterval
         self.liveness = liveness
+        self.security = security
     }
 
     /// `host:pid:start-micros`.
@@ -175,7 +179,7 @@ public final class RPCServer: @unchecked Sendable {
         let socket = try ZMQSocket(.router)
         try socket.setMaxMessageSize(Int64(configuration.maxPayloadBytes + WireProtocol.hardLimitSlack))
         try socket.setHighWaterMarks(send: 100_000, receive: 100_000)
-        try socket.bind(endpoint)
+        try LinkSecurity.bind(socket, endpoint, security: configuration.security, logger: logger)
         let resolved = try socket.lastEndpoint
         router = try ZMQSharedSocket(socket)
         boundEndpoint = resolved
@@ -564,7 +568,8 @@ final class BrokerLink {
         lastHeard = now
         nextSend = now
         do {
-            socket = try WireProtocol.connectedDealer(endpoint, maxPayloadBytes: configuration.maxPayloadBytes)
+            socket = try WireProtocol.connectedDealer(endpoint, maxPayloadBytes: configuration.maxPayloadBytes,
+                                                      security: configuration.security, peer: WireProtocol.brokerService)
         } catch {
             logger.error("cannot connect to broker \(endpoint): \(error)")
         }

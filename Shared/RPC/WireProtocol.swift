@@ -88,12 +88,14 @@ public enum WireProtocol {
 
     /// A DEALER connected to `endpoint` as clients and workers use one: libzmq drops a peer whose
     /// frame is far over `maxPayloadBytes`, queues are deep enough for pipelined callers, and a
-    /// lost connection is retried quickly (50 ms, backing off to 500 ms).
-    static func connectedDealer(_ endpoint: String, maxPayloadBytes: Int) throws -> ZMQSharedSocket {
+    /// lost connection is retried quickly (50 ms, backing off to 500 ms). With `security`, a
+    /// CURVE client of the service `peer`.
+    static func connectedDealer(_ endpoint: String, maxPayloadBytes: Int, security: LinkSecurity?, peer: String) throws -> ZMQSharedSocket {
         let dealer = try ZMQSocket(.dealer)
         try dealer.setMaxMessageSize(Int64(maxPayloadBytes + hardLimitSlack))
         try dealer.setHighWaterMarks(send: 100_000, receive: 100_000)
         try dealer.setReconnectInterval(milliseconds: 50, max: 500)
+        try security?.secureClient(dealer, peer: peer)
         try dealer.connect(endpoint)
         return try ZMQSharedSocket(dealer)
     }

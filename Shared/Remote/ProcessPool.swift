@@ -37,7 +37,7 @@ final class ProcessPool: @unchecked Sendable {
     private func client(_ endpoint: String) throws -> RPCClient {
         try lock.withLock {
             if let c = direct[endpoint] { return c }
-            let c = try RPCClient(endpoint: endpoint)
+            let c = try RPCClient(endpoint: endpoint, peer: kind)
             c.retryPolicy = .none
             direct[endpoint] = c
             return c

@@ -13,6 +13,9 @@ import Foundation
 ///     --advertise tcp://HOST:PORT     WINNOW_ADVERTISE      direct endpoint others dial (default:
 ///                                                           the bound one, a wildcard host replaced
 ///                                                           by this host's name)
+///     --curve-keys DIR                WINNOW_CURVE_KEYS     CURVE key directory (LinkSecurity): every
+///                                                           link authenticated; required to bind
+///                                                           anything but loopback
 public struct ServiceOptions: Sendable, Equatable {
     public var broker: String
     public var name: String
@@ -24,6 +27,8 @@ public struct ServiceOptions: Sendable, Equatable {
     /// The direct endpoint registered with the broker, for peers on other hosts (a container's
     /// or pod's address); nil: the bound endpoint (`RPCServer.advertised`).
     public var advertise: String?
+    /// The CURVE key directory; nil: no CURVE, loopback binds only.
+    public var curveKeys: String?
 
     public static let defaultBroker = "tcp://127.0.0.1:5555"
     public static let defaultEndpoint = "tcp://127.0.0.1:*"
@@ -45,6 +50,7 @@ public struct ServiceOptions: Sendable, Equatable {
         """
         usage: \(executable) [--broker ENDPOINT] [--name NAME] [--endpoint ENDPOINT] [--state-dir DIR]
                \(String(repeating: " ", count: executable.count)) [--database-url URL] [--heartbeat-ms N] [--workers N] [--advertise ENDPOINT]
+               \(String(repeating: " ", count: executable.count)) [--curve-keys DIR]
           --broker        broker to register with (env WINNOW_BROKER, default \(defaultBroker))
           --name          service name to register under (env WINNOW_SERVICE_NAME)
           --endpoint      endpoint to bind (env WINNOW_ENDPOINT, default \(defaultEndpoint))
@@ -54,6 +60,8 @@ public struct ServiceOptions: Sendable, Equatable {
           --workers       handler threads (env WINNOW_WORKERS, default 4)
           --advertise     direct endpoint other hosts dial (env WINNOW_ADVERTISE; default the bound
                           endpoint, a wildcard host such as 0.0.0.0 replaced by this host's name)
+          --curve-keys    CURVE key directory (env WINNOW_CURVE_KEYS; winnow up --curve or winnow keys
+                          writes one): every peer authenticated; needed to bind beyond loopback
         """
     }
 
@@ -80,6 +88,7 @@ public struct ServiceOptions: Sendable, Equatable {
         if let value = env("WINNOW_HEARTBEAT_MS") { options.heartbeatMilliseconds = try integer(value, "WINNOW_HEARTBEAT_MS") }
         if let value = env("WINNOW_WORKERS") { options.workers = try integer(value, "WINNOW_WORKERS") }
         if let value = env("WINNOW_ADVERTISE") { options.advertise = value }
+        if let value = env("WINNOW_CURVE_KEYS") { options.curveKeys = value }
 
         var index = 0
         while index < arguments.count {
@@ -90,7 +99,7 @@ public struct ServiceOptions: Sendable, Equatable {
                 flag = String(flag[..<equals])
             }
             if flag == "--help" || flag == "-h" { throw ServiceOptionsError.help }
-            let known = ["--broker", "--name", "--endpoint", "--state-dir", "--database-url", "--heartbeat-ms", "--workers", "--advertise"]
+            let known = ["--broker", "--name", "--endpoint", "--state-dir", "--database-url", "--heartbeat-ms", "--workers", "--advertise", "--curve-keys"]
             guard known.contains(flag) else { throw ServiceOptionsError.unknownFlag(flag) }
             if value == nil {
                 index += 1
@@ -108,6 +117,7 @@ public struct ServiceOptions: Sendable, Equatable {
             case "--heartbeat-ms": options.heartbeatMilliseconds = try integer(text, flag)
             case "--workers": options.workers = try integer(text, flag)
             case "--advertise": options.advertise = text
+            case "--curve-keys": options.curveKeys = text
             default: break
             }
             index += 1

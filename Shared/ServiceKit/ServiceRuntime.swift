@@ -47,9 +47,16 @@ public final class ServiceRuntime: @unchecked Sendable {
         var logger = Logger(label: "winnow.\(kind)")
         logger[metadataKey: "service"] = "\(options.name)"
         self.logger = logger
+        // The service's clients (its feature store, teachers, noise processes) use the same keys.
+        if let directory = options.curveKeys {
+            LinkSecurity.installed = try LinkSecurity(directory: directory, identity: kind)
+        } else if !LinkSecurityError.isLoopback(options.endpoint) {
+            // Before any of the service's own setup (a database, a model): nothing starts.
+            throw LinkSecurityError.unauthenticatedBind(options.endpoint)
+        }
         let configuration = RPCServerConfiguration(
             name: options.name, workerThreads: options.workers,
-            heartbeatInterval: .milliseconds(options.heartbeatMilliseconds))
+            heartbeatInterval: .milliseconds(options.heartbeatMilliseconds), security: LinkSecurity.installed)
         server = try RPCServer(configuration: configuration, logger: logger)
         registerHealth()
     }
@@ -87,8 +94,10 @@ public final class ServiceRuntime: @unchecked Sendable {
             var detail = healthDetail()
             detail["kind"] = kind
             detail["endpoint"] = server.endpoint ?? ""
+            detail["methods"] = server.methods.joined(separator: ",")
             detail["broker"] = options.broker
             detail["registered"] = server.isRegistered ? "true" : "false"
+            detail["curve"] = server.configuration.security == nil ? "off" : "on"
             response.detail = detail
             return response
         }

@@ -30,13 +30,13 @@ public final class RPCHealthProbe: @unchecked Sendable {
 
     public func isReady(_ target: ProbeTarget) async -> Bool {
         do {
-            let broker = try client(self.broker)
+            let broker = try client(self.broker, peer: "broker")
             if target.service == "broker" {
                 let health = try await broker.call(service: "broker", method: "Health", Winnow_V1_HealthRequest(),
                                                    as: Winnow_V1_HealthResponse.self, timeout: timeout)
                 return Self.answers(health, pid: target.pid)
             }
-            let direct = try client(target.endpoint)
+            let direct = try client(target.endpoint, peer: target.service)
             let own = try await direct.call(service: target.service, method: "Health", Winnow_V1_HealthRequest(),
                                             as: Winnow_V1_HealthResponse.self, timeout: timeout)
             guard own.status == .serving, Self.answers(own, pid: target.pid) else { return false }
@@ -69,10 +69,10 @@ public final class RPCHealthProbe: @unchecked Sendable {
         for c in all { c.close() }
     }
 
-    private func client(_ endpoint: String) throws -> RPCClient {
+    private func client(_ endpoint: String, peer: String) throws -> RPCClient {
         lock.lock(); defer { lock.unlock() }
         if let c = clients[endpoint] { return c }
-        let c = try RPCClient(endpoint: endpoint)
+        let c = try RPCClient(endpoint: endpoint, peer: peer)
         clients[endpoint] = c
         return c
     }

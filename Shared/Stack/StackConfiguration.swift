@@ -26,6 +26,11 @@ public struct StackConfiguration: Sendable {
     /// How long a child gets between SIGTERM and SIGKILL.
     public var stopGrace: Duration
     public var restartPolicy: RestartPolicy
+    /// Every link CURVE-authenticated with the keys in `layout.curveDirectory`.
+    public var curve = false
+
+    /// The key names of a CURVE stack: one per executable, and the command-line clients'.
+    public static let curveIdentities = executables + ["client"]
 
     public init(stateDirectory: String, binDirectory: String, teachers: Int = 1, noise: Int = 1, brokerPort: Int = 5555,
                 postgresPort: Int = 54329, databaseURL: String? = nil, heartbeatMilliseconds: Int = 2500,
@@ -74,8 +79,9 @@ public struct StackConfiguration: Sendable {
     /// (``ChildSpec/endpointPortMayMove``).
     public func children(databaseURL: String, port: () throws -> Int) throws -> [ChildSpec] {
         func exe(_ name: String) -> String { (binDirectory as NSString).appendingPathComponent(name) }
+        let keys = curve ? ["--curve-keys", layout.curveDirectory] : []
         var specs = [ChildSpec(name: "broker", service: "broker", executable: exe("broker"),
-                               arguments: ["--endpoint", brokerEndpoint, "--heartbeat-ms", "\(heartbeatMilliseconds)"],
+                               arguments: ["--endpoint", brokerEndpoint, "--heartbeat-ms", "\(heartbeatMilliseconds)"] + keys,
                                endpoint: brokerEndpoint, stage: 0)]
         var taken: Set<Int> = [brokerPort]
         if self.databaseURL == nil { taken.insert(postgresPort) }
@@ -84,7 +90,7 @@ public struct StackConfiguration: Sendable {
             return ChildSpec(name: name, service: kind, executable: exe(kind),
                              arguments: ["--broker", brokerEndpoint, "--name", kind, "--endpoint", endpoint,
                                          "--state-dir", layout.stateDirectory,
-                                         "--heartbeat-ms", "\(heartbeatMilliseconds)"] + extra,
+                                         "--heartbeat-ms", "\(heartbeatMilliseconds)"] + keys + extra,
                              endpoint: endpoint, stage: stage, endpointPortMayMove: true)
         }
         specs.append(try service("featurestore", "featurestore", stage: 1, extra: ["--database-url", databaseURL]))

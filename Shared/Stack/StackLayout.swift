@@ -7,6 +7,7 @@ import Foundation
 ///     <state>/supervisor.lock    held (flock) by the live supervisor
 ///     <state>/logs/<name>.log    each child's output; supervisor.log, postgres.log
 ///     <state>/postgres/{data,run} the embedded Postgres cluster and its socket directory
+///     <state>/curve/             CURVE key pairs and the allow-list (`winnow up --curve`)
 public struct StackLayout: Sendable, Equatable {
     public let stateDirectory: String
 
@@ -24,6 +25,9 @@ public struct StackLayout: Sendable, Equatable {
     public var lockFile: String { path("supervisor.lock") }
     public var logDirectory: String { path("logs") }
     public var supervisorLog: String { (logDirectory as NSString).appendingPathComponent("supervisor.log") }
+
+    /// The CURVE key directory of a stack brought up with `--curve` (`LinkSecurity`).
+    public var curveDirectory: String { path("curve") }
 
     public func log(_ name: String) -> String { (logDirectory as NSString).appendingPathComponent("\(name).log") }
 

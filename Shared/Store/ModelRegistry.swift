@@ -50,7 +50,7 @@ extension FeatureStore {
                 }
                 if !request.chunk.isEmpty {
                     try c.query("INSERT INTO model_upload_chunks (upload_id, byte_offset, data) VALUES ($1, $2, $3)",
-                                [request.uploadID, Int64(request.offset), [UInt8](request.chunk)])
+                                [request.uploadID, Int64(request.offset), [UInt8](request.chunk)])  // == received
                 }
                 response.receivedBytes = received + UInt64(request.chunk.count)
                 guard request.last else { return response }
@@ -115,7 +115,7 @@ extension FeatureStore {
                     }
                 } else {
                     r = try c.query("SELECT meta, version FROM models WHERE name = $1 AND version = $2",
-                                    [request.name, Int64(request.version)], resultFormat: .binary)
+                                    [request.name, try StoreError.bigint(request.version, "version")], resultFormat: .binary)
                     guard r.rowCount > 0 else { throw StoreError.notFound("no version \(request.version) of model \(request.name)") }
                 }
                 var response = Winnow_V1_GetModelResponse()
@@ -171,10 +171,11 @@ extension FeatureStore {
     public func promote(_ request: Winnow_V1_PromoteRequest) throws -> Winnow_V1_PromoteResponse {
         guard !request.name.isEmpty else { throw StoreError.invalidArgument("model name is empty") }
         guard request.version > 0 else { throw StoreError.invalidArgument("version must be >= 1") }
+        let version = try StoreError.bigint(request.version, "version")
         let response: Winnow_V1_PromoteResponse = try pool.withConnection { c in
             try c.transaction { c in
                 let m = try c.query("SELECT meta FROM models WHERE name = $1 AND version = $2",
-                                    [request.name, Int64(request.version)], resultFormat: .binary)
+                                    [request.name, version], resultFormat: .binary)
                 guard m.rowCount > 0 else { throw StoreError.notFound("no version \(request.version) of model \(request.name)") }
                 let previous = try c.query("SELECT version FROM model_promotions WHERE name = $1 FOR UPDATE", [request.name])
                 var response = Winnow_V1_PromoteResponse()
@@ -182,7 +183,7 @@ extension FeatureStore {
                 try c.query("""
                     INSERT INTO model_promotions (name, version) VALUES ($1, $2)
                     ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, promoted_at = clock_timestamp()
-                    """, [request.name, Int64(request.version)])
+                    """, [request.name, version])
                 response.promoted = try Winnow_V1_ModelMeta(serializedBytes: try m.bytes(0, 0) ?? [])
                 response.promoted.promoted = true
                 return response

@@ -39,12 +39,17 @@ public enum StoreError: Error, CustomStringConvertible, Equatable, Sendable, RPC
         }
     }
 
-    /// Any error as a store error: database connection trouble is `unavailable`, other database
-    /// errors are `internalError`.
+    /// Any error as a store error: database connection trouble is `unavailable`, a value the
+    /// database cannot hold (SQLSTATE class 22, data exception: a number out of range, bad
+    /// encoding; or a NUL in text, which the client refuses to bind) is the request's fault, `invalidArgument`; other database errors are `internalError`.
     public static func from(_ error: Error) -> StoreError {
         if let e = error as? StoreError { return e }
         if let e = error as? PQError {
             if isConnectionFailure(e) { return .unavailable("database unavailable: \(e.message)") }
+            // class 22 from the server; "bind" is libpq refusing a parameter before sending it
+            if e.sqlState?.hasPrefix("22") == true || (e.sqlState == nil && e.function == "bind") {
+                return .invalidArgument("a value of the request cannot be stored: \(e.message)")
+            }
             return .internalError("database error: \(e)")
         }
         return .internalError("\(error)")
@@ -58,5 +63,14 @@ public enum StoreError: Error, CustomStringConvertible, Equatable, Sendable, RPC
         }
         return state.hasPrefix("08") || state == SQLState.adminShutdown || state == "57P02"
             || state == SQLState.cannotConnectNow
+    }
+
+    /// `value` of the request's `field` as a Postgres bigint; past 2^63 - 1 it names no stored row
+    /// and is refused (INVALID_ARGUMENT) rather than trapping in the conversion.
+    public static func bigint(_ value: UInt64, _ field: String) throws -> Int64 {
+        guard let v = Int64(exactly: value) else {
+            throw StoreError.invalidArgument("\(field) \(value) is past the largest stored value (2^63 - 1)")
+        }
+        return v
     }
 }

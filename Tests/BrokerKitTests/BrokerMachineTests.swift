@@ -89,6 +89,17 @@ final class BrokerMachineTests: XCTestCase {
         XCTAssertEqual(machine.workers.count, 1)
     }
 
+    func testAnOversizedPayloadToTheBrokersOwnRPCsIsRefusedUndecoded() throws {
+        var request = Winnow_V1_RegisterRequest()
+        request.service = "teacher"
+        request.instance = String(repeating: "x", count: BrokerMachine.ownPayloadCap)
+        let actions = call(from: "w1", service: "broker", method: "Register", request)
+        guard case let .reply(_, header, _) = try XCTUnwrap(actions.first) else { return XCTFail("\(actions)") }
+        XCTAssertEqual(header.code, .invalidArgument)
+        XCTAssertTrue(header.message.contains("over the cap"), header.message)
+        XCTAssertTrue(machine.workers.isEmpty)
+    }
+
     func testUnknownServiceGetsNotFoundAtOnce() {
         let reply = replies(call(from: "c", service: "teacher", method: "Health", health()))
         XCTAssertEqual(reply.map(\.header.code), [.notFound])

@@ -110,22 +110,51 @@ final class BrokerSocketTests: XCTestCase {
     }
 
     /// A worker bound on every interface (as in a container) registers its host's name, not
-    /// 0.0.0.0, so a peer that reads the broker's list dials it.
+    /// 0.0.0.0, so a peer that reads the broker's list dials it; beyond loopback every link is
+    /// CURVE (broker, worker and client each with their own key pair).
     func testAWorkerBoundOnEveryInterfaceRegistersAnEndpointPeersCanDial() async throws {
-        let server = try startWorker("teacher", bind: "tcp://0.0.0.0:*")
+        try XCTSkipUnless(CurveKeyPair.isSupported, "libzmq without CURVE")
+        let keys = FileManager.default.temporaryDirectory.appendingPathComponent("winnow-keys-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: keys) }
+        try LinkSecurity.create(directory: keys, names: ["broker", "teacher", "client"])
+        broker.shutdown()
+        broker = try Broker(endpoint: "tcp://0.0.0.0:*", configuration: BrokerConfiguration(heartbeatMicros: 100_000, liveness: 3),
+                            security: LinkSecurity(directory: keys, identity: "broker"))
+        broker.start()
+        let brokerEndpoint = RPCServer.advertised(broker.endpoint, host: "127.0.0.1")
+        let server = try RPCServer(configuration: RPCServerConfiguration(
+            name: "teacher", workerThreads: 2, heartbeatInterval: .milliseconds(100),
+            security: LinkSecurity(directory: keys, identity: "teacher")))
+        server.register("Health") { (_: Winnow_V1_HealthRequest) in
+            var response = Winnow_V1_HealthResponse()
+            response.status = .serving
+            return response
+        }
+        try server.bind("tcp://0.0.0.0:*")
+        server.attach(broker: brokerEndpoint)
+        server.start()
+        workers.append(server)
         try await waitRegistered([server])
-        let client = try RPCClient(endpoint: broker.endpoint)
+        let client = try RPCClient(endpoint: brokerEndpoint, security: LinkSecurity(directory: keys, identity: "client"))
         defer { client.close() }
         let list = try await client.call(service: "broker", method: "ListWorkers", Winnow_V1_ListWorkersRequest(),
                                          as: Winnow_V1_ListWorkersResponse.self, timeout: .seconds(5))
         let endpoint = try XCTUnwrap(list.workers.first?.directEndpoint)
         let host = ProcessInfo.processInfo.hostName
         XCTAssertTrue(endpoint.hasPrefix("tcp://\(host):"), endpoint)
-        let direct = try RPCClient(endpoint: endpoint)
+        let direct = try RPCClient(endpoint: endpoint, peer: "teacher", security: LinkSecurity(directory: keys, identity: "client"))
         defer { direct.close() }
         let reply = try await direct.call(service: "teacher", method: "Health", Winnow_V1_HealthRequest(),
                                           as: Winnow_V1_HealthResponse.self, timeout: .seconds(5))
         XCTAssertEqual(reply.status, .serving)
+        // Through the broker too: caller → broker and broker ↔ worker are both CURVE links.
+        let routed = try await client.call(service: "teacher", method: "Health", Winnow_V1_HealthRequest(),
+                                           as: Winnow_V1_HealthResponse.self, timeout: .seconds(5))
+        XCTAssertEqual(routed.status, .serving)
+        // A broker beyond loopback without keys does not start.
+        XCTAssertThrowsError(try Broker(endpoint: "tcp://0.0.0.0:*", configuration: BrokerConfiguration(), security: nil)) {
+            XCTAssertEqual($0 as? LinkSecurityError, .unauthenticatedBind("tcp://0.0.0.0:*"))
+        }
     }
 
     func testAWorkerReconnectsWithAFreshSocketWhenTheBrokerGoesSilent() async throws {

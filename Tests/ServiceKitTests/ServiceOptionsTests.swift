@@ -46,6 +46,27 @@ final class ServiceOptionsTests: XCTestCase {
         XCTAssertEqual(RPCServer.advertised("tcp://127.0.0.1:40000", host: "h"), "tcp://127.0.0.1:40000")
     }
 
+    /// Beyond loopback a service needs CURVE keys (--curve-keys / WINNOW_CURVE_KEYS) or it does
+    /// not start: the runtime refuses before the service's own setup, naming the endpoint.
+    func testAServiceAskedToBindBeyondLoopbackWithoutKeysRefusesToStart() throws {
+        let open = try ServiceOptions.parse(["--endpoint", "tcp://0.0.0.0:7000"], environment: [:], defaultName: "teacher")
+        XCTAssertNil(open.curveKeys)
+        XCTAssertThrowsError(try ServiceRuntime(kind: "teacher", options: open)) {
+            XCTAssertEqual($0 as? LinkSecurityError, .unauthenticatedBind("tcp://0.0.0.0:7000"))
+            XCTAssertTrue("\($0)".contains("refusing to bind tcp://0.0.0.0:7000 without CURVE keys"), "\($0)")
+        }
+        XCTAssertEqual(ServiceRuntime.main(kind: "teacher", arguments: ["--endpoint", "tcp://0.0.0.0:7000"]), 1)
+        let keyed = try ServiceOptions.parse(["--curve-keys", "/k2"], environment: ["WINNOW_CURVE_KEYS": "/k1"], defaultName: "teacher")
+        XCTAssertEqual(keyed.curveKeys, "/k2")
+        XCTAssertEqual(try ServiceOptions.parse([], environment: ["WINNOW_CURVE_KEYS": "/k1"], defaultName: "teacher").curveKeys, "/k1")
+        // A key directory that is not there stops the start too.
+        var missing = open
+        missing.curveKeys = "/nonexistent/winnow-keys"
+        XCTAssertThrowsError(try ServiceRuntime(kind: "teacher", options: missing)) {
+            XCTAssertTrue("\($0)".contains("no key file /nonexistent/winnow-keys/teacher.key"), "\($0)")
+        }
+    }
+
     func testBadCommandLinesNameTheFlag() {
         XCTAssertThrowsError(try ServiceOptions.parse(["--bogus", "1"], environment: [:], defaultName: "x")) {
             XCTAssertEqual($0 as? ServiceOptionsError, .unknownFlag("--bogus"))

@@ -427,6 +427,20 @@ final class StoreTests: XCTestCase {
         var missing = Winnow_V1_GetModelRequest()
         missing.name = "nobody"
         XCTAssertThrowsError(try store.getModel(missing)) { XCTAssertEqual(($0 as? StoreError)?.rpcError.code, .notFound) }
+        // Versions past a bigint are refused, not trapped on (found by winnow bench fuzz),
+        // and change nothing.
+        let stored = try store.listModels(Winnow_V1_ListModelsRequest()).models
+        var huge = Winnow_V1_GetModelRequest()
+        huge.name = "m"; huge.version = .max
+        XCTAssertThrowsError(try store.getModel(huge)) { XCTAssertEqual(($0 as? StoreError)?.rpcError.code, .invalidArgument) }
+        var hugePromote = Winnow_V1_PromoteRequest()
+        hugePromote.name = "m"; hugePromote.version = UInt64(Int64.max) + 1
+        XCTAssertThrowsError(try store.promote(hugePromote)) { XCTAssertEqual(($0 as? StoreError)?.rpcError.code, .invalidArgument) }
+        // Text the database cannot hold (a NUL) is the request's fault, not INTERNAL (found by the fuzzer).
+        var nul = Winnow_V1_GetModelRequest()
+        nul.name = "m\u{0}"
+        XCTAssertThrowsError(try store.getModel(nul)) { XCTAssertEqual(($0 as? StoreError)?.rpcError.code, .invalidArgument, "\($0)") }
+        XCTAssertEqual(try store.listModels(Winnow_V1_ListModelsRequest()).models, stored)
     }
 }
 
