@@ -7,6 +7,6 @@ struct WinnowCommand: AsyncParsableCommand {
         commandName: "winnow",
         abstract: "Train sequential recommenders on noisy implicit feedback and serve them.",
         subcommands: [Up.self, Down.self, Supervise.self, Status.self, Call.self, Ingest.self, Train.self, Job.self, Recommend.self, Report.self, Synth.self,
-                      Bench.self, Experiment.self, Keys.self]
+                      Bench.self, Experiment.self, Keys.self, Chaos.self]
     )
 }
