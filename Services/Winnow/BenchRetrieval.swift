@@ -215,45 +215,13 @@ struct BenchRetrieval: ParsableCommand {
             q.k = 10
             return q
         }
-        let outcomes = LatencyLog(total)
-        let group = DispatchGroup()
-        let start = benchNow()
-        for i in 0..<total {
-            let due = start + Double(i) / rate
-            let wait = due - benchNow()
-            if wait > 0 { usleep(useconds_t(wait * 1e6)) }
-            swap?(i)
-            group.enter()
-            let request = requests[i]
-            Task {
-                var code: Winnow_V1_StatusCode = .ok
-                do { _ = try await client.call(service: "retrieval", method: "Recommend", request, as: Winnow_V1_RecommendResponse.self,
-                                               timeout: .seconds(2)) }
-                catch let e as RPCError { code = e.code } catch { code = .unknown }
-                outcomes.record(i, latency: benchNow() - due, code: code)
-                group.leave()
-            }
-        }
-        group.wait()
-        return outcomes.summary()
-    }
-
-    /// Latencies and statuses of one run, written from many tasks.
-    private final class LatencyLog: @unchecked Sendable {
-        private let lock = NSLock()
-        private var latency: [Double], codes: [Winnow_V1_StatusCode]
-        init(_ n: Int) { latency = [Double](repeating: 0, count: n); codes = [Winnow_V1_StatusCode](repeating: .ok, count: n) }
-        func record(_ i: Int, latency l: Double, code: Winnow_V1_StatusCode) { lock.withLock { latency[i] = l; codes[i] = code } }
-        func summary() -> LoadResult {
-            lock.withLock {
-                var r = LoadResult(); r.sent = latency.count
-                r.shed = codes.filter { $0 == .resourceExhausted }.count
-                r.errors = codes.filter { $0 != .ok && $0 != .resourceExhausted }.count
-                let ok = zip(latency, codes).filter { $0.1 == .ok }.map(\.0).sorted()
-                if !ok.isEmpty { r.p50 = ok[ok.count / 2]; r.p99 = ok[min(ok.count - 1, Int(0.99 * Double(ok.count)))] }
-                return r
-            }
-        }
+        let calls = OpenLoopLoad(client: client, rate: rate) { requests[$0] }.run(count: total, before: swap)
+        var r = LoadResult(); r.sent = calls.count
+        r.shed = calls.filter { $0.code == .resourceExhausted }.count
+        r.errors = calls.filter { $0.code != .ok && $0.code != .resourceExhausted }.count
+        let ok = calls.filter { $0.code == .ok }.map(\.latency).sorted()
+        if !ok.isEmpty { r.p50 = ok[ok.count / 2]; r.p99 = ok[min(ok.count - 1, Int(0.99 * Double(ok.count)))] }
+        return r
     }
 
     private func write(_ values: [Float], to path: String) throws {

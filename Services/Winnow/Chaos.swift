@@ -50,7 +50,6 @@ struct Chaos: ParsableCommand {
     @Option(help: "Recommend calls per second during the job (open loop).")
     var rate = 500.0
 
-
     @Option(help: "Longest the disturbed job may take, in seconds (the run is bounded).")
     var seconds = 900.0
 
@@ -118,8 +117,15 @@ struct Chaos: ParsableCommand {
         let config = try JobConfig.load(path: job)
         let jobID = try blocking { try await trainer.submit(config, dataset: dataset, name: nil, publish: false) }
         say("submitted job \(jobID) (\(job)); load \(Int(rate))/s")
-        let load = Load(client: broker, rate: rate, items: items, seed: seed, started: started)
+        var loadGenerator = RNG(seed: seed &+ 17)
+        let load = OpenLoopLoad(client: broker, rate: rate, zero: started) { _ in
+            var q = Winnow_V1_RecommendRequest()
+            q.recentItems = (0..<5).map { _ in items[loadGenerator.below(items.count)] }
+            q.k = 5
+            return q
+        }
         load.start()
+        var windows: [(from: Double, to: Double)] = []
         let events = EventWriter(client: broker, items: items, prefix: "chaos-\(jobID)-")
         events.start()
         var rng = SystemRandomNumberGenerator()
@@ -182,14 +188,17 @@ struct Chaos: ParsableCommand {
             say("  recovered after \(String(format: "%.1f", fault.recoveredAfter!)) s")
             out.faults.append(fault)
             // a call sent up to its deadline (2 s) before the fault may be in flight when it strikes
-            load.window(from: at - 2, to: now() + 2)
+            windows.append((at - 2, now() + 2))
             nextFault = now() + killEvery * Double.random(in: 0.75...1.25, using: &rng)
         }
-        let summary = load.stop()
+        let calls = load.stop()
         let acknowledged = events.stop()
-        out.requests = summary.sent; out.failed = summary.failed; out.shed = summary.shed
-        out.failedOutsideFaults = summary.outside.count
-        out.failedOutsideExamples = Array(summary.outside.prefix(5))
+        let failed = calls.filter { $0.code != .ok }
+        let outside = failed.filter { call in !windows.contains { call.due >= $0.from && call.due <= $0.to } }
+        out.requests = calls.count; out.failed = failed.count
+        out.shed = failed.filter { $0.code == .resourceExhausted }.count
+        out.failedOutsideFaults = outside.count
+        out.failedOutsideExamples = outside.prefix(5).map { String(format: "%.2fs %@: %@", $0.due, "\($0.code)", $0.message) }
         guard let final else {
             out.problems.append("the job did not end within \(seconds) s")
             return try finish(out)
@@ -397,84 +406,5 @@ struct Chaos: ParsableCommand {
             out[r.string(i, 0) ?? "?"] = Set(list.dropFirst().dropLast().split(separator: ",").map(String.init))
         }
         return out
-    }
-
-    /// The open-loop Recommend load: one call every 1/rate seconds from its own thread, each
-    /// timed from its scheduled send; failures are kept with their times to check against the
-    /// fault windows.
-    final class Load: @unchecked Sendable {
-        let client: RPCClient, rate: Double, items: [Int32]
-        private let lock = NSLock()
-        private var running = true, sent = 0, shed = 0
-        private var failures: [(at: Double, what: String)] = []
-        private var windows: [(Double, Double)] = []
-        private let done = DispatchSemaphore(value: 0)
-        private var generator: RNG
-        private let started: Date
-
-        /// `started`: the clock's zero, which fault windows are given against.
-        init(client: RPCClient, rate: Double, items: [Int32], seed: UInt64, started: Date) {
-            self.client = client; self.rate = rate; self.items = items; self.started = started
-            generator = RNG(seed: seed &+ 17)
-        }
-
-        /// A fault's window, in seconds since `started`.
-        func window(from: Double, to: Double) { lock.withLock { windows.append((from, to)) } }
-
-        func start() {
-            let thread = Thread { [self] in
-                let group = DispatchGroup()
-                let first = Date().timeIntervalSince(started)
-                var i = 0
-                while lock.withLock({ running }) {
-                    let due = first + Double(i) / rate
-                    let wait = due - Date().timeIntervalSince(started)
-                    if wait > 0 { usleep(useconds_t(wait * 1e6)) }
-                    var q = Winnow_V1_RecommendRequest()
-                    q.recentItems = (0..<5).map { _ in items[generator.below(items.count)] }
-                    q.k = 5
-                    group.enter()
-                    let request = q
-                    Task { [self] in
-                        let failure: (String, Bool)?
-                        do {
-                            _ = try await self.client.call(service: "retrieval", method: "Recommend", request, as: Winnow_V1_RecommendResponse.self,
-                                                           timeout: .seconds(2))
-                            failure = nil
-                        } catch let e as RPCError {
-                            failure = ("\(e.code): \(e.message)", e.code == .resourceExhausted)
-                        } catch {
-                            failure = ("\(error)", false)
-                        }
-                        self.record(due: due, failure: failure)
-                        group.leave()
-                    }
-                    i += 1
-                }
-                group.wait()
-                done.signal()
-            }
-            thread.start()
-        }
-
-        private func record(due: Double, failure: (what: String, shed: Bool)?) {
-            lock.withLock {
-                sent += 1
-                guard let failure else { return }
-                if failure.shed { shed += 1 }
-                failures.append((due, failure.what))
-            }
-        }
-
-        /// Stops sending, waits for the calls in flight, and sorts the failures.
-        func stop() -> (sent: Int, failed: Int, shed: Int, outside: [String]) {
-            lock.withLock { running = false }
-            done.wait()
-            return lock.withLock {
-                let outside = failures.filter { f in !windows.contains { f.at >= $0.0 && f.at <= $0.1 } }
-                    .map { String(format: "%.2fs %@", $0.at, $0.what) }
-                return (sent, failures.count, shed, outside)
-            }
-        }
     }
 }
