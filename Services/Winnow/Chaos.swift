@@ -44,6 +44,9 @@ struct Chaos: ParsableCommand {
     @Option(help: "Seconds between SIGKILLs of random services.")
     var killEvery = 20.0
 
+    @Option(help: "SIGKILLs at most (default: one every --kill-every until the job ends); a short schedule that lets a debug build's job finish.")
+    var maxKills: Int?
+
     @Option(help: "Seconds the broker stays SIGSTOPped.")
     var brokerStop = 3.0
 
@@ -73,6 +76,11 @@ struct Chaos: ParsableCommand {
         var test: [String: Double] = [:], undisturbed: [String: Double] = [:]
         var tables: [String: [String: Int]] = [:]
         var problems: [String] = []
+    }
+
+    func validate() throws {
+        if let maxKills, maxKills < 1 { throw ValidationError("--max-kills: \(maxKills); the schedule kills at least once (Postgres restarts after the first kill)") }
+        guard killEvery > 0 else { throw ValidationError("--kill-every: \(killEvery); give seconds > 0") }
     }
 
     func run() throws {
@@ -142,7 +150,8 @@ struct Chaos: ParsableCommand {
                 final = p
                 break
             }
-            guard now() >= nextFault else { usleep(200_000); continue }
+            let scheduleDone = brokerStopped && postgresRestarted && kills >= (maxKills ?? .max)
+            guard now() >= nextFault, !scheduleDone else { usleep(200_000); continue }
             var fault: Fault
             let at = now()
             if !brokerStopped {

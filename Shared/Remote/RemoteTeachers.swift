@@ -196,15 +196,22 @@ public final class RemoteTeachers: TeacherProvider, @unchecked Sendable {
             }
             log("\(service(m)): training on \(placed[m]!)")
         }
-        let serving = Set(try workers().map(\.service))
-        for m in members {
-            if serving.contains(service(m)), let s = try? blocking({ [broker, service = service(m)] in
-                try await broker.call(service: service, method: "GetStatus", Winnow_V1_TeacherStatusRequest(),
-                                      as: Winnow_V1_TeacherStatus.self, timeout: .seconds(5), idempotent: true)
-            }), s.state == "ready" {
-                lock.withLock { models[s.spec.member] = (s.modelName, s.modelVersion) }
-                continue   // already trained (a trainer that restarted finds its teachers serving)
+        // A trainer that restarted finds its members where it left them: trained and serving, or
+        // still training in a pool process. Both are adopted; only members no process holds are placed.
+        for w in try workers() where w.service == "teacher" {
+            guard let s = try? status(w.directEndpoint), s.spec.jobID == jobID,
+                  let m = members.first(where: { $0.description == s.spec.member }) else { continue }
+            switch s.state {
+            case "ready":
+                lock.withLock { models[m.description] = (s.modelName, s.modelVersion) }
+            case "training" where placed[m] == nil:
+                placed[m] = w.directEndpoint
+                log("\(service(m)): still training on \(w.directEndpoint); adopted")
+            default:
+                continue
             }
+        }
+        for m in members where placed[m] == nil && lock.withLock({ models[m.description] }) == nil {
             try place(m)
         }
         var lost: [TeacherMember: Date] = [:]

@@ -6,7 +6,9 @@ import Glibc
 #endif
 
 /// CSRec across processes as a person runs it: `winnow up --teachers 3`, a CSRec-M job with two
-/// members (the third process becomes a replica of the first). Mid-job the replica is killed
+/// members (the third process becomes a replica of the first). While the members train, the
+/// trainer is killed (restarted, it adopts them where they train rather than waiting for idle
+/// processes that do not exist). Mid-job the replica is killed
 /// with SIGKILL (the broker routes its requests to the member's other process), then the only
 /// process of the second member (the supervisor restarts it and the trainer loads the member
 /// onto an idle process), then the trainer (restarted, it resumes from its checkpoint and finds
@@ -35,6 +37,12 @@ extension StackCommandTests {
             return c?.state == .ready && c?.pid != nil && c?.pid != pid
         }
         var st = ""
+        // the trainer dies while the members train: restarted, it adopts them where they train
+        XCTAssertTrue(try eventually(timeout: 120) { try teacher(saying: "teacher/faults/m1: training (") != nil }, "m1 began training")
+        let early = try XCTUnwrap(StackRecord.load(layout)?.children.first { $0.name == "trainer" }?.pid)
+        XCTAssertEqual(kill(early, SIGKILL), 0)
+        XCTAssertNil(try teacher(saying: "teacher/faults/m1: trained"), "m1 still trains when the trainer dies")
+        XCTAssertTrue(eventually(timeout: 30) { restarted("trainer", from: early) }, "the supervisor restarted the trainer")
         XCTAssertTrue(try eventually(timeout: 240) { st = try status(); return st.contains("train epoch 2 ") || st.contains("train epoch 3 ") }, st)
 
         // a replica dies: its member's other process answers
@@ -58,6 +66,8 @@ extension StackCommandTests {
         XCTAssertTrue(trainerLog.contains("teacher/faults/m1: no process serves it; loading it again"), trainerLog)
         XCTAssertTrue(trainerLog.contains("job faults: train: continuing from a checkpoint after epoch"), "resumed, not restarted:\n\(trainerLog)")
         XCTAssertEqual(trainerLog.components(separatedBy: "teacher/faults/m0: training on").count, 2, "the resumed job found m0 serving:\n\(trainerLog)")
+        XCTAssertEqual(trainerLog.components(separatedBy: "teacher/faults/m1: training on").count, 2, "m1 was placed once:\n\(trainerLog)")
+        XCTAssertTrue(trainerLog.contains("teacher/faults/m1: still training on"), "the restarted trainer adopted m1 mid-training:\n\(trainerLog)")
 
         // the same job, never disturbed, in this process
         try assertSameMetricsAsInProcess(final, config: s + "/csrec.json", dataset: data)
